@@ -1,0 +1,258 @@
+// Command sluice runs the Sluice gateway and its helper commands.
+//
+//	sluice [serve] [-config sluice.yaml] [-policies policies.yaml]
+//	sluice validate [-config sluice.yaml] [-policies policies.yaml]
+//	sluice hash-key [KEY]     (reads the key from stdin when not given)
+//	sluice gen-key
+//	sluice version
+//
+// Without -config or -policies the embedded example files are used.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"sluice/config"
+	"sluice/configs"
+	"sluice/policy"
+	"sluice/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; otherwise
+// the module version or "dev".
+var version = ""
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(args)
+	case "validate":
+		err = validate(args)
+	case "hash-key":
+		err = hashKey(args)
+	case "gen-key":
+		err = genKey()
+	case "version":
+		fmt.Println("sluice", buildVersion(), runtime.Version())
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		err = fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sluice:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  sluice [serve] [-config FILE] [-policies FILE] [-log-json]
+  sluice validate [-config FILE] [-policies FILE]
+  sluice hash-key [KEY]     print the sha256 policies.yaml stores for KEY (stdin when absent)
+  sluice gen-key            print a new random key and its sha256
+  sluice version
+Without -config or -policies the embedded example files are used.
+`
+
+// files are the two configuration files a command reads.
+type files struct {
+	config, policies string
+	logJSON          bool
+}
+
+func parseFlags(name string, args []string) (*files, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	f := &files{}
+	fs.StringVar(&f.config, "config", os.Getenv("SLUICE_CONFIG"), "sluice.yaml to read (env SLUICE_CONFIG); empty: the embedded example")
+	fs.StringVar(&f.policies, "policies", os.Getenv("SLUICE_POLICIES"), "policies.yaml to read (env SLUICE_POLICIES); empty: the embedded example")
+	fs.BoolVar(&f.logJSON, "log-json", os.Getenv("SLUICE_LOG_JSON") != "", "log JSON lines instead of text (env SLUICE_LOG_JSON)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	return f, nil
+}
+
+// load reads and checks both files; validate and serve share it.
+func (f *files) load() (*config.Config, *policy.Policy, error) {
+	var cfg *config.Config
+	var err error
+	if f.config == "" {
+		cfg, err = config.Parse("sluice.yaml (embedded)", configs.Sluice, nil)
+	} else {
+		cfg, err = config.LoadFile(f.config)
+	}
+	var pol *policy.Policy
+	var perr error
+	if f.policies == "" {
+		pol, perr = policy.Parse("policies.yaml (embedded)", configs.Policies, nil)
+	} else {
+		pol, perr = policy.LoadFile(f.policies)
+	}
+	if err := errors.Join(err, perr); err != nil {
+		return nil, nil, err
+	}
+	return cfg, pol, nil
+}
+
+func validate(args []string) error {
+	f, err := parseFlags("validate", args)
+	if err != nil {
+		return err
+	}
+	cfg, pol, err := f.load()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ok: %d upstream(s), %d route(s), %d tier(s)", len(cfg.Upstreams), len(cfg.Routes), len(pol.Tiers))
+	if len(pol.Skipped) > 0 {
+		fmt.Printf("; keys skipped (key_env unset): %s", strings.Join(pol.Skipped, ", "))
+	}
+	fmt.Println()
+	return nil
+}
+
+func serve(args []string) error {
+	f, err := parseFlags("serve", args)
+	if err != nil {
+		return err
+	}
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, nil)
+	if f.logJSON {
+		handler = slog.NewJSONHandler(os.Stderr, nil)
+	}
+	log := slog.New(handler)
+	slog.SetDefault(log)
+
+	cfg, pol, err := f.load()
+	if err != nil {
+		return err
+	}
+	if len(pol.Skipped) > 0 {
+		log.Warn("keys skipped: their key_env variable is unset", "keys", strings.Join(pol.Skipped, ","))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion()})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on server.listen=%q: %w", cfg.Server.Listen, err)
+	}
+	var admin *http.Server
+	if cfg.Server.AdminListen != "off" {
+		aln, err := net.Listen("tcp", cfg.Server.AdminListen)
+		if err != nil {
+			return fmt.Errorf("cannot listen on server.admin_listen=%q: %w", cfg.Server.AdminListen, err)
+		}
+		admin = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin listener failed", "error", err)
+			}
+		}()
+		log.Info("admin listening", "addr", aln.Addr().String())
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("sluice listening", "addr", ln.Addr().String(), "version", buildVersion(), "upstreams", len(cfg.Upstreams))
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("server stopped: %w", err)
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
+	}
+
+	// Shutdown order: stop accepting and drain the API listener (in-flight
+	// requests and streams finish, new requests on open connections get a
+	// 503), then close the admin listener so /readyz reports draining until
+	// the end.
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("drain deadline passed; exiting with requests in flight", "error", err)
+	}
+	log.Info("api listener drained", "took", time.Since(start))
+	if admin != nil {
+		_ = admin.Close()
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func hashKey(args []string) error {
+	var key string
+	switch len(args) {
+	case 0:
+		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("cannot read key from stdin: %w", err)
+		}
+		key = strings.TrimRight(line, "\r\n")
+	case 1:
+		key = args[0]
+	default:
+		return errors.New("hash-key takes at most one key")
+	}
+	if key == "" {
+		return errors.New("empty key")
+	}
+	fmt.Println(policy.HashKey(key))
+	return nil
+}
+
+func genKey() error {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return err
+	}
+	key := "sk-sluice-" + base64.RawURLEncoding.EncodeToString(b[:])
+	fmt.Printf("key:    %s\nsha256: %s\n", key, policy.HashKey(key))
+	return nil
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

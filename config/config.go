@@ -1,0 +1,292 @@
+// Package config is the model of sluice.yaml: listeners, upstreams and model
+// routes. These settings need a restart to change; policies (keys, users,
+// tiers) live in policies.yaml and are handled by package policy.
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"sluice/internal/yamlfile"
+)
+
+// Config is the whole of sluice.yaml.
+type Config struct {
+	// Server holds the API and admin listeners.
+	Server Server `yaml:"server"`
+	// Upstreams are the providers Sluice forwards to. At least one is required.
+	Upstreams []Upstream `yaml:"upstreams"`
+	// Routes map model names to upstreams, first match wins. When empty, every
+	// model goes to the first upstream.
+	Routes []Route `yaml:"routes"`
+	// Aliases rename a model before routing: a request for the key is sent as
+	// a request for the value (the body's "model" is rewritten).
+	Aliases map[string]string `yaml:"aliases"`
+}
+
+// Server holds listener settings.
+type Server struct {
+	// Listen is the API listener address. Default "127.0.0.1:8080".
+	Listen string `yaml:"listen"`
+	// AdminListen is the admin listener (/metrics, /healthz, /readyz).
+	// Default "127.0.0.1:9090"; "off" disables it.
+	AdminListen string `yaml:"admin_listen"`
+	// MaxBodyBytes is the largest request body accepted, in bytes; larger
+	// bodies get a 413. Default 33554432 (32 MiB).
+	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxHeaderBytes is the largest request header block, in bytes; larger
+	// headers get a 431. Default 16384.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// ReadTimeout bounds reading one request (headers and body). Default 60s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// ShutdownTimeout is how long SIGTERM waits for in-flight requests and
+	// streams before exiting. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// AccessLog logs one line per request (with its request id). Default false:
+	// errors are always logged.
+	AccessLog bool `yaml:"access_log"`
+}
+
+// Upstream is one OpenAI-compatible provider endpoint.
+type Upstream struct {
+	// Name identifies the upstream in routes, logs and metric labels. Required.
+	Name string `yaml:"name"`
+	// Type is "openai" (any OpenAI-compatible server: OpenAI, vLLM, Ollama,
+	// Azure's /openai/v1 API) or "azure" (Azure OpenAI deployment URLs).
+	// Default "openai".
+	Type string `yaml:"type"`
+	// BaseURL is the provider's base URL. For "openai" it ends where OpenAI's
+	// ends ("https://api.openai.com/v1"); the part of a request path after /v1
+	// is appended. For "azure" it is the resource URL
+	// ("https://NAME.openai.azure.com"). Required.
+	BaseURL string `yaml:"base_url"`
+	// APIKey is sent to the provider (usually "${OPENAI_API_KEY}"). Empty
+	// means no credential is sent (local servers).
+	APIKey string `yaml:"api_key"`
+	// AuthHeader names how the key is sent: "authorization" (Bearer, the
+	// default for "openai") or "api-key" (the default for "azure").
+	AuthHeader string `yaml:"auth_header"`
+	// APIVersion is Azure's api-version query value. Default "2024-10-21"
+	// for "azure"; unused otherwise.
+	APIVersion string `yaml:"api_version"`
+	// Organization, when set, is sent as OpenAI-Organization; a client's own
+	// value is never forwarded.
+	Organization string `yaml:"organization"`
+	// Project, when set, is sent as OpenAI-Project; a client's own value is
+	// never forwarded.
+	Project string `yaml:"project"`
+	// Timeouts bound each phase of a call.
+	Timeouts Timeouts `yaml:"timeouts"`
+	// MaxConns caps open connections to this upstream. Default 512.
+	MaxConns int `yaml:"max_conns"`
+	// MaxConnWait is how long a request waits for a free connection when
+	// MaxConns are busy before failing with 502. Default 5s.
+	MaxConnWait time.Duration `yaml:"max_conn_wait"`
+}
+
+// Timeouts bound an upstream call. Zero values take the defaults.
+type Timeouts struct {
+	// Connect bounds dialing (TCP and TLS). Default 5s.
+	Connect time.Duration `yaml:"connect"`
+	// FirstByte bounds the wait from sending the request to the first byte of
+	// the response: a model's time to think. Default 120s.
+	FirstByte time.Duration `yaml:"first_byte"`
+	// Idle bounds the silence between two reads of a response, such as two
+	// stream events. Default 60s.
+	Idle time.Duration `yaml:"idle"`
+	// Total bounds the whole call, stream included. Default 30m.
+	Total time.Duration `yaml:"total"`
+}
+
+// Route sends models matching Model to Upstream.
+type Route struct {
+	// Model is an exact name ("gpt-4o"), a prefix wildcard ("gpt-4o*") or
+	// the catch-all "*". Required.
+	Model string `yaml:"model"`
+	// Upstream names an entry of upstreams. Required.
+	Upstream string `yaml:"upstream"`
+	// Deployment is the Azure deployment to call for this route; default the
+	// model name. Only for upstreams of type "azure".
+	Deployment string `yaml:"deployment"`
+}
+
+// Upstream types.
+const (
+	TypeOpenAI = "openai"
+	TypeAzure  = "azure"
+)
+
+// Defaults applied by Load to zero fields.
+const (
+	DefaultListen          = "127.0.0.1:8080"
+	DefaultAdminListen     = "127.0.0.1:9090"
+	DefaultMaxBodyBytes    = 32 << 20
+	DefaultMaxHeaderBytes  = 16 << 10
+	DefaultReadTimeout     = 60 * time.Second
+	DefaultIdleTimeout     = 120 * time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	DefaultMaxConns        = 512
+	DefaultMaxConnWait     = 5 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultFirstByte       = 120 * time.Second
+	DefaultIdle            = 60 * time.Second
+	DefaultTotal           = 30 * time.Minute
+	DefaultAzureAPIVersion = "2024-10-21"
+)
+
+// LoadFile reads and parses a sluice.yaml file.
+func LoadFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read config: %w", err)
+	}
+	return Parse(path, data, nil)
+}
+
+// Parse decodes, defaults and validates a sluice.yaml document. name is used
+// in error messages; lookupEnv resolves ${VAR} references (nil: the process
+// environment). Errors carry file, line and YAML path.
+func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Config, error) {
+	var c Config
+	doc, err := yamlfile.Decode(name, data, &c, yamlfile.Options{LookupEnv: lookupEnv})
+	if err != nil {
+		return nil, err
+	}
+	c.applyDefaults()
+	if err := c.validate(doc); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	s := &c.Server
+	setDefault(&s.Listen, DefaultListen)
+	setDefault(&s.AdminListen, DefaultAdminListen)
+	setDefault(&s.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDefault(&s.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&s.ReadTimeout, DefaultReadTimeout)
+	setDefault(&s.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		setDefault(&u.Type, TypeOpenAI)
+		if u.Type == TypeAzure {
+			setDefault(&u.AuthHeader, "api-key")
+			setDefault(&u.APIVersion, DefaultAzureAPIVersion)
+		}
+		setDefault(&u.AuthHeader, "authorization")
+		setDefault(&u.MaxConns, DefaultMaxConns)
+		setDefault(&u.MaxConnWait, DefaultMaxConnWait)
+		setDefault(&u.Timeouts.Connect, DefaultConnectTimeout)
+		setDefault(&u.Timeouts.FirstByte, DefaultFirstByte)
+		setDefault(&u.Timeouts.Idle, DefaultIdle)
+		setDefault(&u.Timeouts.Total, DefaultTotal)
+	}
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+func (c *Config) validate(doc *yamlfile.Doc) error {
+	var errs yamlfile.Errors
+	add := func(path, format string, args ...any) { errs.Add(doc.Errorf(path, format, args...)) }
+
+	if c.Server.MaxBodyBytes < 0 {
+		add("server.max_body_bytes", "must not be negative")
+	}
+	if c.Server.MaxHeaderBytes < 0 {
+		add("server.max_header_bytes", "must not be negative")
+	}
+	if len(c.Upstreams) == 0 {
+		add("upstreams", "at least one upstream is required")
+	}
+	names := make(map[string]*Upstream, len(c.Upstreams))
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		p := fmt.Sprintf("upstreams[%d]", i)
+		switch {
+		case u.Name == "":
+			add(p+".name", "is required")
+		case names[u.Name] != nil:
+			add(p+".name", "duplicate upstream name %q", u.Name)
+		default:
+			names[u.Name] = u
+		}
+		if u.Type != TypeOpenAI && u.Type != TypeAzure {
+			add(p+".type", "must be %q or %q, not %q", TypeOpenAI, TypeAzure, u.Type)
+		}
+		if u.AuthHeader != "authorization" && u.AuthHeader != "api-key" {
+			add(p+".auth_header", "must be \"authorization\" or \"api-key\", not %q", u.AuthHeader)
+		}
+		if err := checkBaseURL(u.BaseURL); err != nil {
+			add(p+".base_url", "%v", err)
+		}
+		if u.MaxConns < 0 {
+			add(p+".max_conns", "must not be negative")
+		}
+		for _, t := range []struct {
+			name string
+			d    time.Duration
+		}{{"connect", u.Timeouts.Connect}, {"first_byte", u.Timeouts.FirstByte}, {"idle", u.Timeouts.Idle}, {"total", u.Timeouts.Total}} {
+			if t.d < 0 {
+				add(p+".timeouts."+t.name, "must not be negative")
+			}
+		}
+	}
+	for i, r := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		if r.Model == "" {
+			add(p+".model", "is required")
+		} else if strings.Contains(strings.TrimSuffix(r.Model, "*"), "*") {
+			add(p+".model", "a wildcard may only end the pattern: %q", r.Model)
+		}
+		u := names[r.Upstream]
+		switch {
+		case r.Upstream == "":
+			add(p+".upstream", "is required")
+		case u == nil:
+			add(p+".upstream", "unknown upstream %q", r.Upstream)
+		case r.Deployment != "" && u.Type != TypeAzure:
+			add(p+".deployment", "only upstreams of type %q take a deployment", TypeAzure)
+		}
+	}
+	for alias, target := range c.Aliases {
+		if target == "" {
+			add("aliases."+alias, "alias target must not be empty")
+		}
+		if _, ok := c.Aliases[target]; ok {
+			add("aliases."+alias, "alias target %q is itself an alias", target)
+		}
+	}
+	return errs.Err()
+}
+
+func checkBaseURL(s string) error {
+	if s == "" {
+		return fmt.Errorf("is required")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %q", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("scheme must be http or https: %q", s)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("has no host: %q", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("must not carry a query or fragment: %q", s)
+	}
+	return nil
+}

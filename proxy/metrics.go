@@ -1,0 +1,109 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// statusClasses are the values of the "status_class" label; index by
+// status/100 (0 stands for "other").
+var statusClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+// metrics holds the proxy's collectors. Every per-request handle is resolved
+// at start, so the hot path never builds a label set.
+type metrics struct {
+	// requests counts finished requests by route and status class.
+	requests [epCount][6]prometheus.Counter
+	// duration observes request time from arrival to the last byte, seconds.
+	duration [epCount]prometheus.Observer
+	// overhead observes the time Sluice adds: total minus upstream time (for
+	// streams, up to the first event), seconds.
+	overhead [epCount]prometheus.Observer
+	// firstByte observes the time from arrival to the first stream event
+	// sent to the client, seconds.
+	firstByte [epCount]prometheus.Observer
+	// disconnects counts clients that left before their answer was complete.
+	disconnects [epCount]prometheus.Counter
+	// inFlight is the number of requests being served, streams included.
+	inFlight prometheus.Gauge
+
+	upstreamDuration *prometheus.HistogramVec
+	upstreamErrors   *prometheus.CounterVec
+}
+
+// overheadBuckets resolve what a gateway adds: 25 µs to 50 ms.
+var overheadBuckets = []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3}
+
+// latencyBuckets cover model calls: 5 ms to 5 min.
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+func newMetrics(reg prometheus.Registerer, version string) *metrics {
+	m := &metrics{}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_requests_total",
+		Help: "Requests answered, by route and status class.",
+	}, []string{"route", "status_class"})
+	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_request_duration_seconds",
+		Help:    "Time from a request's arrival to its last byte sent, streams included.",
+		Buckets: latencyBuckets,
+	}, []string{"route"})
+	overhead := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_overhead_seconds",
+		Help:    "Time Sluice adds to a request: total minus upstream time (for streams, measured to the first event).",
+		Buckets: overheadBuckets,
+	}, []string{"route"})
+	firstByte := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_stream_first_byte_seconds",
+		Help:    "Time from a stream request's arrival to its first event sent to the client.",
+		Buckets: latencyBuckets,
+	}, []string{"route"})
+	disconnects := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_client_disconnects_total",
+		Help: "Clients that went away before their answer was complete.",
+	}, []string{"route"})
+	m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_requests_in_flight",
+		Help: "Requests being served right now, open streams included.",
+	})
+	m.upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_upstream_duration_seconds",
+		Help:    "Time from sending a request upstream to the end of its response, streams included.",
+		Buckets: latencyBuckets,
+	}, []string{"upstream"})
+	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_errors_total",
+		Help: "Upstream calls that failed without an HTTP answer, by cause (unreachable, timeout).",
+	}, []string{"upstream", "reason"})
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "sluice_build_info",
+		Help:        "Always 1; the version label names the running build.",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	buildInfo.Set(1)
+
+	for ep := range epCount {
+		route := endpointLabels[ep]
+		for c, class := range statusClasses {
+			m.requests[ep][c] = requests.WithLabelValues(route, class)
+		}
+		m.duration[ep] = duration.WithLabelValues(route)
+		m.overhead[ep] = overhead.WithLabelValues(route)
+		m.disconnects[ep] = disconnects.WithLabelValues(route)
+		if ep.streams() {
+			m.firstByte[ep] = firstByte.WithLabelValues(route)
+		}
+	}
+	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
+		m.upstreamDuration, m.upstreamErrors, buildInfo)
+	return m
+}
+
+// done records a finished request.
+func (m *metrics) done(ep endpoint, status int, seconds float64) {
+	class := status / 100
+	if class < 1 || class > 5 {
+		class = 0
+	}
+	m.requests[ep][class].Inc()
+	m.duration[ep].Observe(seconds)
+}

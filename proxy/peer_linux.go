@@ -1,0 +1,21 @@
+package proxy
+
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// peerClosed reports whether the peer of a connection has closed it, without
+// reading: poll for POLLRDHUP, which a pending request (pipelining, a
+// keep-alive) does not raise but a close or reset does. MSG_PEEK alone would
+// miss a close that follows unread data.
+func peerClosed(raw syscall.RawConn) bool {
+	closed := false
+	_ = raw.Control(func(fd uintptr) {
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(fds[:], 0)
+		closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	})
+	return closed
+}

@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// relay hands an upstream answer to fasthttp as the client's body stream.
+// In SSE mode it passes whole events, one write (one flushed HTTP chunk)
+// each, with lines of any length; otherwise it copies bytes as they come.
+// It owns the upstream response until fasthttp closes it.
+type relay struct {
+	s     *Server
+	x     exchange
+	resp  *fasthttp.Response
+	body  fasthttp.ReadCloserWithError
+	br    *bufio.Reader
+	sse   bool
+	reqID []byte
+
+	// ev holds the event being assembled; pending is the part of the last
+	// event or read not yet handed to Read's caller.
+	ev, pending []byte
+	// eof reports that the upstream body was read to its end, so its
+	// connection can go back to the pool.
+	eof bool
+	// sentFirst reports that the first event reached the writer.
+	sentFirst bool
+	// readErr is the upstream read error that ended the relay, if any.
+	readErr error
+
+	// gone is set by the watcher when the client socket closed.
+	gone      atomic.Bool
+	stopWatch chan struct{}
+	watchDone chan struct{}
+}
+
+// errClientGone interrupts the upstream read when the client went away.
+var errClientGone = errors.New("client went away")
+
+// relayBufSize is the read buffer per stream; longer lines are assembled
+// across reads.
+const relayBufSize = 16 << 10
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
+
+func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
+	r := &relay{s: s, x: *x, resp: resp, sse: sse}
+	bs := resp.BodyStream()
+	if rc, ok := bs.(fasthttp.ReadCloserWithError); ok {
+		r.body = rc
+	} else {
+		r.body = nopCloser{bs}
+	}
+	r.br = readerPool.Get().(*bufio.Reader)
+	r.br.Reset(r.body)
+	return r
+}
+
+type nopCloser struct{ io.Reader }
+
+func (nopCloser) CloseWithError(error) error { return nil }
+
+// SupportsBodyWriteTo tells fasthttp that WriteTo may replace Read.
+func (r *relay) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo relays the answer to w, one write per event (SSE) or per read.
+func (r *relay) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		chunk, err := r.next()
+		if len(chunk) > 0 {
+			r.markFirst()
+			n, werr := w.Write(chunk)
+			total += int64(n)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+	}
+}
+
+// Read implements io.Reader for fasthttp's fixed-size body path.
+func (r *relay) Read(p []byte) (int, error) {
+	for len(r.pending) == 0 {
+		chunk, err := r.next()
+		if len(chunk) > 0 {
+			r.markFirst()
+			r.pending = chunk
+			break
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, r.pending)
+	r.pending = r.pending[n:]
+	return n, nil
+}
+
+// next returns the next event (SSE) or the next bytes read (raw). The slice
+// is valid until the following call.
+func (r *relay) next() ([]byte, error) {
+	if !r.sse {
+		if r.ev == nil {
+			r.ev = make([]byte, relayBufSize)
+		}
+		n, err := r.br.Read(r.ev)
+		return r.ev[:n], r.noteErr(err)
+	}
+	r.ev = r.ev[:0]
+	for {
+		line, err := r.br.ReadSlice('\n')
+		r.ev = append(r.ev, line...)
+		switch {
+		case err == bufio.ErrBufferFull:
+			continue // a long line: keep assembling
+		case err != nil:
+			return r.ev, r.noteErr(err)
+		}
+		// A blank line ends an event.
+		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			return r.ev, nil
+		}
+	}
+}
+
+func (r *relay) noteErr(err error) error {
+	if err == io.EOF {
+		r.eof = true
+	} else if err != nil && r.readErr == nil {
+		r.readErr = err
+	}
+	return err
+}
+
+func (r *relay) markFirst() {
+	if r.sentFirst {
+		return
+	}
+	r.sentFirst = true
+	now := time.Now()
+	if r.sse {
+		r.s.m.firstByte[r.x.ep].Observe(now.Sub(r.x.start).Seconds())
+	}
+	// Sluice's share: all the time to the first byte sent, less the time the
+	// upstream took to its first byte.
+	upstream := r.x.upFirst.Sub(r.x.upStart)
+	r.s.m.overhead[r.x.ep].Observe((now.Sub(r.x.start) - upstream).Seconds())
+}
+
+// CloseWithError is called by fasthttp once the body is written or the
+// write failed (err != nil: the client is gone). It ends the upstream read,
+// returning its connection to the pool only when the body was read to EOF,
+// and finishes the exchange.
+func (r *relay) CloseWithError(err error) error {
+	if r.stopWatch != nil {
+		close(r.stopWatch)
+		<-r.watchDone
+	}
+	if r.eof {
+		_ = r.body.CloseWithError(nil)
+	} else {
+		_ = r.body.CloseWithError(errClientGone)
+	}
+	clientGone := r.gone.Load() || (err != nil && r.readErr == nil)
+	if r.readErr != nil && !r.gone.Load() {
+		r.s.log.Warn("upstream stream failed", "request_id", string(r.reqID), "upstream", r.x.up.name,
+			"route", endpointLabels[r.x.ep], "error", r.readErr)
+		r.x.up.classify(r.readErr)
+	}
+	r.x.status = r.resp.StatusCode()
+	if !r.sentFirst {
+		r.s.m.overhead[r.x.ep].Observe(time.Since(r.x.start).Seconds() - r.x.upFirst.Sub(r.x.upStart).Seconds())
+	}
+	r.s.finish(r.reqID, &r.x, time.Now(), clientGone)
+	r.br.Reset(nil)
+	readerPool.Put(r.br)
+	fasthttp.ReleaseResponse(r.resp)
+	r.resp, r.br = nil, nil
+	return nil
+}
+
+// watchInterval is how often a stream checks that its client is still
+// connected, for streams whose events are too sparse for a failed write to
+// tell. A check costs about half a microsecond.
+const watchInterval = 100 * time.Millisecond
+
+// watch checks the client socket every watchInterval and interrupts the
+// upstream read when the client has gone, so a silent stream (a model
+// thinking) does not hold its upstream connection for nothing.
+func (r *relay) watch(c net.Conn) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	r.stopWatch = make(chan struct{})
+	r.watchDone = make(chan struct{})
+	go func() {
+		defer close(r.watchDone)
+		t := time.NewTicker(watchInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stopWatch:
+				return
+			case <-t.C:
+				if peerClosed(raw) {
+					r.gone.Store(true)
+					_ = r.body.CloseWithError(errClientGone)
+					return
+				}
+			}
+		}
+	}()
+}

@@ -1,0 +1,504 @@
+package proxy
+
+import (
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// reqFields is what the proxy reads from a JSON request body. The body is
+// scanned once, validated as JSON on the way, and never decoded whole.
+type reqFields struct {
+	// model is the "model" value, unescaped; nil when absent. It may alias
+	// the body.
+	model []byte
+	// modelStart and modelEnd delimit the model value in the body, quotes
+	// included, so an alias can be rewritten in place.
+	modelStart, modelEnd int
+	// user is the "user" value, unescaped; nil when absent or null.
+	user []byte
+	// stream is the "stream" value; false when absent or null.
+	stream bool
+	// hasStreamOptions reports a non-null "stream_options" object.
+	hasStreamOptions bool
+	// includeUsage is stream_options.include_usage.
+	includeUsage bool
+	// maxTokens is max_tokens, max_completion_tokens or max_output_tokens
+	// (the last one present wins); -1 when none is.
+	maxTokens int64
+	// n is the number of choices asked for; 1 when absent or null.
+	n int64
+}
+
+func (f *reqFields) reset() {
+	*f = reqFields{maxTokens: -1, n: 1}
+}
+
+// scanError is a client error found while scanning: a 400 with param.
+type scanError struct {
+	param string
+	msg   string
+}
+
+func (e *scanError) Error() string { return e.msg }
+
+// maxJSONDepth bounds nesting of the request body; deeper bodies are a 400.
+const maxJSONDepth = 128
+
+// scanRequest validates body as one JSON object and fills f with the fields
+// the proxy needs. It returns nil or a *scanError.
+func scanRequest(body []byte, f *reqFields) *scanError {
+	f.reset()
+	s := scanner{b: body}
+	s.ws()
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		if s.i >= len(s.b) {
+			return &scanError{msg: "We could not parse the JSON body of your request: the body is empty. The API expects a JSON object."}
+		}
+		return &scanError{msg: "We could not parse the JSON body of your request: the body must be a JSON object."}
+	}
+	s.i++
+	for first := true; ; first = false {
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == '}' && first {
+			s.i++
+			break
+		}
+		keyStart := s.i
+		if !s.string() {
+			return s.syntaxError()
+		}
+		key := s.b[keyStart+1 : s.i-1]
+		if s.escaped {
+			key = unescape(s.b[keyStart:s.i])
+		}
+		s.ws()
+		if !s.byte(':') {
+			return s.syntaxError()
+		}
+		s.ws()
+		if err := s.field(key, f); err != nil {
+			return err
+		}
+		s.ws()
+		if s.byte(',') {
+			continue
+		}
+		if s.byte('}') {
+			break
+		}
+		return s.syntaxError()
+	}
+	s.ws()
+	if s.i != len(s.b) {
+		return s.syntaxError()
+	}
+	return nil
+}
+
+// field scans the value of one top-level key.
+func (s *scanner) field(key []byte, f *reqFields) *scanError {
+	switch string(key) {
+	case "model":
+		start := s.i
+		switch s.kind() {
+		case 's':
+			if !s.string() {
+				return s.syntaxError()
+			}
+			f.modelStart, f.modelEnd = start, s.i
+			f.model = s.strValue(start)
+			return nil
+		}
+		return s.typeError("model", "a string")
+	case "user":
+		start := s.i
+		switch s.kind() {
+		case 's':
+			if !s.string() {
+				return s.syntaxError()
+			}
+			f.user = s.strValue(start)
+			return nil
+		case 'n':
+			return s.null()
+		}
+		return s.typeError("user", "a string")
+	case "stream":
+		switch s.kind() {
+		case 't', 'f':
+			v, ok := s.bool()
+			if !ok {
+				return s.syntaxError()
+			}
+			f.stream = v
+			return nil
+		case 'n':
+			return s.null()
+		}
+		return s.typeError("stream", "a boolean")
+	case "stream_options":
+		switch s.kind() {
+		case 'o':
+			f.hasStreamOptions = true
+			return s.streamOptions(f)
+		case 'n':
+			return s.null()
+		}
+		return s.typeError("stream_options", "an object")
+	case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
+		switch s.kind() {
+		case 'd':
+			v, ok := s.integer()
+			if !ok {
+				return s.typeError(string(key), "an integer")
+			}
+			if string(key) == "n" {
+				f.n = v
+			} else {
+				f.maxTokens = v
+			}
+			return nil
+		case 'n':
+			return s.null()
+		}
+		return s.typeError(string(key), "an integer")
+	}
+	if !s.value(1) {
+		return s.syntaxError()
+	}
+	return nil
+}
+
+func (s *scanner) streamOptions(f *reqFields) *scanError {
+	s.i++ // '{'
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.byte('}') {
+			return nil
+		}
+		keyStart := s.i
+		if !s.string() {
+			return s.syntaxError()
+		}
+		key := s.b[keyStart+1 : s.i-1]
+		if s.escaped {
+			key = unescape(s.b[keyStart:s.i])
+		}
+		s.ws()
+		if !s.byte(':') {
+			return s.syntaxError()
+		}
+		s.ws()
+		if string(key) == "include_usage" {
+			switch s.kind() {
+			case 't', 'f':
+				v, ok := s.bool()
+				if !ok {
+					return s.syntaxError()
+				}
+				f.includeUsage = v
+			case 'n':
+				if err := s.null(); err != nil {
+					return err
+				}
+			default:
+				return s.typeError("stream_options.include_usage", "a boolean")
+			}
+		} else if !s.value(2) {
+			return s.syntaxError()
+		}
+		s.ws()
+		if s.byte(',') {
+			continue
+		}
+		if s.byte('}') {
+			return nil
+		}
+		return s.syntaxError()
+	}
+}
+
+// scanner walks a JSON document. Every method advances i past what it
+// accepted and reports whether the input was well formed.
+type scanner struct {
+	b []byte
+	i int
+	// escaped reports that the last string scanned held a backslash escape.
+	escaped bool
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) byte(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// kind classifies the next value: 's' string, 'o' object, 'a' array,
+// 't'/'f' booleans, 'n' null, 'd' number, 0 anything else.
+func (s *scanner) kind() byte {
+	if s.i >= len(s.b) {
+		return 0
+	}
+	switch c := s.b[s.i]; {
+	case c == '"':
+		return 's'
+	case c == '{':
+		return 'o'
+	case c == '[':
+		return 'a'
+	case c == 't', c == 'f', c == 'n':
+		return c
+	case c == '-' || (c >= '0' && c <= '9'):
+		return 'd'
+	}
+	return 0
+}
+
+// value skips any JSON value at nesting depth.
+func (s *scanner) value(depth int) bool {
+	if depth > maxJSONDepth {
+		return false
+	}
+	switch s.kind() {
+	case 's':
+		return s.string()
+	case 'd':
+		return s.number()
+	case 't':
+		return s.literal("true")
+	case 'f':
+		return s.literal("false")
+	case 'n':
+		return s.literal("null")
+	case 'o':
+		s.i++
+		for first := true; ; first = false {
+			s.ws()
+			if first && s.byte('}') {
+				return true
+			}
+			if !s.string() {
+				return false
+			}
+			s.ws()
+			if !s.byte(':') {
+				return false
+			}
+			s.ws()
+			if !s.value(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.byte(',') {
+				continue
+			}
+			return s.byte('}')
+		}
+	case 'a':
+		s.i++
+		for first := true; ; first = false {
+			s.ws()
+			if first && s.byte(']') {
+				return true
+			}
+			if !s.value(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.byte(',') {
+				continue
+			}
+			return s.byte(']')
+		}
+	}
+	return false
+}
+
+// string skips a JSON string, checking escapes and UTF-8.
+func (s *scanner) string() bool {
+	s.escaped = false
+	if !s.byte('"') {
+		return false
+	}
+	b := s.b
+	for i := s.i; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			s.i = i + 1
+			return true
+		case c == '\\':
+			s.escaped = true
+			if i+1 >= len(b) {
+				return false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex4(b[i+2:i+6]) {
+					return false
+				}
+				i += 6
+			default:
+				return false
+			}
+		case c < 0x20:
+			return false
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && size == 1 {
+				return false
+			}
+			i += size
+		}
+	}
+	return false
+}
+
+func isHex4(b []byte) bool {
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// strValue returns the content of the string that started at start and was
+// just scanned: a sub-slice of the body, or an unescaped copy.
+func (s *scanner) strValue(start int) []byte {
+	if s.escaped {
+		return unescape(s.b[start:s.i])
+	}
+	return s.b[start+1 : s.i-1]
+}
+
+// unescape decodes a JSON string literal (quotes included) that has escapes.
+// The literal was already validated, so decoding cannot fail.
+func unescape(lit []byte) []byte {
+	var v string
+	if err := json.Unmarshal(lit, &v); err != nil {
+		return nil
+	}
+	return []byte(v)
+}
+
+func (s *scanner) literal(lit string) bool {
+	if len(s.b)-s.i >= len(lit) && string(s.b[s.i:s.i+len(lit)]) == lit {
+		s.i += len(lit)
+		return true
+	}
+	return false
+}
+
+func (s *scanner) bool() (v, ok bool) {
+	if s.literal("true") {
+		return true, true
+	}
+	return false, s.literal("false")
+}
+
+func (s *scanner) null() *scanError {
+	if s.literal("null") {
+		return nil
+	}
+	return s.syntaxError()
+}
+
+// number skips a JSON number.
+func (s *scanner) number() bool {
+	b, i := s.b, s.i
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+	default:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		d := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		if i == d {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		d := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		if i == d {
+			return false
+		}
+	}
+	s.i = i
+	return true
+}
+
+// integer scans a number that must be a whole int64.
+func (s *scanner) integer() (int64, bool) {
+	start := s.i
+	if !s.number() {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(string(s.b[start:s.i]), 10, 64)
+	if err != nil {
+		s.i = start // so the type error names what was there
+		return 0, false
+	}
+	return v, true
+}
+
+func (s *scanner) syntaxError() *scanError {
+	return &scanError{msg: "We could not parse the JSON body of your request: invalid JSON at byte " +
+		strconv.Itoa(s.i) + ". The API expects a JSON object."}
+}
+
+func (s *scanner) typeError(param, want string) *scanError {
+	got := "an invalid value"
+	switch s.kind() {
+	case 's':
+		got = "a string"
+	case 'o':
+		got = "an object"
+	case 'a':
+		got = "an array"
+	case 't', 'f':
+		got = "a boolean"
+	case 'n':
+		got = "null"
+	case 'd':
+		got = "a number"
+	}
+	return &scanError{param: param, msg: "Invalid type for '" + param + "': expected " + want + ", but got " + got + " instead."}
+}

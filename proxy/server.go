@@ -1,0 +1,449 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"sluice/config"
+	"sluice/policy"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Config is the parsed sluice.yaml. Required.
+	Config *config.Config
+	// Policy is the first compiled policies.yaml. Required; SetPolicy swaps it.
+	Policy *policy.Policy
+	// Registry receives the proxy's metrics. Required.
+	Registry prometheus.Registerer
+	// Logger receives error and access lines. Default slog.Default().
+	Logger *slog.Logger
+	// Version is reported by sluice_build_info. Default "dev".
+	Version string
+}
+
+// Server is the OpenAI-compatible API listener.
+type Server struct {
+	cfg       *config.Config
+	policy    atomic.Pointer[policy.Policy]
+	router    *policy.Router
+	upstreams []*upstream
+	srv       *fasthttp.Server
+	m         *metrics
+	log       *slog.Logger
+	ids       idGen
+	// draining is set by Shutdown; new requests then get a 503.
+	draining atomic.Bool
+}
+
+// New builds a Server from its configuration. It opens no socket.
+func New(opts Options) (*Server, error) {
+	if opts.Config == nil || opts.Policy == nil || opts.Registry == nil {
+		return nil, errors.New("proxy: Config, Policy and Registry are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	cfg := opts.Config
+	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version)}
+	s.ids.init()
+	s.policy.Store(opts.Policy)
+
+	index := make(map[string]int, len(cfg.Upstreams))
+	for i := range cfg.Upstreams {
+		up, err := newUpstream(&cfg.Upstreams[i], s.m)
+		if err != nil {
+			return nil, err
+		}
+		index[up.name] = i
+		s.upstreams = append(s.upstreams, up)
+	}
+	rules := make([]policy.RouteRule, 0, len(cfg.Routes)+1)
+	for _, r := range cfg.Routes {
+		i, ok := index[r.Upstream]
+		if !ok {
+			return nil, fmt.Errorf("route %q: unknown upstream %q", r.Model, r.Upstream)
+		}
+		rules = append(rules, policy.RouteRule{Pattern: r.Model, Upstream: i, Deployment: r.Deployment})
+	}
+	if len(rules) == 0 {
+		rules = append(rules, policy.RouteRule{Pattern: "*", Upstream: 0})
+	}
+	router, err := policy.NewRouter(rules, cfg.Aliases)
+	if err != nil {
+		return nil, err
+	}
+	s.router = router
+
+	sc := &cfg.Server
+	s.srv = &fasthttp.Server{
+		Handler:                      s.handle,
+		ErrorHandler:                 s.handleServerError,
+		Name:                         "sluice",
+		ReadBufferSize:               sc.MaxHeaderBytes,
+		MaxRequestBodySize:           sc.MaxBodyBytes,
+		ReadTimeout:                  sc.ReadTimeout,
+		IdleTimeout:                  sc.IdleTimeout,
+		CloseOnShutdown:              true,
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		DisableHeaderNamesNormalizing: false,
+		// Streams may run for many minutes; a write deadline would cut them.
+		WriteTimeout: 0,
+		Logger:       fasthttpLogger{s.log},
+	}
+	return s, nil
+}
+
+// SetPolicy swaps in a new compiled policy. Requests already past identity
+// finish under the policy they started with.
+func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Ready reports whether the server takes new requests.
+func (s *Server) Ready() bool { return !s.draining.Load() }
+
+// Shutdown stops accepting connections, answers new requests on open
+// connections with 503, and waits for in-flight requests and streams until
+// ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	return s.srv.ShutdownWithContext(ctx)
+}
+
+// exchange is the state of one request, kept on the handler's stack and
+// copied into a relay when the answer is streamed.
+type exchange struct {
+	start   time.Time
+	ep      endpoint
+	up      *upstream
+	upStart time.Time
+	// upFirst is when the upstream's answer began (headers received).
+	upFirst time.Time
+	keyID   string
+	user    string
+	model   string
+	status  int
+}
+
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
+	s.m.inFlight.Inc()
+	s.setRequestID(ctx)
+	if s.serve(ctx, &x) {
+		return // the relay finishes the exchange when the stream ends
+	}
+	x.status = ctx.Response.StatusCode()
+	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, time.Now(), false)
+}
+
+// finish records a completed exchange: metrics, and the access log line.
+func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone bool) {
+	total := end.Sub(x.start)
+	s.m.done(x.ep, x.status, total.Seconds())
+	s.m.inFlight.Dec()
+	if x.up != nil && !x.upStart.IsZero() {
+		up := end.Sub(x.upStart)
+		x.up.duration.Observe(up.Seconds())
+	}
+	if clientGone {
+		s.m.disconnects[x.ep].Inc()
+	}
+	if s.cfg.Server.AccessLog {
+		s.log.Info("request", "request_id", string(reqID), "route", endpointLabels[x.ep],
+			"status", x.status, "duration_ms", float64(total.Microseconds())/1000,
+			"key_id", x.keyID, "user", x.user, "model", x.model, "client_gone", clientGone)
+	}
+}
+
+// serve answers one request. It returns true when the answer is a stream
+// that a relay will finish later.
+func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
+	if s.draining.Load() {
+		ctx.SetConnectionClose()
+		writeError(ctx, errShuttingDown, "", "Sluice is shutting down; retry the request.")
+		return false
+	}
+	if x.ep == epUnknown {
+		writeError(ctx, errNotFound, "", "Unknown request URL: "+string(ctx.Method())+" "+string(ctx.Path())+". Sluice serves the OpenAI API under /v1/.")
+		return false
+	}
+	if !s.methodAllowed(ctx, x.ep) {
+		return false
+	}
+	key, ok := s.identify(ctx)
+	if !ok {
+		return false
+	}
+	x.keyID = key.ID
+
+	switch x.ep {
+	case epModels:
+		x.user = key.User
+		return s.forward(ctx, x, s.upstreams[s.router.Default()], nil, "", false)
+	case epModel:
+		id := ctx.Path()[len(prefixModels):]
+		x.user = key.User
+		route, ok := s.router.Resolve(string(id))
+		if !ok {
+			writeModelNotFound(ctx, string(id))
+			return false
+		}
+		x.model = route.Model
+		return s.forward(ctx, x, s.upstreams[route.Upstream], nil, route.Deployment, false)
+	case epPassthrough:
+		x.user = key.User
+		up := s.upstreams[s.router.Default()]
+		body := ctx.PostBody()
+		// A JSON body that names a model (moderations, images) is routed by
+		// it; anything else goes to the default upstream, byte for byte.
+		var f reqFields
+		if len(body) > 0 && body[0] == '{' && scanRequest(body, &f) == nil && f.model != nil {
+			if route, ok := s.router.Resolve(string(f.model)); ok && !route.Rewritten {
+				up = s.upstreams[route.Upstream]
+				x.model = route.Model
+			}
+		}
+		return s.forward(ctx, x, up, body, "", false)
+	}
+
+	// The JSON endpoints: scan once, identify the end user, route.
+	body := ctx.PostBody()
+	var f reqFields
+	if err := scanRequest(body, &f); err != nil {
+		writeError(ctx, errInvalidRequest, err.param, err.msg)
+		return false
+	}
+	if f.model == nil {
+		writeError(ctx, errInvalidRequest, "model", "You must provide a model parameter.")
+		return false
+	}
+	endUser, ok := s.endUser(ctx, key, &f)
+	if !ok {
+		return false
+	}
+	p := key.Principal(endUser)
+	x.user = p.User
+	route, ok := s.router.Resolve(string(f.model))
+	if !ok {
+		writeModelNotFound(ctx, string(f.model))
+		return false
+	}
+	x.model = route.Model
+	if route.Rewritten {
+		body = rewriteModel(body, &f, route.Model)
+	}
+	return s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, f.stream && x.ep.streams())
+}
+
+func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
+	want := ""
+	switch {
+	case ep.parsesBody():
+		if !ctx.IsPost() {
+			want = fasthttp.MethodPost
+		}
+	case ep == epModels:
+		if !ctx.IsGet() {
+			want = fasthttp.MethodGet
+		}
+	case ep == epModel:
+		// GET retrieves a model, DELETE removes a fine-tuned one.
+		if !ctx.IsGet() && !ctx.IsDelete() {
+			want = fasthttp.MethodGet
+		}
+	}
+	if want == "" {
+		return true
+	}
+	ctx.Response.Header.Set("Allow", want)
+	writeError(ctx, errMethodNotAllowed, "", "Method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path())+"; use "+want+".")
+	return false
+}
+
+var (
+	bearerPrefix = []byte("Bearer ")
+)
+
+// identify finds the virtual key of the request, from "Authorization:
+// Bearer KEY" or Azure's "api-key: KEY", and answers 401 when there is none.
+func (s *Server) identify(ctx *fasthttp.RequestCtx) (*policy.Key, bool) {
+	secret := ctx.Request.Header.Peek("Authorization")
+	if len(secret) > len(bearerPrefix) && asciiEqualFold(secret[:len(bearerPrefix)], bearerPrefix) {
+		secret = secret[len(bearerPrefix):]
+	} else if len(secret) == 0 {
+		secret = ctx.Request.Header.Peek("Api-Key")
+	} else {
+		secret = nil
+	}
+	if len(secret) == 0 {
+		writeError(ctx, errInvalidKey, "", "You didn't provide an API key. Provide your Sluice key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).")
+		return nil, false
+	}
+	key, ok := s.policy.Load().Identify(secret)
+	if !ok {
+		writeError(ctx, errInvalidKey, "", "Incorrect API key provided.")
+		return nil, false
+	}
+	return key, true
+}
+
+// endUser returns the end user a trusted key names (X-Sluice-User, else the
+// body's "user"), or "" for other keys, answering 400 for an unusable name.
+func (s *Server) endUser(ctx *fasthttp.RequestCtx, key *policy.Key, f *reqFields) (string, bool) {
+	if !key.Trusted {
+		return "", true
+	}
+	name := ctx.Request.Header.Peek("X-Sluice-User")
+	param := "X-Sluice-User"
+	if len(name) == 0 {
+		name, param = f.user, "user"
+	}
+	if len(name) == 0 {
+		return "", true
+	}
+	if len(name) > policy.MaxUserLen || !utf8.Valid(name) || hasControl(name) {
+		writeError(ctx, errInvalidRequest, param, fmt.Sprintf("The end-user name must be valid UTF-8 without control characters, at most %d bytes.", policy.MaxUserLen))
+		return "", false
+	}
+	return string(name), true
+}
+
+func hasControl(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+func asciiEqualFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		ca, cb := a[i]|0x20, b[i]|0x20
+		if ca != cb {
+			return false
+		}
+	}
+	return true
+}
+
+func writeModelNotFound(ctx *fasthttp.RequestCtx, model string) {
+	writeError(ctx, errModelNotFound, "model", "The model `"+model+"` does not exist or you do not have access to it.")
+}
+
+// rewriteModel returns body with its model value replaced by model.
+func rewriteModel(body []byte, f *reqFields, model string) []byte {
+	out := make([]byte, 0, len(body)+len(model))
+	out = append(out, body[:f.modelStart]...)
+	out = appendJSONString(out, model)
+	return append(out, body[f.modelEnd:]...)
+}
+
+// forward sends the request to up and relays the answer. It returns true
+// when the answer is streamed by a relay that finishes the exchange.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
+	x.up = up
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	req.Header.SetMethodBytes(ctx.Method())
+	copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
+	up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), deployment)
+	up.setCredentials(req)
+	if len(body) > 0 {
+		req.SetBodyRaw(body)
+	}
+	// Streams and passthrough answers (files, audio) are relayed as they
+	// arrive; JSON answers are read whole.
+	resp.StreamBody = stream || x.ep == epPassthrough
+	x.upStart = time.Now()
+	err := up.client.Do(req, resp)
+	fasthttp.ReleaseRequest(req)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		kind := up.classify(err)
+		s.log.Warn("upstream call failed", "request_id", string(ctx.Response.Header.Peek("X-Request-Id")),
+			"upstream", up.name, "route", endpointLabels[x.ep], "error", err)
+		if kind == errUpstreamTimeout {
+			writeError(ctx, kind, "", "The upstream provider did not answer in time.")
+		} else {
+			writeError(ctx, kind, "", "The upstream provider could not be reached.")
+		}
+		return false
+	}
+	x.upFirst = time.Now()
+	ourID := ctx.Response.Header.Peek("X-Request-Id")
+	ourID = append(make([]byte, 0, len(ourID)), ourID...)
+	ctx.Response.Header.Del("X-Request-Id")
+	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
+	if len(resp.Header.Peek("X-Request-Id")) == 0 {
+		ctx.Response.Header.SetBytesV("X-Request-Id", ourID)
+	}
+	bs := resp.BodyStream()
+	if bs == nil {
+		ctx.Response.SetBody(resp.Body())
+		fasthttp.ReleaseResponse(resp)
+		return false
+	}
+	r := newRelay(s, x, resp, stream && resp.StatusCode() == fasthttp.StatusOK)
+	r.reqID = append(r.reqID[:0], ctx.Response.Header.Peek("X-Request-Id")...)
+	if r.sse {
+		ctx.Response.ImmediateHeaderFlush = true
+		r.watch(ctx.Conn())
+	}
+	size := resp.Header.ContentLength()
+	if r.sse || size < 0 {
+		size = -1
+	}
+	ctx.SetBodyStream(r, size)
+	return true
+}
+
+// handleServerError answers the errors fasthttp finds before the handler
+// runs: bodies and headers over the limits, malformed HTTP, read timeouts.
+func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
+	s.setRequestID(ctx)
+	ctx.SetConnectionClose()
+	var te interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		writeError(ctx, errBodyTooLarge, "", fmt.Sprintf("The request body is larger than the limit of %d bytes.", s.cfg.Server.MaxBodyBytes))
+	case errors.Is(err, fasthttp.ErrSmallReadBuffer) || errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		writeError(ctx, errHeaderTooLarge, "", fmt.Sprintf("The request headers are larger than the limit of %d bytes.", s.cfg.Server.MaxHeaderBytes))
+	case errors.As(err, &te) && te.Timeout():
+		writeError(ctx, errInvalidRequest, "", "The request was not received in time.")
+		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+	default:
+		writeError(ctx, errInvalidRequest, "", "The request is not valid HTTP.")
+	}
+}
+
+func (s *Server) setRequestID(ctx *fasthttp.RequestCtx) {
+	var buf [36]byte
+	ctx.Response.Header.SetBytesV("X-Request-Id", s.ids.next(buf[:0]))
+}
+
+// fasthttpLogger sends fasthttp's own messages to slog.
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+}

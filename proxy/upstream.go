@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+
+	"sluice/config"
+)
+
+// upstream is one provider endpoint with its own connection pool.
+type upstream struct {
+	name   string
+	azure  bool
+	client *fasthttp.HostClient
+	scheme string
+	host   string // Host header and URI host
+	// basePath is the base URL's path without a trailing slash ("/v1").
+	basePath string
+	// authKey and authValue are the credential header ("Authorization",
+	// "Bearer …" or "Api-Key", "…"); authValue is nil when no key is set.
+	authKey, authValue []byte
+	org, project       []byte
+	apiVersion         string
+
+	// duration observes the time from sending a request to the end of its
+	// response, stream included, in seconds.
+	duration prometheus.Observer
+	// errUnreachable and errTimeout count failed calls by cause.
+	errUnreachable, errTimeout prometheus.Counter
+}
+
+func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
+	u, err := url.Parse(c.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: cannot parse base_url: %w", c.Name, err)
+	}
+	tls := u.Scheme == "https"
+	addr := u.Host
+	if u.Port() == "" {
+		if tls {
+			addr += ":443"
+		} else {
+			addr += ":80"
+		}
+	}
+	up := &upstream{
+		name:       c.Name,
+		azure:      c.Type == config.TypeAzure,
+		scheme:     u.Scheme,
+		host:       u.Host,
+		basePath:   strings.TrimSuffix(u.EscapedPath(), "/"),
+		apiVersion: c.APIVersion,
+	}
+	if c.APIKey != "" {
+		if c.AuthHeader == "api-key" {
+			up.authKey, up.authValue = []byte("Api-Key"), []byte(c.APIKey)
+		} else {
+			up.authKey, up.authValue = []byte("Authorization"), []byte("Bearer "+c.APIKey)
+		}
+	}
+	if c.Organization != "" {
+		up.org = []byte(c.Organization)
+	}
+	if c.Project != "" {
+		up.project = []byte(c.Project)
+	}
+	t := c.Timeouts
+	dialer := &net.Dialer{Timeout: t.Connect, KeepAlive: 30 * time.Second}
+	up.client = &fasthttp.HostClient{
+		Addr:  addr,
+		IsTLS: tls,
+		Dial: func(addr string) (net.Conn, error) {
+			conn, err := dialer.Dial("tcp", addr)
+			if err != nil {
+				return nil, &dialError{err: err}
+			}
+			return &timedConn{Conn: conn, firstByte: t.FirstByte, idle: t.Idle, total: t.Total}, nil
+		},
+		MaxConns:           c.MaxConns,
+		MaxConnWaitTimeout: c.MaxConnWait,
+		// Close pooled connections before a provider's load balancer would
+		// (OpenAI's idles out after about 90 s), so a reused one is fresh.
+		MaxIdleConnDuration:           30 * time.Second,
+		NoDefaultUserAgentHeader:      true,
+		DisableHeaderNamesNormalizing: false,
+		DisablePathNormalizing:        true,
+		// A pooled connection the provider closed while idle fails before
+		// any byte of the answer arrives; sending again on a new connection
+		// is safe then and only then.
+		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
+			return false, attempts < 2 && (errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed))
+		},
+	}
+	up.duration = m.upstreamDuration.WithLabelValues(c.Name)
+	up.errUnreachable = m.upstreamErrors.WithLabelValues(c.Name, "unreachable")
+	up.errTimeout = m.upstreamErrors.WithLabelValues(c.Name, "timeout")
+	return up, nil
+}
+
+// setURI points req at this upstream: the client's path after /v1 is
+// appended to the base path (OpenAI-compatible servers), or mapped onto
+// Azure's deployment URLs. The client's query string is kept.
+func (u *upstream) setURI(req *fasthttp.Request, ep endpoint, clientPath, query []byte, deployment string) {
+	uri := req.URI()
+	uri.SetScheme(u.scheme)
+	uri.SetHost(u.host)
+	rest := clientPath[len("/v1"):]
+	b := uri.Path()[:0]
+	if !u.azure {
+		b = append(append(b, u.basePath...), rest...)
+		uri.SetPathBytes(b)
+		uri.SetQueryStringBytes(query)
+		return
+	}
+	b = append(b, u.basePath...)
+	switch ep {
+	case epChat, epCompletions, epEmbeddings:
+		b = append(b, "/openai/deployments/"...)
+		b = append(b, url.PathEscape(deployment)...)
+	default:
+		b = append(b, "/openai"...)
+	}
+	b = append(b, rest...)
+	uri.SetPathBytes(b)
+	uri.SetQueryStringBytes(query)
+	uri.QueryArgs().Set("api-version", u.apiVersion)
+}
+
+// setCredentials puts the upstream's key and organization on req. The
+// client's own credentials were already stripped by copyRequestHeaders.
+func (u *upstream) setCredentials(req *fasthttp.Request) {
+	if u.authValue != nil {
+		req.Header.SetBytesKV(u.authKey, u.authValue)
+	}
+	if u.org != nil {
+		req.Header.SetBytesV("OpenAI-Organization", u.org)
+	}
+	if u.project != nil {
+		req.Header.SetBytesV("OpenAI-Project", u.project)
+	}
+}
+
+// classify maps a failed upstream call to the error clients see and counts
+// it: timeouts are 504, anything else (refused, reset, DNS, pool
+// exhausted) is 502.
+func (u *upstream) classify(err error) errKind {
+	var de *dialError
+	if errors.As(err, &de) {
+		u.errUnreachable.Inc()
+		return errUpstreamUnreachable
+	}
+	var ne net.Error
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, fasthttp.ErrTimeout) ||
+		(errors.As(err, &ne) && ne.Timeout()) {
+		u.errTimeout.Inc()
+		return errUpstreamTimeout
+	}
+	u.errUnreachable.Inc()
+	return errUpstreamUnreachable
+}
+
+// dialError marks a failure to connect, so it is never mistaken for a
+// timeout waiting for an answer.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return "cannot connect to upstream: " + e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// timedConn enforces the upstream timeouts on the connection itself: each
+// Read gets a deadline of FirstByte (no byte of the answer yet) or Idle
+// (since the last byte), capped by Total since the request was sent. A
+// per-read deadline is what lets a long stream run while a stalled one is
+// cut; fasthttp's own ReadTimeout is one deadline for the whole response.
+type timedConn struct {
+	net.Conn
+	firstByte, idle, total time.Duration
+	// reading reports that the current exchange has started reading; the
+	// next Write begins a new exchange.
+	reading bool
+	// gotByte reports that the current answer has sent at least one byte.
+	gotByte bool
+	// end is the Total deadline of the current exchange.
+	end time.Time
+}
+
+func (c *timedConn) Write(p []byte) (int, error) {
+	if c.reading || c.end.IsZero() {
+		c.reading, c.gotByte = false, false
+		c.end = time.Now().Add(c.total)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *timedConn) Read(p []byte) (int, error) {
+	c.reading = true
+	wait := c.idle
+	if !c.gotByte {
+		wait = c.firstByte
+	}
+	d := time.Now().Add(wait)
+	if d.After(c.end) {
+		d = c.end
+	}
+	if err := c.Conn.SetReadDeadline(d); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.gotByte = true
+	}
+	return n, err
+}
