@@ -54,6 +54,7 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, rel
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
+	r.x.upEnd = time.Time{} // set when the upstream body ends
 	bs := resp.BodyStream()
 	if rc, ok := bs.(fasthttp.ReadCloserWithError); ok {
 		r.body = rc
@@ -140,6 +141,9 @@ func (r *relay) next() ([]byte, error) {
 }
 
 func (r *relay) noteErr(err error) error {
+	if err != nil {
+		r.x.upEnd = time.Now()
+	}
 	if err == io.EOF {
 		r.eof = true
 	} else if err != nil && r.readErr == nil {
@@ -184,6 +188,9 @@ func (r *relay) CloseWithError(err error) error {
 		r.x.up.classify(r.readErr)
 	}
 	r.x.status = r.resp.StatusCode()
+	if r.x.upEnd.IsZero() {
+		r.x.upEnd = time.Now() // the client left before the answer ended
+	}
 	if !r.sentFirst {
 		r.s.m.overhead[r.x.ep].Observe(time.Since(r.x.start).Seconds() - r.x.upFirst.Sub(r.x.upStart).Seconds())
 	}

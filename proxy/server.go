@@ -133,8 +133,11 @@ type exchange struct {
 	ep      endpoint
 	up      *upstream
 	upStart time.Time
-	// upFirst is when the upstream's answer began (headers received).
+	// upFirst is when the upstream's answer began (headers received; the
+	// whole body too unless it is relayed as a stream).
 	upFirst time.Time
+	// upEnd is when the upstream call ended: answer read, or failed.
+	upEnd time.Time
 	keyID   string
 	user    string
 	model   string
@@ -149,7 +152,12 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
-	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, time.Now(), false)
+	end := time.Now()
+	if !x.upFirst.IsZero() {
+		// The answer was read whole: the upstream's share ends with it.
+		s.m.overhead[x.ep].Observe((end.Sub(x.start) - x.upFirst.Sub(x.upStart)).Seconds())
+	}
+	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, false)
 }
 
 // finish records a completed exchange: metrics, and the access log line.
@@ -157,9 +165,8 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	total := end.Sub(x.start)
 	s.m.done(x.ep, x.status, total.Seconds())
 	s.m.inFlight.Dec()
-	if x.up != nil && !x.upStart.IsZero() {
-		up := end.Sub(x.upStart)
-		x.up.duration.Observe(up.Seconds())
+	if x.up != nil && !x.upEnd.IsZero() {
+		x.up.duration.Observe(x.upEnd.Sub(x.upStart).Seconds())
 	}
 	if clientGone {
 		s.m.disconnects[x.ep].Inc()
@@ -378,6 +385,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 	err := up.client.Do(req, resp)
 	fasthttp.ReleaseRequest(req)
 	if err != nil {
+		x.upEnd = time.Now()
 		fasthttp.ReleaseResponse(resp)
 		kind := up.classify(err)
 		s.log.Warn("upstream call failed", "request_id", string(ctx.Response.Header.Peek("X-Request-Id")),
@@ -390,6 +398,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 		return false
 	}
 	x.upFirst = time.Now()
+	x.upEnd = x.upFirst
 	ourID := ctx.Response.Header.Peek("X-Request-Id")
 	ourID = append(make([]byte, 0, len(ourID)), ourID...)
 	ctx.Response.Header.Del("X-Request-Id")
