@@ -33,13 +33,13 @@ func TestChatCompletion(t *testing.T) {
 	if len(choices) != 1 {
 		t.Fatalf("%d choices", len(choices))
 	}
-	if got := path(t, m, "choices", 0, "message", "role"); got != "assistant" {
+	if got := jpath(t, m, "choices", 0, "message", "role"); got != "assistant" {
 		t.Fatalf("role = %v", got)
 	}
-	if got := path(t, m, "choices", 0, "message", "content"); got != "echo: second question" {
+	if got := jpath(t, m, "choices", 0, "message", "content"); got != "echo: second question" {
 		t.Fatalf("content = %q", got)
 	}
-	if got := path(t, m, "choices", 0, "finish_reason"); got != "stop" {
+	if got := jpath(t, m, "choices", 0, "finish_reason"); got != "stop" {
 		t.Fatalf("finish_reason = %v", got)
 	}
 	// prompt: 2 + 2 + 3 + 2 words; completion: "echo: second question".
@@ -66,17 +66,17 @@ func TestChatChoicesAndTruncation(t *testing.T) {
 		t.Fatalf("%d choices, want 3", len(choices))
 	}
 	for i := range choices {
-		if got := path(t, m, "choices", i, "index"); got != float64(i) {
+		if got := jpath(t, m, "choices", i, "index"); got != float64(i) {
 			t.Fatalf("index = %v, want %d", got, i)
 		}
-		if got := path(t, m, "choices", i, "message", "content"); got != "echo: one" {
+		if got := jpath(t, m, "choices", i, "message", "content"); got != "echo: one" {
 			t.Fatalf("content = %q", got)
 		}
-		if got := path(t, m, "choices", i, "finish_reason"); got != "length" {
+		if got := jpath(t, m, "choices", i, "finish_reason"); got != "length" {
 			t.Fatalf("finish_reason = %v", got)
 		}
 	}
-	if got := path(t, m, "usage", "completion_tokens"); got != 6.0 {
+	if got := jpath(t, m, "usage", "completion_tokens"); got != 6.0 {
 		t.Fatalf("completion_tokens = %v, want 6", got)
 	}
 
@@ -84,7 +84,7 @@ func TestChatChoicesAndTruncation(t *testing.T) {
 	_, body = post(t, base+"/chat/completions",
 		`{"model":"m","max_tokens":3,"messages":[{"role":"user","content":"one two"}]}`)
 	m = decodeJSON(t, body)
-	if path(t, m, "choices", 0, "finish_reason") != "stop" || path(t, m, "choices", 0, "message", "content") != "echo: one two" {
+	if jpath(t, m, "choices", 0, "finish_reason") != "stop" || jpath(t, m, "choices", 0, "message", "content") != "echo: one two" {
 		t.Fatalf("untruncated: %s", body)
 	}
 }
@@ -210,7 +210,7 @@ func TestChatStreamWithoutUsage(t *testing.T) {
 		}
 	}
 	if texts[0] != "echo: hi" || texts[1] != "echo: hi" {
-		t.Fatalf("texts = %q", texts)
+		t.Fatalf("texts = %v", texts)
 	}
 }
 

@@ -62,8 +62,8 @@ func decodeJSON(t *testing.T, b []byte) map[string]any {
 	return m
 }
 
-// path walks a decoded JSON value: keys for objects, ints for arrays.
-func path(t *testing.T, v any, keys ...any) any {
+// jpath walks a decoded JSON value: keys for objects, ints for arrays.
+func jpath(t *testing.T, v any, keys ...any) any {
 	t.Helper()
 	for _, k := range keys {
 		switch k := k.(type) {

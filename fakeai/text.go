@@ -70,7 +70,10 @@ func truncateWords(s string, n int) (string, bool) {
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if isSpace(r) {
 			if in && words == n {
-				return s[:i], countWords(s[i:]) > 0
+				if countWords(s[i:]) == 0 {
+					return s, false
+				}
+				return s[:i], true
 			}
 			in = false
 		} else if !in {

@@ -11,17 +11,17 @@ import (
 type errKind uint8
 
 const (
-	errInvalidRequest  errKind = iota // malformed JSON, wrong field types, missing fields
-	errInvalidKey                     // missing or unknown API key
-	errNotFound                       // unknown /v1 path outside the proxied set
-	errModelNotFound                  // no route for the model
-	errMethodNotAllowed               // wrong method for a known endpoint
-	errBodyTooLarge                   // request body over server.max_body_bytes
-	errHeaderTooLarge                 // request headers over server.max_header_bytes
-	errUpstreamUnreachable            // dial failed, connection reset, pool exhausted
-	errUpstreamTimeout                // first byte, idle or total timeout
-	errShuttingDown                   // the server is draining
-	errInternal                       // a bug; details go to the log only
+	errInvalidRequest      errKind = iota // malformed JSON, wrong field types, missing fields
+	errInvalidKey                         // missing or unknown API key
+	errNotFound                           // unknown /v1 path outside the proxied set
+	errModelNotFound                      // no route for the model
+	errMethodNotAllowed                   // wrong method for a known endpoint
+	errBodyTooLarge                       // request body over server.max_body_bytes
+	errHeaderTooLarge                     // request headers over server.max_header_bytes
+	errUpstreamUnreachable                // dial failed, connection reset, pool exhausted
+	errUpstreamTimeout                    // first byte, idle or total timeout
+	errShuttingDown                       // the server is draining
+	errInternal                           // a bug; details go to the log only
 	errKindCount
 )
 

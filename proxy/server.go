@@ -89,17 +89,17 @@ func New(opts Options) (*Server, error) {
 
 	sc := &cfg.Server
 	s.srv = &fasthttp.Server{
-		Handler:                      s.handle,
-		ErrorHandler:                 s.handleServerError,
-		Name:                         "sluice",
-		ReadBufferSize:               sc.MaxHeaderBytes,
-		MaxRequestBodySize:           sc.MaxBodyBytes,
-		ReadTimeout:                  sc.ReadTimeout,
-		IdleTimeout:                  sc.IdleTimeout,
-		CloseOnShutdown:              true,
-		DisablePreParseMultipartForm: true,
-		NoDefaultServerHeader:        true,
-		NoDefaultContentType:         true,
+		Handler:                       s.handle,
+		ErrorHandler:                  s.handleServerError,
+		Name:                          "sluice",
+		ReadBufferSize:                sc.MaxHeaderBytes,
+		MaxRequestBodySize:            sc.MaxBodyBytes,
+		ReadTimeout:                   sc.ReadTimeout,
+		IdleTimeout:                   sc.IdleTimeout,
+		CloseOnShutdown:               true,
+		DisablePreParseMultipartForm:  true,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
 		DisableHeaderNamesNormalizing: false,
 		// Streams may run for many minutes; a write deadline would cut them.
 		WriteTimeout: 0,
@@ -137,11 +137,11 @@ type exchange struct {
 	// whole body too unless it is relayed as a stream).
 	upFirst time.Time
 	// upEnd is when the upstream call ended: answer read, or failed.
-	upEnd time.Time
-	keyID   string
-	user    string
-	model   string
-	status  int
+	upEnd  time.Time
+	keyID  string
+	user   string
+	model  string
+	status int
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {

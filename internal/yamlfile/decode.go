@@ -21,8 +21,8 @@ import (
 )
 
 const (
-	maxErrors = 20      // Decode stops collecting after this many errors
-	maxNodes  = 100_000 // cap on nodes after alias expansion (alias bombs)
+	maxErrors  = 20     // Decode stops collecting after this many errors
+	maxAliased = 10_000 // aliases may add this many nodes, or as many as the document has
 )
 
 // Options tune Decode. The zero value is usable.
@@ -170,6 +170,10 @@ func Decode(name string, data []byte, out any, opts Options) (*Doc, error) {
 	if len(root.Content) == 0 {
 		return doc, nil
 	}
+	orig := size(&root, nil, math.MaxInt)
+	if limit := orig + max(maxAliased, orig); size(&root, map[*yaml.Node]int{}, limit+1) > limit {
+		return doc, &Error{File: name, Msg: fmt.Sprintf("document too large (more than %d nodes after expanding aliases)", limit)}
+	}
 	d := &decoder{doc: doc, env: opts.LookupEnv, seen: map[errKey]bool{},
 		bad: map[*yaml.Node]bool{}, active: map[*yaml.Node]bool{}}
 	if d.env == nil {
@@ -217,9 +221,8 @@ type decoder struct {
 	seen   map[errKey]bool     // dedupes errors repeated through aliases
 	bad    map[*yaml.Node]bool // scalars whose expansion failed
 	active map[*yaml.Node]bool // anchored nodes being copied (alias cycles)
-	nodes  int
-	stop   bool // too many errors or nodes: give up
-	capped bool // stop because of maxErrors
+	stop   bool                // too many errors: give up
+	capped bool                // stop because of maxErrors
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
@@ -286,16 +289,33 @@ func parentPath(p string) string {
 	return ""
 }
 
+// size counts the nodes of n, saturating at limit. With a memo it follows
+// aliases (counting each use), without one it counts the document as written.
+func size(n *yaml.Node, memo map[*yaml.Node]int, limit int) int {
+	if s, ok := memo[n]; ok {
+		return s
+	}
+	s, kids := 1, n.Content
+	if memo != nil {
+		memo[n] = 1 // in progress: an alias cycle counts once, normalize reports it
+		if n.Alias != nil {
+			kids = []*yaml.Node{n.Alias}
+		}
+	}
+	for _, c := range kids {
+		s = min(s+size(c, memo, limit), limit)
+	}
+	if memo != nil {
+		memo[n] = s
+	}
+	return s
+}
+
 // normalize returns a deep copy of n with aliases and merge keys resolved,
 // scalar values env-expanded and duplicate keys reported and dropped.
 // It returns nil for nodes that must be skipped.
 func (d *decoder) normalize(n *yaml.Node, path string) *yaml.Node {
 	if d.stop {
-		return nil
-	}
-	if d.nodes++; d.nodes > maxNodes {
-		d.errorf(n, path, "document too large (more than %d nodes after expanding aliases)", maxNodes)
-		d.stop = true
 		return nil
 	}
 	if n.Kind == yaml.AliasNode {
@@ -470,7 +490,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.decodeStruct(n, v, path)
 	case reflect.Map:
 		d.decodeMap(n, v, path)
-	case reflect.Slice, reflect.Array:
+	case reflect.Slice:
 		d.decodeSeq(n, v, path)
 	case reflect.Interface:
 		var x any
@@ -573,19 +593,14 @@ func editDistance(a, b string) int {
 		prev := row[0]
 		row[0] = i
 		for j := 1; j <= len(b); j++ {
-			cur := row[j]
-			row[j] = min(row[j]+1, row[j-1]+1, prev+boolInt(a[i-1] != b[j-1]))
-			prev = cur
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			prev, row[j] = row[j], min(row[j]+1, row[j-1]+1, prev+cost)
 		}
 	}
 	return row[len(b)]
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
@@ -617,14 +632,7 @@ func (d *decoder) decodeSeq(n *yaml.Node, v reflect.Value, path string) {
 		d.mismatch(n, path, "a list")
 		return
 	}
-	if v.Kind() == reflect.Array {
-		if v.Len() != len(n.Content) {
-			d.errorf(n, path, "expected a list of %d items, got %d", v.Len(), len(n.Content))
-			return
-		}
-	} else {
-		v.Set(reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content)))
-	}
+	v.Set(reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content)))
 	for i, item := range n.Content {
 		d.decode(item, v.Index(i), index(path, i))
 	}

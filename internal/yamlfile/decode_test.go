@@ -63,7 +63,6 @@ type config struct {
 	Level     level               `yaml:"level"`
 	IP        netip.Addr          `yaml:"ip"`
 	Extra     any                 `yaml:"extra"`
-	Pair      [2]int              `yaml:"pair"`
 	ByID      map[int]string      `yaml:"by_id"`
 	Ptr       *tier               `yaml:"ptr"`
 	Ignored   string              `yaml:"-"`
@@ -128,7 +127,6 @@ upstreams:
 	f("tiers:\n  free: {rpm: 10, burst: 255}\n  gpt-4.1: {rpm: 1}\n", config{},
 		config{Tiers: map[string]tier{"free": {RPM: 10, Burst: 255}, "gpt-4.1": {RPM: 1}}})
 	f("by_id: {1: one, 0x10: sixteen}\n", config{}, config{ByID: map[int]string{1: "one", 16: "sixteen"}})
-	f("pair: [1, 2]\n", config{}, config{Pair: [2]int{1, 2}})
 
 	// Inline structs, Unmarshaler, TextUnmarshaler, any.
 	f("version: 2\nlevel: high\nip: 10.0.0.1\n", config{}, config{base: base{Version: 2}, Level: 2, IP: netip.MustParseAddr("10.0.0.1")})
@@ -192,7 +190,6 @@ func TestDecodeErrors(t *testing.T) {
 	f("upstreams: {name: a}\n", "c.yaml:1: upstreams: cannot decode a mapping as a list")
 	f("tiers: [a]\n", "c.yaml:1: tiers: cannot decode a list as a mapping")
 	f("- a\n", "c.yaml:1: cannot decode a list as a mapping")
-	f("pair: [1]\n", "c.yaml:1: pair: expected a list of 2 items, got 1")
 	f("by_id: {x: a}\n", `c.yaml:1: by_id.x: cannot decode "x" as int`)
 	f("level: medium\n", `c.yaml:1: level: unknown level "medium"`)
 	f("ip: 300.1.1.1\n", `c.yaml:1: ip: cannot decode "300.1.1.1": ParseAddr("300.1.1.1"): IPv4 field has value >255`)
