@@ -336,6 +336,13 @@ func (s *scanner) string() bool {
 	}
 	b := s.b
 	for i := s.i; i < len(b); {
+		// Fast path: a run of plain ASCII characters.
+		for i < len(b) && plainASCII[b[i]] {
+			i++
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c == '"':
@@ -371,6 +378,15 @@ func (s *scanner) string() bool {
 	}
 	return false
 }
+
+// plainASCII marks the bytes a JSON string holds as they are: printable
+// ASCII other than the quote and the backslash.
+var plainASCII = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex4(b []byte) bool {
 	for _, c := range b {
