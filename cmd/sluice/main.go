@@ -4,6 +4,7 @@
 //	sluice validate [-config sluice.yaml] [-policies policies.yaml]
 //	sluice hash-key [KEY]     (reads the key from stdin when not given)
 //	sluice gen-key
+//	sluice healthcheck [-addr 127.0.0.1:9090]
 //	sluice version
 //
 // Without -config or -policies the embedded example files are used.
@@ -58,6 +59,8 @@ func main() {
 		err = hashKey(args)
 	case "gen-key":
 		err = genKey()
+	case "healthcheck":
+		err = healthcheck(args)
 	case "version":
 		fmt.Println("sluice", buildVersion(), runtime.Version())
 	case "help", "-h", "--help":
@@ -76,6 +79,7 @@ const usage = `usage:
   sluice validate [-config FILE] [-policies FILE]
   sluice hash-key [KEY]     print the sha256 policies.yaml stores for KEY (stdin when absent)
   sluice gen-key            print a new random key and its sha256
+  sluice healthcheck [-addr HOST:PORT]  exit 0 when the admin listener's /readyz answers 200
   sluice version
 Without -config or -policies the embedded example files are used.
 `
@@ -255,4 +259,28 @@ func buildVersion() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// healthcheck asks a running Sluice's /readyz, for container health checks
+// in images that carry no shell or curl.
+func healthcheck(args []string) error {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	def := os.Getenv("SLUICE_ADMIN_ADDR")
+	if def == "" {
+		def = config.DefaultAdminListen
+	}
+	addr := fs.String("addr", def, "admin listener address (env SLUICE_ADMIN_ADDR)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + *addr + "/readyz")
+	if err != nil {
+		return fmt.Errorf("not healthy: %w", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("not ready: %s", resp.Status)
+	}
+	return nil
 }
