@@ -13,9 +13,9 @@ type Config struct {
 	// APIKey is the bearer key a request must carry (Authorization: Bearer KEY).
 	// Default "": any key, or none, is accepted.
 	APIKey string
-	// Latency is the delay before the response headers of a non-stream answer,
-	// or before the first event of a stream (whose headers go out at once).
-	// Default 0: no delay (and no timer).
+	// Latency is the delay before the response headers of a non-stream answer
+	// (errors included), or before the first event of a stream (whose headers
+	// go out at once). Default 0: no delay (and no timer).
 	Latency time.Duration
 	// Chunks is the number of content chunks a stream splits the answer into.
 	// Default 0 means DefaultChunks (5).

@@ -24,6 +24,20 @@
 // that many words and set finish_reason "length" (status "incomplete" for
 // responses). Any model name is accepted by the inference endpoints.
 //
+// # Streams
+//
+// Stream headers (text/event-stream; charset=utf-8) are flushed at once; every
+// event is one flushed write. A chat stream sends, per choice, a role chunk
+// (delta {"role":"assistant","content":""}), Chunks content chunks whose
+// contents concatenate to the answer, and a finish chunk (delta {},
+// finish_reason set); with stream_options.include_usage every chunk carries
+// "usage":null and one last chunk has "choices":[] and the usage; then
+// "data: [DONE]". Legacy completions stream the same way without the role chunk.
+// A Responses stream sends named events (event: response.created, ...) with
+// matching "type" and "sequence_number" fields and no [DONE]. X-Fake-Cut-After
+// and X-Fake-Hang-After count every event written, the role chunk included; a
+// stream asked to cut or hang never ends cleanly even if it has fewer events.
+//
 // # Fault injection
 //
 // Per request, through headers (a gateway forwards them unchanged):

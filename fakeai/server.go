@@ -66,8 +66,15 @@ type RecordedRequest struct {
 	RawQuery string
 	// Host is the Host header (net/http removes it from Header).
 	Host string
-	// Header is a clone of the request headers.
+	// Header is a clone of the request headers as net/http parsed them:
+	// hop-by-hop headers such as Connection stay in; Host and
+	// Transfer-Encoding are moved out to their own fields.
 	Header http.Header
+	// ContentLength is the declared body length in bytes, -1 if unknown
+	// (a chunked body).
+	ContentLength int64
+	// TransferEncoding lists the transfer codings, e.g. ["chunked"]; nil if none.
+	TransferEncoding []string
 	// Body is the request body as received (nil for none).
 	Body []byte
 }
@@ -112,6 +119,7 @@ func (s *Server) LastRequest() RecordedRequest {
 	s.lastMu.Unlock()
 	r.Header = r.Header.Clone()
 	r.Body = bytes.Clone(r.Body)
+	r.TransferEncoding = append([]string(nil), r.TransferEncoding...)
 	return r
 }
 
@@ -229,12 +237,14 @@ func (s *Server) countPath(p string) {
 
 func (s *Server) record(r *http.Request, body []byte) {
 	rec := RecordedRequest{
-		Method:   r.Method,
-		Path:     r.URL.Path,
-		RawQuery: r.URL.RawQuery,
-		Host:     r.Host,
-		Header:   r.Header.Clone(),
-		Body:     body,
+		Method:           r.Method,
+		Path:             r.URL.Path,
+		RawQuery:         r.URL.RawQuery,
+		Host:             r.Host,
+		Header:           r.Header.Clone(),
+		ContentLength:    r.ContentLength,
+		TransferEncoding: r.TransferEncoding,
+		Body:             body,
 	}
 	s.lastMu.Lock()
 	s.last = rec

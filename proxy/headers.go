@@ -29,14 +29,14 @@ var sluiceHeaderPrefix = []byte("X-Sluice-")
 // client's credentials (the gateway key must never reach the provider; the
 // upstream's own are set instead), the client's OpenAI-Organization and
 // OpenAI-Project (they belong to the gateway's provider account), Sluice's
-// own headers, and, when the proxy must read the answer, Accept-Encoding (so
+// own headers, Expect (the server already answered any 100-continue), and, when the proxy must read the answer, Accept-Encoding (so
 // the provider answers uncompressed).
 func skipRequestHeader(k []byte, dropAcceptEncoding bool) bool {
 	if isHopByHop(k) {
 		return true
 	}
 	switch string(k) {
-	case "Host", "Content-Length", "Authorization", "Api-Key", "Openai-Organization", "Openai-Project":
+	case "Host", "Content-Length", "Expect", "Authorization", "Api-Key", "Openai-Organization", "Openai-Project":
 		return true
 	case "Accept-Encoding":
 		return dropAcceptEncoding

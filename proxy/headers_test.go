@@ -22,6 +22,7 @@ func TestCopyRequestHeaders(t *testing.T) {
 		{"Proxy-Authorization", "Basic abc"},
 		{"Te", "trailers"},
 		{"Upgrade", "h2c"},
+		{"Expect", "100-continue"},
 		{"Accept-Encoding", "gzip"},
 		{"Content-Type", "application/json"},
 		{"User-Agent", "OpenAI/Go 3.98.0"},
@@ -46,7 +47,7 @@ func TestCopyRequestHeaders(t *testing.T) {
 		}
 	}
 	always := []string{"Authorization", "Api-Key", "OpenAI-Organization", "OpenAI-Project", "X-Sluice-User",
-		"X-Conn-Only", "Keep-Alive", "Proxy-Authorization", "Te", "Upgrade"}
+		"X-Conn-Only", "Keep-Alive", "Proxy-Authorization", "Te", "Upgrade", "Expect"}
 	f(true, []string{"Content-Type", "User-Agent", "X-Stainless-Lang", "Openai-Beta"}, append(always, "Accept-Encoding"))
 	f(false, []string{"Content-Type", "User-Agent", "Accept-Encoding", "Openai-Beta"}, always)
 }

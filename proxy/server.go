@@ -399,8 +399,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
-	ourID := ctx.Response.Header.Peek("X-Request-Id")
-	ourID = append(make([]byte, 0, len(ourID)), ourID...)
+	var idBuf [40]byte
+	ourID := append(idBuf[:0], ctx.Response.Header.Peek("X-Request-Id")...)
 	ctx.Response.Header.Del("X-Request-Id")
 	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
 	if len(resp.Header.Peek("X-Request-Id")) == 0 {
