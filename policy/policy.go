@@ -12,17 +12,45 @@ import (
 
 // File is the model of policies.yaml.
 type File struct {
-	// Tiers are the service levels keys and users belong to, by name. The
-	// limits issue adds their limits; for now a tier only has a name.
+	// Tiers are the service levels keys and users belong to, by name.
 	Tiers map[string]TierSpec `yaml:"tiers"`
 	// Keys are the virtual API keys clients present to Sluice.
 	Keys []KeySpec `yaml:"keys"`
+	// Users override the tier or limits of a user, by user name, whichever
+	// key the user calls with.
+	Users map[string]UserSpec `yaml:"users"`
+	// OnStoreError says what happens when the shared bucket store (Redis)
+	// does not answer: "allow" admits, "deny" answers 503, "local" falls back
+	// to in-memory buckets with every limit divided by Replicas. Default
+	// "local". Unused with the in-memory store.
+	OnStoreError string `yaml:"on_store_error"`
+	// Replicas is the number of Sluice replicas sharing the store, used to
+	// divide limits in "local" mode. Default 1.
+	Replicas int64 `yaml:"replicas"`
 }
 
 // TierSpec describes one tier.
 type TierSpec struct {
 	// Description is free text for humans.
 	Description string `yaml:"description"`
+	// Limits are each user's budgets in this tier (rpm, tpm, tpd,
+	// concurrent). Zero fields are unlimited.
+	Limits `yaml:",inline"`
+	// DefaultMaxTokens is the completion reservation for a request that
+	// sets no max_tokens / max_completion_tokens / max_output_tokens; the
+	// reservation is settled from the answer's usage. Default 4096.
+	DefaultMaxTokens int64 `yaml:"default_max_tokens"`
+	// Models are extra per-user budgets for some models, by pattern (exact
+	// name or prefix*): "gpt-4o*": {rpm: 10}.
+	Models map[string]Limits `yaml:"models"`
+}
+
+// UserSpec overrides one user's tier and limits.
+type UserSpec struct {
+	// Tier replaces the tier the user's key gives.
+	Tier string `yaml:"tier"`
+	// Limits replace the tier's where set.
+	Limits `yaml:",inline"`
 }
 
 // KeySpec is one virtual key. Exactly one of SHA256 and KeyEnv is set: the
@@ -45,17 +73,53 @@ type KeySpec struct {
 	// Trusted marks an app key that may name its end user per request, with
 	// the X-Sluice-User header or the body's "user" field. Default false.
 	Trusted bool `yaml:"trusted"`
+	// UserTier is the tier of the end users a trusted key names. Default:
+	// Tier.
+	UserTier string `yaml:"user_tier"`
+	// Limits replace the tier's for requests made with this key, per user.
+	Limits Limits `yaml:"limits"`
+	// AppLimits is one budget shared by all of this key's users together.
+	AppLimits Limits `yaml:"app_limits"`
 }
 
 // Policy is a compiled, immutable policies.yaml. It is safe for concurrent
 // use; a reload builds a new one and swaps it in whole.
 type Policy struct {
-	keys map[[sha256.Size]byte]*Key
-	// Tiers are the known tier names.
-	Tiers map[string]TierSpec
+	keys  map[[sha256.Size]byte]*Key
+	users map[string]UserSpec
+	// Tiers are the compiled tiers by name.
+	Tiers map[string]*Tier
 	// Skipped lists the IDs of keys whose key_env variable was unset.
 	Skipped []string
+	// OnStoreError is "allow", "deny" or "local" (see File).
+	OnStoreError string
+	// Replicas divides limits in "local" store-error mode.
+	Replicas int64
 }
+
+// Tier is a compiled tier.
+type Tier struct {
+	// Name is the tier's name.
+	Name string
+	// Limits are each user's budgets.
+	Limits Limits
+	// DefaultMaxTokens is the completion reservation when a request sets
+	// none.
+	DefaultMaxTokens int64
+	// Models are the per-model budgets, exact names first, then longer
+	// prefixes first.
+	Models []ModelLimits
+}
+
+// Store-error modes.
+const (
+	StoreErrorAllow = "allow"
+	StoreErrorDeny  = "deny"
+	StoreErrorLocal = "local"
+)
+
+// DefaultMaxTokens is a tier's completion reservation when it sets none.
+const DefaultMaxTokens = 4096
 
 // Key is a compiled virtual key.
 type Key struct {
@@ -69,6 +133,12 @@ type Key struct {
 	Tier string
 	// Trusted reports whether the key may name its end user.
 	Trusted bool
+	// UserTier is the tier of the end users a trusted key names.
+	UserTier string
+	// Limits replace the tier's for this key's requests, per user.
+	Limits Limits
+	// AppLimits is one budget for all of this key's users together.
+	AppLimits Limits
 }
 
 // Principal is who a request acts for.
@@ -82,19 +152,31 @@ type Principal struct {
 	Team string
 	// Tier is the tier whose limits apply.
 	Tier string
+	// EndUser reports a user named by a trusted app key rather than the
+	// key's own user; such users' buckets are scoped to the key.
+	EndUser bool
 }
 
 // MaxUserLen is the longest end-user name a trusted key may assert, in bytes.
 const MaxUserLen = 256
 
-// Principal returns who a request with this key acts for. endUser is what a
-// trusted key asserted ("" for none); it is ignored for other keys.
-func (k *Key) Principal(endUser string) Principal {
-	p := Principal{KeyID: k.ID, User: k.User, Team: k.Team, Tier: k.Tier}
+// Principal returns who a request with key k acts for. endUser is what a
+// trusted key asserted ("" for none); it is ignored for other keys. The tier
+// is the users section's for the user, else the key's user_tier for an end
+// user it named, else the key's.
+func (p *Policy) Principal(k *Key, endUser string) Principal {
+	pr := Principal{KeyID: k.ID, User: k.User, Team: k.Team, Tier: k.Tier}
 	if k.Trusted && endUser != "" {
-		p.User = endUser
+		pr.User = endUser
+		pr.EndUser = true
+		if k.UserTier != "" {
+			pr.Tier = k.UserTier
+		}
 	}
-	return p
+	if u, ok := p.users[pr.User]; ok && u.Tier != "" {
+		pr.Tier = u.Tier
+	}
+	return pr
 }
 
 // Identify finds the key whose plaintext is secret. The secret is hashed and
@@ -142,9 +224,53 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	var errs yamlfile.Errors
 	add := func(path, format string, args ...any) { errs.Add(doc.Errorf(path, format, args...)) }
 
-	p := &Policy{keys: make(map[[sha256.Size]byte]*Key, len(f.Keys)), Tiers: f.Tiers}
-	if p.Tiers == nil {
-		p.Tiers = map[string]TierSpec{}
+	p := &Policy{
+		keys:         make(map[[sha256.Size]byte]*Key, len(f.Keys)),
+		users:        f.Users,
+		Tiers:        make(map[string]*Tier, len(f.Tiers)),
+		OnStoreError: f.OnStoreError,
+		Replicas:     f.Replicas,
+	}
+	switch p.OnStoreError {
+	case "":
+		p.OnStoreError = StoreErrorLocal
+	case StoreErrorAllow, StoreErrorDeny, StoreErrorLocal:
+	default:
+		add("on_store_error", "must be allow, deny or local, not %q", p.OnStoreError)
+	}
+	if p.Replicas == 0 {
+		p.Replicas = 1
+	} else if p.Replicas < 0 {
+		add("replicas", "must be at least 1")
+	}
+	for name, ts := range f.Tiers {
+		path := "tiers." + name + "."
+		ts.Limits.validate(path, add)
+		t := &Tier{Name: name, Limits: ts.Limits, DefaultMaxTokens: ts.DefaultMaxTokens}
+		if t.DefaultMaxTokens == 0 {
+			t.DefaultMaxTokens = DefaultMaxTokens
+		} else if t.DefaultMaxTokens < 0 {
+			add(path+"default_max_tokens", "must not be negative")
+		}
+		for pattern, ml := range ts.Models {
+			mp := path + "models." + pattern + "."
+			if pattern == "" || strings.Contains(strings.TrimSuffix(pattern, "*"), "*") {
+				add(path+"models", "bad model pattern %q: an exact name or a prefix ending in *", pattern)
+			}
+			ml.validate(mp, add)
+			t.Models = append(t.Models, ModelLimits{Pattern: pattern, Limits: ml})
+		}
+		sortModelLimits(t.Models)
+		p.Tiers[name] = t
+	}
+	for name, u := range f.Users {
+		path := "users." + name + "."
+		if u.Tier != "" {
+			if _, ok := p.Tiers[u.Tier]; !ok {
+				add(path+"tier", "unknown tier %q", u.Tier)
+			}
+		}
+		u.Limits.validate(path, add)
 	}
 	ids := make(map[string]bool, len(f.Keys))
 	for i, ks := range f.Keys {
@@ -167,6 +293,15 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		} else if _, ok := p.Tiers[ks.Tier]; !ok {
 			add(path+".tier", "unknown tier %q", ks.Tier)
 		}
+		if ks.UserTier != "" {
+			if !ks.Trusted {
+				add(path+".user_tier", "only a trusted key names end users")
+			} else if _, ok := p.Tiers[ks.UserTier]; !ok {
+				add(path+".user_tier", "unknown tier %q", ks.UserTier)
+			}
+		}
+		ks.Limits.validate(path+".limits.", add)
+		ks.AppLimits.validate(path+".app_limits.", add)
 		var sum [sha256.Size]byte
 		switch {
 		case ks.SHA256 != "" && ks.KeyEnv != "":
@@ -194,7 +329,8 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			add(path, "same key as %q", prev.ID)
 			continue
 		}
-		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted}
+		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
+			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits}
 		if k.User == "" {
 			k.User = k.ID
 		}

@@ -43,17 +43,17 @@ keys:
 	if !ok || k.ID != "alice-key" {
 		t.Fatalf("Identify(sk-alice) = %v, %v", k, ok)
 	}
-	if got := k.Principal("mallory"); got != (Principal{KeyID: "alice-key", User: "alice", Team: "red", Tier: "pro"}) {
+	if got := p.Principal(k, "mallory"); got != (Principal{KeyID: "alice-key", User: "alice", Team: "red", Tier: "pro"}) {
 		t.Fatalf("an untrusted key named another user: %+v", got)
 	}
 	app, ok := p.Identify([]byte("sk-app"))
 	if !ok {
 		t.Fatal("the key_env key was not loaded")
 	}
-	if got := app.Principal("end-user-7"); got.User != "end-user-7" || got.Team != "acme" || got.KeyID != "app" {
+	if got := p.Principal(app, "end-user-7"); got.User != "end-user-7" || got.Team != "acme" || got.KeyID != "app" {
 		t.Fatalf("trusted key principal = %+v", got)
 	}
-	if got := app.Principal(""); got.User != "app" {
+	if got := p.Principal(app, ""); got.User != "app" {
 		t.Fatalf("trusted key without an end user = %+v; want user app", got)
 	}
 	for _, bad := range []string{"", "sk-alic", "sk-alice ", "SK-ALICE"} {

@@ -244,7 +244,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	p := key.Principal(endUser)
+	p := s.policy.Load().Principal(key, endUser)
 	x.user = p.User
 	route, ok := s.router.Resolve(string(f.model))
 	if !ok {

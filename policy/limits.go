@@ -1,0 +1,200 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Rate is a budget per period with a burst: Limit units per period, of
+// which up to Burst may be taken at once. In YAML it is either a number
+// ("rpm: 60") or a mapping ("rpm: {limit: 60, burst: 10}").
+type Rate struct {
+	// Limit is the number of units per period; 0 means no limit.
+	Limit int64
+	// Burst is how many units may be taken at once. Default: Limit, so a
+	// full period's budget is available to an idle user.
+	Burst int64
+}
+
+// UnmarshalYAML accepts a number or a {limit, burst} mapping.
+func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		v, err := strconv.ParseInt(n.Value, 10, 64)
+		if err != nil {
+			return fmt.Errorf("cannot decode %q as a limit: want a whole number or {limit, burst}", n.Value)
+		}
+		*r = Rate{Limit: v}
+		return nil
+	case yaml.MappingNode:
+		*r = Rate{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			x, err := strconv.ParseInt(v.Value, 10, 64)
+			if v.Kind != yaml.ScalarNode || err != nil {
+				return fmt.Errorf("line %d: %s: cannot decode %q as a whole number", v.Line, k.Value, v.Value)
+			}
+			switch k.Value {
+			case "limit":
+				r.Limit = x
+			case "burst":
+				r.Burst = x
+			default:
+				return fmt.Errorf("line %d: unknown key %q (want limit or burst)", k.Line, k.Value)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("cannot decode a limit from this node: want a whole number or {limit, burst}")
+}
+
+// burst is Burst with its default applied.
+func (r Rate) burst() int64 {
+	if r.Burst == 0 {
+		return r.Limit
+	}
+	return r.Burst
+}
+
+// Limits are the budgets of one user (or of one app key's users together).
+// Zero fields are unlimited; in an override, zero fields keep the inherited
+// value.
+type Limits struct {
+	// RPM is requests per minute.
+	RPM Rate `yaml:"rpm"`
+	// TPM is tokens (prompt + completion) per minute.
+	TPM Rate `yaml:"tpm"`
+	// TPD is tokens (prompt + completion) per day, refilled continuously.
+	TPD Rate `yaml:"tpd"`
+	// Concurrent is the number of requests in flight at once.
+	Concurrent int64 `yaml:"concurrent"`
+}
+
+// override returns l with the non-zero fields of o replacing its own.
+func (l Limits) override(o Limits) Limits {
+	if o.RPM.Limit != 0 {
+		l.RPM = o.RPM
+	}
+	if o.TPM.Limit != 0 {
+		l.TPM = o.TPM
+	}
+	if o.TPD.Limit != 0 {
+		l.TPD = o.TPD
+	}
+	if o.Concurrent != 0 {
+		l.Concurrent = o.Concurrent
+	}
+	return l
+}
+
+// IsZero reports limits that limit nothing.
+func (l Limits) IsZero() bool { return l == Limits{} }
+
+func (l Limits) validate(path string, add func(path, format string, args ...any)) {
+	for _, f := range []struct {
+		name string
+		r    Rate
+	}{{"rpm", l.RPM}, {"tpm", l.TPM}, {"tpd", l.TPD}} {
+		switch {
+		case f.r.Limit < 0:
+			add(path+f.name, "must not be negative")
+		case f.r.Burst < 0:
+			add(path+f.name, "burst must not be negative")
+		case f.r.Burst > 0 && f.r.Limit == 0:
+			add(path+f.name, "a burst needs a limit")
+		}
+	}
+	if l.Concurrent < 0 {
+		add(path+"concurrent", "must not be negative")
+	}
+}
+
+// ModelLimits are extra budgets for the models matching Pattern, inside a
+// tier: a user's requests to those models draw from both the tier's
+// buckets and these.
+type ModelLimits struct {
+	// Pattern is an exact model name or a prefix ending in "*".
+	Pattern string
+	// Limits are the extra budgets.
+	Limits Limits
+}
+
+// Match reports whether model falls under the pattern.
+func (m *ModelLimits) Match(model string) bool {
+	if p, ok := strings.CutSuffix(m.Pattern, "*"); ok {
+		return strings.HasPrefix(model, p)
+	}
+	return model == m.Pattern
+}
+
+// sortModelLimits orders patterns so the most specific match comes first:
+// exact names, then prefixes by length (longest first), then by text.
+func sortModelLimits(m []ModelLimits) {
+	rank := func(x ModelLimits) (bool, int) {
+		p, wild := strings.CutSuffix(x.Pattern, "*")
+		return wild, -len(p)
+	}
+	slices.SortFunc(m, func(a, b ModelLimits) int {
+		aw, al := rank(a)
+		bw, bl := rank(b)
+		if aw != bw {
+			if aw {
+				return 1
+			}
+			return -1
+		}
+		if al != bl {
+			return cmp.Compare(al, bl)
+		}
+		return strings.Compare(a.Pattern, b.Pattern)
+	})
+}
+
+// Plan is what a request's admission draws from: the user's budgets (tier,
+// then key and user overrides), the budgets of the first per-model pattern
+// matching the model, and the app key's shared budget.
+type Plan struct {
+	// Tier is the principal's tier.
+	Tier *Tier
+	// User are the effective per-user limits.
+	User Limits
+	// UserScope prefixes the user's bucket keys: "u:NAME" for a key's own
+	// user, "k:KEY:u:NAME" for an end user of a trusted app key.
+	UserScope string
+	// Model is the matching per-model budget, nil when none matches.
+	Model *ModelLimits
+	// App is the app key's shared budget over all its users.
+	App Limits
+	// AppScope prefixes the app budget's bucket keys: "k:KEY".
+	AppScope string
+}
+
+// Plan resolves the budgets a request by pr with key k for model draws from.
+func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
+	t := p.Tiers[pr.Tier]
+	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + k.ID}
+	if t != nil {
+		pl.User = t.Limits
+		for i := range t.Models {
+			if t.Models[i].Match(model) {
+				pl.Model = &t.Models[i]
+				break
+			}
+		}
+	}
+	pl.User = pl.User.override(k.Limits)
+	if u, ok := p.users[pr.User]; ok {
+		pl.User = pl.User.override(u.Limits)
+	}
+	if pr.EndUser {
+		pl.UserScope = "k:" + k.ID + ":u:" + pr.User
+	} else {
+		pl.UserScope = "u:" + pr.User
+	}
+	return pl
+}
