@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
@@ -23,6 +24,10 @@ type reqFields struct {
 	hasStreamOptions bool
 	// includeUsage is stream_options.include_usage.
 	includeUsage bool
+	// optsStart and optsEnd delimit the stream_options value; usageStart
+	// and usageEnd its include_usage value (all 0 when absent), so Sluice
+	// can ask for usage on the client's behalf.
+	optsStart, optsEnd, usageStart, usageEnd int
 	// maxTokens is max_tokens, max_completion_tokens or max_output_tokens
 	// (the last one present wins); -1 when none is.
 	maxTokens int64
@@ -138,12 +143,17 @@ func (s *scanner) field(key []byte, f *reqFields) *scanError {
 		}
 		return s.typeError("stream", "a boolean")
 	case "stream_options":
+		f.optsStart = s.i
 		switch s.kind() {
 		case 'o':
 			f.hasStreamOptions = true
-			return s.streamOptions(f)
+			err := s.streamOptions(f)
+			f.optsEnd = s.i
+			return err
 		case 'n':
-			return s.null()
+			err := s.null()
+			f.optsEnd = s.i
+			return err
 		}
 		return s.typeError("stream_options", "an object")
 	case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
@@ -191,6 +201,7 @@ func (s *scanner) streamOptions(f *reqFields) *scanError {
 		}
 		s.ws()
 		if string(key) == "include_usage" {
+			f.usageStart = s.i
 			switch s.kind() {
 			case 't', 'f':
 				v, ok := s.bool()
@@ -205,6 +216,7 @@ func (s *scanner) streamOptions(f *reqFields) *scanError {
 			default:
 				return s.typeError("stream_options.include_usage", "a boolean")
 			}
+			f.usageEnd = s.i
 		} else if !s.value(2) {
 			return s.syntaxError()
 		}
@@ -517,4 +529,38 @@ func (s *scanner) typeError(param, want string) *scanError {
 		got = "a number"
 	}
 	return &scanError{param: param, msg: "Invalid type for '" + param + "': expected " + want + ", but got " + got + " instead."}
+}
+
+// withIncludeUsage returns body asking the upstream for
+// stream_options.include_usage, rewriting as little as possible: the body
+// itself when the client already asked, else a copy with the flag set,
+// added to stream_options, or stream_options added.
+func withIncludeUsage(body []byte, f *reqFields) []byte {
+	var at, end int
+	var insert string
+	switch {
+	case f.includeUsage:
+		return body
+	case f.usageEnd > f.usageStart: // "include_usage": false or null
+		at, end, insert = f.usageStart, f.usageEnd, "true"
+	case f.hasStreamOptions: // an object without include_usage
+		at = f.optsStart + 1
+		end = at
+		insert = `"include_usage":true,`
+		s := scanner{b: body, i: at}
+		s.ws()
+		if s.i < len(body) && body[s.i] == '}' {
+			insert = `"include_usage":true`
+		}
+	case f.optsEnd > f.optsStart: // "stream_options": null
+		at, end, insert = f.optsStart, f.optsEnd, `{"include_usage":true}`
+	default:
+		at = bytes.IndexByte(body, '{') + 1
+		end = at
+		insert = `"stream_options":{"include_usage":true},`
+	}
+	out := make([]byte, 0, len(body)+len(insert))
+	out = append(out, body[:at]...)
+	out = append(out, insert...)
+	return append(out, body[end:]...)
 }

@@ -135,3 +135,38 @@ func depth(b []byte) int {
 	}
 	return maxD
 }
+
+func TestWithIncludeUsage(t *testing.T) {
+	f := func(body string) {
+		t.Helper()
+		var fields reqFields
+		if err := scanRequest([]byte(body), &fields); err != nil {
+			t.Fatal(err)
+		}
+		out := withIncludeUsage([]byte(body), &fields)
+		var again reqFields
+		if err := scanRequest(out, &again); err != nil {
+			t.Fatalf("withIncludeUsage(%s) = %s: not valid: %s", body, out, err.msg)
+		}
+		if !again.includeUsage || string(again.model) != string(fields.model) || again.stream != fields.stream {
+			t.Fatalf("withIncludeUsage(%s) = %s", body, out)
+		}
+		var before, after map[string]any
+		_ = json.Unmarshal([]byte(body), &before)
+		_ = json.Unmarshal(out, &after)
+		delete(before, "stream_options")
+		delete(after, "stream_options")
+		if len(before) != len(after) {
+			t.Fatalf("other fields changed: %s → %s", body, out)
+		}
+	}
+	f(`{"model":"m","stream":true}`)
+	f(` {"model":"m","stream":true}`)
+	f(`{"model":"m","stream":true,"stream_options":{}}`)
+	f(`{"model":"m","stream":true,"stream_options":{ }}`)
+	f(`{"model":"m","stream":true,"stream_options":{"x":1}}`)
+	f(`{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}`)
+	f(`{"model":"m","stream":true,"stream_options":{"include_usage":null}}`)
+	f(`{"model":"m","stream":true,"stream_options":null}`)
+	f(`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`)
+}

@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"bytes"
+)
+
+// usage is what an answer reports it cost, in tokens.
+type usage struct {
+	// prompt is prompt_tokens (chat, completions, embeddings) or
+	// input_tokens (responses).
+	prompt int64
+	// completion is completion_tokens or output_tokens.
+	completion int64
+	// ok reports that a usage object was found.
+	ok bool
+}
+
+func (u usage) total() int64 { return u.prompt + u.completion }
+
+var usageKey = []byte(`"usage":`)
+
+// findUsage returns the usage object of a JSON answer or SSE event: the last
+// `"usage":{…}` at any depth (inside a JSON string every quote is escaped, so
+// the raw bytes cannot occur there). Chat and completions put it at the top
+// level; the Responses API inside "response".
+func findUsage(b []byte) usage {
+	for end := len(b); end > 0; {
+		i := bytes.LastIndex(b[:end], usageKey)
+		if i < 0 {
+			return usage{}
+		}
+		j := i + len(usageKey)
+		for j < len(b) && (b[j] == ' ' || b[j] == '\t' || b[j] == '\n' || b[j] == '\r') {
+			j++
+		}
+		if j < len(b) && b[j] == '{' {
+			if u, ok := parseUsage(b[j:]); ok {
+				return u
+			}
+		}
+		end = i
+	}
+	return usage{}
+}
+
+// parseUsage reads the token counts of the usage object at the start of b.
+func parseUsage(b []byte) (usage, bool) {
+	s := scanner{b: b, i: 1}
+	var u usage
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.byte('}') {
+			return u, true
+		}
+		keyStart := s.i
+		if !s.string() {
+			return usage{}, false
+		}
+		key := s.b[keyStart+1 : s.i-1]
+		s.ws()
+		if !s.byte(':') {
+			return usage{}, false
+		}
+		s.ws()
+		switch string(key) {
+		case "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens":
+			v, ok := s.integer()
+			if !ok {
+				return usage{}, false
+			}
+			if key[0] == 'p' || key[0] == 'i' {
+				u.prompt = v
+			} else {
+				u.completion = v
+			}
+			u.ok = true
+		default:
+			if !s.value(2) {
+				return usage{}, false
+			}
+		}
+		s.ws()
+		if s.byte(',') {
+			continue
+		}
+		if s.byte('}') {
+			return u, true
+		}
+		return usage{}, false
+	}
+}
+
+var (
+	emptyChoices = []byte(`"choices":[]`)
+	dataPrefix   = []byte("data:")
+)
+
+// isUsageOnlyEvent reports the extra chunk an upstream sends when asked for
+// stream_options.include_usage: no choices, only usage. Sluice removes it
+// when it asked on the client's behalf.
+func isUsageOnlyEvent(ev []byte) bool {
+	return bytes.HasPrefix(ev, dataPrefix) && bytes.Contains(ev, emptyChoices) && bytes.Contains(ev, usageKey) &&
+		!bytes.Contains(ev, []byte(`"usage":null`))
+}
+
+// textKeys name the string fields that carry generated text in stream
+// events: chat deltas, tool-call arguments, legacy completions, Responses
+// deltas.
+var textKeys = [][]byte{[]byte(`"content":"`), []byte(`"arguments":"`), []byte(`"text":"`), []byte(`"delta":"`)}
+
+// generatedBytes counts the bytes of generated text in one stream event, to
+// estimate completion tokens when a stream ends without usage. Escapes count
+// as written, which only overestimates.
+func generatedBytes(ev []byte) int64 {
+	var n int64
+	for _, k := range textKeys {
+		rest := ev
+		for {
+			i := bytes.Index(rest, k)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(k):]
+			// Find the closing quote of the string value.
+			j := 0
+			for j < len(rest) && rest[j] != '"' {
+				if rest[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			n += int64(min(j, len(rest)))
+			if j >= len(rest) {
+				break
+			}
+			rest = rest[j:]
+		}
+	}
+	return n
+}
