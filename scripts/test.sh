@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, vet, unit,
 # integration and end-to-end tests (with the race detector), and short fuzz
-# runs of the parsers. It installs and starts whatever the tests need; today
-# that is only the Go toolchain's own modules (the fake upstream runs inside
-# the tests). Services arrive with their issues (Redis, ClickHouse,
-# Prometheus from Debian's packages) and are started here, on loopback, by PID.
+# runs of the parsers. It installs and starts whatever the tests need: Redis
+# from Debian's packages (scripts/services.sh), on a free loopback port, ended
+# by its PID when the script exits. The fake upstream runs inside the tests.
 #
 # Usage: scripts/test.sh   (FUZZTIME=30000x by default: an exec count, not a duration, which
 # avoids a known flake of time-limited fuzzing; FUZZTIME=0 skips fuzzing)
@@ -34,6 +33,12 @@ go build -o bin/sluice ./cmd/sluice
 go build -o bin/fakeai ./cmd/fakeai
 bin/sluice validate -config configs/sluice.yaml -policies configs/policies.yaml
 
+step "services"
+source scripts/services.sh
+trap stop_services EXIT
+start_redis
+echo "redis at $SLUICE_TEST_REDIS_ADDR"
+
 step "tests (race detector on)"
 go test -race -count=1 ./...
 
@@ -41,6 +46,7 @@ if [ "$FUZZTIME" != "0" ]; then
   step "fuzz ($FUZZTIME each)"
   go test -run='^$' -fuzz='^FuzzScanRequest$' -fuzztime="$FUZZTIME" ./proxy/
   go test -run='^$' -fuzz='^FuzzDecode$' -fuzztime="$FUZZTIME" ./internal/yamlfile/
+  go test -run='^$' -fuzz='^FuzzParity$' -fuzztime="${PARITY_FUZZTIME:-5000x}" ./policy/limit/
 fi
 
 step "all tests passed"

@@ -36,7 +36,7 @@ type Lease struct {
 type Request struct {
 	Rules   []Rule  // buckets to draw from, all or nothing
 	Leases  []Lease // concurrency slots to take, all or nothing
-	LeaseID string  // unique per request (the caller's request id); required with Leases
+	LeaseID string  // unique per request (the caller's request id); required with Leases; a lease it already holds counts as live
 	MaxWait int64   // µs the caller will wait for a future slot (0..MaxSpan); 0 = admit now or deny
 	Now     int64   // µs since the Unix epoch; 0 = the store's clock (Redis: server TIME; Memory: time.Now)
 }
@@ -77,7 +77,9 @@ type Store interface {
 	Reserve(ctx context.Context, req *Request, d *Decision) error
 	// Adjust settles a rule after the call, on the store's clock: delta > 0
 	// charges more units, delta < 0 refunds (never below "bucket full").
-	// r carries the same Key and Interval as reserved; r.Cost is ignored.
+	// r carries the same Key, Interval and Burst as reserved; r.Cost is
+	// ignored. A bucket may go into debt (TAT beyond now + tau): later
+	// requests then wait or are denied until it drains.
 	Adjust(ctx context.Context, r Rule, delta int64) error
 	// Cancel gives back a reservation that was allowed but not used (a
 	// waiting request whose client left): it refunds every rule's Cost at
@@ -92,7 +94,7 @@ type Store interface {
 // 2^50 µs is about 35.7 years. With timestamps near 1.8e15 µs every sum the
 // math forms stays well below 2^53, the largest range in which a Lua number
 // (a double) holds integers exactly, so the Redis script computes the very
-// same integers as Go.
+// same integers as Go (as long as no bucket is charged years into debt).
 const MaxSpan = 1 << 50
 
 // ErrInvalid is wrapped by the errors Reserve, Adjust and Cancel return for a

@@ -2,6 +2,7 @@ package limit
 
 import (
 	"context"
+	"hash/maphash"
 	"math/bits"
 	"sync"
 	"time"
@@ -99,16 +100,14 @@ func (m *Memory) Sweep(now int64) {
 	}
 }
 
-// shard returns the shard of key (FNV-1a; no allocation).
+// shardSeed keys the shard hash; random per process.
+var shardSeed = maphash.MakeSeed()
+
+// shard returns the shard of key.
 func (m *Memory) shard(key string) *shard { return &m.shards[shardOf(key)] }
 
-func shardOf(key string) uint {
-	h := uint32(2166136261)
-	for i := 0; i < len(key); i++ {
-		h = (h ^ uint32(key[i])) * 16777619
-	}
-	return uint(h % numShards)
-}
+// shardOf hashes key with the runtime's string hash (no allocation).
+func shardOf(key string) uint { return uint(maphash.String(shardSeed, key) % numShards) }
 
 // lock locks the shards of the given rules and leases in ascending order and
 // returns the mask to pass to unlock.

@@ -59,6 +59,12 @@ func TestParity(t *testing.T) {
 			{op: 'R', rules: []Rule{rpm(1)}, leases: conc, maxWait: 150 * ms, retry: true},
 			{op: 'R', advance: 2 * sec, rules: []Rule{rpm(0)}, leases: conc},
 		},
+		"a key listed twice": {
+			{op: 'R', rules: []Rule{rpm(1), rpm(2)}, leases: []Lease{conc[0], conc[0]}},
+			{op: 'R', rules: []Rule{rpm(2), rpm(1)}, retry: true},
+			{op: 'C', ref: 0},
+			{op: 'R', rules: []Rule{rpm(0), rpm(3)}, leases: conc},
+		},
 		"leases expire": {
 			{op: 'R', leases: conc}, {op: 'R', advance: 300 * ms, leases: conc},
 			{op: 'R', leases: conc, retry: true},
@@ -183,7 +189,7 @@ func decodeSteps(b []byte) []step {
 		b = b[1:]
 		return v
 	}
-	unit := []int64{1, 7, ms, 100 * ms, sec}[next()%5] // time scale of the advances, waits and TTLs
+	unit := []int64{1, 7, ms, 100 * ms, sec}[next()%5]                         // time scale of the advances, waits and TTLs
 	intervals := []int64{0, 1, unit, 2 * unit, 3 * unit, 10 * unit, 60 * unit} // 0 disables
 	var rules [3]Rule
 	for i := range rules {
