@@ -1,0 +1,380 @@
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/policy/limit"
+)
+
+// Outcome is what admission decided.
+type Outcome uint8
+
+const (
+	// Admitted: the request goes on now.
+	Admitted Outcome = iota
+	// Rejected: over budget; retry after Admission.RetryAfter.
+	Rejected
+	// NeverFits: the request alone exceeds a bucket's burst; retrying the
+	// same request cannot succeed.
+	NeverFits
+	// Unavailable: the bucket store failed and the policy says deny.
+	Unavailable
+)
+
+// Limit kinds, the values of the "limit" metric label.
+const (
+	LimitRPM        = "rpm"
+	LimitTPM        = "tpm"
+	LimitTPD        = "tpd"
+	LimitConcurrent = "concurrent"
+)
+
+// Admission is one request's reservation, from Admit to Finish. It is not
+// safe for concurrent use.
+type Admission struct {
+	// Outcome is the decision.
+	Outcome Outcome
+	// RetryAfter is how long a rejected request must wait before the same
+	// request would be admitted; exact, not rounded.
+	RetryAfter time.Duration
+	// Limit names the deciding limit kind (rpm, tpm, tpd, concurrent) and
+	// Scope its owner ("user", "model", "app"), for a rejection's message.
+	Limit, Scope string
+	// LimitValue is the deciding limit's configured value (per minute, per
+	// day, or concurrent requests).
+	LimitValue int64
+	// Headers are the user's request and token budgets after this decision,
+	// for OpenAI's x-ratelimit-* headers; Valid is false for a budget that
+	// has no limit.
+	Requests, Tokens Budget
+	// Reserved is the number of tokens reserved (prompt estimate plus the
+	// completion allowance).
+	Reserved int64
+
+	req      limit.Request
+	dec      limit.Decision
+	kinds    []ruleInfo // per rule of req.Rules
+	leases   []ruleInfo // per lease of req.Leases
+	store    limit.Store
+	tier     string
+	finished bool
+}
+
+// Budget is one x-ratelimit-* header family.
+type Budget struct {
+	// Valid reports a configured limit.
+	Valid bool
+	// Limit is the per-minute limit.
+	Limit int64
+	// Remaining is what is left after this request.
+	Remaining int64
+	// Reset is the time until the bucket is full again.
+	Reset time.Duration
+}
+
+type ruleInfo struct {
+	kind  string
+	scope string
+	limit int64
+	token bool // cost in tokens (settled from usage)
+}
+
+// Limiter admits requests against the users' budgets and settles their
+// token reservations. Its buckets live in a store that outlives policy
+// reloads.
+type Limiter struct {
+	store  limit.Store
+	local  *limit.Memory // fallback for on_store_error: local (shared stores only)
+	shared bool
+	// leaseTTL bounds how long a concurrency slot outlives a dead replica.
+	leaseTTL time.Duration
+	log      *slog.Logger
+
+	// failing is set while the store errs, so an incident logs once.
+	failing atomic.Bool
+
+	decisions     *prometheus.CounterVec
+	tokens        *prometheus.CounterVec
+	storeDuration prometheus.Observer
+	storeErrors   prometheus.Counter
+
+	pool sync.Pool
+}
+
+// LimiterOptions configure a Limiter.
+type LimiterOptions struct {
+	// Store holds the buckets: a *limit.Memory (one process) or a
+	// *limit.Redis (shared by replicas). Required.
+	Store limit.Store
+	// Shared reports a store shared by replicas, for which the policy's
+	// on_store_error applies.
+	Shared bool
+	// LeaseTTL is how long a concurrency slot lives unless released; it must
+	// be longer than the longest request. Default 31m (upstream total
+	// timeout's default plus a minute).
+	LeaseTTL time.Duration
+	// Registry receives the limiter's metrics. Required.
+	Registry prometheus.Registerer
+	// Logger receives store incidents. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// NewLimiter builds a Limiter. Close stops its fallback store.
+func NewLimiter(o LimiterOptions) *Limiter {
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = 31 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	l := &Limiter{store: o.Store, shared: o.Shared, leaseTTL: o.LeaseTTL, log: o.Logger}
+	if o.Shared {
+		l.local = limit.NewMemory(limit.MemoryOptions{})
+	}
+	l.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_limiter_decisions_total",
+		Help: "Admission decisions by tier, deciding limit (none when admitted) and outcome.",
+	}, []string{"tier", "limit", "outcome"})
+	l.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_limiter_tokens_total",
+		Help: "Tokens reserved before calls (kind=reserved) and used according to the answers (kind=actual), by tier.",
+	}, []string{"tier", "kind"})
+	storeDuration := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "sluice_limiter_store_duration_seconds",
+		Help:    "Time of one bucket store reservation.",
+		Buckets: []float64{10e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 100e-3},
+	})
+	l.storeDuration = storeDuration
+	storeErrors := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_limiter_store_errors_total",
+		Help: "Bucket store calls that failed (Redis unreachable or slow).",
+	})
+	l.storeErrors = storeErrors
+	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors)
+	l.pool.New = func() any { return new(Admission) }
+	return l
+}
+
+// Close stops the fallback store's sweeper.
+func (l *Limiter) Close() {
+	if l.local != nil {
+		l.local.Close()
+	}
+}
+
+// Ask is what one request asks of its budgets.
+type Ask struct {
+	// Plan is the request's budgets (Policy.Plan).
+	Plan Plan
+	// RequestID identifies the request's concurrency leases.
+	RequestID string
+	// Tokens is the reservation: the prompt estimate plus the completion
+	// allowance (max tokens or the tier's default, times n).
+	Tokens int64
+	// Exact, when not nil, counts the reservation exactly; it is called
+	// only when the estimate alone was rejected by a token budget, since
+	// counting costs far more than estimating.
+	Exact func() int64
+}
+
+// Admit decides a request. The Admission must be given back with Finish,
+// whatever the outcome.
+func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
+	ad := l.pool.Get().(*Admission)
+	ad.reset()
+	if a.Plan.Tier != nil {
+		ad.tier = a.Plan.Tier.Name
+	}
+	l.build(ad, &a.Plan, a.Tokens, a.RequestID, 1)
+	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
+		l.decisions.WithLabelValues(ad.tier, "none", "admitted").Inc()
+		return ad
+	}
+	ad.Reserved = a.Tokens
+	store := l.store
+	err := l.reserve(ctx, store, ad)
+	if err == nil && !ad.dec.Allowed && a.Exact != nil && ad.dec.Limiting >= 0 &&
+		ad.dec.Limiting < len(ad.kinds) && ad.kinds[ad.dec.Limiting].token {
+		// The estimate is an upper bound; the exact count may fit.
+		if exact := a.Exact(); exact < a.Tokens {
+			ad.Reserved = exact
+			l.setTokenCosts(ad, exact)
+			err = l.reserve(ctx, store, ad)
+		}
+	}
+	if err != nil {
+		l.storeFailed(err)
+		switch pol.OnStoreError {
+		case StoreErrorAllow:
+			ad.store = nil
+			l.decisions.WithLabelValues(ad.tier, "none", "store_error_allowed").Inc()
+			return ad
+		case StoreErrorDeny:
+			ad.store = nil
+			ad.Outcome = Unavailable
+			l.decisions.WithLabelValues(ad.tier, "none", "store_error_denied").Inc()
+			return ad
+		}
+		// local: the same budgets, divided among the replicas, in memory.
+		tier := ad.tier
+		ad.reset()
+		ad.tier, ad.Reserved = tier, a.Tokens
+		l.build(ad, &a.Plan, a.Tokens, a.RequestID, pol.Replicas)
+		store = l.local
+		_ = l.reserve(ctx, store, ad) // the memory store fails only on invalid input
+	} else if store == l.store {
+		l.storeRecovered()
+	}
+	ad.store = store
+	l.decide(ad)
+	return ad
+}
+
+func (l *Limiter) reserve(ctx context.Context, s limit.Store, ad *Admission) error {
+	start := time.Now()
+	err := s.Reserve(ctx, &ad.req, &ad.dec)
+	if s == l.store {
+		l.storeDuration.Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+// decide turns the store's decision into the Admission's outcome, headers
+// and metrics.
+func (l *Limiter) decide(ad *Admission) {
+	d := &ad.dec
+	for i, k := range ad.kinds {
+		if k.scope != "user" || i >= len(d.Remaining) {
+			continue
+		}
+		b := Budget{Valid: true, Limit: k.limit, Remaining: max(d.Remaining[i], 0), Reset: time.Duration(d.Reset[i]) * time.Microsecond}
+		switch k.kind {
+		case LimitRPM:
+			ad.Requests = b
+		case LimitTPM:
+			ad.Tokens = b
+		}
+	}
+	if d.Allowed {
+		ad.Outcome = Admitted
+		l.decisions.WithLabelValues(ad.tier, "none", "admitted").Inc()
+		l.tokens.WithLabelValues(ad.tier, "reserved").Add(float64(ad.Reserved))
+		return
+	}
+	ad.Outcome = Rejected
+	if d.RetryAfter < 0 {
+		ad.Outcome = NeverFits
+	}
+	ad.RetryAfter = time.Duration(d.RetryAfter) * time.Microsecond
+	if d.Limiting >= 0 && d.Limiting < len(ad.kinds) {
+		k := ad.kinds[d.Limiting]
+		ad.Limit, ad.Scope, ad.LimitValue = k.kind, k.scope, k.limit
+	} else if j := d.Limiting - len(ad.kinds); j >= 0 && j < len(ad.leases) {
+		k := ad.leases[j]
+		ad.Limit, ad.Scope, ad.LimitValue = k.kind, k.scope, k.limit
+	}
+	outcome := "rejected"
+	if ad.Outcome == NeverFits {
+		outcome = "never"
+	}
+	l.decisions.WithLabelValues(ad.tier, ad.Limit, outcome).Inc()
+}
+
+// Finish settles an admitted request's tokens from the answer's usage
+// (actual < 0: no usage known, keep the reservation) and releases its
+// concurrency slots; for a request that was not admitted it only returns
+// the Admission to the pool. ad must not be used afterwards.
+func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
+	if ad.store != nil && ad.Outcome == Admitted {
+		if actual >= 0 {
+			l.tokens.WithLabelValues(ad.tier, "actual").Add(float64(actual))
+			if delta := actual - ad.Reserved; delta != 0 {
+				for i, k := range ad.kinds {
+					if k.token {
+						r := ad.req.Rules[i]
+						if err := ad.store.Adjust(ctx, r, delta); err != nil {
+							l.storeFailed(err)
+						}
+					}
+				}
+			}
+		}
+		if len(ad.req.Leases) > 0 {
+			if err := ad.store.Release(ctx, ad.req.Leases, ad.req.LeaseID); err != nil {
+				l.storeFailed(err)
+			}
+		}
+	}
+	l.pool.Put(ad)
+}
+
+func (l *Limiter) storeFailed(err error) {
+	l.storeErrors.Inc()
+	if !l.failing.Swap(true) {
+		l.log.Error("bucket store failing; applying on_store_error until it answers again", "error", err)
+	}
+}
+
+func (l *Limiter) storeRecovered() {
+	if l.failing.Load() && l.failing.Swap(false) {
+		l.log.Info("bucket store answers again")
+	}
+}
+
+func (ad *Admission) reset() {
+	rules, leases, kinds, lkinds := ad.req.Rules[:0], ad.req.Leases[:0], ad.kinds[:0], ad.leases[:0]
+	rem, res := ad.dec.Remaining[:0], ad.dec.Reset[:0]
+	*ad = Admission{}
+	ad.req.Rules, ad.req.Leases, ad.kinds, ad.leases = rules, leases, kinds, lkinds
+	ad.dec.Remaining, ad.dec.Reset = rem, res
+}
+
+const (
+	usPerMinute = int64(time.Minute / time.Microsecond)
+	usPerDay    = int64(24 * time.Hour / time.Microsecond)
+)
+
+// build fills ad.req with the plan's buckets and leases, every limit divided
+// by div (the replica count in local fallback mode).
+func (l *Limiter) build(ad *Admission, pl *Plan, tokens int64, reqID string, div int64) {
+	ad.req.LeaseID = reqID
+	add := func(scope, key string, lim Limits) {
+		l.addRate(ad, scope, key+":rpm", LimitRPM, lim.RPM, usPerMinute, 1, div)
+		l.addRate(ad, scope, key+":tpm", LimitTPM, lim.TPM, usPerMinute, tokens, div)
+		l.addRate(ad, scope, key+":tpd", LimitTPD, lim.TPD, usPerDay, tokens, div)
+		if lim.Concurrent > 0 {
+			ad.req.Leases = append(ad.req.Leases, limit.Lease{
+				Key: key + ":conc", Limit: max(lim.Concurrent/div, 1), TTL: int64(l.leaseTTL / time.Microsecond)})
+			ad.leases = append(ad.leases, ruleInfo{kind: LimitConcurrent, scope: scope, limit: lim.Concurrent})
+		}
+	}
+	add("user", pl.UserScope, pl.User)
+	if pl.Model != nil {
+		add("model", pl.UserScope+":m:"+pl.Model.Pattern, pl.Model.Limits)
+	}
+	add("app", pl.AppScope, pl.App)
+}
+
+func (l *Limiter) addRate(ad *Admission, scope, key, kind string, r Rate, period, cost, div int64) {
+	if r.Limit <= 0 {
+		return
+	}
+	lim := max(r.Limit/div, 1)
+	burst := max(r.burst()/div, 1)
+	ad.req.Rules = append(ad.req.Rules, limit.Rule{Key: key, Interval: max(period/lim, 1), Burst: burst, Cost: cost})
+	ad.kinds = append(ad.kinds, ruleInfo{kind: kind, scope: scope, limit: r.Limit, token: kind != LimitRPM})
+}
+
+func (l *Limiter) setTokenCosts(ad *Admission, tokens int64) {
+	for i, k := range ad.kinds {
+		if k.token {
+			ad.req.Rules[i].Cost = tokens
+		}
+	}
+}

@@ -1,0 +1,132 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/policy/limit"
+)
+
+const admitPolicy = `
+on_store_error: %s
+replicas: 2
+tiers:
+  free:
+    rpm: {limit: 60, burst: 4}
+    tpm: {limit: 6000, burst: 1000}
+    concurrent: 1
+keys:
+  - id: k
+    sha256: 0000000000000000000000000000000000000000000000000000000000000001
+    user: alice
+    tier: free
+`
+
+func admitFixture(t *testing.T, mode string) (*Policy, *Key) {
+	t.Helper()
+	p, err := Parse("p.yaml", []byte(fmt.Sprintf(admitPolicy, mode)), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range p.keys {
+		return p, k
+	}
+	t.Fatal("no key")
+	return nil, nil
+}
+
+func TestLimiterAdmitSettleRelease(t *testing.T) {
+	p, k := admitFixture(t, "local")
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
+	ctx := context.Background()
+	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
+
+	a1 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r1", Tokens: 900})
+	if a1.Outcome != Admitted || a1.Requests.Limit != 60 || a1.Requests.Remaining != 3 || a1.Tokens.Remaining != 100 {
+		t.Fatalf("first request: %+v", a1)
+	}
+	// The concurrency slot is taken: a second request waits for it.
+	a2 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r2", Tokens: 10})
+	if a2.Outcome != Rejected || a2.Limit != LimitConcurrent || a2.Scope != "user" {
+		t.Fatalf("second request while the first runs: %+v", a2)
+	}
+	l.Finish(ctx, a2, -1)
+	// The answer used 100 tokens: 800 are refunded, and the slot is freed.
+	l.Finish(ctx, a1, 100)
+	a3 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r3", Tokens: 850})
+	if a3.Outcome != Admitted {
+		t.Fatalf("after the refund 850 tokens must fit: %+v", a3)
+	}
+	l.Finish(ctx, a3, 850)
+	// A request larger than the token burst can never fit.
+	a4 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r4", Tokens: 5000})
+	if a4.Outcome != NeverFits || a4.Limit != LimitTPM {
+		t.Fatalf("oversized request: %+v", a4)
+	}
+	l.Finish(ctx, a4, -1)
+	// The estimate is rejected by tpm, the exact count fits.
+	exactCalled := false
+	a5 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r5", Tokens: 900, Exact: func() int64 { exactCalled = true; return 50 }})
+	if !exactCalled || a5.Outcome != Admitted || a5.Reserved != 50 {
+		t.Fatalf("exact recount: called %v, %+v", exactCalled, a5)
+	}
+	l.Finish(ctx, a5, 50)
+	// rpm burst 4 is used up by r1, r3, r5 and r6: the next is rejected
+	// with a wait under a second per request (60/min).
+	a6 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r6", Tokens: 0})
+	l.Finish(ctx, a6, 0)
+	a6 = l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r7", Tokens: 0})
+	if a6.Outcome != Rejected || a6.Limit != LimitRPM || a6.RetryAfter <= 0 || a6.RetryAfter > 2*time.Second {
+		t.Fatalf("rpm: %+v", a6)
+	}
+	l.Finish(ctx, a6, -1)
+	if got := testutil.ToFloat64(l.decisions.WithLabelValues("free", "rpm", "rejected")); got != 1 {
+		t.Fatalf("rpm rejections counted %v", got)
+	}
+}
+
+type failingStore struct{ limit.Store }
+
+func (failingStore) Reserve(context.Context, *limit.Request, *limit.Decision) error {
+	return errors.New("redis: connection refused")
+}
+
+func TestLimiterStoreErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		mode string
+		want Outcome
+	}{{"allow", Admitted}, {"deny", Unavailable}, {"local", Admitted}} {
+		p, k := admitFixture(t, tc.mode)
+		l := NewLimiter(LimiterOptions{Store: failingStore{}, Shared: true, Registry: prometheus.NewRegistry()})
+		pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
+		a := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r1", Tokens: 10})
+		if a.Outcome != tc.want {
+			t.Fatalf("%s: outcome %d; want %d", tc.mode, a.Outcome, tc.want)
+		}
+		l.Finish(ctx, a, 10)
+		if tc.mode == "local" {
+			// Local buckets hold rpm burst 4 / 2 replicas = 2: the third is rejected.
+			b := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r2", Tokens: 10})
+			bOutcome := b.Outcome
+			l.Finish(ctx, b, 10)
+			c := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r3", Tokens: 10})
+			if bOutcome != Admitted || c.Outcome != Rejected || c.Limit != LimitRPM {
+				t.Fatalf("local fallback must enforce divided limits: %+v", c)
+			}
+			l.Finish(ctx, c, -1)
+		}
+		if testutil.ToFloat64(l.storeErrors) < 1 {
+			t.Fatalf("%s: store errors not counted", tc.mode)
+		}
+		l.Close()
+	}
+}
