@@ -25,6 +25,37 @@ type Config struct {
 	// Aliases rename a model before routing: a request for the key is sent as
 	// a request for the value (the body's "model" is rewritten).
 	Aliases map[string]string `yaml:"aliases"`
+	// Limits chooses where the users' buckets live.
+	Limits Limits `yaml:"limits"`
+	// Redis is the shared store for replicas (buckets now; cache later).
+	Redis Redis `yaml:"redis"`
+}
+
+// Limits configures the bucket store.
+type Limits struct {
+	// Store is "memory" (one process; the default) or "redis" (shared by
+	// every replica; needs redis.addr).
+	Store string `yaml:"store"`
+	// LeaseTTL is how long a concurrency slot lives unless released, so a
+	// replica that dies frees its slots; longer than the longest request.
+	// Default 31m.
+	LeaseTTL time.Duration `yaml:"lease_ttl"`
+}
+
+// Redis is a Redis server's address and credentials.
+type Redis struct {
+	// Addr is host:port. Required when a store uses Redis.
+	Addr string `yaml:"addr"`
+	// Username and Password authenticate (ACL); usually from ${ENV}.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// DB is the database number. Default 0.
+	DB int `yaml:"db"`
+	// Prefix starts every key Sluice writes. Default "sluice:".
+	Prefix string `yaml:"prefix"`
+	// Timeout bounds one Redis call; a request never waits on Redis longer.
+	// Default 100ms.
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Server holds listener settings.
@@ -173,6 +204,10 @@ func (c *Config) applyDefaults() {
 	setDefault(&s.ReadTimeout, DefaultReadTimeout)
 	setDefault(&s.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&s.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.Limits.Store, "memory")
+	setDefault(&c.Limits.LeaseTTL, 31*time.Minute)
+	setDefault(&c.Redis.Prefix, "sluice:")
+	setDefault(&c.Redis.Timeout, 100*time.Millisecond)
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDefault(&u.Type, TypeOpenAI)
@@ -206,6 +241,18 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	}
 	if c.Server.MaxHeaderBytes < 0 {
 		add("server.max_header_bytes", "must not be negative")
+	}
+	switch c.Limits.Store {
+	case "memory":
+	case "redis":
+		if c.Redis.Addr == "" {
+			add("redis.addr", "is required with limits.store: redis")
+		}
+	default:
+		add("limits.store", "must be memory or redis, not %q", c.Limits.Store)
+	}
+	if c.Limits.LeaseTTL < 0 || c.Redis.Timeout < 0 {
+		add("limits.lease_ttl", "durations must not be negative")
 	}
 	if len(c.Upstreams) == 0 {
 		add("upstreams", "at least one upstream is required")

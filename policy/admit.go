@@ -98,6 +98,8 @@ type Limiter struct {
 
 	// failing is set while the store errs, so an incident logs once.
 	failing atomic.Bool
+	// settling tracks Settle's goroutines; Close waits for them.
+	settling sync.WaitGroup
 
 	decisions     *prometheus.CounterVec
 	tokens        *prometheus.CounterVec
@@ -161,8 +163,10 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	return l
 }
 
-// Close stops the fallback store's sweeper.
+// Close waits for pending settlements and stops the fallback store's
+// sweeper.
 func (l *Limiter) Close() {
+	l.settling.Wait()
 	if l.local != nil {
 		l.local.Close()
 	}
@@ -312,6 +316,17 @@ func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
 		}
 	}
 	l.pool.Put(ad)
+}
+
+// Settle is Finish off the request path: inline for the in-memory store,
+// on a tracked goroutine for a shared store, so the client does not wait
+// for a Redis round trip. Close waits for pending settlements.
+func (l *Limiter) Settle(ad *Admission, actual int64) {
+	if !l.shared || ad.store == nil || ad.Outcome != Admitted {
+		l.Finish(context.Background(), ad, actual)
+		return
+	}
+	l.settling.Go(func() { l.Finish(context.Background(), ad, actual) })
 }
 
 func (l *Limiter) storeFailed(err error) {

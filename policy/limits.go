@@ -198,3 +198,15 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	}
 	return pl
 }
+
+// Limited reports whether the plan limits anything.
+func (p *Plan) Limited() bool {
+	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero())
+}
+
+// CountsTokens reports whether any of the plan's budgets is in tokens, so
+// the request's tokens must be estimated.
+func (p *Plan) CountsTokens() bool {
+	tok := func(l Limits) bool { return l.TPM.Limit > 0 || l.TPD.Limit > 0 }
+	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits))
+}

@@ -21,6 +21,9 @@ const (
 	errUpstreamUnreachable                // dial failed, connection reset, pool exhausted
 	errUpstreamTimeout                    // first byte, idle or total timeout
 	errShuttingDown                       // the server is draining
+	errRateLimitRequests                  // a request-count budget (rpm, concurrent) is used up
+	errRateLimitTokens                    // a token budget (tpm, tpd) is used up
+	errLimiterUnavailable                 // the bucket store failed and the policy denies
 	errInternal                           // a bug; details go to the log only
 	errKindCount
 )
@@ -45,6 +48,9 @@ var statusTable = [errKindCount]errRow{
 	errUpstreamUnreachable: {fasthttp.StatusBadGateway, "server_error", "upstream_unreachable"},
 	errUpstreamTimeout:     {fasthttp.StatusGatewayTimeout, "server_error", "upstream_timeout"},
 	errShuttingDown:        {fasthttp.StatusServiceUnavailable, "server_error", "shutting_down"},
+	errRateLimitRequests:   {fasthttp.StatusTooManyRequests, "requests", "rate_limit_exceeded"},
+	errRateLimitTokens:     {fasthttp.StatusTooManyRequests, "tokens", "rate_limit_exceeded"},
+	errLimiterUnavailable:  {fasthttp.StatusServiceUnavailable, "server_error", "limiter_unavailable"},
 	errInternal:            {fasthttp.StatusInternalServerError, "server_error", "internal_error"},
 }
 

@@ -22,6 +22,9 @@ func TestStatusTable(t *testing.T) {
 		errUpstreamUnreachable: {502, "server_error", "upstream_unreachable"},
 		errUpstreamTimeout:     {504, "server_error", "upstream_timeout"},
 		errShuttingDown:        {503, "server_error", "shutting_down"},
+		errRateLimitRequests:   {429, "requests", "rate_limit_exceeded"},
+		errRateLimitTokens:     {429, "tokens", "rate_limit_exceeded"},
+		errLimiterUnavailable:  {503, "server_error", "limiter_unavailable"},
 		errInternal:            {500, "server_error", "internal_error"},
 	}
 	if len(want) != int(errKindCount) {

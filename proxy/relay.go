@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -36,6 +37,10 @@ type relay struct {
 	sentFirst bool
 	// readErr is the upstream read error that ended the relay, if any.
 	readErr error
+	// usage is the last usage an event reported; generated counts the bytes
+	// of text relayed, to estimate a cut stream's completion.
+	usage     usage
+	generated int64
 
 	// gone is set by the watcher when the client socket closed.
 	gone      atomic.Bool
@@ -135,6 +140,19 @@ func (r *relay) next() ([]byte, error) {
 		}
 		// A blank line ends an event.
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			if r.x.adm == nil {
+				return r.ev, nil
+			}
+			if bytes.Contains(r.ev, usageKey) {
+				if u := findUsage(r.ev); u.ok {
+					r.usage = u
+				}
+				if r.x.stripUsage && isUsageOnlyEvent(r.ev) {
+					r.ev = r.ev[:0] // asked on the client's behalf: not relayed
+					continue
+				}
+			}
+			r.generated += generatedBytes(r.ev)
 			return r.ev, nil
 		}
 	}
@@ -194,12 +212,32 @@ func (r *relay) CloseWithError(err error) error {
 	if !r.sentFirst {
 		r.s.m.overhead[r.x.ep].Observe(time.Since(r.x.start).Seconds() - r.x.upFirst.Sub(r.x.upStart).Seconds())
 	}
-	r.s.finish(r.reqID, &r.x, time.Now(), clientGone)
+	actual := int64(-1)
+	if r.x.adm != nil {
+		actual = r.streamUsage()
+	}
+	r.s.finish(r.reqID, &r.x, time.Now(), clientGone, actual)
 	r.br.Reset(nil)
 	readerPool.Put(r.br)
 	fasthttp.ReleaseResponse(r.resp)
 	r.resp, r.br = nil, nil
 	return nil
+}
+
+// bytesPerToken converts relayed text to tokens when a stream ended before
+// its usage: 3 bytes per token overestimates English (about 4) a little.
+const bytesPerToken = 3
+
+// streamUsage is the tokens a streamed answer used: its reported usage, else
+// for a cut stream the prompt estimate plus the relayed text's estimate.
+func (r *relay) streamUsage() int64 {
+	if r.usage.ok {
+		return r.usage.total()
+	}
+	if r.resp.StatusCode() >= 400 {
+		return 0
+	}
+	return r.x.promptEst + (r.generated+bytesPerToken-1)/bytesPerToken
 }
 
 // watchInterval is how often a stream checks that its client is still

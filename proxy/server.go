@@ -15,6 +15,7 @@ import (
 
 	"sluice/config"
 	"sluice/policy"
+	"sluice/policy/tokens"
 )
 
 // Options configure a Server.
@@ -29,6 +30,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Version is reported by sluice_build_info. Default "dev".
 	Version string
+	// Limiter meters users' budgets; nil disables limits.
+	Limiter *policy.Limiter
+	// Tokens estimates prompt tokens for reservations. Required with
+	// Limiter.
+	Tokens *tokens.Counter
 }
 
 // Server is the OpenAI-compatible API listener.
@@ -40,6 +46,8 @@ type Server struct {
 	srv       *fasthttp.Server
 	m         *metrics
 	log       *slog.Logger
+	limiter   *policy.Limiter
+	tokens    *tokens.Counter
 	ids       idGen
 	// draining is set by Shutdown; new requests then get a 503.
 	draining atomic.Bool
@@ -57,7 +65,10 @@ func New(opts Options) (*Server, error) {
 		opts.Version = "dev"
 	}
 	cfg := opts.Config
-	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version)}
+	if opts.Limiter != nil && opts.Tokens == nil {
+		return nil, errors.New("proxy: a Limiter needs Tokens")
+	}
+	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter, tokens: opts.Tokens}
 	s.ids.init()
 	s.policy.Store(opts.Policy)
 
@@ -142,6 +153,14 @@ type exchange struct {
 	user   string
 	model  string
 	status int
+	// adm is the request's admission, settled when the exchange finishes;
+	// nil without limits.
+	adm *policy.Admission
+	// promptEst is the prompt's token estimate.
+	promptEst int64
+	// stripUsage reports that Sluice asked for the stream's usage chunk on
+	// the client's behalf, so the relay removes it.
+	stripUsage bool
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -157,11 +176,29 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// The answer was read whole: the upstream's share ends with it.
 		s.m.overhead[x.ep].Observe((end.Sub(x.start) - x.upFirst.Sub(x.upStart)).Seconds())
 	}
-	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, false)
+	actual := int64(-1)
+	if x.adm != nil {
+		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero())
+	}
+	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, false, actual)
+}
+
+// bufferedUsage is the tokens a buffered answer used: its usage when it is a
+// success that reports one, none for an error or no answer at all (the
+// provider bills neither), else -1 (unknown: keep the reservation).
+func bufferedUsage(status int, body []byte, answered bool) int64 {
+	if !answered || status >= 400 {
+		return 0
+	}
+	if u := findUsage(body); u.ok {
+		return u.total()
+	}
+	return -1
 }
 
 // finish records a completed exchange: metrics, and the access log line.
-func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone bool) {
+// actual is the tokens the answer used (-1: unknown, keep the reservation).
+func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone bool, actual int64) {
 	total := end.Sub(x.start)
 	s.m.done(x.ep, x.status, total.Seconds())
 	s.m.inFlight.Dec()
@@ -170,6 +207,10 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	}
 	if clientGone {
 		s.m.disconnects[x.ep].Inc()
+	}
+	if x.adm != nil {
+		s.limiter.Settle(x.adm, actual)
+		x.adm = nil
 	}
 	if s.cfg.Server.AccessLog {
 		s.log.Info("request", "request_id", string(reqID), "route", endpointLabels[x.ep],
@@ -193,7 +234,8 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !s.methodAllowed(ctx, x.ep) {
 		return false
 	}
-	key, ok := s.identify(ctx)
+	pol := s.policy.Load()
+	key, ok := s.identify(ctx, pol)
 	if !ok {
 		return false
 	}
@@ -244,7 +286,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	p := s.policy.Load().Principal(key, endUser)
+	p := pol.Principal(key, endUser)
 	x.user = p.User
 	route, ok := s.router.Resolve(string(f.model))
 	if !ok {
@@ -254,8 +296,63 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	x.model = route.Model
 	if route.Rewritten {
 		body = rewriteModel(body, &f, route.Model)
+		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
 	}
-	return s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, f.stream && x.ep.streams())
+	stream := f.stream && x.ep.streams()
+	if s.limiter != nil {
+		if stream && x.ep != epResponses && !f.includeUsage {
+			// Ask for usage to settle the reservation; the relay removes the
+			// usage chunk again since the client did not ask for it.
+			body = withIncludeUsage(body, &f)
+			x.stripUsage = true
+		}
+		if !s.admit(ctx, x, pol, key, p, body, &f) {
+			return false
+		}
+	}
+	return s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, stream)
+}
+
+// admit reserves the request's budgets, answering 429 (or 503) when they
+// are used up. On success x holds the admission, settled by finish.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal, body []byte, f *reqFields) bool {
+	plan := pol.Plan(p, key, x.model)
+	if !plan.Limited() {
+		return true
+	}
+	kind := tokenKinds[x.ep]
+	var prompt, completion int64
+	if plan.CountsTokens() {
+		prompt = s.tokens.Estimate(kind, body)
+	}
+	if x.ep != epEmbeddings && plan.CountsTokens() {
+		completion = f.maxTokens
+		if completion < 0 && plan.Tier != nil {
+			completion = plan.Tier.DefaultMaxTokens
+		}
+		completion *= max(f.n, 1)
+	}
+	model := x.model
+	ask := policy.Ask{
+		Plan:      plan,
+		RequestID: string(ctx.Response.Header.Peek("X-Request-Id")),
+		Tokens:    prompt + completion,
+		Exact: func() int64 {
+			n, err := s.tokens.Count(kind, model, body)
+			if err != nil {
+				return prompt + completion
+			}
+			return n + completion
+		},
+	}
+	ad := s.limiter.Admit(context.Background(), pol, &ask)
+	if ad.Outcome != policy.Admitted {
+		writeRejected(ctx, ad, p.User)
+		s.limiter.Finish(context.Background(), ad, -1)
+		return false
+	}
+	x.adm, x.promptEst = ad, prompt
+	return true
 }
 
 func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
@@ -289,7 +386,7 @@ var (
 
 // identify finds the virtual key of the request, from "Authorization:
 // Bearer KEY" or Azure's "api-key: KEY", and answers 401 when there is none.
-func (s *Server) identify(ctx *fasthttp.RequestCtx) (*policy.Key, bool) {
+func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy.Key, bool) {
 	secret := ctx.Request.Header.Peek("Authorization")
 	if len(secret) > len(bearerPrefix) && asciiEqualFold(secret[:len(bearerPrefix)], bearerPrefix) {
 		secret = secret[len(bearerPrefix):]
@@ -302,7 +399,7 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx) (*policy.Key, bool) {
 		writeError(ctx, errInvalidKey, "", "You didn't provide an API key. Provide your Sluice key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).")
 		return nil, false
 	}
-	key, ok := s.policy.Load().Identify(secret)
+	key, ok := pol.Identify(secret)
 	if !ok {
 		writeError(ctx, errInvalidKey, "", "Incorrect API key provided.")
 		return nil, false
@@ -403,6 +500,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 	ourID := append(idBuf[:0], ctx.Response.Header.Peek("X-Request-Id")...)
 	ctx.Response.Header.Del("X-Request-Id")
 	copyResponseHeaders(&ctx.Response.Header, &resp.Header)
+	if x.adm != nil && resp.StatusCode() != fasthttp.StatusTooManyRequests {
+		setRateLimitHeaders(ctx, x.adm)
+	}
 	if len(resp.Header.Peek("X-Request-Id")) == 0 {
 		ctx.Response.Header.SetBytesV("X-Request-Id", ourID)
 	}

@@ -32,10 +32,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
 
 	"sluice/config"
 	"sluice/configs"
 	"sluice/policy"
+	"sluice/policy/limit"
+	"sluice/policy/tokens"
 	"sluice/proxy"
 )
 
@@ -165,7 +168,13 @@ func serve(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion()})
+	limiter, closeStore, err := newLimiter(cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion(),
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{})})
 	if err != nil {
 		return err
 	}
@@ -213,11 +222,46 @@ func serve(args []string) error {
 		log.Warn("drain deadline passed; exiting with requests in flight", "error", err)
 	}
 	log.Info("api listener drained", "took", time.Since(start))
+	// Pending token settlements reach the store before it closes (deferred).
+	limiter.Close()
 	if admin != nil {
 		_ = admin.Close()
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newLimiter opens the bucket store sluice.yaml names and the limiter on
+// it. The returned func closes the store.
+func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*policy.Limiter, func(), error) {
+	opts := policy.LimiterOptions{LeaseTTL: cfg.Limits.LeaseTTL, Registry: reg, Logger: log}
+	if cfg.Limits.Store != "redis" {
+		mem := limit.NewMemory(limit.MemoryOptions{})
+		opts.Store = mem
+		return policy.NewLimiter(opts), mem.Close, nil
+	}
+	r := cfg.Redis
+	// The limiter logs a Redis incident once; go-redis would log every
+	// failed dial.
+	redis.SetLogger(redisLogger{log})
+	client := redis.NewClient(&redis.Options{
+		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
+		DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
+		// A dead Redis must not hold requests: one try, then the policy's
+		// on_store_error decides.
+		MaxRetries: -1, DialerRetries: 1,
+	})
+	opts.Store = limit.NewRedis(client, limit.RedisOptions{Prefix: r.Prefix + "rl:", Timeout: r.Timeout})
+	opts.Shared = true
+	log.Info("buckets in redis", "addr", r.Addr)
+	return policy.NewLimiter(opts), func() { _ = client.Close() }, nil
+}
+
+// redisLogger sends go-redis's own messages to the debug log.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	r.l.Debug(fmt.Sprintf(format, v...), "component", "redis")
 }
 
 func hashKey(args []string) error {

@@ -1,0 +1,261 @@
+package tokens
+
+import (
+	_ "embed"
+	"encoding/binary"
+	"unicode/utf8"
+)
+
+// The estimator is a bigram model of token starts: every character adds
+// weight[class(previous char)][class(char)], the calibrated number of tokens
+// that start inside that character in that context (a token boundary is
+// decided almost entirely by the pair around it: pre-tokenizer splits at
+// class changes, BPE merges common pairs). Classes: one per ASCII letter
+// (bigram statistics tell an English word from a random string), digits as
+// one class, each punctuation byte, space, \t, \n, \r, control bytes; other
+// characters by script group and by how many tokens the character alone
+// encodes to in the encoding (1..4: a rare CJK character is 2-3 tokens, a
+// common one 1). Weights come from calibrate_test.go over natural text in
+// ~100 languages, code, JSON, numbers and adversarial strings.
+const (
+	clStart   = 0  // before the first character of a text
+	clDigit   = 53 // 0-9
+	clSpace   = 54 // ' '
+	clLF      = 55 // '\n'
+	clTab     = 56 // '\t'
+	clCR      = 57 // '\r'
+	clCtrl    = 58 // other C0 controls and DEL
+	clPunct0  = 59 // 32 ASCII punctuation bytes follow
+	clUni0    = 91 // non-ASCII: clUni0 + group*4 + tokens-1
+	numGroups = 18 // script groups, see groupOf16
+	numClass  = 91 + 4*numGroups
+	numRuns   = 4 // a pair of ASCII letters also keys on the letter run's length so far: 2, 3, 4, 5+
+	numW      = numClass*numClass + numRuns*52*52
+	wShift    = 12 // weights are fixed point, 1/4096 token
+	wOne      = 1 << wShift
+)
+
+// asciiClass maps a byte < 0x80 to its class.
+var asciiClass = func() (t [128]uint8) {
+	p := uint8(clPunct0)
+	for b := range 128 {
+		switch c := byte(b); {
+		case c >= 'a' && c <= 'z':
+			t[b] = 1 + c - 'a'
+		case c >= 'A' && c <= 'Z':
+			t[b] = 27 + c - 'A'
+		case c >= '0' && c <= '9':
+			t[b] = clDigit
+		case c == ' ':
+			t[b] = clSpace
+		case c == '\n':
+			t[b] = clLF
+		case c == '\t':
+			t[b] = clTab
+		case c == '\r':
+			t[b] = clCR
+		case c < 0x20 || c == 0x7f:
+			t[b] = clCtrl
+		default:
+			t[b] = p
+			p++
+		}
+	}
+	return t
+}()
+
+// groupRanges lists script groups by first code point, sorted; a group runs
+// to the next entry.
+var groupRanges = [...]struct {
+	lo rune
+	g  uint8
+}{
+	{0x80, 0}, {0xC0, 1}, {0x250, 2}, {0x370, 3}, {0x400, 4}, {0x530, 5}, {0x900, 6}, {0xE00, 7},
+	{0x10A0, 8}, {0x1780, 7}, {0x18B0, 8}, {0x1AB0, 2}, {0x1B00, 8}, {0x1C80, 4}, {0x1C90, 8},
+	{0x1DC0, 2}, {0x1E00, 1}, {0x1F00, 3}, {0x2000, 9}, {0x2070, 10}, {0x20D0, 2}, {0x2100, 10},
+	{0x2C60, 1}, {0x2C80, 8}, {0x2DE0, 4}, {0x2E00, 9}, {0x2E80, 11}, {0x3400, 12}, {0xA000, 14},
+	{0xA640, 4}, {0xA6A0, 14}, {0xA720, 1}, {0xA800, 14}, {0xAC00, 13}, {0xD7B0, 14}, {0xF900, 12},
+	{0xFB00, 1}, {0xFB10, 5}, {0xFE00, 15}, {0xFE70, 5}, {0xFF00, 15},
+	{0x10000, 17}, {0x1F000, 16}, {0x1FB00, 17},
+}
+
+// groupOf16 maps a BMP code point >> 4 to its group.
+var groupOf16 = func() (t [0x1000]uint8) {
+	j := 0
+	for i := range t {
+		r := rune(i << 4)
+		for j+1 < len(groupRanges) && groupRanges[j+1].lo <= r {
+			j++
+		}
+		t[i] = groupRanges[j].g
+	}
+	return t
+}()
+
+// table is the calibrated model of one encoding.
+type table struct {
+	alone [0x10000 / 4]byte // BMP: tokens-1 the character alone encodes to, 2 bits each
+	emoji [0x1000 / 4]byte  // same for U+1F000..U+1FFFF
+	w     [numW]uint16      // weight[prev*numClass+cur], then the letter-run pairs; 1/4096 token
+}
+
+//go:embed tables.bin
+var tablesBin []byte
+
+// tables holds the models of o200k_base and cl100k_base, in that order.
+var tables = func() (t [2]*table) {
+	b := tablesBin
+	for i := range t {
+		t[i] = new(table)
+		if len(b) < len(t[i].alone)+len(t[i].emoji)+2*len(t[i].w) {
+			// Missing or stale tables.bin (regenerate with calibrate_test.go):
+			// fall back to one token per byte, the loosest true bound.
+			t[i].fillBytes()
+			continue
+		}
+		b = b[copy(t[i].alone[:], b):]
+		b = b[copy(t[i].emoji[:], b):]
+		for j := range t[i].w {
+			t[i].w[j] = binary.LittleEndian.Uint16(b[2*j:])
+		}
+		b = b[2*len(t[i].w):]
+	}
+	return t
+}()
+
+// fillBytes makes t charge one token per byte.
+func (t *table) fillBytes() {
+	for i := range t.alone {
+		t.alone[i] = 0xff
+	}
+	for i := range t.emoji {
+		t.emoji[i] = 0xff
+	}
+	for i := range t.w {
+		t.w[i] = wOne
+		if i < numClass*numClass && i%numClass >= clUni0 {
+			t.w[i] = wOne * 4
+		}
+	}
+}
+
+// uniClass returns the class of a non-ASCII rune.
+func (t *table) uniClass(r rune) uint8 {
+	var g, n uint8
+	switch {
+	case r < 0x10000:
+		g = groupOf16[r>>4]
+		n = t.alone[r>>2] >> (2 * (r & 3)) & 3
+		if r >= 0xD800 && r < 0xE000 {
+			n = 3 // never produced by a decoder; treat as worst case
+		}
+	case r >= 0x1F000 && r < 0x20000:
+		g, n = 16, t.emoji[(r-0x1F000)>>2]>>(2*(r&3))&3
+	default:
+		g, n = 17, 3
+	}
+	return clUni0 + 4*g + n
+}
+
+// scan adds up the weights of the text in s (raw bytes, or the inside of a
+// JSON string literal when escaped is true, decoding \n, \", \uXXXX...)
+// and returns the sum in 1/4096 token. visit, when not nil, sees the index
+// of every weight added (calibration).
+func (t *table) scan(s []byte, escaped bool, visit func(int32)) uint64 {
+	var sum uint64
+	prev, run := int32(clStart), int32(0)
+	for i := 0; i < len(s); {
+		c := s[i]
+		var cl int32
+		switch {
+		case c < utf8.RuneSelf && (c != '\\' || !escaped):
+			cl = int32(asciiClass[c])
+			i++
+		case c < utf8.RuneSelf:
+			r, n := unescape(s[i:])
+			i += n
+			if r < utf8.RuneSelf {
+				cl = int32(asciiClass[r])
+			} else {
+				cl = int32(t.uniClass(r))
+			}
+		default:
+			r, n := utf8.DecodeRune(s[i:])
+			i += n
+			cl = int32(t.uniClass(r))
+		}
+		idx := prev*numClass + cl
+		if uint32(cl-1) < 52 {
+			if run++; run > 1 {
+				idx = numClass*numClass + ((min(run, numRuns+1)-2)*52+prev-1)*52 + cl - 1
+			}
+		} else {
+			run = 0
+		}
+		sum += uint64(t.w[idx])
+		if visit != nil {
+			visit(idx)
+		}
+		prev = cl
+	}
+	return sum
+}
+
+// unescape decodes the JSON escape at the start of s (s[0] == '\\') and
+// returns the rune and the bytes consumed; a surrogate pair is one rune.
+// Malformed escapes decode as U+FFFD.
+func unescape(s []byte) (rune, int) {
+	if len(s) < 2 {
+		return utf8.RuneError, len(s)
+	}
+	switch s[1] {
+	case 'n':
+		return '\n', 2
+	case 't':
+		return '\t', 2
+	case 'r':
+		return '\r', 2
+	case 'b':
+		return '\b', 2
+	case 'f':
+		return '\f', 2
+	case 'u':
+		r := hex4(s[2:])
+		if r < 0 {
+			return utf8.RuneError, 2
+		}
+		if r >= 0xD800 && r < 0xDC00 && len(s) >= 12 && s[6] == '\\' && s[7] == 'u' {
+			if lo := hex4(s[8:]); lo >= 0xDC00 && lo < 0xE000 {
+				return 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00), 12
+			}
+		}
+		if r >= 0xD800 && r < 0xE000 {
+			return utf8.RuneError, 6
+		}
+		return r, 6
+	default: // \" \\ \/
+		return rune(s[1]), 2
+	}
+}
+
+// hex4 parses four hex digits, or returns -1.
+func hex4(s []byte) rune {
+	if len(s) < 4 {
+		return -1
+	}
+	var r rune
+	for _, c := range s[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
