@@ -208,6 +208,110 @@ func TestLimitsSharedAcrossReplicas(t *testing.T) {
 	}
 }
 
+// TestLimitsTokensStreaming runs 20 concurrent streaming clients of ~1,000
+// tokens each against a tpm of 10,000 shared by three replicas on one Redis.
+// Tokens are reserved before each call and settled from the stream's usage,
+// so the tokens used in any 60 s window stay within the limit plus the burst
+// (one request's reservation), and the generous max_tokens is refunded.
+func TestLimitsTokensStreaming(t *testing.T) {
+	redisAddr := testRedis(t)
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("70 s of load; skipped with -short")
+	}
+	const (
+		tpm      = 10_000
+		burst    = 2_500 // about one request's reservation (prompt estimate + max_tokens)
+		clients  = 20
+		duration = 70 * time.Second
+		window   = time.Minute
+	)
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey, Chunks: 20, ChunkInterval: 20 * time.Millisecond})
+	cfg := limitsConfig(redisAddr, fmt.Sprintf("e2e-%s:", nonce()))
+	pol := fmt.Sprintf(limitsPolicy, 100_000, 100_000, tpm, burst)
+	var procs []*sluiceProc
+	for range 3 {
+		procs = append(procs, startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: cfg, Policies: pol}))
+	}
+	// ~500 words of prompt; the fake echoes them, so ~1,000 tokens in all.
+	prompt := strings.Repeat("tokens ", 500)
+	type use struct {
+		at     time.Time
+		tokens int64
+	}
+	var mu sync.Mutex
+	var uses []use
+	var limited atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := range clients {
+		c := procs[i%3].client(demoKey)
+		wg.Go(func() {
+			for time.Since(start) < duration {
+				began := time.Now()
+				st := c.Chat.Completions.NewStreaming(context.Background(), openai.ChatCompletionNewParams{
+					Model: "gpt-4o-mini", Messages: userMessages(prompt), MaxTokens: openai.Int(1500),
+					StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)},
+				})
+				var total int64
+				for st.Next() {
+					if ch := st.Current(); ch.Usage.TotalTokens > 0 {
+						total = ch.Usage.TotalTokens
+					}
+				}
+				if err := st.Err(); err != nil {
+					var e *openai.Error
+					if errors.As(err, &e) && e.StatusCode == http.StatusTooManyRequests {
+						limited.Add(1)
+						ms, _ := strconv.Atoi(e.Response.Header.Get("Retry-After-Ms"))
+						time.Sleep(time.Duration(ms) * time.Millisecond)
+						continue
+					}
+					t.Errorf("stream: %v", err)
+					return
+				}
+				mu.Lock()
+				// Admission happened when the stream was asked for; usage
+				// arrives at its end, about 0.4 s later: count it at the start.
+				uses = append(uses, use{at: began, tokens: total})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(uses) == 0 || limited.Load() == 0 {
+		t.Fatalf("%d streams admitted, %d limited: the test did not reach the limit", len(uses), limited.Load())
+	}
+	var worst, sum int64
+	for i := range uses {
+		var inWindow int64
+		for j := range uses {
+			if d := uses[j].at.Sub(uses[i].at); d >= 0 && d < window {
+				inWindow += uses[j].tokens
+			}
+		}
+		worst = max(worst, inWindow)
+		sum += uses[i].tokens
+	}
+	t.Logf("%d streams admitted (%d tokens, ~%d each), %d rejected; most tokens in a 60 s window: %d (limit %d + burst %d)",
+		len(uses), sum, sum/int64(len(uses)), limited.Load(), worst, tpm, burst)
+	if worst > tpm+burst {
+		t.Fatalf("a 60 s window used %d tokens; the policy allows %d + %d", worst, tpm, burst)
+	}
+	if worst < tpm/2 {
+		t.Fatalf("a 60 s window used only %d tokens of %d: admission is far too strict", worst, tpm)
+	}
+	var reserved, actual float64
+	for _, p := range procs {
+		r, _ := p.metric(t, "sluice_limiter_tokens_total", `kind="reserved"`)
+		a, _ := p.metric(t, "sluice_limiter_tokens_total", `kind="actual"`)
+		reserved, actual = reserved+r, actual+a
+	}
+	if actual >= reserved || actual < float64(sum)*0.9 {
+		t.Fatalf("reserved %v, settled %v (clients saw %d): a generous max_tokens must be refunded", reserved, actual, sum)
+	}
+}
+
 // TestLimitsRedisDown kills the buckets' Redis (by PID) under each
 // on_store_error mode and checks the configured behaviour, then restarts it
 // and checks Sluice recovers by itself.
