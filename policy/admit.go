@@ -59,8 +59,9 @@ type Admission struct {
 
 	req      limit.Request
 	dec      limit.Decision
-	kinds    []ruleInfo // per rule of req.Rules
-	leases   []ruleInfo // per lease of req.Leases
+	kinds    []ruleInfo   // per rule of req.Rules
+	leases   []ruleInfo   // per lease of req.Leases
+	settle   []limit.Rule // scratch: the token rules to settle
 	store    limit.Store
 	tier     string
 	finished bool
@@ -296,23 +297,20 @@ func (l *Limiter) decide(ad *Admission) {
 // the Admission to the pool. ad must not be used afterwards.
 func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
 	if ad.store != nil && ad.Outcome == Admitted {
+		var delta int64
+		ad.settle = ad.settle[:0]
 		if actual >= 0 {
 			l.tokens.WithLabelValues(ad.tier, "actual").Add(float64(actual))
-			if delta := actual - ad.Reserved; delta != 0 {
-				for i, k := range ad.kinds {
-					if k.token {
-						r := ad.req.Rules[i]
-						if err := ad.store.Adjust(ctx, r, delta); err != nil {
-							l.storeFailed(err)
-						}
-					}
+			delta = actual - ad.Reserved
+			for i, k := range ad.kinds {
+				if k.token {
+					ad.settle = append(ad.settle, ad.req.Rules[i])
 				}
 			}
 		}
-		if len(ad.req.Leases) > 0 {
-			if err := ad.store.Release(ctx, ad.req.Leases, ad.req.LeaseID); err != nil {
-				l.storeFailed(err)
-			}
+		// One step (one Redis round trip): tokens settled, slots released.
+		if err := ad.store.Settle(ctx, ad.settle, delta, ad.req.Leases, ad.req.LeaseID); err != nil {
+			l.storeFailed(err)
 		}
 	}
 	l.pool.Put(ad)
@@ -343,10 +341,10 @@ func (l *Limiter) storeRecovered() {
 }
 
 func (ad *Admission) reset() {
-	rules, leases, kinds, lkinds := ad.req.Rules[:0], ad.req.Leases[:0], ad.kinds[:0], ad.leases[:0]
+	rules, leases, kinds, lkinds, settle := ad.req.Rules[:0], ad.req.Leases[:0], ad.kinds[:0], ad.leases[:0], ad.settle[:0]
 	rem, res := ad.dec.Remaining[:0], ad.dec.Reset[:0]
 	*ad = Admission{}
-	ad.req.Rules, ad.req.Leases, ad.kinds, ad.leases = rules, leases, kinds, lkinds
+	ad.req.Rules, ad.req.Leases, ad.kinds, ad.leases, ad.settle = rules, leases, kinds, lkinds, settle
 	ad.dec.Remaining, ad.dec.Reset = rem, res
 }
 

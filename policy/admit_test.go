@@ -28,7 +28,7 @@ keys:
     tier: free
 `
 
-func admitFixture(t *testing.T, mode string) (*Policy, *Key) {
+func admitFixture(t testing.TB, mode string) (*Policy, *Key) {
 	t.Helper()
 	p, err := Parse("p.yaml", []byte(fmt.Sprintf(admitPolicy, mode)), env(nil))
 	if err != nil {
@@ -130,3 +130,5 @@ func TestLimiterStoreErrors(t *testing.T) {
 		l.Close()
 	}
 }
+
+func admitFixtureTB(tb testing.TB) (*Policy, *Key) { return admitFixture(tb, "local") }

@@ -87,6 +87,10 @@ type Store interface {
 	Cancel(ctx context.Context, req *Request) error
 	// Release ends a request's leases (normal end, error, disconnect).
 	Release(ctx context.Context, leases []Lease, leaseID string) error
+	// Settle ends an admitted request in one step: every rule is adjusted
+	// by the same delta (as Adjust; the token rules after the answer's
+	// usage is known) and the leases are released (as Release).
+	Settle(ctx context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error
 }
 
 // MaxSpan bounds every duration that enters the math, in µs: tau =

@@ -252,6 +252,28 @@ func (m *Memory) Cancel(_ context.Context, req *Request) error {
 	return nil
 }
 
+// Settle implements Store: Adjust of each rule by delta, then Release.
+func (m *Memory) Settle(_ context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error {
+	for i := range rules {
+		if err := validateAdjust(&rules[i], delta, 0); err != nil {
+			return err
+		}
+	}
+	t := clock(0)
+	defer m.unlock(m.lock(rules, leases))
+	if delta != 0 {
+		for i := range rules {
+			if r := &rules[i]; r.Interval > 0 {
+				m.shard(r.Key).settle(r.Key, r.Interval, delta, t)
+			}
+		}
+	}
+	for _, l := range leases {
+		delete(m.shard(l.Key).leases[l.Key], leaseID)
+	}
+	return nil
+}
+
 // Release implements Store. An empty set stays until the sweeper drops it, so
 // the next lease under the same key does not allocate.
 func (m *Memory) Release(_ context.Context, leases []Lease, leaseID string) error {

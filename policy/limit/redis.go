@@ -44,6 +44,8 @@ var (
 	cancelLua string
 	//go:embed release.lua
 	releaseLua string
+	//go:embed settle.lua
+	settleLua string
 
 	// Each script runs as EVALSHA, falling back to EVAL (which caches it)
 	// when the server does not know it yet.
@@ -51,6 +53,7 @@ var (
 	adjustScript  = redis.NewScript(commonLua + adjustLua)
 	cancelScript  = redis.NewScript(commonLua + cancelLua)
 	releaseScript = redis.NewScript(releaseLua)
+	settleScript  = redis.NewScript(commonLua + settleLua)
 )
 
 // Redis is the shared Store: buckets and lease sets live in Redis, and every
@@ -177,6 +180,33 @@ func (s *Redis) Release(ctx context.Context, leases []Lease, leaseID string) err
 	}
 	if _, err := s.run(ctx, releaseScript, keys, []any{leaseID}); err != nil {
 		return fmt.Errorf("redis release: %w", err)
+	}
+	return nil
+}
+
+// Settle implements Store in one round trip (none when there is nothing to
+// do).
+func (s *Redis) Settle(ctx context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error {
+	for i := range rules {
+		if err := validateAdjust(&rules[i], delta, 0); err != nil {
+			return err
+		}
+	}
+	if (delta == 0 || len(rules) == 0) && len(leases) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(rules)+len(leases))
+	args := make([]any, 0, 4+len(rules))
+	args = append(args, 0, len(rules), delta, leaseID)
+	for _, r := range rules {
+		keys = append(keys, s.prefix+r.Key)
+		args = append(args, r.Interval)
+	}
+	for _, l := range leases {
+		keys = append(keys, s.prefix+l.Key)
+	}
+	if _, err := s.run(ctx, settleScript, keys, args); err != nil {
+		return fmt.Errorf("redis settle: %w", err)
 	}
 	return nil
 }

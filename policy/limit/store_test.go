@@ -373,3 +373,36 @@ func equalDecision(a, b Decision) bool {
 	return a.Allowed == b.Allowed && a.Wait == b.Wait && a.RetryAfter == b.RetryAfter &&
 		a.Limiting == b.Limiting && slices.Equal(a.Remaining, b.Remaining) && slices.Equal(a.Reset, b.Reset)
 }
+
+// TestSettle: one step refunds (or charges) every token rule by the same
+// delta and releases the leases, in both stores alike, on the real clock.
+func TestSettle(t *testing.T) {
+	eachStore(t, func(t *testing.T, s timedStore) {
+		ctx := context.Background()
+		tpm := Rule{Key: "settle:tpm", Interval: 6 * ms, Burst: 1000, Cost: 900} // 10,000/min
+		tpd := Rule{Key: "settle:tpd", Interval: 86 * ms, Burst: 5000, Cost: 900}
+		conc := []Lease{{Key: "settle:conc", Limit: 1, TTL: 60 * sec}}
+		d := reserve(t, s, Request{Rules: []Rule{tpm, tpd}, Leases: conc, LeaseID: "a"})
+		if !d.Allowed || d.Remaining[0] != 100 {
+			t.Fatalf("reserve 900: %s", show(d))
+		}
+		// used 100 of the 900: refund 800 to both rules, free the slot
+		if err := s.Settle(ctx, []Rule{tpm, tpd}, -800, conc, "a"); err != nil {
+			t.Fatal(err)
+		}
+		probe := Request{Rules: []Rule{{Key: tpm.Key, Interval: tpm.Interval, Burst: tpm.Burst}, {Key: tpd.Key, Interval: tpd.Interval, Burst: tpd.Burst}},
+			Leases: conc, LeaseID: "b"}
+		d = reserve(t, s, probe)
+		if !d.Allowed || d.Remaining[0] < 899 || d.Remaining[0] > 900 || d.Remaining[1] < 4899 {
+			t.Fatalf("after settling: %s", show(d))
+		}
+		// charging more than reserved pushes the bucket past full use
+		if err := s.Settle(ctx, []Rule{tpm}, 2000, conc, "b"); err != nil {
+			t.Fatal(err)
+		}
+		d = reserve(t, s, Request{Rules: []Rule{{Key: tpm.Key, Interval: tpm.Interval, Burst: tpm.Burst, Cost: 1}}})
+		if d.Allowed || d.RetryAfter <= 0 {
+			t.Fatalf("after an over-charge: %s", show(d))
+		}
+	})
+}

@@ -531,7 +531,7 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 var (
 	only   = flag.String("enc", "", "calibrate only this encoding (no tables.bin written)")
 	synthN = flag.Int("synth", 30000, "synthetic samples")
-	sqrtK  = flag.Float64("sqrt", 0, "headroom per square root of the estimate")
+	sqrtK  = flag.Float64("sqrt", estSqrt, "headroom per square root of the estimate")
 	scale  = flag.Float64("scale", 1, "factor applied to the fitted weights")
 	worst  = flag.Int("worst", 0, "log the worst natural validation samples")
 	rel    = flag.Float64("rel", 0.1, "relative headroom the optimizer aims for")
@@ -600,7 +600,7 @@ func report(t *testing.T, name string, w []float64, va []obs) {
 	}
 }
 
-const constSlack = 1.0
+const constSlack = estPerText
 
 // headroom is the estimate of a text whose weights add up to e.
 func headroom(e float64) float64 { return e + constSlack + *sqrtK*math.Sqrt(e) }

@@ -18,6 +18,7 @@ package tokens
 
 import (
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 
@@ -124,7 +125,8 @@ const (
 	replyPrimer = 3 // tokens priming the reply
 	perToolCall = 3 // tokens framing each tool or function call (approximation)
 	toolsHeader = 8 // tokens introducing tool definitions, which are counted as their JSON text (approximation)
-	estPerText  = 1 // Estimate's headroom per text field, part of the calibrated model
+	estPerText  = 2   // Estimate's headroom per text field, part of the calibrated model
+	estSqrt     = 0.5 // Estimate's headroom per square root of its text weights, part of the calibrated model
 )
 
 // Defaults for Options.
@@ -202,17 +204,25 @@ func (c *Counter) EstimateFor(enc Encoding, kind Kind, body []byte) int64 {
 	w := walker{c: c, t: tables[tableIndex(base(enc))]}
 	fixed, ok := w.request(kind, body)
 	if !ok {
-		fixed = w.t.scan(body, false, nil) + estPerText*tok
+		w.stat = w.t.scan(body, false, nil)
+		fixed = w.stat + estPerText*tok
 	}
-	return scaleFor(enc, int64((fixed+wOne-1)>>wShift))
+	return scaleFor(enc, w.round(fixed))
+}
+
+// round adds the square-root headroom to an estimate and rounds it up to
+// whole tokens.
+func (w *walker) round(fixed uint64) int64 {
+	return int64(math.Ceil((float64(fixed) + estSqrt*math.Sqrt(float64(w.stat)*wOne)) / wOne))
 }
 
 // EstimateText returns an upper bound of the tokens of text for the
 // encoding, as Estimate prices text: for a completion cut short before the
 // upstream reported usage.
 func (e Encoding) EstimateText(text []byte) int64 {
-	t := tables[tableIndex(base(e))]
-	return scaleFor(e, int64((t.scan(text, false, nil)+wOne-1)>>wShift)+estPerText)
+	w := walker{t: tables[tableIndex(base(e))]}
+	w.stat = w.t.scan(text, false, nil)
+	return scaleFor(e, w.round(w.stat+estPerText*tok))
 }
 
 // EstimateText returns an upper bound of the tokens of text in any

@@ -16,6 +16,7 @@ type walker struct {
 	enc   Encoding        // count mode: base encoding, part of memo keys
 	buf   []byte          // count mode: unescaped text
 	err   error           // count mode: first tokenizer error
+	stat  uint64          // estimate mode: the texts' weights, without headroom
 }
 
 const tok = wOne // one token, fixed point
@@ -124,7 +125,9 @@ func (w *walker) price(unit uint8, v []byte) uint64 {
 // text prices a string body (escaped) or raw JSON text.
 func (w *walker) text(s []byte, escaped bool) uint64 {
 	if w.t != nil {
-		return w.t.scan(s, escaped, nil) + estPerText*tok
+		n := w.t.scan(s, escaped, nil)
+		w.stat += n
+		return n + estPerText*tok
 	}
 	if escaped {
 		w.buf = appendUnescaped(w.buf[:0], s)
