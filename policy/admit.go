@@ -108,6 +108,40 @@ type Limiter struct {
 	storeErrors   prometheus.Counter
 
 	pool sync.Pool
+	// counters caches metric children by label values (tier names come
+	// from the policy, limits and outcomes from this file), so the hot path
+	// resolves no label set.
+	counters sync.Map // string → prometheus.Counter
+	tierTok  sync.Map // tier → *tokenCounters
+
+	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
+	keys  sync.Map // string → *bucketKeys
+	keysN atomic.Int64
+}
+
+type tokenCounters struct{ reserved, actual prometheus.Counter }
+
+// count increments sluice_limiter_decisions_total{tier, limit, outcome}.
+func (l *Limiter) count(tier, lim, outcome string) {
+	// The key is built on the stack; only a first sighting allocates.
+	var buf [96]byte
+	key := append(append(append(append(append(buf[:0], tier...), 0), lim...), 0), outcome...)
+	if c, ok := l.counters.Load(string(key)); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := l.decisions.WithLabelValues(tier, lim, outcome)
+	l.counters.Store(string(key), c)
+	c.Inc()
+}
+
+func (l *Limiter) tierTokens(tier string) *tokenCounters {
+	if t, ok := l.tierTok.Load(tier); ok {
+		return t.(*tokenCounters)
+	}
+	t := &tokenCounters{l.tokens.WithLabelValues(tier, "reserved"), l.tokens.WithLabelValues(tier, "actual")}
+	l.tierTok.Store(tier, t)
+	return t
 }
 
 // LimiterOptions configure a Limiter.
@@ -198,7 +232,7 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 	}
 	l.build(ad, &a.Plan, a.Tokens, a.RequestID, 1)
 	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
-		l.decisions.WithLabelValues(ad.tier, "none", "admitted").Inc()
+		l.count(ad.tier, "none", "admitted")
 		return ad
 	}
 	ad.Reserved = a.Tokens
@@ -218,12 +252,12 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 		switch pol.OnStoreError {
 		case StoreErrorAllow:
 			ad.store = nil
-			l.decisions.WithLabelValues(ad.tier, "none", "store_error_allowed").Inc()
+			l.count(ad.tier, "none", "store_error_allowed")
 			return ad
 		case StoreErrorDeny:
 			ad.store = nil
 			ad.Outcome = Unavailable
-			l.decisions.WithLabelValues(ad.tier, "none", "store_error_denied").Inc()
+			l.count(ad.tier, "none", "store_error_denied")
 			return ad
 		}
 		// local: the same budgets, divided among the replicas, in memory.
@@ -268,8 +302,8 @@ func (l *Limiter) decide(ad *Admission) {
 	}
 	if d.Allowed {
 		ad.Outcome = Admitted
-		l.decisions.WithLabelValues(ad.tier, "none", "admitted").Inc()
-		l.tokens.WithLabelValues(ad.tier, "reserved").Add(float64(ad.Reserved))
+		l.count(ad.tier, "none", "admitted")
+		l.tierTokens(ad.tier).reserved.Add(float64(ad.Reserved))
 		return
 	}
 	ad.Outcome = Rejected
@@ -288,7 +322,7 @@ func (l *Limiter) decide(ad *Admission) {
 	if ad.Outcome == NeverFits {
 		outcome = "never"
 	}
-	l.decisions.WithLabelValues(ad.tier, ad.Limit, outcome).Inc()
+	l.count(ad.tier, ad.Limit, outcome)
 }
 
 // Finish settles an admitted request's tokens from the answer's usage
@@ -300,7 +334,7 @@ func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
 		var delta int64
 		ad.settle = ad.settle[:0]
 		if actual >= 0 {
-			l.tokens.WithLabelValues(ad.tier, "actual").Add(float64(actual))
+			l.tierTokens(ad.tier).actual.Add(float64(actual))
 			delta = actual - ad.Reserved
 			for i, k := range ad.kinds {
 				if k.token {
@@ -357,21 +391,55 @@ const (
 // by div (the replica count in local fallback mode).
 func (l *Limiter) build(ad *Admission, pl *Plan, tokens int64, reqID string, div int64) {
 	ad.req.LeaseID = reqID
-	add := func(scope, key string, lim Limits) {
-		l.addRate(ad, scope, key+":rpm", LimitRPM, lim.RPM, usPerMinute, 1, div)
-		l.addRate(ad, scope, key+":tpm", LimitTPM, lim.TPM, usPerMinute, tokens, div)
-		l.addRate(ad, scope, key+":tpd", LimitTPD, lim.TPD, usPerDay, tokens, div)
+	add := func(scope string, keys *bucketKeys, lim Limits) {
+		if lim.IsZero() {
+			return
+		}
+		l.addRate(ad, scope, keys.rpm, LimitRPM, lim.RPM, usPerMinute, 1, div)
+		l.addRate(ad, scope, keys.tpm, LimitTPM, lim.TPM, usPerMinute, tokens, div)
+		l.addRate(ad, scope, keys.tpd, LimitTPD, lim.TPD, usPerDay, tokens, div)
 		if lim.Concurrent > 0 {
 			ad.req.Leases = append(ad.req.Leases, limit.Lease{
-				Key: key + ":conc", Limit: max(lim.Concurrent/div, 1), TTL: int64(l.leaseTTL / time.Microsecond)})
+				Key: keys.conc, Limit: max(lim.Concurrent/div, 1), TTL: int64(l.leaseTTL / time.Microsecond)})
 			ad.leases = append(ad.leases, ruleInfo{kind: LimitConcurrent, scope: scope, limit: lim.Concurrent})
 		}
 	}
-	add("user", pl.UserScope, pl.User)
-	if pl.Model != nil {
-		add("model", pl.UserScope+":m:"+pl.Model.Pattern, pl.Model.Limits)
+	if !pl.User.IsZero() {
+		add("user", l.keysFor(pl.UserScope, ""), pl.User)
 	}
-	add("app", pl.AppScope, pl.App)
+	if pl.Model != nil {
+		add("model", l.keysFor(pl.UserScope, pl.Model.Pattern), pl.Model.Limits)
+	}
+	if !pl.App.IsZero() {
+		add("app", l.keysFor(pl.AppScope, ""), pl.App)
+	}
+}
+
+// bucketKeys are one scope's bucket and lease keys.
+type bucketKeys struct{ rpm, tpm, tpd, conc string }
+
+// maxCachedScopes bounds the key cache; past it the cache starts over.
+const maxCachedScopes = 100_000
+
+// keysFor returns the keys of a scope (and model pattern), built once per
+// scope and cached, so admitting a known user allocates nothing.
+func (l *Limiter) keysFor(scope, model string) *bucketKeys {
+	var buf [128]byte
+	id := append(append(append(buf[:0], scope...), 0), model...)
+	if k, ok := l.keys.Load(string(id)); ok {
+		return k.(*bucketKeys)
+	}
+	base := scope
+	if model != "" {
+		base = scope + ":m:" + model
+	}
+	k := &bucketKeys{rpm: base + ":rpm", tpm: base + ":tpm", tpd: base + ":tpd", conc: base + ":conc"}
+	if l.keysN.Add(1) > maxCachedScopes {
+		l.keys.Clear()
+		l.keysN.Store(1)
+	}
+	l.keys.Store(string(id), k)
+	return k
 }
 
 func (l *Limiter) addRate(ad *Admission, scope, key, kind string, r Rate, period, cost, div int64) {

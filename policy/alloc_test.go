@@ -1,0 +1,35 @@
+//go:build !race
+
+package policy
+
+import (
+	"context"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/policy/limit"
+)
+
+// TestLimiterNoAllocs keeps admission and settlement of a known user on the
+// in-memory store off the heap: they run on every request.
+func TestLimiterNoAllocs(t *testing.T) {
+	p, k := admitFixture(t, "local")
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
+	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
+	pl.User = Limits{RPM: Rate{Limit: 1 << 40}, TPM: Rate{Limit: 1 << 40}, Concurrent: 1 << 20}
+	ask := &Ask{Plan: pl, RequestID: "r", Tokens: 500}
+	ctx := context.Background()
+	n := testing.AllocsPerRun(200, func() {
+		ad := l.Admit(ctx, p, ask)
+		if ad.Outcome != Admitted {
+			t.Fatalf("outcome %d", ad.Outcome)
+		}
+		l.Finish(ctx, ad, 300)
+	})
+	if n != 0 {
+		t.Fatalf("admission allocates %v times per request; want 0", n)
+	}
+}
