@@ -300,13 +300,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	stream := f.stream && x.ep.streams()
 	if s.limiter != nil {
-		if stream && x.ep != epResponses && !f.includeUsage {
-			// Ask for usage to settle the reservation; the relay removes the
-			// usage chunk again since the client did not ask for it.
-			body = withIncludeUsage(body, &f)
-			x.stripUsage = true
-		}
-		if !s.admit(ctx, x, pol, key, p, body, &f) {
+		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream); !ok {
 			return false
 		}
 	}
@@ -314,11 +308,19 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 }
 
 // admit reserves the request's budgets, answering 429 (or 503) when they
-// are used up. On success x holds the admission, settled by finish.
-func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal, body []byte, f *reqFields) bool {
+// are used up. On success x holds the admission, settled by finish, and the
+// body to send: a stream metered in tokens asks the upstream for its usage.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal,
+	body []byte, f *reqFields, stream bool) ([]byte, bool) {
 	plan := pol.Plan(p, key, x.model)
 	if !plan.Limited() {
-		return true
+		return body, true
+	}
+	if stream && x.ep != epResponses && !f.includeUsage && plan.CountsTokens() {
+		// Ask for usage to settle the reservation; the relay removes the
+		// usage chunk again since the client did not ask for it.
+		body = withIncludeUsage(body, f)
+		x.stripUsage = true
 	}
 	kind := tokenKinds[x.ep]
 	var prompt, completion int64
@@ -349,10 +351,10 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	if ad.Outcome != policy.Admitted {
 		writeRejected(ctx, ad, p.User)
 		s.limiter.Finish(context.Background(), ad, -1)
-		return false
+		return nil, false
 	}
 	x.adm, x.promptEst = ad, prompt
-	return true
+	return body, true
 }
 
 func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
