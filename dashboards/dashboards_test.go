@@ -18,6 +18,8 @@ import (
 	"sluice/config"
 	"sluice/configs"
 	"sluice/policy"
+	"sluice/policy/limit"
+	"sluice/policy/tokens"
 	"sluice/proxy"
 )
 
@@ -34,7 +36,11 @@ func exported(t *testing.T) map[string]bool {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if _, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	limiter := policy.NewLimiter(policy.LimiterOptions{Store: mem, Registry: reg})
+	if _, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler),
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{})}); err != nil {
 		t.Fatal(err)
 	}
 	// Vectors without children are not gathered; their names come from
