@@ -6,11 +6,7 @@ local id, nr = ARGV[3], tonumber(ARGV[4])
 for i = 1, nr do
   local T, burst, n = rule_args(i)
   if T > 0 and n > 0 and n <= burst then
-    local tat = get_tat(KEYS[i])
-    if tat > now then
-      tat = math.max(tat - n * T, now)
-    end
-    store_tat(KEYS[i], tat, now, explicit)
+    settle_tat(KEYS[i], T, -n, now, explicit)
   end
 end
 for j = nr + 1, #KEYS do

@@ -53,3 +53,15 @@ local function rule_args(i)
   local a = 4 + 3 * (i - 1)
   return tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
 end
+
+-- settle_tat charges (delta > 0) or refunds (delta < 0) delta units of a
+-- bucket, as Take and Refund in gcra.go: a refund never fills it past full.
+local function settle_tat(key, T, delta, now, explicit)
+  local tat = get_tat(key)
+  if delta > 0 then
+    tat = math.max(tat, now) + delta * T
+  elseif tat > now then
+    tat = math.max(tat + delta * T, now)
+  end
+  store_tat(key, tat, now, explicit)
+end
