@@ -24,7 +24,9 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"unicode"
 	"unicode/utf8"
@@ -124,6 +126,22 @@ func loadSamples(t *testing.T) (train, valid []sample) {
 			}
 		}
 	}
+	fz, _ := filepath.Glob("testdata/fuzz/FuzzEstimateBound/*")
+	for _, f := range fz {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		q, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[len(lines)-1], "string("), ")"))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for range 20 {
+			train = append(train, sample{"fuzz", q})
+		}
+		valid = append(valid, sample{"fuzz", q})
+	}
 	for _, s := range train {
 		if s.cat == "en" || s.cat == "code" {
 			learnMarkov(s.text)
@@ -131,7 +149,7 @@ func loadSamples(t *testing.T) (train, valid []sample) {
 	}
 	for k := 0; k < *synthN; k++ {
 		s := synth(rng, k%len(synthKinds))
-		if rng.IntN(4) == 0 {
+		if rng.IntN(4) == 0 || s.cat == "synth-markov" || s.cat == "synth-runs" {
 			valid = append(valid, s)
 		} else {
 			train = append(train, s)
@@ -169,7 +187,7 @@ func mutate(rng *rand.Rand, s string) string {
 }
 
 var synthKinds = []string{"words", "Words", "WORDS", "camel", "alnum", "base64", "hex", "uuid", "printable",
-	"numbers", "unicode", "cjk", "emoji", "space", "ascii", "bmp", "mixed", "markov", "markov", "short"}
+	"numbers", "unicode", "cjk", "emoji", "space", "ascii", "bmp", "mixed", "markov", "markov", "runs", "runs", "short"}
 
 // markov is a character trigram model of English and code: pseudo-words
 // made of common letter pairs are what fuzzing finds first.
@@ -289,6 +307,24 @@ func synth(rng *rand.Rand, kind int) sample {
 			for range 1 + rng.IntN(20) {
 				b.WriteByte(byte(rng.IntN(128)))
 			}
+		case "runs": // a character or a short pattern repeated
+			var p string
+			switch rng.IntN(4) {
+			case 0:
+				p = string(rune(rng.IntN(128)))
+			case 1:
+				p = string(rune(0x80 + rng.IntN(0x1FFFF)))
+			case 2:
+				p = string(rune(33 + rng.IntN(94)))
+			default:
+				p = synth(rng, rng.IntN(16)).text
+				p = p[:min(len(p), 1+rng.IntN(4))]
+			}
+			b.WriteString(strings.Repeat(strings.ToValidUTF8(p, "?"), 2+rng.IntN(60)))
+			if rng.IntN(2) == 0 {
+				b.WriteString(synth(rng, rng.IntN(16)).text[:0])
+				word(lower+upper+digits, rng.IntN(6))
+			}
 		case "mixed":
 			for range 1 + rng.IntN(16) {
 				b.WriteByte(pick(lower + upper))
@@ -328,76 +364,156 @@ func synth(rng *rand.Rand, kind int) sample {
 func TestCalibrate(t *testing.T) {
 	train, valid := loadSamples(t)
 	t.Logf("%d training samples, %d validation samples", len(train), len(valid))
-	var out bytes.Buffer
-	for ei, enc := range []tokenizer.Encoding{tokenizer.O200kBase, tokenizer.Cl100kBase} {
+	encs := []tokenizer.Encoding{tokenizer.O200kBase, tokenizer.Cl100kBase}
+	outs := make([][]byte, len(encs))
+	var wg sync.WaitGroup
+	for ei, enc := range encs {
 		if *only != "" && string(enc) != *only {
 			continue
 		}
-		codec, err := tokenizer.Get(enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tb := new(table)
-		for r := rune(0x80); r < 0x20000; r++ {
-			if r >= 0x10000 && r < 0x1F000 {
-				continue
-			}
-			n := 4
-			if !(r >= 0xD800 && r < 0xE000) {
-				n, _ = codec.Count(string(r))
-			}
-			v := byte(min(max(n, 1), 4)-1) << (2 * (r & 3))
-			if r < 0x10000 {
-				tb.alone[r>>2] |= v
-			} else {
-				tb.emoji[(r-0x1F000)>>2] |= v
-			}
-		}
-		w := fit(t, tb, codec, train, valid)
-		for i := range tb.w {
-			tb.w[i] = uint16(min(math.Ceil(w[i]**scale*wOne), math.MaxUint16))
-		}
-		out.Write(tb.alone[:])
-		out.Write(tb.emoji[:])
-		for _, v := range tb.w {
-			out.Write(binary.LittleEndian.AppendUint16(nil, v))
-		}
-		_ = ei
+		wg.Go(func() { outs[ei] = calibrate(t, enc, train, valid) })
 	}
+	wg.Wait()
 	if *only != "" {
 		return
 	}
-	if err := os.WriteFile("tables.bin", out.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile("tables.bin", bytes.Join(outs, nil), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// calibrate fits the table of one encoding and returns it serialized.
+func calibrate(t *testing.T, enc tokenizer.Encoding, train, valid []sample) []byte {
+	codec, err := tokenizer.Get(enc)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	tb := new(table)
+	for c := range tb.rep {
+		// The most a third and later character of a run costs.
+		rate := 0.0
+		for _, pre := range []string{"", " ", "a", "."} {
+			base, _ := codec.Count(pre + strings.Repeat(string(rune(c)), 2))
+			for n := 3; n <= 300; n += 1 + n/40 {
+				k, _ := codec.Count(pre + strings.Repeat(string(rune(c)), n))
+				rate = max(rate, float64(k-base)/float64(n-2))
+			}
+		}
+		tb.rep[c] = uint16(math.Ceil(rate * wOne))
+	}
+	// The dictionary: " word" tokens by rank.
+	words := 0
+	for id := uint(0); words < dictWords && id < 300000; id++ {
+		tok, err := codec.Decode([]uint{id})
+		if err != nil || len(tok) < 3 || tok[0] != ' ' || !eligible(tok[1:]) {
+			continue
+		}
+		h := uint32(fnvOffset)
+		for _, c := range []byte(tok[1:]) {
+			h = (h ^ uint32(c)) * fnvPrime
+		}
+		h = max(h, 1)
+		i := h & (dictSlots - 1)
+		for tb.dict[i] != 0 && tb.dict[i] != h {
+			i = (i + 1) & (dictSlots - 1)
+		}
+		tb.dict[i] = h
+		words++
+	}
+	t.Logf("%s: %d dictionary words", enc, words)
+	for r := rune(0x80); r < 0x20000; r++ {
+		if r >= 0x10000 && r < 0x1F000 {
+			continue
+		}
+		n := 4
+		if !(r >= 0xD800 && r < 0xE000) {
+			n, _ = codec.Count(string(r))
+		}
+		v := byte(min(max(n, 1), 4)-1) << (2 * (r & 3))
+		if r < 0x10000 {
+			tb.alone[r>>2] |= v
+		} else {
+			tb.emoji[(r-0x1F000)>>2] |= v
+		}
+	}
+	w := fit(t, tb, codec, train, valid)
+	var out bytes.Buffer
+	out.Write(tb.alone[:])
+	out.Write(tb.emoji[:])
+	for i := range tb.w {
+		v := uint16(min(math.Ceil(w[i]**scale*wOne), math.MaxUint16))
+		out.Write(binary.LittleEndian.AppendUint16(nil, v))
+	}
+	for _, v := range tb.rep {
+		out.Write(binary.LittleEndian.AppendUint16(nil, v))
+	}
+	for _, v := range tb.dict {
+		out.Write(binary.LittleEndian.AppendUint32(nil, v))
+	}
+	return out.Bytes()
+}
+
+// eligible reports whether w is "word", "Word" or "WORD" in ASCII: a piece
+// both pre-tokenizers cut whole after a space.
+func eligible(w string) bool {
+	lower := func(c byte) bool { return c >= 'a' && c <= 'z' }
+	upper := func(c byte) bool { return c >= 'A' && c <= 'Z' }
+	allUpper, tailLower := true, true
+	for i := 0; i < len(w); i++ {
+		allUpper = allUpper && upper(w[i])
+		if i > 0 || !upper(w[0]) {
+			tailLower = tailLower && lower(w[i])
+		}
+	}
+	return allUpper || tailLower
 }
 
 type obs struct {
 	cat   string
 	pairs []int32 // prev*numClass+cur per character
 	count float64
+	fixed float64 // tokens charged for periodic characters
 	chars int
 }
 
 func observe(tb *table, codec tokenizer.Codec, ss []sample, S, N []float64) []obs {
 	out := make([]obs, 0, len(ss))
+	const gone = math.MinInt32
 	for _, s := range ss {
 		st := starts(codec, s.text)
 		o := obs{cat: s.cat}
 		wgt := 1.0
-		if strings.HasPrefix(s.cat, "synth") || s.cat == "mutated" {
+		if strings.HasPrefix(s.cat, "synth") || s.cat == "mutated" || s.cat == "fuzz" {
 			wgt = 0.5
 		}
+		var codes []int32 // per character
 		tb.scan([]byte(s.text), false, func(p int32) {
-			i := len(o.pairs)
-			o.pairs = append(o.pairs, p)
-			o.count += st[i]
-			if S != nil {
-				S[p] += st[i] * wgt
-				N[p] += wgt
+			if p <= visitUndo {
+				for k := len(codes) - int(visitUndo-p); k < len(codes); k++ {
+					codes[k] = gone
+				}
+				return
 			}
+			codes = append(codes, p)
 		})
-		o.chars = len(o.pairs)
+		for i, p := range codes {
+			o.count += st[i]
+			switch {
+			case p == gone:
+			case p >= 0:
+				o.pairs = append(o.pairs, p)
+				if S != nil {
+					S[p] += st[i] * wgt
+					N[p] += wgt
+				}
+			case p >= -128:
+				o.fixed += float64(tb.rep[-1-p]) / wOne
+			default:
+				o.fixed += float64(-128 - p)
+			}
+		}
+		o.chars = len(codes)
 		out = append(out, o)
 	}
 	return out
@@ -408,7 +524,7 @@ func prior(p int) float64 {
 		return 1
 	}
 	cur := p % numClass
-	if cur >= clUni0 {
+	if cur >= clUni0 && cur < clSpaces {
 		return float64((cur-clUni0)%4 + 1)
 	}
 	return 1
@@ -427,9 +543,9 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 	report(t, codec.GetName()+" mean", w, va)
 	// Sparse pair counts per training sample.
 	type sp struct {
-		p        []int32
-		n        []float64
-		count, a float64
+		p               []int32
+		n               []float64
+		count, a, fixed float64
 	}
 	xs := make([]sp, 0, len(tr))
 	for _, o := range tr {
@@ -440,7 +556,7 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 		for _, p := range o.pairs {
 			m[p]++
 		}
-		x := sp{count: o.count, a: catWeight(o.cat) / o.count}
+		x := sp{count: o.count, a: catWeight(o.cat) / o.count, fixed: o.fixed}
 		for p, n := range m {
 			x.p = append(x.p, p)
 			x.n = append(x.n, n)
@@ -449,17 +565,22 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 	}
 	g := make([]float64, len(w))
 	h := make([]float64, len(w))
+	floors := make([]float64, len(w))
+	for p := range w {
+		floors[p] = floorOf(p)
+		w[p] = max(w[p], floors[p])
+	}
 	for it := 0; it < *iters; it++ {
 		clear(g)
 		viol := 0
 		for _, x := range xs {
-			e := 0.0
+			e := x.fixed
 			for i, p := range x.p {
 				e += x.n[i] * w[p]
 			}
 			e = headroom(e)
 			c := x.a
-			if e < x.count*(1+*rel)+*margin {
+			if e < x.count*(1+*rel)+*margin+*zK*math.Sqrt(x.count) {
 				c -= *lambda / x.count
 				if e < x.count {
 					viol++
@@ -474,7 +595,7 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 				continue
 			}
 			h[p] += g[p] * g[p]
-			w[p] = max(0, w[p]-*eta*g[p]/math.Sqrt(h[p]))
+			w[p] = max(floors[p], w[p]-*eta*g[p]/math.Sqrt(h[p]))
 		}
 		if it%100 == 0 || it == *iters-1 {
 			t.Logf("%s iter %d: %d of %d training samples under", codec.GetName(), it, viol, len(xs))
@@ -484,7 +605,7 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 	if *worst > 0 {
 		idx := make([]int, 0, len(va))
 		for i, o := range va {
-			if natural(o.cat) && o.count > 0 {
+			if (*worstCat == "" && natural(o.cat) || o.cat == *worstCat) && o.count > 0 {
 				idx = append(idx, i)
 			}
 		}
@@ -504,6 +625,9 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 			nat, other, n := 0, 0, 0
 			var est, cnt [3]float64
 			for _, o := range va {
+				if o.cat == "synth-markov" {
+					continue // pseudo-English: adversarial, reported above
+				}
 				e := math.Ceil(headroom(estimate(w, o)*m)) + c - constSlack
 				if e < o.count {
 					if natural(o.cat) {
@@ -529,20 +653,48 @@ func fit(t *testing.T, tb *table, codec tokenizer.Codec, train, valid []sample) 
 }
 
 var (
-	only   = flag.String("enc", "", "calibrate only this encoding (no tables.bin written)")
-	synthN = flag.Int("synth", 30000, "synthetic samples")
-	sqrtK  = flag.Float64("sqrt", estSqrt, "headroom per square root of the estimate")
-	scale  = flag.Float64("scale", 1, "factor applied to the fitted weights")
-	worst  = flag.Int("worst", 0, "log the worst natural validation samples")
-	rel    = flag.Float64("rel", 0.1, "relative headroom the optimizer aims for")
-	iters  = flag.Int("iters", 1500, "optimizer iterations")
-	eta    = flag.Float64("eta", 0.02, "optimizer step")
-	lambda = flag.Float64("lambda", 100, "penalty per token under")
-	margin = flag.Float64("margin", 0.5, "tokens of headroom the optimizer aims for")
+	worstCat = flag.String("worstcat", "", "category for -worst (default: natural ones)")
+	only     = flag.String("enc", "", "calibrate only this encoding (no tables.bin written)")
+	synthN   = flag.Int("synth", 30000, "synthetic samples")
+	sqrtK    = flag.Float64("sqrt", estSqrt, "headroom per square root of the estimate")
+	scale    = flag.Float64("scale", 1, "factor applied to the fitted weights")
+	worst    = flag.Int("worst", 0, "log the worst natural validation samples")
+	zK       = flag.Float64("z", 0, "headroom per square root of the count the optimizer aims for")
+	rel      = flag.Float64("rel", 0.1, "relative headroom the optimizer aims for")
+	iters    = flag.Int("iters", 1500, "optimizer iterations")
+	eta      = flag.Float64("eta", 0.02, "optimizer step")
+	lambda   = flag.Float64("lambda", 100, "penalty per token under")
+	margin   = flag.Float64("margin", 0.5, "tokens of headroom the optimizer aims for")
 )
 
 func natural(cat string) bool {
 	return !strings.HasPrefix(cat, "synth") && cat != "mutated" && cat != "mo"
+}
+
+// floorOf is the least weight of p that the pre-tokenizers of both
+// encodings force: a text's first character, and the boundaries around
+// digits (runs split every three), letters and ASCII punctuation.
+func floorOf(p int) float64 {
+	letter := func(c int) bool { return c >= 1 && c <= 52 }
+	switch {
+	case p >= numClass*numClass:
+		return 0
+	}
+	prev, cur := p/numClass, p%numClass
+	ascii := cur < clUni0 || cur == clSpaces
+	switch {
+	case prev == clStart:
+		return 1
+	case prev == clDigit && cur == clDigit:
+		return 1.0 / 3
+	case prev == clDigit && ascii, cur == clDigit:
+		return 1
+	case letter(prev) && ascii && !letter(cur):
+		return 1
+	case prev >= clPunct0 && prev < clUni0 && cur == clSpace:
+		return 1
+	}
+	return 0
 }
 
 // catWeight is how much tightness on a category matters.
@@ -550,14 +702,14 @@ func catWeight(cat string) float64 {
 	switch {
 	case cat == "en", cat == "code", cat == "json", cat == "html":
 		return 4
-	case strings.HasPrefix(cat, "synth"), cat == "mutated":
+	case strings.HasPrefix(cat, "synth"), cat == "mutated", cat == "fuzz":
 		return 0.25
 	}
 	return 1
 }
 
 func estimate(w []float64, o obs) float64 {
-	s := 0.0
+	s := o.fixed
 	for _, p := range o.pairs {
 		s += w[p]
 	}

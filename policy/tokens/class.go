@@ -18,17 +18,18 @@ import (
 // common one 1). Weights come from calibrate_test.go over natural text in
 // ~100 languages, code, JSON, numbers and adversarial strings.
 const (
-	clStart   = 0  // before the first character of a text
-	clDigit   = 53 // 0-9
-	clSpace   = 54 // ' '
-	clLF      = 55 // '\n'
-	clTab     = 56 // '\t'
-	clCR      = 57 // '\r'
-	clCtrl    = 58 // other C0 controls and DEL
-	clPunct0  = 59 // 32 ASCII punctuation bytes follow
-	clUni0    = 91 // non-ASCII: clUni0 + group*4 + tokens-1
-	numGroups = 18 // script groups, see groupOf16
-	numClass  = 91 + 4*numGroups
+	clStart   = 0                    // before the first character of a text
+	clDigit   = 53                   // 0-9
+	clSpace   = 54                   // ' '
+	clLF      = 55                   // '\n'
+	clTab     = 56                   // '\t'
+	clCR      = 57                   // '\r'
+	clCtrl    = 58                   // other C0 controls and DEL
+	clPunct0  = 59                   // 32 ASCII punctuation bytes follow
+	clUni0    = 91                   // non-ASCII: clUni0 + group*4 + tokens-1
+	numGroups = 31                   // script groups, see groupRanges
+	clSpaces  = clUni0 + 4*numGroups // a space after a space (the run's last one starts a token when a word follows)
+	numClass  = clSpaces + 1
 	numRuns   = 4 // a pair of ASCII letters also keys on the letter run's length so far: 2, 3, 4, 5+
 	numW      = numClass*numClass + numRuns*52*52
 	wShift    = 12 // weights are fixed point, 1/4096 token
@@ -65,18 +66,20 @@ var asciiClass = func() (t [128]uint8) {
 }()
 
 // groupRanges lists script groups by first code point, sorted; a group runs
-// to the next entry.
+// to the next entry. Scripts that tokenize differently get their own group.
 var groupRanges = [...]struct {
 	lo rune
 	g  uint8
 }{
-	{0x80, 0}, {0xC0, 1}, {0x250, 2}, {0x370, 3}, {0x400, 4}, {0x530, 5}, {0x900, 6}, {0xE00, 7},
-	{0x10A0, 8}, {0x1780, 7}, {0x18B0, 8}, {0x1AB0, 2}, {0x1B00, 8}, {0x1C80, 4}, {0x1C90, 8},
-	{0x1DC0, 2}, {0x1E00, 1}, {0x1F00, 3}, {0x2000, 9}, {0x2070, 10}, {0x20D0, 2}, {0x2100, 10},
-	{0x2C60, 1}, {0x2C80, 8}, {0x2DE0, 4}, {0x2E00, 9}, {0x2E80, 11}, {0x3400, 12}, {0xA000, 14},
-	{0xA640, 4}, {0xA6A0, 14}, {0xA720, 1}, {0xA800, 14}, {0xAC00, 13}, {0xD7B0, 14}, {0xF900, 12},
-	{0xFB00, 1}, {0xFB10, 5}, {0xFE00, 15}, {0xFE70, 5}, {0xFF00, 15},
-	{0x10000, 17}, {0x1F000, 16}, {0x1FB00, 17},
+	{0x80, 0}, {0xC0, 1}, {0x250, 2}, {0x370, 3}, {0x400, 4}, {0x530, 5}, {0x590, 6}, {0x600, 7},
+	{0x700, 8}, {0x750, 7}, {0x780, 8}, {0x8A0, 7}, {0x900, 9}, {0x980, 10}, {0xA00, 11}, {0xB00, 12},
+	{0xC00, 13}, {0xD00, 14}, {0xE00, 15}, {0xE80, 16}, {0x1000, 17}, {0x10A0, 18}, {0x1100, 19},
+	{0x1780, 20}, {0x18B0, 21}, {0x1AB0, 2}, {0x1B00, 21}, {0x1C80, 4}, {0x1C90, 18}, {0x1CC0, 21},
+	{0x1DC0, 2}, {0x1E00, 1}, {0x1F00, 3}, {0x2000, 22}, {0x2070, 23}, {0x20D0, 2}, {0x2100, 23},
+	{0x2C00, 21}, {0x2C60, 1}, {0x2C80, 21}, {0x2D00, 18}, {0x2D30, 21}, {0x2DE0, 4}, {0x2E00, 22},
+	{0x2E80, 24}, {0x3400, 25}, {0xA000, 27}, {0xA640, 4}, {0xA6A0, 27}, {0xA720, 1}, {0xA800, 27},
+	{0xAC00, 26}, {0xD7B0, 27}, {0xF900, 25}, {0xFB00, 1}, {0xFB10, 6}, {0xFB50, 7}, {0xFE00, 28},
+	{0xFE70, 7}, {0xFF00, 28}, {0x10000, 30}, {0x1F000, 29}, {0x1FB00, 30},
 }
 
 // groupOf16 maps a BMP code point >> 4 to its group.
@@ -97,6 +100,35 @@ type table struct {
 	alone [0x10000 / 4]byte // BMP: tokens-1 the character alone encodes to, 2 bits each
 	emoji [0x1000 / 4]byte  // same for U+1F000..U+1FFFF
 	w     [numW]uint16      // weight[prev*numClass+cur], then the letter-run pairs; 1/4096 token
+	rep   [128]uint16       // weight of an ASCII character repeated a third time or more; 1/4096 token
+	dict  [dictSlots]uint32 // known words: FNV-1a hashes of letter runs that with a space before them are one token
+}
+
+// The dictionary holds the dictWords most frequent (lowest-ranked) tokens
+// of the form " word", " Word" or " WORD" (ASCII letters, two or more): a
+// letter run found in it, after a space and before anything but a letter
+// or an apostrophe, is a pre-tokenizer piece and one token, exactly, so
+// its inner letters cost nothing. Other words pay the model's weights,
+// which are fitted on what is left: rare words, other languages, random
+// strings.
+const (
+	dictWords = 8192
+	dictSlots = 2 * dictWords // open addressing, linear probing; 0 is empty
+	fnvOffset = 2166136261
+	fnvPrime  = 16777619
+)
+
+// known reports whether the letter run hashed to h is in the dictionary.
+func (t *table) known(h uint32) bool {
+	h = max(h, 1)
+	for i := h & (dictSlots - 1); ; i = (i + 1) & (dictSlots - 1) {
+		switch t.dict[i] {
+		case h:
+			return true
+		case 0:
+			return false
+		}
+	}
 }
 
 //go:embed tables.bin
@@ -107,7 +139,7 @@ var tables = func() (t [2]*table) {
 	b := tablesBin
 	for i := range t {
 		t[i] = new(table)
-		if len(b) < len(t[i].alone)+len(t[i].emoji)+2*len(t[i].w) {
+		if len(b) < len(t[i].alone)+len(t[i].emoji)+2*len(t[i].w)+2*len(t[i].rep)+4*len(t[i].dict) {
 			// Missing or stale tables.bin (regenerate with calibrate_test.go):
 			// fall back to one token per byte, the loosest true bound.
 			t[i].fillBytes()
@@ -119,6 +151,14 @@ var tables = func() (t [2]*table) {
 			t[i].w[j] = binary.LittleEndian.Uint16(b[2*j:])
 		}
 		b = b[2*len(t[i].w):]
+		for j := range t[i].rep {
+			t[i].rep[j] = binary.LittleEndian.Uint16(b[2*j:])
+		}
+		b = b[2*len(t[i].rep):]
+		for j := range t[i].dict {
+			t[i].dict[j] = binary.LittleEndian.Uint32(b[4*j:])
+		}
+		b = b[4*len(t[i].dict):]
 	}
 	return t
 }()
@@ -131,9 +171,12 @@ func (t *table) fillBytes() {
 	for i := range t.emoji {
 		t.emoji[i] = 0xff
 	}
+	for i := range t.rep {
+		t.rep[i] = wOne
+	}
 	for i := range t.w {
 		t.w[i] = wOne
-		if i < numClass*numClass && i%numClass >= clUni0 {
+		if cur := i % numClass; i < numClass*numClass && cur >= clUni0 && cur < clSpaces {
 			t.w[i] = wOne * 4
 		}
 	}
@@ -150,29 +193,43 @@ func (t *table) uniClass(r rune) uint8 {
 			n = 3 // never produced by a decoder; treat as worst case
 		}
 	case r >= 0x1F000 && r < 0x20000:
-		g, n = 16, t.emoji[(r-0x1F000)>>2]>>(2*(r&3))&3
+		g, n = 29, t.emoji[(r-0x1F000)>>2]>>(2*(r&3))&3
 	default:
-		g, n = 17, 3
+		g, n = 30, 3
 	}
 	return clUni0 + 4*g + n
 }
 
 // scan adds up the weights of the text in s (raw bytes, or the inside of a
 // JSON string literal when escaped is true, decoding \n, \", \uXXXX...)
-// and returns the sum in 1/4096 token. visit, when not nil, sees the index
-// of every weight added (calibration).
+// and returns the sum in 1/4096 token.
+//
+// Text that repeats with a short period is not what the model learned
+// from, and BPE handles it unevenly: a character three or more times in a
+// row costs what long runs of it measure (ASCII; other characters the
+// tokens they encode to alone), and past two periods of "abab", "abcabc"
+// or "  x  x" every character costs its bytes, a true bound (a token covers
+// at least one byte).
+//
+// visit, when not nil, sees the index of every weight added: w[i] for
+// i >= 0, rep[-1-i] for -128 <= i < 0, -128-i tokens below that, and
+// visitUndo-n (calibration).
 func (t *table) scan(s []byte, escaped bool, visit func(int32)) uint64 {
-	var sum uint64
-	prev, run := int32(clStart), int32(0)
+	var sum, runW uint64 // runW: the cost of the current letter run's inner letters
+	var back [4]rune     // the previous characters, most recent first
+	var same [4]int32    // how many characters in a row equal the one 1, 2, 3, 4 back
+	var wh uint32        // hash of the current letter run
+	prev, run, spaced := int32(clStart), int32(0), false
 	for i := 0; i < len(s); {
-		c := s[i]
+		r := rune(s[i])
 		var cl int32
 		switch {
-		case c < utf8.RuneSelf && (c != '\\' || !escaped):
-			cl = int32(asciiClass[c])
+		case r < utf8.RuneSelf && (r != '\\' || !escaped):
+			cl = int32(asciiClass[r])
 			i++
-		case c < utf8.RuneSelf:
-			r, n := unescape(s[i:])
+		case r < utf8.RuneSelf:
+			var n int
+			r, n = unescape(s[i:])
 			i += n
 			if r < utf8.RuneSelf {
 				cl = int32(asciiClass[r])
@@ -180,26 +237,82 @@ func (t *table) scan(s []byte, escaped bool, visit func(int32)) uint64 {
 				cl = int32(t.uniClass(r))
 			}
 		default:
-			r, n := utf8.DecodeRune(s[i:])
+			var n int
+			r, n = utf8.DecodeRune(s[i:])
 			i += n
 			cl = int32(t.uniClass(r))
 		}
+		if cl == clSpace && (prev == clSpace || prev == clSpaces) {
+			cl = clSpaces
+		}
 		idx := prev*numClass + cl
 		if uint32(cl-1) < 52 {
-			if run++; run > 1 {
+			if run++; run == 1 {
+				wh, runW, spaced = fnvOffset, 0, prev == clSpace || prev == clSpaces
+			} else {
 				idx = numClass*numClass + ((min(run, numRuns+1)-2)*52+prev-1)*52 + cl - 1
 			}
+			wh = (wh ^ uint32(r)) * fnvPrime
 		} else {
+			if run > 1 && spaced && r < utf8.RuneSelf && r != '\'' && t.known(wh) {
+				sum -= runW
+				if visit != nil {
+					visit(visitUndo - (run - 1))
+				}
+			}
 			run = 0
 		}
-		sum += uint64(t.w[idx])
+		// Repeats: 0 no, 1 a character a third time in a row (charged the
+		// measured cost of long runs of it), 2 a short period repeated
+		// twice (charged its bytes).
+		repeat := 0
+		for k := range back {
+			if r == back[k] {
+				if same[k]++; k > 0 && same[k] >= 2*int32(k+1) {
+					repeat = 2
+				}
+			} else {
+				same[k] = 0
+			}
+		}
+		if same[0] >= 2 {
+			repeat = 1
+		}
+		back = [4]rune{r, back[0], back[1], back[2]}
+		var w uint64
+		switch {
+		case repeat == 0:
+			w = uint64(t.w[idx])
+		case repeat == 1 && r < utf8.RuneSelf:
+			idx, w = -1-r, uint64(t.rep[r])
+		case repeat == 1: // the tokens it encodes to alone
+			n := 1 + (cl-clUni0)%4
+			idx, w = -128-n, uint64(n)*wOne
+		default:
+			n := int32(utf8.RuneLen(r))
+			idx, w = -128-n, uint64(n)*wOne
+		}
+		sum += w
+		if run > 1 {
+			runW += w
+		}
 		if visit != nil {
 			visit(idx)
 		}
 		prev = cl
 	}
+	if run > 1 && spaced && t.known(wh) {
+		sum -= runW
+		if visit != nil {
+			visit(visitUndo - (run - 1))
+		}
+	}
 	return sum
 }
+
+// visitUndo - n tells scan's visitor that the last n characters cost
+// nothing after all (a known word).
+const visitUndo = -1 << 20
 
 // unescape decodes the JSON escape at the start of s (s[0] == '\\') and
 // returns the rune and the bytes consumed; a surrogate pair is one rune.

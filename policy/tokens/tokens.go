@@ -120,11 +120,11 @@ func hasPrefix[T string | []byte](s T, p string) bool {
 // parts have no published accounting; the choices below are documented
 // approximations.
 const (
-	perMessage  = 3 // tokens framing each message
-	perName     = 1 // extra tokens for a message's name
-	replyPrimer = 3 // tokens priming the reply
-	perToolCall = 3 // tokens framing each tool or function call (approximation)
-	toolsHeader = 8 // tokens introducing tool definitions, which are counted as their JSON text (approximation)
+	perMessage  = 3   // tokens framing each message
+	perName     = 1   // extra tokens for a message's name
+	replyPrimer = 3   // tokens priming the reply
+	perToolCall = 3   // tokens framing each tool or function call (approximation)
+	toolsHeader = 8   // tokens introducing tool definitions, which are counted as their JSON text (approximation)
 	estPerText  = 2   // Estimate's headroom per text field, part of the calibrated model
 	estSqrt     = 0.5 // Estimate's headroom per square root of its text weights, part of the calibrated model
 )
