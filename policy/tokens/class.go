@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"bytes"
 	_ "embed"
 	"encoding/binary"
 	"unicode/utf8"
@@ -30,8 +31,9 @@ const (
 	numGroups = 31                   // script groups, see groupRanges
 	clSpaces  = clUni0 + 4*numGroups // a space after a space (the run's last one starts a token when a word follows)
 	numClass  = clSpaces + 1
-	numRuns   = 4 // a pair of ASCII letters also keys on the letter run's length so far: 2, 3, 4, 5+
-	numW      = numClass*numClass + numRuns*52*52
+	numRuns   = 4                                 // a pair of ASCII letters also keys on the letter run's length so far: 2, 3, 4, 5+
+	numW      = numClass*numClass + numRuns*52*52 // weights; table.w is indexed with a uint16
+	_         = uint16(numW - 1)
 	wShift    = 12 // weights are fixed point, 1/4096 token
 	wOne      = 1 << wShift
 )
@@ -99,7 +101,7 @@ var groupOf16 = func() (t [0x1000]uint8) {
 type table struct {
 	alone [0x10000 / 4]byte // BMP: tokens-1 the character alone encodes to, 2 bits each
 	emoji [0x1000 / 4]byte  // same for U+1F000..U+1FFFF
-	w     [numW]uint16      // weight[prev*numClass+cur], then the letter-run pairs; 1/4096 token
+	w     [1 << 16]uint16   // weight[prev*numClass+cur], then the letter-run pairs, numW in all (1/4096 token); sized so a uint16 index needs no bounds check
 	rep   [128]uint16       // weight of an ASCII character repeated a third time or more; 1/4096 token
 	dict  [dictSlots]uint32 // known words: FNV-1a hashes of letter runs that with a space before them are one token
 }
@@ -139,7 +141,7 @@ var tables = func() (t [2]*table) {
 	b := tablesBin
 	for i := range t {
 		t[i] = new(table)
-		if len(b) < len(t[i].alone)+len(t[i].emoji)+2*len(t[i].w)+2*len(t[i].rep)+4*len(t[i].dict) {
+		if len(b) < len(t[i].alone)+len(t[i].emoji)+2*numW+2*len(t[i].rep)+4*len(t[i].dict) {
 			// Missing or stale tables.bin (regenerate with calibrate_test.go):
 			// fall back to one token per byte, the loosest true bound.
 			t[i].fillBytes()
@@ -147,10 +149,10 @@ var tables = func() (t [2]*table) {
 		}
 		b = b[copy(t[i].alone[:], b):]
 		b = b[copy(t[i].emoji[:], b):]
-		for j := range t[i].w {
+		for j := range numW {
 			t[i].w[j] = binary.LittleEndian.Uint16(b[2*j:])
 		}
-		b = b[2*len(t[i].w):]
+		b = b[2*numW:]
 		for j := range t[i].rep {
 			t[i].rep[j] = binary.LittleEndian.Uint16(b[2*j:])
 		}
@@ -174,7 +176,7 @@ func (t *table) fillBytes() {
 	for i := range t.rep {
 		t.rep[i] = wOne
 	}
-	for i := range t.w {
+	for i := range numW {
 		t.w[i] = wOne
 		if cur := i % numClass; i < numClass*numClass && cur >= clUni0 && cur < clSpaces {
 			t.w[i] = wOne * 4
@@ -207,40 +209,138 @@ func (t *table) uniClass(r rune) uint8 {
 // Text that repeats with a short period is not what the model learned
 // from, and BPE handles it unevenly: a character three or more times in a
 // row costs what long runs of it measure (ASCII; other characters the
-// tokens they encode to alone), and past two periods of "abab", "abcabc"
-// or "  x  x" every character costs its bytes, a true bound (a token covers
-// at least one byte).
+// tokens they encode to alone), and a character that ends eight with a
+// period of 2, 3 or 4 ("abababab", "  x  x  ") costs its bytes, a true
+// bound (a token covers at least one byte).
 //
-// visit, when not nil, sees the index of every weight added: w[i] for
-// i >= 0, rep[-1-i] for -128 <= i < 0, -128-i tokens below that, and
-// visitUndo-n (calibration).
-func (t *table) scan(s []byte, escaped bool, visit func(int32)) uint64 {
-	var sum, runW uint64 // runW: the cost of the current letter run's inner letters
-	var back [4]rune     // the previous characters, most recent first
-	var same [4]int32    // how many characters in a row equal the one 1, 2, 3, 4 back
-	var wh uint32        // hash of the current letter run
-	prev, run, spaced := int32(clStart), int32(0), false
+// rec, when not nil (calibration), receives what every character cost:
+// w[i] for i >= 0, rep[-1-i] for -128 <= i < 0, -128-i tokens below that,
+// and visitUndo-n when the last n characters turn out to cost nothing (a
+// known word); it needs room for 2*len(s)+1 entries. scan returns how many
+// it wrote.
+func (t *table) scan(s []byte, escaped bool, rec []int32) (uint64, int) {
+	st := scanState{hist: ^uint64(0), prev: clStart}
 	for i := 0; i < len(s); {
-		r := rune(s[i])
-		var cl int32
-		switch {
-		case r < utf8.RuneSelf && (r != '\\' || !escaped):
-			cl = int32(asciiClass[r])
-			i++
-		case r < utf8.RuneSelf:
-			var n int
-			r, n = unescape(s[i:])
-			i += n
-			if r < utf8.RuneSelf {
-				cl = int32(asciiClass[r])
-			} else {
-				cl = int32(t.uniClass(r))
+		if rec == nil {
+			if i = t.fast(&st, s, i, escaped); i == len(s) {
+				break
 			}
-		default:
-			var n int
+		}
+		r, n := rune(s[i]), 1
+		switch {
+		case r >= utf8.RuneSelf:
 			r, n = utf8.DecodeRune(s[i:])
-			i += n
-			cl = int32(t.uniClass(r))
+		case r == '\\' && escaped:
+			r, n = unescape(s[i:])
+		}
+		i += n
+		t.step(&st, r, rec)
+	}
+	t.step(&st, -1, rec) // the end closes a letter run
+	return st.sum, st.n
+}
+
+// scanState is scan's state between characters.
+type scanState struct {
+	sum, runW uint64 // runW: the cost of the current letter run's inner letters
+	hist      uint64 // the last 8 characters, a byte each (non-ASCII folded), most recent lowest
+	wh        uint32 // FNV-1a hash of the current letter run
+	prev, run int32  // previous class; letters in the current run
+	spaced    bool   // the current letter run follows a space
+	n         int    // entries written to rec
+}
+
+// step prices one character (r < 0: the end of the text).
+func (t *table) step(st *scanState, r rune, rec []int32) {
+	var cl int32
+	switch {
+	case r < 0:
+		cl = clStart
+	case r < utf8.RuneSelf:
+		cl = int32(asciiClass[r])
+	default:
+		cl = int32(t.uniClass(r))
+	}
+	if cl == clSpace && (st.prev == clSpace || st.prev == clSpaces) {
+		cl = clSpaces
+	}
+	idx := st.prev*numClass + cl
+	if uint32(cl-1) < 52 {
+		if st.run++; st.run == 1 {
+			st.wh, st.runW, st.spaced = fnvOffset, 0, st.prev == clSpace || st.prev == clSpaces
+		} else {
+			idx = numClass*numClass + ((min(st.run, numRuns+1)-2)*52+st.prev-1)*52 + cl - 1
+		}
+		st.wh = (st.wh ^ uint32(r)) * fnvPrime
+	} else if st.run > 0 {
+		if st.run > 1 && st.spaced && r < utf8.RuneSelf && r != '\'' && t.known(st.wh) {
+			st.sum -= st.runW
+			if rec != nil {
+				rec[st.n] = visitUndo - (st.run - 1)
+				st.n++
+			}
+		}
+		st.run = 0
+	}
+	if r < 0 {
+		return
+	}
+	c := uint64(r)
+	if r >= utf8.RuneSelf {
+		c = 0x80 | uint64(r)*0x9e3779b1>>25&0x7f
+	}
+	st.hist = st.hist<<8 | c
+	w := uint64(t.w[uint16(idx)])
+	if tripled, periodic := repeats(st.hist); tripled || periodic {
+		idx, w = t.repeated(r, cl, tripled)
+	}
+	st.sum += w
+	if st.run > 1 {
+		st.runW += w
+	}
+	if rec != nil {
+		rec[st.n] = idx
+		st.n++
+	}
+	st.prev = cl
+}
+
+// fast is step for a stretch of plain ASCII from s[i] on, specialized and
+// free of calls so that its state stays in registers; it returns where it
+// stopped (a non-ASCII byte, an escape, or the end).
+func (t *table) fast(st *scanState, s []byte, i int, escaped bool) int {
+	if escaped {
+		if j := bytes.IndexByte(s[i:], '\\'); j >= 0 {
+			s = s[:i+j]
+		}
+	}
+	sum, runW, hist, wh, prev, run, spaced := st.sum, st.runW, st.hist, st.wh, st.prev, st.run, st.spaced
+	for i < len(s) {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			break
+		}
+		cl := int32(asciiClass[c])
+		if run == 0 && uint32(cl-1) < 52 && (prev == clSpace || prev == clSpaces) {
+			// A whole known word costs what its first letter does.
+			j, h, hh := i, uint32(fnvOffset), hist
+			for j < len(s) && uint32(asciiClass[s[j]&0x7f]-1) < 52 && s[j] < utf8.RuneSelf {
+				h = (h ^ uint32(s[j])) * fnvPrime
+				hh = hh<<8 | uint64(s[j])
+				j++
+			}
+			if j-i > 1 && j < len(s) && s[j] < utf8.RuneSelf && s[j] != '\'' && t.known(h) {
+				hist = hist<<8 | uint64(c)
+				w := uint64(t.w[uint16(prev*numClass+cl)])
+				if tripled, periodic := repeats(hist); tripled {
+					w = uint64(t.rep[c])
+				} else if periodic {
+					w = wOne
+				}
+				sum += w
+				hist, prev, i = hh, int32(asciiClass[s[j-1]]), j
+				continue
+			}
 		}
 		if cl == clSpace && (prev == clSpace || prev == clSpaces) {
 			cl = clSpaces
@@ -252,66 +352,60 @@ func (t *table) scan(s []byte, escaped bool, visit func(int32)) uint64 {
 			} else {
 				idx = numClass*numClass + ((min(run, numRuns+1)-2)*52+prev-1)*52 + cl - 1
 			}
-			wh = (wh ^ uint32(r)) * fnvPrime
-		} else {
-			if run > 1 && spaced && r < utf8.RuneSelf && r != '\'' && t.known(wh) {
+			wh = (wh ^ uint32(c)) * fnvPrime
+		} else if run > 0 {
+			if run > 1 && spaced && c != '\'' && t.known(wh) {
 				sum -= runW
-				if visit != nil {
-					visit(visitUndo - (run - 1))
-				}
 			}
 			run = 0
 		}
-		// Repeats: 0 no, 1 a character a third time in a row (charged the
-		// measured cost of long runs of it), 2 a short period repeated
-		// twice (charged its bytes).
-		repeat := 0
-		for k := range back {
-			if r == back[k] {
-				if same[k]++; k > 0 && same[k] >= 2*int32(k+1) {
-					repeat = 2
-				}
-			} else {
-				same[k] = 0
+		hist = hist<<8 | uint64(c)
+		w := uint64(t.w[uint16(idx)])
+		// Is one of the four characters before equal to this one? (SWAR
+		// zero-byte test; a rare false hit only costs the exact test.)
+		if x := uint32(hist>>8) ^ uint32(c)*0x01010101; (x-0x01010101)&^x&0x80808080 != 0 {
+			if tripled, periodic := repeats(hist); tripled {
+				w = uint64(t.rep[c])
+			} else if periodic {
+				w = wOne
 			}
-		}
-		if same[0] >= 2 {
-			repeat = 1
-		}
-		back = [4]rune{r, back[0], back[1], back[2]}
-		var w uint64
-		switch {
-		case repeat == 0:
-			w = uint64(t.w[idx])
-		case repeat == 1 && r < utf8.RuneSelf:
-			idx, w = -1-r, uint64(t.rep[r])
-		case repeat == 1: // the tokens it encodes to alone
-			n := 1 + (cl-clUni0)%4
-			idx, w = -128-n, uint64(n)*wOne
-		default:
-			n := int32(utf8.RuneLen(r))
-			idx, w = -128-n, uint64(n)*wOne
 		}
 		sum += w
 		if run > 1 {
 			runW += w
 		}
-		if visit != nil {
-			visit(idx)
-		}
 		prev = cl
+		i++
 	}
-	if run > 1 && spaced && t.known(wh) {
-		sum -= runW
-		if visit != nil {
-			visit(visitUndo - (run - 1))
-		}
-	}
-	return sum
+	st.sum, st.runW, st.hist, st.wh, st.prev, st.run, st.spaced = sum, runW, hist, wh, prev, run, spaced
+	return i
 }
 
-// visitUndo - n tells scan's visitor that the last n characters cost
-// nothing after all (a known word).
+// repeats reports whether the newest character of hist is the third in a
+// row, or ends eight characters with a period of 2, 3 or 4.
+func repeats(hist uint64) (tripled, periodic bool) {
+	return (hist^hist>>8)&0xffff == 0,
+		(hist^hist>>16)&0xffff_ffff_ffff == 0 || (hist^hist>>24)&0xff_ffff_ffff == 0 || (hist^hist>>32)&0xffff_ffff == 0
+}
+
+// repeated prices a character of a repeat: the third or later of a run
+// costs what long runs of it measure (ASCII), or the tokens it encodes to
+// alone; a periodic one costs its bytes. It returns rec's code and the
+// weight.
+func (t *table) repeated(r rune, cl int32, tripled bool) (int32, uint64) {
+	switch {
+	case tripled && r < utf8.RuneSelf:
+		return -1 - r, uint64(t.rep[r])
+	case tripled:
+		n := 1 + (cl-clUni0)%4
+		return -128 - n, uint64(n) * wOne
+	}
+	n := int32(utf8.RuneLen(r))
+	return -128 - n, uint64(n) * wOne
+}
+
+// visitUndo - n in rec means the last n characters cost nothing after all
+// (a known word).
 const visitUndo = -1 << 20
 
 // unescape decodes the JSON escape at the start of s (s[0] == '\\') and

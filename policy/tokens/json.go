@@ -19,18 +19,20 @@ func skipWS(b []byte, i int) int {
 // skipString returns the index after the string literal whose opening
 // quote is at b[i], or -1.
 func skipString(b []byte, i int) int {
-	for i++; i < len(b); {
-		j := bytes.IndexAny(b[i:], `"\`)
+	for i++; ; i++ {
+		j := bytes.IndexByte(b[i:], '"')
 		if j < 0 {
 			return -1
 		}
 		i += j
-		if b[i] == '"' {
+		k := i - 1 // an odd number of backslashes before it escapes the quote
+		for b[k] == '\\' {
+			k--
+		}
+		if (i-k)%2 == 1 {
 			return i + 1
 		}
-		i += 2
 	}
-	return -1
 }
 
 // skipValue returns the index after the value starting at b[i], or -1.

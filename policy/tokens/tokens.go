@@ -126,7 +126,7 @@ const (
 	perToolCall = 3   // tokens framing each tool or function call (approximation)
 	toolsHeader = 8   // tokens introducing tool definitions, which are counted as their JSON text (approximation)
 	estPerText  = 2   // Estimate's headroom per text field, part of the calibrated model
-	estSqrt     = 0.5 // Estimate's headroom per square root of its text weights, part of the calibrated model
+	estSqrt     = 2.0 // Estimate's headroom per square root of its text weights, part of the calibrated model
 )
 
 // Defaults for Options.
@@ -186,16 +186,15 @@ func (c *Counter) Stats() Stats { return Stats{c.hits.Load(), c.miss.Load()} }
 // EstimateFor when the upstream model differs). It never allocates and
 // never fails: a body it cannot parse is estimated as text.
 func (c *Counter) Estimate(kind Kind, body []byte) int64 {
-	enc := Fallback
-	it := newIter(body)
-	for k, v, ok := it.next(); ok; k, v, ok = it.next() {
-		if string(k) == "model" {
-			s, _ := strBody(v)
-			enc = encodingFor(s)
-			break
-		}
+	// Price with o200k_base's table while looking for the model; only a
+	// cl100k_base model needs a second walk.
+	w := walker{c: c, t: tables[0], model: true}
+	fixed, ok := w.request(kind, body)
+	enc := encodingFor(w.modelName)
+	if enc == Cl100kBase {
+		return c.EstimateFor(enc, kind, body)
 	}
-	return c.EstimateFor(enc, kind, body)
+	return scaleFor(enc, w.finish(fixed, ok, body))
 }
 
 // EstimateFor is Estimate for a given encoding: an upper bound of Count
@@ -203,11 +202,17 @@ func (c *Counter) Estimate(kind Kind, body []byte) int64 {
 func (c *Counter) EstimateFor(enc Encoding, kind Kind, body []byte) int64 {
 	w := walker{c: c, t: tables[tableIndex(base(enc))]}
 	fixed, ok := w.request(kind, body)
+	return scaleFor(enc, w.finish(fixed, ok, body))
+}
+
+// finish turns an estimate walk's sum into whole tokens; a body the walk
+// could not parse is priced as text.
+func (w *walker) finish(fixed uint64, ok bool, body []byte) int64 {
 	if !ok {
-		w.stat = w.t.scan(body, false, nil)
+		w.stat, _ = w.t.scan(body, false, nil)
 		fixed = w.stat + estPerText*tok
 	}
-	return scaleFor(enc, w.round(fixed))
+	return w.round(fixed)
 }
 
 // round adds the square-root headroom to an estimate and rounds it up to
@@ -221,7 +226,7 @@ func (w *walker) round(fixed uint64) int64 {
 // upstream reported usage.
 func (e Encoding) EstimateText(text []byte) int64 {
 	w := walker{t: tables[tableIndex(base(e))]}
-	w.stat = w.t.scan(text, false, nil)
+	w.stat, _ = w.t.scan(text, false, nil)
 	return scaleFor(e, w.round(w.stat+estPerText*tok))
 }
 

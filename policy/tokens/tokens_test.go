@@ -2,12 +2,14 @@ package tokens
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -147,4 +149,161 @@ func mustCount(t testing.TB, c *Counter, kind Kind, model string, body []byte) i
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestCountAccounting checks Count against counts worked out by hand from
+// the tokenizer (o200k_base: "You are a helpful assistant." 6 tokens,
+// "Hello, world!" 4, "bob" 1, "Say hi" 2, "get_weather" 2,
+// `{"city":"Lisbon"}` 6, "sunny, 21 C" 6, "a cat" 2, "Be brief." 3,
+// "Paris" 1, the tools JSON below 29) and the accounting: 3 per message +
+// its role (1) + content, a name +1, 3 priming the reply; a tool call 3 +
+// name + arguments; tool definitions 8 + their JSON; a low detail image 85.
+func TestCountAccounting(t *testing.T) {
+	const tools = `[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]`
+	for _, tc := range []struct {
+		kind Kind
+		body string
+		want int64
+	}{
+		{Chat, `{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","name":"bob","content":"Hello, world!"}]}`,
+			(3 + 1 + 6) + (3 + 1 + 1 + 1 + 4) + 3},
+		{Chat, `{"messages":[{"role":"user","content":"Say hi"},` +
+			`{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Lisbon\"}"}}]},` +
+			`{"role":"tool","tool_call_id":"call_1","content":"sunny, 21 C"}],"tools":` + tools + `}`,
+			(3 + 1 + 2) + (3 + 1 + 3 + 2 + 6) + (3 + 1 + 6) + 3 + (8 + 29)},
+		{Chat, `{"messages":[{"role":"user","content":[{"type":"text","text":"a cat"},{"type":"image_url","image_url":{"url":"https://example.com/cat.png","detail":"low"}}]}]}`,
+			3 + 1 + 2 + 85 + 3},
+		{Chat, `{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]}`,
+			3 + 1 + DefaultImageTokens + 3},
+		{Chat, `{"messages":[]}`, 3},
+		{Completions, `{"prompt":"Hello, world!"}`, 4},
+		{Completions, `{"prompt":["Hello, world!","Paris"],"suffix":"Say hi"}`, 4 + 1 + 2},
+		{Completions, `{"prompt":[1,2,3]}`, 3},
+		{Completions, `{"prompt":[[1,2],[3]]}`, 3},
+		{Embeddings, `{"input":"Be brief."}`, 3},
+		{Embeddings, `{"input":["a cat","bob"]}`, 3},
+		{Embeddings, `{"input":[[1,2,3],[4]],"model":"text-embedding-3-small"}`, 4},
+		{Responses, `{"instructions":"Be brief.","input":"Say hi"}`, (3 + 1 + 3) + (3 + 1 + 2) + 3},
+		{Responses, `{"input":[{"role":"user","content":[{"type":"input_text","text":"Say hi"}]},` +
+			`{"type":"function_call","call_id":"c1","name":"get_weather","arguments":"{\"city\":\"Lisbon\"}"},` +
+			`{"type":"function_call_output","call_id":"c1","output":"sunny, 21 C"}]}`,
+			(3 + 1 + 2) + (3 + 2 + 6) + (3 + 6) + 3},
+	} {
+		c := NewCounter(Options{})
+		body := []byte(tc.body)
+		for range 2 { // cold, then from the memo
+			if n, err := c.Count(tc.kind, "gpt-4o", body); err != nil || n != tc.want {
+				t.Errorf("Count(%d, %s) = %d, %v; want %d", tc.kind, tc.body, n, err, tc.want)
+			}
+		}
+		if n, _ := c.Count(tc.kind, "llama-3-70b", body); n != (tc.want*5+3)/4 {
+			t.Errorf("Count(%d, fallback, %s) = %d; want %d", tc.kind, tc.body, n, (tc.want*5+3)/4)
+		}
+		for _, e := range []Encoding{O200kBase, Cl100kBase, Fallback} {
+			n, _ := c.Count(tc.kind, modelOf(e), body)
+			if est := c.EstimateFor(e, tc.kind, body); est < n {
+				t.Errorf("EstimateFor(%s, %s) = %d < Count %d", e, tc.body, est, n)
+			}
+		}
+	}
+}
+
+func TestEstimateModel(t *testing.T) {
+	c := NewCounter(Options{})
+	msgs := `"messages":[{"role":"user","content":"Привет! Как настроить резервное копирование базы данных?"}]`
+	for model, enc := range map[string]Encoding{"gpt-4o": O200kBase, "gpt-4": Cl100kBase, "mistral-large": Fallback} {
+		for _, body := range []string{`{"model":"` + model + `",` + msgs + `}`, `{` + msgs + `,"model":"` + model + `"}`} {
+			if got, want := c.Estimate(Chat, []byte(body)), c.EstimateFor(enc, Chat, []byte(body)); got != want {
+				t.Errorf("Estimate(%s) = %d, want EstimateFor(%s) = %d", body, got, enc, want)
+			}
+		}
+	}
+}
+
+func TestMalformed(t *testing.T) {
+	c := NewCounter(Options{})
+	for _, body := range []string{``, `[]`, `"x"`, `{"messages":[{"role":"user","content":"hi"}`, `{"messages":`, `nul`} {
+		if _, err := c.Count(Chat, "gpt-4o", []byte(body)); !errors.Is(err, ErrBody) {
+			t.Errorf("Count(%q) error = %v, want ErrBody", body, err)
+		}
+		if est := c.Estimate(Chat, []byte(body)); est < 0 || est > 2*int64(len(body))+16 {
+			t.Errorf("Estimate(%q) = %d", body, est)
+		}
+	}
+}
+
+func TestMemo(t *testing.T) {
+	bodies := make([][]byte, 300)
+	for i := range bodies {
+		msgs := append(cookbook[:i%len(cookbook):i%len(cookbook)],
+			map[string]any{"role": "user", "content": fmt.Sprintf("question %d: %s", i, strings.Repeat("why? ", i%7))})
+		bodies[i] = chatBody(t, "gpt-4o", msgs...)
+	}
+	plain := NewCounter(Options{CacheEntries: -1})
+	want := make([]int64, len(bodies))
+	for i, b := range bodies {
+		want[i] = mustCount(t, plain, Chat, "gpt-4o", b)
+	}
+	if s := plain.Stats(); s != (Stats{}) {
+		t.Errorf("memo disabled but Stats = %+v", s)
+	}
+	c := NewCounter(Options{CacheEntries: 64}) // far fewer entries than messages: evictions
+	for round := range 3 {
+		for i, b := range bodies {
+			if n := mustCount(t, c, Chat, "gpt-4o", b); n != want[i] {
+				t.Fatalf("round %d body %d: Count %d, want %d", round, i, n, want[i])
+			}
+		}
+	}
+	if len(c.memo.slots) != 64 {
+		t.Errorf("memo grew to %d slots", len(c.memo.slots))
+	}
+	s := c.Stats()
+	t.Logf("small memo over 3 rounds: %+v", s)
+	if s.Hits == 0 || s.Misses == 0 {
+		t.Errorf("Stats = %+v, want both hits and misses", s)
+	}
+	// A conversation resending its history tokenizes only the new message.
+	c = NewCounter(Options{})
+	mustCount(t, c, Chat, "gpt-4o", chatBody(t, "gpt-4o", cookbook[:5]...))
+	before := c.Stats()
+	mustCount(t, c, Chat, "gpt-4o", chatBody(t, "gpt-4o", cookbook...))
+	if d := c.Stats(); d.Misses-before.Misses != 1 || d.Hits-before.Hits != 5 {
+		t.Errorf("next turn: %+v -> %+v, want 5 hits and 1 miss", before, d)
+	}
+	// Same bytes, other encoding: counted again, not taken from the memo.
+	if n := mustCount(t, c, Chat, "gpt-4", chatBody(t, "gpt-4", cookbook...)); n != 129 {
+		t.Errorf("gpt-4 after gpt-4o: %d, want 129", n)
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	var bodies [][]byte
+	for _, ss := range corpus(t) {
+		for i, s := range ss[:min(len(ss), 12)] {
+			bodies = append(bodies, chatBody(t, []string{"gpt-4o", "gpt-4", "qwen3"}[i%3], map[string]any{"role": "user", "content": s}))
+		}
+	}
+	ref := NewCounter(Options{CacheEntries: -1})
+	type want struct{ est, n int64 }
+	wants := make([]want, len(bodies))
+	models := []string{"gpt-4o", "gpt-4", "qwen3"}
+	for i, b := range bodies {
+		wants[i] = want{ref.Estimate(Chat, b), mustCount(t, ref, Chat, models[i%3], b)}
+	}
+	c := NewCounter(Options{CacheEntries: 128})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for k := range 3 * len(bodies) {
+				i := (k*7 + g*13) % len(bodies)
+				n, err := c.Count(Chat, models[i%3], bodies[i])
+				if est := c.Estimate(Chat, bodies[i]); err != nil || n != wants[i].n || est != wants[i].est {
+					t.Errorf("body %d: Count %d (%v), Estimate %d; want %+v", i, n, err, est, wants[i])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

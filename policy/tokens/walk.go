@@ -10,13 +10,15 @@ import (
 // table t (Estimate) or with the tokenizer (Count). Both walk the same code,
 // so Estimate bounds Count wherever the table bounds the tokenizer.
 type walker struct {
-	c     *Counter
-	t     *table          // estimate mode when not nil
-	codec tokenizer.Codec // count mode
-	enc   Encoding        // count mode: base encoding, part of memo keys
-	buf   []byte          // count mode: unescaped text
-	err   error           // count mode: first tokenizer error
-	stat  uint64          // estimate mode: the texts' weights, without headroom
+	c         *Counter
+	t         *table          // estimate mode when not nil
+	codec     tokenizer.Codec // count mode
+	enc       Encoding        // count mode: base encoding, part of memo keys
+	buf       []byte          // count mode: unescaped text
+	err       error           // count mode: first tokenizer error
+	stat      uint64          // estimate mode: the texts' weights, without headroom
+	model     bool            // note the body's "model" in modelName
+	modelName []byte
 }
 
 const tok = wOne // one token, fixed point
@@ -36,6 +38,9 @@ func (w *walker) request(kind Kind, body []byte) (uint64, bool) {
 	}
 	var sum uint64
 	for k, v, ok := it.next(); ok; k, v, ok = it.next() {
+		if w.model && string(k) == "model" {
+			w.modelName, _ = strBody(v)
+		}
 		switch key := string(k); kind {
 		case Chat:
 			switch key {
@@ -125,7 +130,7 @@ func (w *walker) price(unit uint8, v []byte) uint64 {
 // text prices a string body (escaped) or raw JSON text.
 func (w *walker) text(s []byte, escaped bool) uint64 {
 	if w.t != nil {
-		n := w.t.scan(s, escaped, nil)
+		n, _ := w.t.scan(s, escaped, nil)
 		w.stat += n
 		return n + estPerText*tok
 	}
