@@ -15,12 +15,21 @@ var body1KB = []byte(`{"model":"gpt-4o","messages":[` +
 	`{"role":"user","content":"Thanks! Could you show a small helper? Something like:\n\nfunc doWithRetry(c *http.Client, req *http.Request, max int) (*http.Response, error) {\n\tfor i := 0; ; i++ {\n\t\tresp, err := c.Do(req)\n\t\t// ...\n\t}\n}\n\nAlso, should I add jitter?"}` +
 	`],"temperature":0.2,"max_tokens":512,"stream":true}`)
 
+// BenchmarkEstimate1KB/new prices a conversation never counted; /counted
+// one whose messages Count has memoized, so Estimate takes them exactly.
 func BenchmarkEstimate1KB(b *testing.B) {
-	c := NewCounter(Options{})
-	b.ReportAllocs()
-	b.SetBytes(int64(len(body1KB)))
-	for b.Loop() {
-		c.Estimate(Chat, body1KB)
+	for _, counted := range []bool{false, true} {
+		b.Run(map[bool]string{false: "new", true: "counted"}[counted], func(b *testing.B) {
+			c := NewCounter(Options{})
+			if counted {
+				c.Count(Chat, "gpt-4o", body1KB)
+			}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body1KB)))
+			for b.Loop() {
+				c.Estimate(Chat, body1KB)
+			}
+		})
 	}
 }
 

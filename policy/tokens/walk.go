@@ -13,7 +13,7 @@ type walker struct {
 	c         *Counter
 	t         *table          // estimate mode when not nil
 	codec     tokenizer.Codec // count mode
-	enc       Encoding        // count mode: base encoding, part of memo keys
+	enc       Encoding        // base encoding (O200kBase for Fallback), part of memo keys
 	buf       []byte          // count mode: unescaped text
 	err       error           // count mode: first tokenizer error
 	stat      uint64          // estimate mode: the texts' weights, without headroom
@@ -31,8 +31,10 @@ const (
 	unitTools              // tool or function definitions
 )
 
+// request prices body, a request of kind; false when body is not a JSON
+// object.
 func (w *walker) request(kind Kind, body []byte) (uint64, bool) {
-	it := newIter(body)
+	it := newIter(body[skipWS(body, 0):])
 	if it.end != '}' {
 		return 0, false
 	}
@@ -92,16 +94,23 @@ func (w *walker) each(v []byte, unit uint8) (sum uint64) {
 	return sum
 }
 
-// unit prices v, through the memo when counting.
+// unit prices v through the memo: Count fills it, and both Count and
+// Estimate take exact counts from it (so a conversation's history, once
+// counted, is estimated exactly and only new messages are guessed).
 func (w *walker) unit(unit uint8, v []byte) uint64 {
 	m := w.c.memo
-	if w.t != nil || m == nil {
+	if m == nil {
 		return w.price(unit, v)
 	}
 	h := m.key(unit, w.enc, v)
 	if n, ok := m.get(h); ok {
-		w.c.hits.Add(1)
+		if w.t == nil {
+			w.c.hits.Add(1)
+		}
 		return n * tok
+	}
+	if w.t != nil {
+		return w.price(unit, v)
 	}
 	w.c.miss.Add(1)
 	err := w.err
@@ -112,6 +121,7 @@ func (w *walker) unit(unit uint8, v []byte) uint64 {
 	return n
 }
 
+// price prices a unit without the memo.
 func (w *walker) price(unit uint8, v []byte) uint64 {
 	switch unit {
 	case unitMessage:

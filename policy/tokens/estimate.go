@@ -7,17 +7,35 @@ import (
 	"unicode/utf8"
 )
 
-// The estimator is a bigram model of token starts: every character adds
-// weight[class(previous char)][class(char)], the calibrated number of tokens
-// that start inside that character in that context (a token boundary is
-// decided almost entirely by the pair around it: pre-tokenizer splits at
-// class changes, BPE merges common pairs). Classes: one per ASCII letter
-// (bigram statistics tell an English word from a random string), digits as
-// one class, each punctuation byte, space, \t, \n, \r, control bytes; other
-// characters by script group and by how many tokens the character alone
-// encodes to in the encoding (1..4: a rare CJK character is 2-3 tokens, a
-// common one 1). Weights come from calibrate_test.go over natural text in
-// ~100 languages, code, JSON, numbers and adversarial strings.
+// The estimator prices text without the tokenizer, in one pass, from
+// tables fitted by calibrate_test.go (tables.bin, one model per encoding):
+//
+//   - A bigram model of token starts: every character adds
+//     w[class(previous)][class(this)], the calibrated number of tokens that
+//     start inside it in that context. Token boundaries are decided mostly
+//     by the pair around them: pre-tokenizers split at class changes, BPE
+//     merges common pairs. Classes: each ASCII letter (bigram statistics
+//     tell a word from a random string), digits, each punctuation byte,
+//     space, a space after a space, \t, \n, \r, control bytes; other
+//     characters by script group (31) and by how many tokens the character
+//     alone encodes to (1-4: a rare CJK character is 2-3, a common one 1).
+//     Pairs of letters also key on how long the letter run is so far.
+//   - A dictionary of the 8192 most frequent " word" tokens: a known word
+//     is one token, exactly, so its inner letters cost nothing; the weights
+//     are fitted on what is left (rare words, other languages, identifiers).
+//   - Repeats: runs and short periods, which BPE handles unevenly, are
+//     priced apart (see scan).
+//   - Headroom: Estimate adds estPerText per text field and estSqrt times
+//     the square root of the summed weights (their error grows like a sum
+//     of independent ones), rounded up.
+//
+// The weights minimise the estimate over natural text subject to staying
+// above the exact count on every training sample (~70k: natural text in
+// ~110 languages, code, JSON, numbers, keys, hashes, emoji, mutations),
+// then are scaled until every validation sample is bounded too. Structural
+// boundaries the pre-tokenizers force (a text's first character, around
+// digits, after letters) keep weight 1, so digit runs, for one, are
+// bounded exactly.
 const (
 	clStart   = 0                    // before the first character of a text
 	clDigit   = 53                   // 0-9
