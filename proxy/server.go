@@ -151,8 +151,20 @@ type exchange struct {
 	upEnd  time.Time
 	keyID  string
 	user   string
-	model  string
-	status int
+	// team and tier are the principal's, for transcripts; empty before
+	// identity.
+	team, tier string
+	// modelAsked is the model the client named, before aliases.
+	modelAsked string
+	model      string
+	status     int
+	// queueWait is how long the request waited for its budgets or the
+	// provider's capacity before it was forwarded.
+	queueWait time.Duration
+	// retries counts upstream calls repeated after a 429/5xx or failover.
+	retries int
+	// cacheStatus is "", "hit", "miss", "bypass" or "coalesced".
+	cacheStatus string
 	// adm is the request's admission, settled when the exchange finishes;
 	// nil without limits.
 	adm *policy.Admission
@@ -287,7 +299,8 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return false
 	}
 	p := pol.Principal(key, endUser)
-	x.user = p.User
+	x.user, x.team, x.tier = p.User, p.Team, p.Tier
+	x.modelAsked = string(f.model)
 	route, ok := s.router.Resolve(string(f.model))
 	if !ok {
 		writeModelNotFound(ctx, string(f.model))
