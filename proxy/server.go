@@ -148,9 +148,9 @@ type exchange struct {
 	// whole body too unless it is relayed as a stream).
 	upFirst time.Time
 	// upEnd is when the upstream call ended: answer read, or failed.
-	upEnd  time.Time
-	keyID  string
-	user   string
+	upEnd time.Time
+	keyID string
+	user  string
 	// team and tier are the principal's, for transcripts; empty before
 	// identity.
 	team, tier string
