@@ -195,7 +195,7 @@ func TestWeightsShareByTier(t *testing.T) {
 
 func TestPriorityLevelGoesFirst(t *testing.T) {
 	s := newTestScheduler(t, Budget{RPM: 6000, RPMBurst: 1}) // 10 ms slots
-	hold, _ := take(s, "x", 1, 0, time.Second, "hold") // uses the burst
+	hold, _ := take(s, "x", 1, 0, time.Second, "hold")       // uses the burst
 	defer s.Done(hold, -1)
 	var order []string
 	var mu sync.Mutex
