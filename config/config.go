@@ -118,6 +118,52 @@ type Upstream struct {
 	// MaxConnWait is how long a request waits for a free connection when
 	// MaxConns are busy before failing with 502. Default 5s.
 	MaxConnWait time.Duration `yaml:"max_conn_wait"`
+	// Budget is the provider's capacity for this upstream (its account's
+	// rate limits): requests beyond it wait in a fair queue instead of
+	// being sent. Zero fields are unlimited. Shared by replicas when
+	// limits.store is redis.
+	Budget Budget `yaml:"budget"`
+	// Keys is a pool of API keys (or projects) for this upstream, each with
+	// a weight and its own budget; a request is sent with a key that has
+	// capacity, and a key that answered 429 rests for its retry-after. When
+	// empty, APIKey is the only key.
+	Keys []UpstreamKey `yaml:"keys"`
+	// MaxQueue bounds the requests waiting for this upstream's capacity in
+	// one replica; more are rejected with 429. Default 10000.
+	MaxQueue int `yaml:"max_queue"`
+	// MaxAttempts bounds the calls made for one request when the upstream
+	// answers 429 or 503 (each retried within the request's max wait, and
+	// only before any byte reached the client). Default 3.
+	MaxAttempts int `yaml:"max_attempts"`
+}
+
+// Budget is a provider's capacity. Zero fields are unlimited.
+type Budget struct {
+	// RPM is requests per minute.
+	RPM int64 `yaml:"rpm"`
+	// RPMBurst is how many requests may start at once. Default RPM/60 (one
+	// second's worth, at least 1): an even drip.
+	RPMBurst int64 `yaml:"rpm_burst"`
+	// TPM is tokens (prompt + completion, as reserved before the call and
+	// settled from usage) per minute.
+	TPM int64 `yaml:"tpm"`
+	// TPMBurst is how many tokens may be reserved at once. Default TPM/6
+	// (ten seconds' worth).
+	TPMBurst int64 `yaml:"tpm_burst"`
+	// Concurrent is the number of calls in flight at once.
+	Concurrent int64 `yaml:"concurrent"`
+}
+
+// UpstreamKey is one API key of an upstream's pool.
+type UpstreamKey struct {
+	// ID names the key in logs and metrics. Required, unique per upstream.
+	ID string `yaml:"id"`
+	// APIKey is the secret (usually "${ENV}").
+	APIKey string `yaml:"api_key"`
+	// Weight is the key's share of requests. Default 1.
+	Weight int64 `yaml:"weight"`
+	// Budget is the key's own capacity, within the upstream's.
+	Budget Budget `yaml:"budget"`
 }
 
 // Timeouts bound an upstream call. Zero values take the defaults.
@@ -222,6 +268,11 @@ func (c *Config) applyDefaults() {
 		setDefault(&u.Timeouts.FirstByte, DefaultFirstByte)
 		setDefault(&u.Timeouts.Idle, DefaultIdle)
 		setDefault(&u.Timeouts.Total, DefaultTotal)
+		setDefault(&u.MaxQueue, 10000)
+		setDefault(&u.MaxAttempts, 3)
+		for j := range u.Keys {
+			setDefault(&u.Keys[j].Weight, 1)
+		}
 	}
 }
 
@@ -281,6 +332,22 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		if u.MaxConns < 0 {
 			add(p+".max_conns", "must not be negative")
 		}
+		if u.MaxQueue < 0 || u.MaxAttempts < 1 {
+			add(p, "max_queue must not be negative and max_attempts must be at least 1")
+		}
+		u.Budget.validate(p+".budget", add)
+		keyIDs := map[string]bool{}
+		for j, k := range u.Keys {
+			kp := fmt.Sprintf("%s.keys[%d]", p, j)
+			if k.ID == "" || keyIDs[k.ID] {
+				add(kp+".id", "is required and must be unique in the upstream")
+			}
+			keyIDs[k.ID] = true
+			if k.Weight < 1 {
+				add(kp+".weight", "must be at least 1")
+			}
+			k.Budget.validate(kp+".budget", add)
+		}
 		for _, t := range []struct {
 			name string
 			d    time.Duration
@@ -316,6 +383,12 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		}
 	}
 	return errs.Err()
+}
+
+func (b Budget) validate(path string, add func(path, format string, args ...any)) {
+	if b.RPM < 0 || b.RPMBurst < 0 || b.TPM < 0 || b.TPMBurst < 0 || b.Concurrent < 0 {
+		add(path, "values must not be negative")
+	}
 }
 
 func checkBaseURL(s string) error {

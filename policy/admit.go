@@ -33,6 +33,8 @@ const (
 	LimitTPM        = "tpm"
 	LimitTPD        = "tpd"
 	LimitConcurrent = "concurrent"
+	// LimitQueue: the user's line of waiting requests is full.
+	LimitQueue = "queue"
 )
 
 // Admission is one request's reservation, from Admit to Finish. It is not
@@ -56,6 +58,12 @@ type Admission struct {
 	// Reserved is the number of tokens reserved (prompt estimate plus the
 	// completion allowance).
 	Reserved int64
+	// Wait is how long an admitted request must wait for its reserved slot
+	// before it goes on (0: at once); at most Ask.MaxWait.
+	Wait time.Duration
+	// Queued is how many of the user's requests were already waiting in
+	// this replica when this one was decided (its place in the user's line).
+	Queued int
 
 	req      limit.Request
 	dec      limit.Decision
@@ -65,6 +73,10 @@ type Admission struct {
 	store    limit.Store
 	tier     string
 	finished bool
+	// waiting is the user's waiting counter this request holds, if any,
+	// and waitScope the user scope it is filed under.
+	waiting   *atomic.Int64
+	waitScope string
 }
 
 // Budget is one x-ratelimit-* header family.
@@ -117,6 +129,11 @@ type Limiter struct {
 	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
 	keys  sync.Map // string → *bucketKeys
 	keysN atomic.Int64
+
+	// waiting counts each user's requests waiting for a reserved slot, by
+	// user scope; entries are dropped when they fall to zero.
+	waitMu  sync.Mutex
+	waiting map[string]*atomic.Int64
 }
 
 type tokenCounters struct{ reserved, actual prometheus.Counter }
@@ -170,7 +187,8 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	l := &Limiter{store: o.Store, shared: o.Shared, leaseTTL: o.LeaseTTL, log: o.Logger}
+	l := &Limiter{store: o.Store, shared: o.Shared, leaseTTL: o.LeaseTTL, log: o.Logger,
+		waiting: make(map[string]*atomic.Int64)}
 	if o.Shared {
 		l.local = limit.NewMemory(limit.MemoryOptions{})
 	}
@@ -220,6 +238,10 @@ type Ask struct {
 	// only when the estimate alone was rejected by a token budget, since
 	// counting costs far more than estimating.
 	Exact func() int64
+	// MaxWait is how long the request may wait for a future slot; 0 admits
+	// now or rejects. A request whose slot comes later is rejected with the
+	// exact Retry-After after which it fits within MaxWait.
+	MaxWait time.Duration
 }
 
 // Admit decides a request. The Admission must be given back with Finish,
@@ -231,6 +253,7 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 		ad.tier = a.Plan.Tier.Name
 	}
 	l.build(ad, &a.Plan, a.Tokens, a.RequestID, 1)
+	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
 		l.count(ad.tier, "none", "admitted")
 		return ad
@@ -265,6 +288,7 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 		ad.reset()
 		ad.tier, ad.Reserved = tier, a.Tokens
 		l.build(ad, &a.Plan, a.Tokens, a.RequestID, pol.Replicas)
+		ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 		store = l.local
 		_ = l.reserve(ctx, store, ad) // the memory store fails only on invalid input
 	} else if store == l.store {
@@ -272,7 +296,74 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 	}
 	ad.store = store
 	l.decide(ad)
+	if ad.Outcome == Admitted && ad.dec.Wait > 0 {
+		l.enqueue(ctx, ad, &a.Plan)
+	}
 	return ad
+}
+
+// enqueue counts an admitted request that must wait in its user's line,
+// and turns it into a rejection when the line is full (the slot given
+// back).
+func (l *Limiter) enqueue(ctx context.Context, ad *Admission, pl *Plan) {
+	ad.Wait = time.Duration(ad.dec.Wait) * time.Microsecond
+	depth := DefaultMaxQueue
+	if pl.Tier != nil {
+		depth = pl.Tier.Queue.MaxQueue
+	}
+	l.waitMu.Lock()
+	c := l.waiting[pl.UserScope]
+	if c == nil {
+		c = new(atomic.Int64)
+		l.waiting[pl.UserScope] = c
+	}
+	n := c.Add(1)
+	l.waitMu.Unlock()
+	ad.Queued = int(n - 1)
+	ad.waiting, ad.waitScope = c, pl.UserScope
+	if n <= int64(depth) {
+		return
+	}
+	// The line is full: give the slot back and reject until the line's
+	// first request would be served.
+	l.WaitEnded(ad)
+	if err := ad.store.Cancel(ctx, &ad.req); err != nil {
+		l.storeFailed(err)
+	}
+	ad.Outcome = Rejected
+	ad.RetryAfter = ad.Wait
+	ad.Limit, ad.Scope, ad.LimitValue = LimitQueue, "user", int64(depth)
+	l.count(ad.tier, LimitQueue, "rejected")
+}
+
+// WaitEnded tells the limiter an admitted request stopped waiting (it went
+// on, or its client left).
+func (l *Limiter) WaitEnded(ad *Admission) {
+	c := ad.waiting
+	if c == nil {
+		return
+	}
+	ad.waiting = nil
+	if c.Add(-1) == 0 {
+		l.waitMu.Lock()
+		if c.Load() == 0 && l.waiting[ad.waitScope] == c {
+			delete(l.waiting, ad.waitScope)
+		}
+		l.waitMu.Unlock()
+	}
+}
+
+// Cancel gives back an admitted request's reservation unused (its client
+// left while it waited): the tokens and request are refunded and the
+// concurrency slots released. ad must not be used afterwards.
+func (l *Limiter) Cancel(ctx context.Context, ad *Admission) {
+	if ad.store != nil && ad.Outcome == Admitted {
+		if err := ad.store.Cancel(ctx, &ad.req); err != nil {
+			l.storeFailed(err)
+		}
+		l.count(ad.tier, "none", "cancelled")
+	}
+	l.pool.Put(ad)
 }
 
 func (l *Limiter) reserve(ctx context.Context, s limit.Store, ad *Admission) error {
@@ -458,4 +549,14 @@ func (l *Limiter) setTokenCosts(ad *Admission, tokens int64) {
 			ad.req.Rules[i].Cost = tokens
 		}
 	}
+}
+
+// Stores returns the limiter's bucket store and, for a shared store, its
+// local fallback (nil otherwise), so other budgets (the upstreams') can
+// live beside the users'.
+func (l *Limiter) Stores() (store, fallback limit.Store) {
+	if l.local != nil {
+		return l.store, l.local
+	}
+	return l.store, nil
 }

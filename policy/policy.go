@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"sluice/internal/yamlfile"
 )
@@ -43,6 +44,28 @@ type TierSpec struct {
 	// Models are extra per-user budgets for some models, by pattern (exact
 	// name or prefix*): "gpt-4o*": {rpm: 10}.
 	Models map[string]Limits `yaml:"models"`
+	// Queue is how this tier's requests wait instead of being rejected.
+	Queue `yaml:",inline"`
+}
+
+// Queue is a tier's waiting rules.
+type Queue struct {
+	// MaxWait is how long a request over its user's budget, or waiting for
+	// the provider's capacity, may wait before it is rejected with 429 (a
+	// request whose expected wait is longer is rejected at once, with the
+	// exact Retry-After). A client may shorten it with X-Sluice-Max-Wait.
+	// Default 0: no waiting, over budget is an immediate 429.
+	MaxWait time.Duration `yaml:"max_wait"`
+	// MaxQueue is how many requests one user may have waiting at once (per
+	// replica); more are rejected with 429. Default 16.
+	MaxQueue int `yaml:"max_queue"`
+	// Weight is the tier's share of a busy provider per user: a user of
+	// weight 3 is served three requests for each one of a weight 1 user.
+	// Default 1.
+	Weight int64 `yaml:"weight"`
+	// Priority serves waiting requests of a higher priority tier before any
+	// of a lower one. Default 0.
+	Priority int `yaml:"priority"`
 }
 
 // UserSpec overrides one user's tier and limits.
@@ -109,7 +132,12 @@ type Tier struct {
 	// Models are the per-model budgets, exact names first, then longer
 	// prefixes first.
 	Models []ModelLimits
+	// Queue holds the waiting rules, defaults applied.
+	Queue Queue
 }
+
+// DefaultMaxQueue is a tier's per-user queue depth when it sets none.
+const DefaultMaxQueue = 16
 
 // Store-error modes.
 const (
@@ -246,7 +274,16 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	for name, ts := range f.Tiers {
 		path := "tiers." + name + "."
 		ts.Limits.validate(path, add)
-		t := &Tier{Name: name, Limits: ts.Limits, DefaultMaxTokens: ts.DefaultMaxTokens}
+		t := &Tier{Name: name, Limits: ts.Limits, DefaultMaxTokens: ts.DefaultMaxTokens, Queue: ts.Queue}
+		if t.Queue.MaxQueue == 0 {
+			t.Queue.MaxQueue = DefaultMaxQueue
+		}
+		if t.Queue.Weight == 0 {
+			t.Queue.Weight = 1
+		}
+		if t.Queue.MaxWait < 0 || t.Queue.MaxQueue < 0 || t.Queue.Weight < 0 {
+			add(path+"max_wait", "max_wait, max_queue and weight must not be negative")
+		}
 		if t.DefaultMaxTokens == 0 {
 			t.DefaultMaxTokens = DefaultMaxTokens
 		} else if t.DefaultMaxTokens < 0 {

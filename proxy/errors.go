@@ -21,6 +21,8 @@ const (
 	errUpstreamUnreachable                // dial failed, connection reset, pool exhausted
 	errUpstreamTimeout                    // first byte, idle or total timeout
 	errShuttingDown                       // the server is draining
+	errClientClosed                       // the client hung up while its request waited (logged, never read)
+	errProviderBusy                       // the upstream's queue cannot take the request within its max wait
 	errRateLimitRequests                  // a request-count budget (rpm, concurrent) is used up
 	errRateLimitTokens                    // a token budget (tpm, tpd) is used up
 	errLimiterUnavailable                 // the bucket store failed and the policy denies
@@ -48,6 +50,8 @@ var statusTable = [errKindCount]errRow{
 	errUpstreamUnreachable: {fasthttp.StatusBadGateway, "server_error", "upstream_unreachable"},
 	errUpstreamTimeout:     {fasthttp.StatusGatewayTimeout, "server_error", "upstream_timeout"},
 	errShuttingDown:        {fasthttp.StatusServiceUnavailable, "server_error", "shutting_down"},
+	errClientClosed:        {499, "invalid_request_error", "client_closed_request"},
+	errProviderBusy:        {fasthttp.StatusTooManyRequests, "requests", "provider_capacity"},
 	errRateLimitRequests:   {fasthttp.StatusTooManyRequests, "requests", "rate_limit_exceeded"},
 	errRateLimitTokens:     {fasthttp.StatusTooManyRequests, "tokens", "rate_limit_exceeded"},
 	errLimiterUnavailable:  {fasthttp.StatusServiceUnavailable, "server_error", "limiter_unavailable"},

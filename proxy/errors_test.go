@@ -22,6 +22,8 @@ func TestStatusTable(t *testing.T) {
 		errUpstreamUnreachable: {502, "server_error", "upstream_unreachable"},
 		errUpstreamTimeout:     {504, "server_error", "upstream_timeout"},
 		errShuttingDown:        {503, "server_error", "shutting_down"},
+		errClientClosed:        {499, "invalid_request_error", "client_closed_request"},
+		errProviderBusy:        {429, "requests", "provider_capacity"},
 		errRateLimitRequests:   {429, "requests", "rate_limit_exceeded"},
 		errRateLimitTokens:     {429, "tokens", "rate_limit_exceeded"},
 		errLimiterUnavailable:  {503, "server_error", "limiter_unavailable"},

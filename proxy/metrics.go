@@ -28,6 +28,10 @@ type metrics struct {
 
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
+	// upstreamThrottled counts 429/503 answers by upstream and status;
+	// upstreamRetries the calls Sluice repeated after them.
+	upstreamThrottled *prometheus.CounterVec
+	upstreamRetries   *prometheus.CounterVec
 }
 
 // overheadBuckets resolve what a gateway adds: 25 µs to 50 ms.
@@ -74,6 +78,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_errors_total",
 		Help: "Upstream calls that failed without an HTTP answer, by cause (unreachable, timeout).",
 	}, []string{"upstream", "reason"})
+	m.upstreamThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_throttled_total",
+		Help: "Upstream answers that asked Sluice to slow down (status 429 or 503).",
+	}, []string{"upstream", "status"})
+	m.upstreamRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_retries_total",
+		Help: "Upstream calls repeated after a 429/503 answer, within the request's max wait.",
+	}, []string{"upstream"})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -94,7 +106,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, buildInfo)
+		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, buildInfo)
 	return m
 }
 
@@ -107,3 +119,15 @@ func (m *metrics) done(ep endpoint, status int, seconds float64) {
 	m.requests[ep][class].Inc()
 	m.duration[ep].Observe(seconds)
 }
+
+// throttled counts an upstream's 429 or 503 answer.
+func (m *metrics) throttled(upstream string, status int) {
+	st := "429"
+	if status == 503 {
+		st = "503"
+	}
+	m.upstreamThrottled.WithLabelValues(upstream, st).Inc()
+}
+
+// retry counts a call repeated after a 429/503.
+func (m *metrics) retry(upstream string) { m.upstreamRetries.WithLabelValues(upstream).Inc() }

@@ -182,7 +182,7 @@ func (r *relay) markFirst() {
 	// Sluice's share: all the time to the first byte sent, less the time the
 	// upstream took to its first byte.
 	upstream := r.x.upFirst.Sub(r.x.upStart)
-	r.s.m.overhead[r.x.ep].Observe((now.Sub(r.x.start) - upstream).Seconds())
+	r.s.m.overhead[r.x.ep].Observe((now.Sub(r.x.start) - upstream - r.x.queueWait).Seconds())
 }
 
 // CloseWithError is called by fasthttp once the body is written or the
@@ -210,10 +210,10 @@ func (r *relay) CloseWithError(err error) error {
 		r.x.upEnd = time.Now() // the client left before the answer ended
 	}
 	if !r.sentFirst {
-		r.s.m.overhead[r.x.ep].Observe(time.Since(r.x.start).Seconds() - r.x.upFirst.Sub(r.x.upStart).Seconds())
+		r.s.m.overhead[r.x.ep].Observe((time.Since(r.x.start) - r.x.upFirst.Sub(r.x.upStart) - r.x.queueWait).Seconds())
 	}
 	actual := int64(-1)
-	if r.x.adm != nil {
+	if r.x.adm != nil || r.x.ticket != nil {
 		actual = r.streamUsage()
 	}
 	r.s.finish(r.reqID, &r.x, time.Now(), clientGone, actual)

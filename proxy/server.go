@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -15,6 +17,8 @@ import (
 
 	"sluice/config"
 	"sluice/policy"
+	"sluice/policy/limit"
+	"sluice/policy/queue"
 	"sluice/policy/tokens"
 )
 
@@ -32,9 +36,19 @@ type Options struct {
 	Version string
 	// Limiter meters users' budgets; nil disables limits.
 	Limiter *policy.Limiter
-	// Tokens estimates prompt tokens for reservations. Required with
-	// Limiter.
+	// Tokens estimates prompt tokens for reservations. Default: a new
+	// counter.
 	Tokens *tokens.Counter
+	// BudgetStore holds the upstreams' budgets (the limiter's store: memory,
+	// or Redis to share budgets among replicas). Default: a memory store.
+	BudgetStore limit.Store
+	// BudgetFallback takes over while a shared BudgetStore fails, with
+	// budgets divided by Replicas. Optional.
+	BudgetFallback limit.Store
+	// Replicas is the number of replicas sharing BudgetStore. Default 1.
+	Replicas int64
+	// QueueMetrics receives the queues' metrics. Optional.
+	QueueMetrics *queue.Metrics
 }
 
 // Server is the OpenAI-compatible API listener.
@@ -51,6 +65,10 @@ type Server struct {
 	ids       idGen
 	// draining is set by Shutdown; new requests then get a 503.
 	draining atomic.Bool
+	// drain is closed by Shutdown to end the waits of queued requests.
+	drain     chan struct{}
+	drainOnce sync.Once
+	qm        *queue.Metrics
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -65,10 +83,11 @@ func New(opts Options) (*Server, error) {
 		opts.Version = "dev"
 	}
 	cfg := opts.Config
-	if opts.Limiter != nil && opts.Tokens == nil {
-		return nil, errors.New("proxy: a Limiter needs Tokens")
+	if opts.Tokens == nil {
+		opts.Tokens = tokens.NewCounter(tokens.Options{})
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter, tokens: opts.Tokens}
+	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter,
+		tokens: opts.Tokens, drain: make(chan struct{}), qm: opts.QueueMetrics}
 	s.ids.init()
 	s.policy.Store(opts.Policy)
 
@@ -79,6 +98,7 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 		index[up.name] = i
+		up.sched = newScheduler(&cfg.Upstreams[i], &opts)
 		s.upstreams = append(s.upstreams, up)
 	}
 	rules := make([]policy.RouteRule, 0, len(cfg.Routes)+1)
@@ -132,8 +152,15 @@ func (s *Server) Ready() bool { return !s.draining.Load() }
 // Shutdown stops accepting connections, answers new requests on open
 // connections with 503, and waits for in-flight requests and streams until
 // ctx ends.
+// Requests waiting in a queue get a 503 with a retry hint at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
+	s.drainOnce.Do(func() {
+		close(s.drain)
+		for _, up := range s.upstreams {
+			up.sched.Close()
+		}
+	})
 	return s.srv.ShutdownWithContext(ctx)
 }
 
@@ -173,6 +200,12 @@ type exchange struct {
 	// stripUsage reports that Sluice asked for the stream's usage chunk on
 	// the client's behalf, so the relay removes it.
 	stripUsage bool
+	// claim is what the request asks of its upstream's queue; ticket is
+	// its grant, ended by finish.
+	claim  claim
+	ticket *queue.Ticket
+	// gone reports a client that hung up before the answer began.
+	gone bool
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -185,14 +218,15 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x.status = ctx.Response.StatusCode()
 	end := time.Now()
 	if !x.upFirst.IsZero() {
-		// The answer was read whole: the upstream's share ends with it.
-		s.m.overhead[x.ep].Observe((end.Sub(x.start) - x.upFirst.Sub(x.upStart)).Seconds())
+		// The answer was read whole: the upstream's share ends with it;
+		// time spent queued is not Sluice's overhead either.
+		s.m.overhead[x.ep].Observe((end.Sub(x.start) - x.upFirst.Sub(x.upStart) - x.queueWait).Seconds())
 	}
 	actual := int64(-1)
-	if x.adm != nil {
+	if x.adm != nil || x.ticket != nil {
 		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero())
 	}
-	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, false, actual)
+	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
 }
 
 // bufferedUsage is the tokens a buffered answer used: its usage when it is a
@@ -223,6 +257,10 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	if x.adm != nil {
 		s.limiter.Settle(x.adm, actual)
 		x.adm = nil
+	}
+	if x.ticket != nil {
+		x.up.sched.Done(x.ticket, actual)
+		x.ticket = nil
 	}
 	if s.cfg.Server.AccessLog {
 		s.log.Info("request", "request_id", string(reqID), "route", endpointLabels[x.ep],
@@ -312,21 +350,69 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
 	}
 	stream := f.stream && x.ep.streams()
+	up := s.upstreams[route.Upstream]
+	tier := pol.Tiers[p.Tier]
+	wait, ok := maxWait(ctx, tier)
+	if !ok {
+		return false
+	}
+	x.claim = claim{flow: p.User, weight: 1, deadline: x.start.Add(wait)}
+	if tier != nil {
+		x.claim.weight, x.claim.priority = tier.Queue.Weight, tier.Queue.Priority
+	}
 	if s.limiter != nil {
-		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream); !ok {
+		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
 			return false
 		}
+		if x.adm != nil && x.adm.Wait > 0 && !s.waitSlot(ctx, x) {
+			return false
+		}
+	} else if up.sched.CountsTokens() {
+		x.claim.tokens = s.reservation(x, body, &f, tier)
 	}
-	return s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, stream)
+	if !s.acquire(ctx, x, up) {
+		if x.adm != nil {
+			s.limiter.Cancel(ctx, x.adm)
+			x.adm = nil
+		}
+		return false
+	}
+	return s.forward(ctx, x, up, body, route.Deployment, stream)
+}
+
+// reservation is a request's token reservation: the prompt's estimate plus
+// the completion allowance (max tokens, or the tier's default, times n).
+func (s *Server) reservation(x *exchange, body []byte, f *reqFields, tier *policy.Tier) int64 {
+	prompt := s.tokens.Estimate(tokenKinds[x.ep], body)
+	x.promptEst = prompt
+	return prompt + completionAllowance(x.ep, f, tier)
+}
+
+func completionAllowance(ep endpoint, f *reqFields, tier *policy.Tier) int64 {
+	if ep == epEmbeddings {
+		return 0
+	}
+	c := f.maxTokens
+	if c < 0 {
+		c = policy.DefaultMaxTokens
+		if tier != nil {
+			c = tier.DefaultMaxTokens
+		}
+	}
+	return c * max(f.n, 1)
 }
 
 // admit reserves the request's budgets, answering 429 (or 503) when they
 // are used up. On success x holds the admission, settled by finish, and the
 // body to send: a stream metered in tokens asks the upstream for its usage.
 func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal,
-	body []byte, f *reqFields, stream bool) ([]byte, bool) {
+	body []byte, f *reqFields, stream bool, up *upstream, wait time.Duration) ([]byte, bool) {
 	plan := pol.Plan(p, key, x.model)
+	x.claim.flow = plan.UserScope
 	if !plan.Limited() {
+		if up.sched.CountsTokens() {
+			x.claim.tokens = s.reservation(x, body, f, plan.Tier)
+		}
 		return body, true
 	}
 	if stream && x.ep != epResponses && !f.includeUsage && plan.CountsTokens() {
@@ -337,15 +423,10 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	}
 	kind := tokenKinds[x.ep]
 	var prompt, completion int64
-	if plan.CountsTokens() {
+	if plan.CountsTokens() || up.sched.CountsTokens() {
 		prompt = s.tokens.Estimate(kind, body)
-	}
-	if x.ep != epEmbeddings && plan.CountsTokens() {
-		completion = f.maxTokens
-		if completion < 0 && plan.Tier != nil {
-			completion = plan.Tier.DefaultMaxTokens
-		}
-		completion *= max(f.n, 1)
+		completion = completionAllowance(x.ep, f, plan.Tier)
+		x.claim.tokens = prompt + completion
 	}
 	model := x.model
 	ask := policy.Ask{
@@ -359,6 +440,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 			}
 			return n + completion
 		},
+		MaxWait: wait,
 	}
 	ad := s.limiter.Admit(context.Background(), pol, &ask)
 	if ad.Outcome != policy.Admitted {
@@ -478,36 +560,76 @@ func rewriteModel(body []byte, f *reqFields, model string) []byte {
 }
 
 // forward sends the request to up and relays the answer. It returns true
-// when the answer is streamed by a relay that finishes the exchange.
+// when the answer is streamed by a relay that finishes the exchange. An
+// upstream 429 or 503 slows the upstream's queue and, while the request's
+// max wait allows and before any byte reached the client, is retried after
+// the upstream's retry-after (through the queue again).
 func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
 	x.up = up
-	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
-	req.Header.SetMethodBytes(ctx.Method())
-	copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
-	up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), deployment)
-	up.setCredentials(req)
-	if len(body) > 0 {
-		req.SetBodyRaw(body)
-	}
-	// Streams and passthrough answers (files, audio) are relayed as they
-	// arrive; JSON answers are read whole.
-	resp.StreamBody = stream || x.ep == epPassthrough
-	x.upStart = time.Now()
-	err := up.client.Do(req, resp)
-	fasthttp.ReleaseRequest(req)
-	if err != nil {
-		x.upEnd = time.Now()
-		fasthttp.ReleaseResponse(resp)
-		kind := up.classify(err)
-		s.log.Warn("upstream call failed", "request_id", string(ctx.Response.Header.Peek("X-Request-Id")),
-			"upstream", up.name, "route", endpointLabels[x.ep], "error", err)
-		if kind == errUpstreamTimeout {
-			writeError(ctx, kind, "", "The upstream provider did not answer in time.")
-		} else {
-			writeError(ctx, kind, "", "The upstream provider could not be reached.")
+	for attempt := 1; ; attempt++ {
+		req := fasthttp.AcquireRequest()
+		req.Header.SetMethodBytes(ctx.Method())
+		copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
+		up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), deployment)
+		key := 0
+		if x.ticket != nil {
+			key = x.ticket.Key
 		}
-		return false
+		up.setCredentials(req, key)
+		if len(body) > 0 {
+			req.SetBodyRaw(body)
+		}
+		// Streams and passthrough answers (files, audio) are relayed as they
+		// arrive; JSON answers are read whole.
+		resp.StreamBody = stream || x.ep == epPassthrough
+		x.upStart = time.Now()
+		err := up.client.Do(req, resp)
+		fasthttp.ReleaseRequest(req)
+		if err != nil {
+			x.upEnd = time.Now()
+			fasthttp.ReleaseResponse(resp)
+			kind := up.classify(err)
+			s.log.Warn("upstream call failed", "request_id", string(ctx.Response.Header.Peek("X-Request-Id")),
+				"upstream", up.name, "route", endpointLabels[x.ep], "error", err)
+			if kind == errUpstreamTimeout {
+				writeError(ctx, kind, "", "The upstream provider did not answer in time.")
+			} else {
+				writeError(ctx, kind, "", "The upstream provider could not be reached.")
+			}
+			return false
+		}
+		st := resp.StatusCode()
+		if st != fasthttp.StatusTooManyRequests && st != fasthttp.StatusServiceUnavailable {
+			up.sched.Succeeded()
+			break
+		}
+		ra := upstreamRetryAfter(&resp.Header)
+		key = 0
+		if x.ticket != nil {
+			key = x.ticket.Key
+		}
+		up.sched.Throttled(key, ra)
+		s.m.throttled(up.name, st)
+		if attempt >= up.maxAttempts || time.Now().Add(ra).After(x.claim.deadline) {
+			break // the client gets the upstream's answer
+		}
+		// Retry: the call used no tokens; its grant ends and a new one is
+		// queued behind the pause the retry-after set.
+		if resp.BodyStream() != nil {
+			_ = resp.CloseBodyStream()
+		}
+		resp.Reset()
+		if x.ticket != nil {
+			up.sched.Done(x.ticket, 0)
+			x.ticket = nil
+		}
+		x.retries++
+		s.m.retry(up.name)
+		if !s.acquire(ctx, x, up) {
+			fasthttp.ReleaseResponse(resp)
+			return false
+		}
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
@@ -520,6 +642,10 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 	}
 	if len(resp.Header.Peek("X-Request-Id")) == 0 {
 		ctx.Response.Header.SetBytesV("X-Request-Id", ourID)
+	}
+	if x.queueWait > 0 {
+		var b [20]byte
+		ctx.Response.Header.SetBytesV("X-Sluice-Queue-Wait-Ms", strconv.AppendInt(b[:0], x.queueWait.Milliseconds(), 10))
 	}
 	bs := resp.BodyStream()
 	if bs == nil {

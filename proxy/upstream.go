@@ -14,6 +14,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"sluice/config"
+	"sluice/policy/queue"
 )
 
 // upstream is one provider endpoint with its own connection pool.
@@ -28,8 +29,15 @@ type upstream struct {
 	// authKey and authValue are the credential header ("Authorization",
 	// "Bearer …" or "Api-Key", "…"); authValue is nil when no key is set.
 	authKey, authValue []byte
-	org, project       []byte
-	apiVersion         string
+	// keyValues are the credential values of a key pool, by the index the
+	// scheduler grants; nil without a pool (authValue is the key).
+	keyValues    [][]byte
+	org, project []byte
+	// sched is the upstream's fair queue and budget.
+	sched *queue.Scheduler
+	// maxAttempts bounds the calls per request on 429/503 answers.
+	maxAttempts int
+	apiVersion  string
 
 	// duration observes the time from sending a request to the end of its
 	// response, stream included, in seconds.
@@ -67,6 +75,20 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 			up.authKey, up.authValue = []byte("Authorization"), []byte("Bearer "+c.APIKey)
 		}
 	}
+	for _, k := range c.Keys {
+		if up.authKey == nil {
+			up.authKey = []byte("Authorization")
+			if c.AuthHeader == "api-key" {
+				up.authKey = []byte("Api-Key")
+			}
+		}
+		v := []byte(k.APIKey)
+		if c.AuthHeader != "api-key" {
+			v = []byte("Bearer " + k.APIKey)
+		}
+		up.keyValues = append(up.keyValues, v)
+	}
+	up.maxAttempts = c.MaxAttempts
 	if c.Organization != "" {
 		up.org = []byte(c.Organization)
 	}
@@ -135,10 +157,13 @@ func (u *upstream) setURI(req *fasthttp.Request, ep endpoint, clientPath, query 
 	uri.QueryArgs().Set("api-version", u.apiVersion)
 }
 
-// setCredentials puts the upstream's key and organization on req. The
-// client's own credentials were already stripped by copyRequestHeaders.
-func (u *upstream) setCredentials(req *fasthttp.Request) {
-	if u.authValue != nil {
+// setCredentials puts the upstream's key (key: the pool index granted) and
+// organization on req. The client's own credentials were already stripped
+// by copyRequestHeaders.
+func (u *upstream) setCredentials(req *fasthttp.Request, key int) {
+	if key < len(u.keyValues) {
+		req.Header.SetBytesKV(u.authKey, u.keyValues[key])
+	} else if u.authValue != nil {
 		req.Header.SetBytesKV(u.authKey, u.authValue)
 	}
 	if u.org != nil {

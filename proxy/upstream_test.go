@@ -28,7 +28,7 @@ func TestUpstreamURI(t *testing.T) {
 		up := testUpstream(t, c)
 		var req fasthttp.Request
 		up.setURI(&req, ep, []byte(path), []byte(query), deployment)
-		up.setCredentials(&req)
+		up.setCredentials(&req, 0)
 		if got := req.URI().String(); got != wantURI {
 			t.Errorf("%s %s: URI %q; want %q", c.Type, path, got, wantURI)
 		}
@@ -54,7 +54,7 @@ func TestUpstreamURI(t *testing.T) {
 func TestUpstreamOrganization(t *testing.T) {
 	up := testUpstream(t, config.Upstream{Name: "o", BaseURL: "https://api.openai.com/v1", AuthHeader: "authorization", Organization: "org-1", Project: "proj-1"})
 	var req fasthttp.Request
-	up.setCredentials(&req)
+	up.setCredentials(&req, 0)
 	if string(req.Header.Peek("OpenAI-Organization")) != "org-1" || string(req.Header.Peek("OpenAI-Project")) != "proj-1" {
 		t.Fatalf("organization headers not set: %s", req.Header.String())
 	}

@@ -38,6 +38,7 @@ import (
 	"sluice/configs"
 	"sluice/policy"
 	"sluice/policy/limit"
+	"sluice/policy/queue"
 	"sluice/policy/tokens"
 	"sluice/proxy"
 )
@@ -173,8 +174,12 @@ func serve(args []string) error {
 		return err
 	}
 	defer closeStore()
+	// The upstreams' budgets live in the users' bucket store: shared by the
+	// replicas when it is Redis.
+	budgets, fallback := limiter.Stores()
 	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion(),
-		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{})})
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}),
+		BudgetStore: budgets, BudgetFallback: fallback, Replicas: pol.Replicas, QueueMetrics: queue.NewMetrics(reg)})
 	if err != nil {
 		return err
 	}
@@ -211,9 +216,10 @@ func serve(args []string) error {
 		log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
 	}
 
-	// Shutdown order: stop accepting and drain the API listener (in-flight
-	// requests and streams finish, new requests on open connections get a
-	// 503), then close the admin listener so /readyz reports draining until
+	// Shutdown order: stop accepting and drain the API listener (queued
+	// requests get a 503 with a retry hint at once, in-flight requests and
+	// streams finish, new requests on open connections get a 503), then
+	// close the admin listener so /readyz reports draining until
 	// the end.
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)

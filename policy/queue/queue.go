@@ -120,8 +120,14 @@ type Ticket struct {
 	// ETA is the expected wait when queued, or the Retry-After of a
 	// rejection.
 	ETA time.Duration
+	// Slots is how many other requests this replica granted while the
+	// ticket waited: its wait in service slots.
+	Slots uint64
+	// Seq numbers the grants of the scheduler, from 1.
+	Seq uint64
 
 	s        *Scheduler
+	seq      uint64 // grants made before it was queued
 	f        *flow
 	cost     int64
 	enqueued time.Time
@@ -200,7 +206,10 @@ type Scheduler struct {
 	failing  atomic.Bool
 	ids      atomic.Uint64
 	pickSeq  atomic.Uint64
+	grantSeq atomic.Uint64
 	inFlight atomic.Int64
+	// rest holds, per key, the end of its rest after a 429 (unix µs).
+	rest []atomic.Int64
 }
 
 // leasePoll is how often a dispatcher retries when the upstream's
@@ -228,6 +237,7 @@ func New(o Options) *Scheduler {
 	s := &Scheduler{o: o, log: o.Logger, flows: make(map[string]*flow), factor: 1,
 		wake: make(chan struct{}, 1), released: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}), rpmIdx: -1}
+	s.rest = make([]atomic.Int64, len(o.Keys))
 	s.tokens = o.Budget.TPM > 0
 	for _, k := range o.Keys {
 		if k.Budget.TPM > 0 {
@@ -357,7 +367,10 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		s.mu.Unlock()
 		return false, ErrClosed
 	}
-	if s.waiting == 0 && !s.held(now) {
+	// A request that may not wait is not held back by a pause after an
+	// upstream 429 either: it goes to the provider (budget permitting) and
+	// its client gets the provider's own answer.
+	if s.waiting == 0 && (!s.held(now) || !now.Before(t.Deadline)) {
 		// Nobody waits: try the budget on the caller's goroutine, outside
 		// the lock (a Redis round trip must not hold up other requests). A
 		// request queued meanwhile may be overtaken by this one: a race of
@@ -389,6 +402,7 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		return false, ErrWouldExceed
 	}
 	t.ready = make(chan struct{})
+	t.seq = s.grantSeq.Load()
 	s.push(t)
 	s.mu.Unlock()
 	s.o.Metrics.waiting(t.Tier, 1)
@@ -601,8 +615,15 @@ func (s *Scheduler) tryGrant(t *Ticket) (bool, time.Duration) {
 	n := len(s.o.Keys)
 	start := s.pickKey()
 	var wait int64 = -1
+	nowUs := time.Now().UnixMicro()
 	for i := 0; i < n; i++ {
 		k := (start + i) % n
+		if r := s.rest[k].Load(); r > nowUs {
+			if wait < 0 || r-nowUs < wait {
+				wait = r - nowUs
+			}
+			continue // the key answered 429 and rests
+		}
 		ok, err := s.reserve(t, k)
 		if err != nil {
 			return false, 0
@@ -712,6 +733,10 @@ func (s *Scheduler) probe() {
 func (s *Scheduler) granted(t *Ticket, now time.Time) {
 	t.Waited = now.Sub(t.enqueued)
 	t.state.Store(ticketGranted)
+	t.Seq = s.grantSeq.Add(1)
+	if t.ready != nil {
+		t.Slots = t.Seq - 1 - t.seq
+	}
 	n := s.inFlight.Add(1)
 	if m := s.o.Metrics; m != nil {
 		m.grants.WithLabelValues(s.o.Name).Inc()
@@ -799,15 +824,31 @@ func (s *Scheduler) finished(t *Ticket) {
 	}
 }
 
-// Throttled tells the scheduler the upstream answered 429 or 503: grants
-// pause for retryAfter (0: one second) and the drain rate halves (at most
-// once per pause window), down to a tenth of the budget.
-func (s *Scheduler) Throttled(retryAfter time.Duration) {
+// Throttled tells the scheduler the upstream answered 429 or 503 to a call
+// made with key (its index in Options.Keys). In a pool of several keys that
+// key rests for retryAfter (0: one second) while the others go on. With one
+// key, or when every key rests, grants pause for retryAfter and the drain
+// rate halves (at most once per pause window), down to a tenth of the
+// budget.
+func (s *Scheduler) Throttled(key int, retryAfter time.Duration) {
 	if retryAfter <= 0 {
 		retryAfter = time.Second
 	}
 	retryAfter = min(retryAfter, time.Minute)
 	now := time.Now()
+	if n := len(s.o.Keys); n > 1 && key >= 0 && key < n {
+		until := now.Add(retryAfter).UnixMicro()
+		s.rest[key].Store(until)
+		all := true
+		for i := range s.rest {
+			if s.rest[i].Load() <= now.UnixMicro() {
+				all = false
+			}
+		}
+		if !all {
+			return
+		}
+	}
 	s.mu.Lock()
 	s.pauseUntil = max(s.pauseUntil, now.Add(retryAfter).UnixMicro())
 	if now.Sub(s.lastCut) > retryAfter {
@@ -1005,3 +1046,7 @@ func (s *Scheduler) closeAll() {
 		s.endWaiting(f.head, ErrClosed)
 	}
 }
+
+// CountsTokens reports whether the budget counts tokens, so tickets need
+// a token estimate.
+func (s *Scheduler) CountsTokens() bool { return s.tokens }

@@ -121,12 +121,16 @@ func TestFairnessEqualUsers(t *testing.T) {
 
 func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 	s := newTestScheduler(t, Budget{RPM: 6000, RPMBurst: 1}) // 10 ms slots
-	const slot = 10 * time.Millisecond
+	var mu sync.Mutex
+	var heavySeq []uint64
 	var wg sync.WaitGroup
 	// The heavy user queues 100 requests (a second of work).
 	for i := range 100 {
 		wg.Go(func() {
 			if tk, err := take(s, "heavy", 1, 0, 10*time.Second, fmt.Sprint("h", i)); err == nil {
+				mu.Lock()
+				heavySeq = append(heavySeq, tk.Seq)
+				mu.Unlock()
 				s.Done(tk, -1)
 			}
 		})
@@ -136,8 +140,9 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 	}
 	// Nine light users send a request every 270 ms each, staggered by 30 ms
 	// (together a sixth of the budget).
-	var mu sync.Mutex
-	var waits []time.Duration
+	type wait struct{ from, to uint64 } // grant numbers around the wait
+	var waits []wait
+	var took []time.Duration
 	for u := range 9 {
 		wg.Go(func() {
 			time.Sleep(time.Duration(u) * 30 * time.Millisecond)
@@ -149,7 +154,8 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 					return
 				}
 				mu.Lock()
-				waits = append(waits, time.Since(start))
+				waits = append(waits, wait{tk.Seq - tk.Slots, tk.Seq})
+				took = append(took, time.Since(start))
 				mu.Unlock()
 				s.Done(tk, -1)
 				time.Sleep(270*time.Millisecond - time.Since(start))
@@ -157,13 +163,25 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	sort.Slice(waits, func(i, j int) bool { return waits[i] < waits[j] })
-	p99 := waits[len(waits)*99/100]
-	t.Logf("light waits p50 %v p99 %v (slot %v, heavy queue 100)", waits[len(waits)/2], p99, slot)
-	// Two service slots (the heavy grant in progress, then its own), plus
-	// timer slack.
-	if p99 > 2*slot+5*time.Millisecond {
-		t.Fatalf("light p99 wait %v, want within two slots (%v)", p99, 2*slot)
+	// Counted in grants, not wall time (a busy machine stretches slots):
+	// while a light request waits, the heavy user is served at most once
+	// or twice (the grant in progress, and its turn in the round), however
+	// many requests it has queued.
+	worst := 0
+	for _, w := range waits {
+		n := 0
+		for _, h := range heavySeq {
+			if h > w.from && h < w.to {
+				n++
+			}
+		}
+		worst = max(worst, n)
+	}
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	t.Logf("light waits p50 %v max %v (slot 10ms, heavy queue 100); most heavy grants during one light wait: %d",
+		took[len(took)/2], took[len(took)-1], worst)
+	if worst > 2 {
+		t.Fatalf("a light request waited through %d of the heavy user's grants, want at most 2", worst)
 	}
 }
 
@@ -327,11 +345,11 @@ func TestConcurrencyReleaseWakesQueue(t *testing.T) {
 
 func TestThrottleHalvesAndRecovers(t *testing.T) {
 	s := newTestScheduler(t, Budget{RPM: 60000, RPMBurst: 1})
-	s.Throttled(50 * time.Millisecond)
+	s.Throttled(0, 50*time.Millisecond)
 	if f := s.Factor(); f != 0.5 {
 		t.Fatalf("factor %v after a 429, want 0.5", f)
 	}
-	s.Throttled(50 * time.Millisecond) // same storm: no second cut
+	s.Throttled(0, 50*time.Millisecond) // same storm: no second cut
 	if f := s.Factor(); f != 0.5 {
 		t.Fatalf("factor %v after a second 429 in the window, want 0.5", f)
 	}
@@ -369,6 +387,23 @@ func TestKeyPoolSpreadsAndFailsOver(t *testing.T) {
 	}
 	if used[0] != 2 || used[1] != 2 {
 		t.Fatalf("keys used %v, want 2 each", used)
+	}
+}
+
+func TestKeyRestsAfter429(t *testing.T) {
+	s := newTestScheduler(t, Budget{}, Key{ID: "k1", Weight: 1}, Key{ID: "k2", Weight: 1})
+	s.Throttled(0, time.Minute)
+	if f := s.Factor(); f != 1 {
+		t.Fatalf("one key of two throttled cut the drain factor to %v", f)
+	}
+	for i := range 4 {
+		tk := NewTicket()
+		tk.Flow, tk.ID, tk.Deadline = "a", fmt.Sprint(i), time.Now()
+		ok, err := s.Acquire(tk)
+		if !ok || err != nil || tk.Key != 1 {
+			t.Fatalf("request %d: granted=%v err=%v key=%d, want key 1 while key 0 rests", i, ok, err, tk.Key)
+		}
+		s.Done(tk, -1)
 	}
 }
 
