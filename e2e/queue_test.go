@@ -370,7 +370,12 @@ func TestQueueUpstream429Storm(t *testing.T) {
 			}, option.WithHeader("X-Sluice-User", fmt.Sprint("s", i%8)))
 			if err != nil {
 				failed.Add(1)
-				t.Errorf("request %d: %v", i, err)
+				e, _ := rateLimited(err)
+				if e != nil {
+					t.Errorf("request %d after %v: %v (%s: %s)", i, time.Since(start), err, e.Code, e.Message)
+				} else {
+					t.Errorf("request %d: %v", i, err)
+				}
 				return
 			}
 			served.Add(1)

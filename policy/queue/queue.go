@@ -212,6 +212,10 @@ type Scheduler struct {
 	rest []atomic.Int64
 }
 
+// minFactor is the lowest drain factor AIMD cuts to: a quarter of the
+// budget, so a long storm does not leave the queue crawling afterwards.
+const minFactor = 0.25
+
 // leasePoll is how often a dispatcher retries when the upstream's
 // concurrency slots are all held and none is released in this process
 // (another replica holds them and Redis does not tell when it frees one).
@@ -828,7 +832,7 @@ func (s *Scheduler) finished(t *Ticket) {
 // made with key (its index in Options.Keys). In a pool of several keys that
 // key rests for retryAfter (0: one second) while the others go on. With one
 // key, or when every key rests, grants pause for retryAfter and the drain
-// rate halves (at most once per pause window), down to a tenth of the
+// rate halves (at most once per pause window), down to minFactor of the
 // budget.
 func (s *Scheduler) Throttled(key int, retryAfter time.Duration) {
 	if retryAfter <= 0 {
@@ -852,7 +856,7 @@ func (s *Scheduler) Throttled(key int, retryAfter time.Duration) {
 	s.mu.Lock()
 	s.pauseUntil = max(s.pauseUntil, now.Add(retryAfter).UnixMicro())
 	if now.Sub(s.lastCut) > retryAfter {
-		s.factor = max(s.factor/2, 0.1)
+		s.factor = max(s.factor/2, minFactor)
 		s.lastCut = now
 	}
 	f := s.factor
