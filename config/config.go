@@ -133,8 +133,26 @@ type Upstream struct {
 	MaxQueue int `yaml:"max_queue"`
 	// MaxAttempts bounds the calls made for one request when the upstream
 	// answers 429 or 503 (each retried within the request's max wait, and
-	// only before any byte reached the client). Default 3.
+	// only before any byte reached the client), fallbacks included.
+	// Default 3.
 	MaxAttempts int `yaml:"max_attempts"`
+	// Breaker stops calls to an upstream that keeps failing.
+	Breaker Breaker `yaml:"breaker"`
+}
+
+// Breaker configures an upstream's circuit breaker: when at least MinCalls
+// calls ended within Window and FailureRatio of them failed (transport
+// error, timeout or 5xx), the upstream is skipped (its route's fallbacks
+// take over, else 503) for Cooldown; then one probe call decides.
+type Breaker struct {
+	// FailureRatio opens the breaker. Default 0.5; -1 disables it.
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// MinCalls is the fewest calls the ratio is judged on. Default 20.
+	MinCalls int64 `yaml:"min_calls"`
+	// Window is the rolling window of calls. Default 10s.
+	Window time.Duration `yaml:"window"`
+	// Cooldown is how long the breaker stays open. Default 10s.
+	Cooldown time.Duration `yaml:"cooldown"`
 }
 
 // Budget is a provider's capacity. Zero fields are unlimited.
@@ -190,6 +208,10 @@ type Route struct {
 	// Deployment is the Azure deployment to call for this route; default the
 	// model name. Only for upstreams of type "azure".
 	Deployment string `yaml:"deployment"`
+	// Fallbacks name upstreams tried in order when Upstream's breaker is
+	// open or its call fails before any byte reached the client (transport
+	// error, timeout, 5xx). They must serve the same model name.
+	Fallbacks []string `yaml:"fallbacks"`
 }
 
 // Upstream types.
@@ -372,6 +394,11 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 			add(p+".upstream", "unknown upstream %q", r.Upstream)
 		case r.Deployment != "" && u.Type != TypeAzure:
 			add(p+".deployment", "only upstreams of type %q take a deployment", TypeAzure)
+		}
+		for j, fb := range r.Fallbacks {
+			if names[fb] == nil || fb == r.Upstream {
+				add(fmt.Sprintf("%s.fallbacks[%d]", p, j), "unknown upstream %q (or the route's own)", fb)
+			}
 		}
 	}
 	for alias, target := range c.Aliases {

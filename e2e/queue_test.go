@@ -162,12 +162,15 @@ func TestQueueLoad(t *testing.T) {
 		t.Skip("about 80 s of load; skipped with -short")
 	}
 	users := envInt("SLUICE_QUEUE_LOAD_USERS", 1000)
-	window := time.Duration(envInt("SLUICE_QUEUE_LOAD_SECONDS", 45)) * time.Second
-	const share = 0.6 // of the users send a request in the window
-	const maxWait = 10 * time.Second
+	window := time.Duration(envInt("SLUICE_QUEUE_LOAD_SECONDS", 30)) * time.Second
+	const share = 1.0 // of the users send a request in the window
+	const maxWait = 5 * time.Second
 	direct := startFake(t, fakeai.Config{APIKey: upstreamKey, RPM: 600, TPM: 100_000, Latency: 50 * time.Millisecond})
 	via := startFake(t, fakeai.Config{APIKey: upstreamKey, RPM: 600, TPM: 100_000, Latency: 50 * time.Millisecond})
-	s := startSluice(t, sluiceOptions{BaseURL: via.URL, Config: queueConfig(600, 10, 100_000, 5, "", ""),
+	// The budget mirrors the provider's: 600 a minute, and nearly all of
+	// them at once when idle (its bucket holds a minute); a margin of five
+	// requests covers the two clocks' rounding at the bucket's edge.
+	s := startSluice(t, sluiceOptions{BaseURL: via.URL, Config: queueConfig(600, 595, 100_000, 5, "", ""),
 		Policies: queuePolicy(6, maxWait.String())})
 
 	var wg sync.WaitGroup
@@ -467,5 +470,63 @@ func TestQueueReplicasShareBudget(t *testing.T) {
 	rate := float64(served.Load()) / elapsed.Seconds()
 	if rate > 2.3 || float64(served.Load()) > allowed {
 		t.Fatalf("served %.2f/s together, budget 2/s", rate)
+	}
+}
+
+// TestQueueFailoverAndBreaker: the primary upstream answers 500; calls fail
+// over to the route's fallback, the primary's breaker opens so it stops
+// being called, and after its cooldown a success closes it again.
+func TestQueueFailoverAndBreaker(t *testing.T) {
+	primary := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	backup := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	cfg := fmt.Sprintf(`
+server:
+  listen: ${SLUICE_ADDR}
+  admin_listen: ${SLUICE_ADMIN_ADDR}
+upstreams:
+  - name: primary
+    base_url: ${OPENAI_BASE_URL}
+    api_key: ${OPENAI_API_KEY}
+    breaker: {failure_ratio: 0.5, min_calls: 10, window: 10s, cooldown: 2s}
+  - name: backup
+    base_url: %s
+    api_key: ${OPENAI_API_KEY}
+routes:
+  - model: "*"
+    upstream: primary
+    fallbacks: [backup]
+`, backup.URL)
+	s := startSluice(t, sluiceOptions{BaseURL: primary.URL, Config: cfg, Policies: queuePolicy(10000, "5s")})
+	c := s.client(demoKey)
+	chat := func() error {
+		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages("failover"), MaxTokens: openai.Int(5),
+		})
+		return err
+	}
+	primary.SetFault(500)
+	for i := range 30 {
+		if err := chat(); err != nil {
+			t.Fatalf("request %d with the primary failing: %v (want the fallback's answer)", i, err)
+		}
+	}
+	p, b := primary.Stats().Requests, backup.Stats().Requests
+	state, _ := s.metric(t, "sluice_upstream_breaker_state", `upstream="primary"`)
+	t.Logf("primary called %d times, backup %d; primary breaker state %v", p, b, state)
+	if b != 30 || p != 10 || state != 2 {
+		t.Fatalf("primary %d calls, backup %d, breaker %v; want 10 calls until the breaker opened (state 2) and all 30 served by the backup", p, b, state)
+	}
+	// Healed: after the cooldown the next call goes to the primary and
+	// closes the breaker.
+	primary.SetFault(0)
+	time.Sleep(2100 * time.Millisecond)
+	if err := chat(); err != nil {
+		t.Fatal(err)
+	}
+	if n := primary.Stats().Requests; n != p+1 {
+		t.Fatalf("after the cooldown the primary got %d calls, want 1", n-p)
+	}
+	if state, _ := s.metric(t, "sluice_upstream_breaker_state", `upstream="primary"`); state != 0 {
+		t.Fatalf("breaker state %v after a successful call, want 0 (closed)", state)
 	}
 }

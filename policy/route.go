@@ -14,6 +14,9 @@ type RouteRule struct {
 	Upstream int
 	// Deployment is the Azure deployment name; "" means the model name.
 	Deployment string
+	// Fallbacks are upstream indexes tried in order when Upstream cannot
+	// serve.
+	Fallbacks []int
 }
 
 // Route is where one model goes.
@@ -28,6 +31,8 @@ type Route struct {
 	// Rewritten reports that Model differs from the requested name, so the
 	// request body must be rewritten.
 	Rewritten bool
+	// Fallbacks are the upstreams to try when Upstream cannot serve.
+	Fallbacks []int
 }
 
 // Router resolves model names to upstreams. Rules are tried in order: exact
@@ -83,7 +88,8 @@ func (r *Router) Resolve(model string) (route Route, ok bool) {
 	if !ok {
 		return Route{}, false
 	}
-	return Route{Upstream: rule.Upstream, Model: target, Deployment: rule.Deployment, Rewritten: target != model}, true
+	return Route{Upstream: rule.Upstream, Model: target, Deployment: rule.Deployment, Rewritten: target != model,
+		Fallbacks: rule.Fallbacks}, true
 }
 
 // Default is the route for requests that name no model (GET /v1/models,

@@ -20,6 +20,7 @@ const (
 	errHeaderTooLarge                     // request headers over server.max_header_bytes
 	errUpstreamUnreachable                // dial failed, connection reset, pool exhausted
 	errUpstreamTimeout                    // first byte, idle or total timeout
+	errUpstreamUnavailable                // every upstream of the route has its breaker open
 	errShuttingDown                       // the server is draining
 	errClientClosed                       // the client hung up while its request waited (logged, never read)
 	errProviderBusy                       // the upstream's queue cannot take the request within its max wait
@@ -49,6 +50,7 @@ var statusTable = [errKindCount]errRow{
 	errHeaderTooLarge:      {fasthttp.StatusRequestHeaderFieldsTooLarge, "invalid_request_error", "headers_too_large"},
 	errUpstreamUnreachable: {fasthttp.StatusBadGateway, "server_error", "upstream_unreachable"},
 	errUpstreamTimeout:     {fasthttp.StatusGatewayTimeout, "server_error", "upstream_timeout"},
+	errUpstreamUnavailable: {fasthttp.StatusServiceUnavailable, "server_error", "upstream_unavailable"},
 	errShuttingDown:        {fasthttp.StatusServiceUnavailable, "server_error", "shutting_down"},
 	errClientClosed:        {499, "invalid_request_error", "client_closed_request"},
 	errProviderBusy:        {fasthttp.StatusTooManyRequests, "requests", "provider_capacity"},

@@ -240,6 +240,24 @@ func upstreamRetryAfter(h *fasthttp.ResponseHeader) time.Duration {
 	return best
 }
 
+// newBreaker builds an upstream's circuit breaker; its state changes are
+// logged and exported.
+func (s *Server) newBreaker(c *config.Upstream) *queue.Breaker {
+	b := c.Breaker
+	name := c.Name
+	s.qm.Breaker(name, queue.BreakerClosed)
+	return queue.NewBreaker(queue.BreakerOptions{Ratio: b.FailureRatio, MinCalls: b.MinCalls, Window: b.Window, Cooldown: b.Cooldown},
+		func(state int) {
+			s.qm.Breaker(name, state)
+			switch state {
+			case queue.BreakerOpen:
+				s.log.Error("upstream breaker open: calls stop for the cooldown", "upstream", name)
+			case queue.BreakerClosed:
+				s.log.Info("upstream breaker closed: the upstream answers again", "upstream", name)
+			}
+		})
+}
+
 // newScheduler builds an upstream's fair queue from its configuration.
 func newScheduler(c *config.Upstream, o *Options) *queue.Scheduler {
 	budget := func(b config.Budget) queue.Budget {

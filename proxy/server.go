@@ -99,6 +99,7 @@ func New(opts Options) (*Server, error) {
 		}
 		index[up.name] = i
 		up.sched = newScheduler(&cfg.Upstreams[i], &opts)
+		up.breaker = s.newBreaker(&cfg.Upstreams[i])
 		s.upstreams = append(s.upstreams, up)
 	}
 	rules := make([]policy.RouteRule, 0, len(cfg.Routes)+1)
@@ -107,7 +108,15 @@ func New(opts Options) (*Server, error) {
 		if !ok {
 			return nil, fmt.Errorf("route %q: unknown upstream %q", r.Model, r.Upstream)
 		}
-		rules = append(rules, policy.RouteRule{Pattern: r.Model, Upstream: i, Deployment: r.Deployment})
+		rule := policy.RouteRule{Pattern: r.Model, Upstream: i, Deployment: r.Deployment}
+		for _, fb := range r.Fallbacks {
+			j, ok := index[fb]
+			if !ok {
+				return nil, fmt.Errorf("route %q: unknown fallback upstream %q", r.Model, fb)
+			}
+			rule.Fallbacks = append(rule.Fallbacks, j)
+		}
+		rules = append(rules, rule)
 	}
 	if len(rules) == 0 {
 		rules = append(rules, policy.RouteRule{Pattern: "*", Upstream: 0})
@@ -206,6 +215,8 @@ type exchange struct {
 	ticket *queue.Ticket
 	// gone reports a client that hung up before the answer began.
 	gone bool
+	// route is the request's route (fallbacks included).
+	route policy.Route
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -350,7 +361,11 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
 	}
 	stream := f.stream && x.ep.streams()
-	up := s.upstreams[route.Upstream]
+	x.route = route
+	up, deployment, ok := s.pickUpstream(ctx, &route)
+	if !ok {
+		return false
+	}
 	tier := pol.Tiers[p.Tier]
 	wait, ok := maxWait(ctx, tier)
 	if !ok {
@@ -377,7 +392,54 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		}
 		return false
 	}
-	return s.forward(ctx, x, up, body, route.Deployment, stream)
+	return s.forward(ctx, x, up, body, deployment, stream)
+}
+
+// fallback is the next upstream of the request's route after cur whose
+// breaker lets calls through, or nil.
+func (s *Server) fallback(x *exchange, cur *upstream) *upstream {
+	now := time.Now()
+	past := cur == s.upstreams[x.route.Upstream]
+	for _, i := range x.route.Fallbacks {
+		fb := s.upstreams[i]
+		if !past {
+			past = fb == cur
+			continue
+		}
+		if ok, _ := fb.breaker.Allow(now); ok {
+			return fb
+		}
+	}
+	return nil
+}
+
+// pickUpstream is the route's first upstream whose breaker lets calls
+// through; when none does it answers 503 with the time until the primary
+// half-opens.
+func (s *Server) pickUpstream(ctx *fasthttp.RequestCtx, route *policy.Route) (*upstream, string, bool) {
+	now := time.Now()
+	up := s.upstreams[route.Upstream]
+	ok, wait := up.breaker.Allow(now)
+	if ok {
+		return up, route.Deployment, true
+	}
+	for _, i := range route.Fallbacks {
+		fb := s.upstreams[i]
+		if ok, _ := fb.breaker.Allow(now); ok {
+			dep := ""
+			if fb.azure {
+				dep = route.Model
+			}
+			return fb, dep, true
+		}
+	}
+	secs := max((wait+time.Second-1)/time.Second, 1)
+	var b [20]byte
+	ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(b[:0], int64(secs), 10))
+	ctx.Response.Header.SetBytesV("Retry-After-Ms", strconv.AppendInt(b[:0], wait.Milliseconds(), 10))
+	writeError(ctx, errUpstreamUnavailable, "", "The upstream provider is failing; Sluice stopped calling it for "+
+		wait.Round(time.Second).String()+". Retry the request later.")
+	return nil, "", false
 }
 
 // reservation is a request's token reservation: the prompt's estimate plus
@@ -560,14 +622,18 @@ func rewriteModel(body []byte, f *reqFields, model string) []byte {
 }
 
 // forward sends the request to up and relays the answer. It returns true
-// when the answer is streamed by a relay that finishes the exchange. An
-// upstream 429 or 503 slows the upstream's queue and, while the request's
-// max wait allows and before any byte reached the client, is retried after
-// the upstream's retry-after (through the queue again).
+// when the answer is streamed by a relay that finishes the exchange.
+//
+// Before any byte reached the client a failed call is tried again: a
+// transport error, timeout or 5xx goes to the route's next fallback whose
+// breaker is closed; a 429 or 503 (with no fallback left) pauses and slows
+// the upstream's queue and is retried there after the upstream's
+// retry-after, while the request's max wait allows. At most
+// upstream.max_attempts calls are made; the last answer is the client's.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
-	x.up = up
 	resp := fasthttp.AcquireResponse()
 	for attempt := 1; ; attempt++ {
+		x.up = up
 		req := fasthttp.AcquireRequest()
 		req.Header.SetMethodBytes(ctx.Method())
 		copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
@@ -586,36 +652,52 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 		x.upStart = time.Now()
 		err := up.client.Do(req, resp)
 		fasthttp.ReleaseRequest(req)
+		st := resp.StatusCode()
+		failed := err != nil || st >= 500
+		up.breaker.Done(time.Now(), failed)
 		if err != nil {
 			x.upEnd = time.Now()
-			fasthttp.ReleaseResponse(resp)
-			kind := up.classify(err)
 			s.log.Warn("upstream call failed", "request_id", string(ctx.Response.Header.Peek("X-Request-Id")),
-				"upstream", up.name, "route", endpointLabels[x.ep], "error", err)
-			if kind == errUpstreamTimeout {
-				writeError(ctx, kind, "", "The upstream provider did not answer in time.")
-			} else {
-				writeError(ctx, kind, "", "The upstream provider could not be reached.")
-			}
-			return false
+				"upstream", up.name, "route", endpointLabels[x.ep], "attempt", attempt, "error", err)
 		}
-		st := resp.StatusCode()
-		if st != fasthttp.StatusTooManyRequests && st != fasthttp.StatusServiceUnavailable {
+		throttled := err == nil && (st == fasthttp.StatusTooManyRequests || st == fasthttp.StatusServiceUnavailable)
+		if !failed && !throttled {
 			up.sched.Succeeded()
 			break
 		}
-		ra := upstreamRetryAfter(&resp.Header)
-		key = 0
-		if x.ticket != nil {
-			key = x.ticket.Key
+		var ra time.Duration
+		if throttled {
+			ra = upstreamRetryAfter(&resp.Header)
+			up.sched.Throttled(key, ra)
+			s.m.throttled(up.name, st)
 		}
-		up.sched.Throttled(key, ra)
-		s.m.throttled(up.name, st)
-		if attempt >= up.maxAttempts || time.Now().Add(ra).After(x.claim.deadline) {
+		next := up
+		if failed && attempt < up.maxAttempts {
+			if fb := s.fallback(x, up); fb != nil {
+				next, ra = fb, 0
+				if fb.azure {
+					deployment = x.model
+				}
+			}
+		}
+		if attempt >= up.maxAttempts || (next == up && (!throttled || time.Now().Add(ra).After(x.claim.deadline))) {
+			if err != nil {
+				fasthttp.ReleaseResponse(resp)
+				kind := up.classify(err)
+				if kind == errUpstreamTimeout {
+					writeError(ctx, kind, "", "The upstream provider did not answer in time.")
+				} else {
+					writeError(ctx, kind, "", "The upstream provider could not be reached.")
+				}
+				return false
+			}
 			break // the client gets the upstream's answer
 		}
-		// Retry: the call used no tokens; its grant ends and a new one is
-		// queued behind the pause the retry-after set.
+		if err != nil {
+			up.classify(err)
+		}
+		// Try again: the call used no tokens; its grant ends and a new one
+		// is queued (behind the pause a retry-after set).
 		if resp.BodyStream() != nil {
 			_ = resp.CloseBodyStream()
 		}
@@ -626,6 +708,8 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 		}
 		x.retries++
 		s.m.retry(up.name)
+		up = next
+		x.up = up
 		if !s.acquire(ctx, x, up) {
 			fasthttp.ReleaseResponse(resp)
 			return false

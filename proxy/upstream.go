@@ -33,8 +33,10 @@ type upstream struct {
 	// scheduler grants; nil without a pool (authValue is the key).
 	keyValues    [][]byte
 	org, project []byte
-	// sched is the upstream's fair queue and budget.
-	sched *queue.Scheduler
+	// sched is the upstream's fair queue and budget; breaker stops calls
+	// while the upstream keeps failing.
+	sched   *queue.Scheduler
+	breaker *queue.Breaker
 	// maxAttempts bounds the calls per request on 429/503 answers.
 	maxAttempts int
 	apiVersion  string
