@@ -19,6 +19,7 @@ import (
 	"sluice/configs"
 	"sluice/policy"
 	"sluice/policy/limit"
+	"sluice/policy/queue"
 	"sluice/policy/tokens"
 	"sluice/proxy"
 )
@@ -40,7 +41,7 @@ func exported(t *testing.T) map[string]bool {
 	defer mem.Close()
 	limiter := policy.NewLimiter(policy.LimiterOptions{Store: mem, Registry: reg})
 	if _, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler),
-		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{})}); err != nil {
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), QueueMetrics: queue.NewMetrics(reg)}); err != nil {
 		t.Fatal(err)
 	}
 	// Vectors without children are not gathered; their names come from

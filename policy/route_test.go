@@ -1,12 +1,15 @@
 package policy
 
-import "testing"
+import (
+	"reflect"
+	"testing"
+)
 
 func TestRouter(t *testing.T) {
 	r, err := NewRouter([]RouteRule{
 		{Pattern: "gpt-4o", Upstream: 1},
 		{Pattern: "gpt-4o*", Upstream: 2},
-		{Pattern: "gpt-*", Upstream: 3, Deployment: "dep"},
+		{Pattern: "gpt-*", Upstream: 3, Deployment: "dep", Fallbacks: []int{4, 1}},
 		{Pattern: "*", Upstream: 4},
 		{Pattern: "gpt-4o", Upstream: 9}, // shadowed by the first
 	}, map[string]string{"fast": "gpt-4o-mini", "smart": "gpt-4o"})
@@ -16,13 +19,13 @@ func TestRouter(t *testing.T) {
 	f := func(model string, want Route) {
 		t.Helper()
 		got, ok := r.Resolve(model)
-		if !ok || got != want {
+		if !ok || !reflect.DeepEqual(got, want) {
 			t.Fatalf("Resolve(%q) = %+v, %v; want %+v", model, got, ok, want)
 		}
 	}
 	f("gpt-4o", Route{Upstream: 1, Model: "gpt-4o"})
 	f("gpt-4o-mini", Route{Upstream: 2, Model: "gpt-4o-mini"})
-	f("gpt-3.5-turbo", Route{Upstream: 3, Model: "gpt-3.5-turbo", Deployment: "dep"})
+	f("gpt-3.5-turbo", Route{Upstream: 3, Model: "gpt-3.5-turbo", Deployment: "dep", Fallbacks: []int{4, 1}})
 	f("llama3", Route{Upstream: 4, Model: "llama3"})
 	f("fast", Route{Upstream: 2, Model: "gpt-4o-mini", Rewritten: true})
 	f("smart", Route{Upstream: 1, Model: "gpt-4o", Rewritten: true})
