@@ -54,6 +54,12 @@ func (g *Group) Join(k Key, streamed bool) (f *Flight, leader bool) {
 	return f, true
 }
 
+// NewFlight returns a flight no other request can join, for a request that
+// refreshes an entry: it records its events and is finished like any other.
+func NewFlight(streamed bool) *Flight {
+	return &Flight{changed: make(chan struct{}), streamed: streamed}
+}
+
 // Len returns the number of flights in progress.
 func (g *Group) Len() int {
 	g.mu.Lock()
@@ -93,11 +99,13 @@ func (f *Flight) Events() [][]byte {
 // wakes every follower. Requests that arrive later start a new flight, so
 // the leader stores the entry before calling Finish.
 func (f *Flight) Finish(e *Entry) {
-	f.g.mu.Lock()
-	if f.g.flights[f.key] == f {
-		delete(f.g.flights, f.key)
+	if f.g != nil {
+		f.g.mu.Lock()
+		if f.g.flights[f.key] == f {
+			delete(f.g.flights, f.key)
+		}
+		f.g.mu.Unlock()
 	}
-	f.g.mu.Unlock()
 	f.mu.Lock()
 	f.done, f.entry = true, e
 	close(f.changed)

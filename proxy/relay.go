@@ -140,7 +140,10 @@ func (r *relay) next() ([]byte, error) {
 		}
 		// A blank line ends an event.
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
-			if r.x.adm == nil {
+			if r.x.cache != nil {
+				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
+			}
+			if r.x.adm == nil && !r.x.stripUsage {
 				return r.ev, nil
 			}
 			if bytes.Contains(r.ev, usageKey) {
@@ -215,6 +218,10 @@ func (r *relay) CloseWithError(err error) error {
 	actual := int64(-1)
 	if r.x.adm != nil {
 		actual = r.streamUsage()
+	}
+	if r.x.cache != nil {
+		// cache: store the answer of a complete stream, end the flight.
+		r.x.cache.streamEnd(r.sse && r.eof && r.readErr == nil && !clientGone && r.x.status == fasthttp.StatusOK)
 	}
 	r.s.finish(r.reqID, &r.x, time.Now(), clientGone, actual)
 	r.br.Reset(nil)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
+	"sluice/cache"
 	"sluice/config"
 	"sluice/policy"
 	"sluice/policy/tokens"
@@ -35,6 +36,8 @@ type Options struct {
 	// Tokens estimates prompt tokens for reservations. Required with
 	// Limiter.
 	Tokens *tokens.Counter
+	// Cache is the response cache; nil disables it.
+	Cache *cache.Cache
 }
 
 // Server is the OpenAI-compatible API listener.
@@ -48,6 +51,7 @@ type Server struct {
 	log       *slog.Logger
 	limiter   *policy.Limiter
 	tokens    *tokens.Counter
+	cache     *cache.Cache
 	ids       idGen
 	// draining is set by Shutdown; new requests then get a 503.
 	draining atomic.Bool
@@ -68,7 +72,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Limiter != nil && opts.Tokens == nil {
 		return nil, errors.New("proxy: a Limiter needs Tokens")
 	}
-	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter, tokens: opts.Tokens}
+	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter, tokens: opts.Tokens, cache: opts.Cache}
 	s.ids.init()
 	s.policy.Store(opts.Policy)
 
@@ -173,6 +177,12 @@ type exchange struct {
 	// stripUsage reports that Sluice asked for the stream's usage chunk on
 	// the client's behalf, so the relay removes it.
 	stripUsage bool
+	// cache is the cache call a leading request stores its answer through;
+	// nil otherwise (proxy/cache.go).
+	cache *cacheCall
+	// cacheFree reports an answer from the cache (hit or coalesced) whose
+	// tokens the tier does not count: admitted and settled at 0 tokens.
+	cacheFree bool
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -190,7 +200,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	actual := int64(-1)
 	if x.adm != nil {
-		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero())
+		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero() && !x.cacheFree)
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, false, actual)
 }
@@ -312,12 +322,26 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
 	}
 	stream := f.stream && x.ep.streams()
+	// cache: a hit, a request joining an identical one in flight, or a
+	// leader whose answer is stored (proxy/cache.go); nil when not cached.
+	cc, ok := s.cacheStart(ctx, x, pol, key, p, &body, &f, stream)
+	if !ok {
+		return false
+	}
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream); !ok {
+			cc.abandon()
 			return false
 		}
 	}
-	return s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, stream)
+	if cc != nil && !cc.leader {
+		if streamed, done := s.cacheServe(ctx, x, cc); done {
+			return streamed
+		}
+	}
+	streamed := s.forward(ctx, x, s.upstreams[route.Upstream], body, route.Deployment, stream)
+	cc.forwarded(ctx, streamed) // cache: store a buffered answer; the relay stores a stream
+	return streamed
 }
 
 // admit reserves the request's budgets, answering 429 (or 503) when they
@@ -329,7 +353,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	if !plan.Limited() {
 		return body, true
 	}
-	if stream && x.ep != epResponses && !f.includeUsage && plan.CountsTokens() {
+	// An answer from the cache may count requests only (proxy/cache.go).
+	countTokens := plan.CountsTokens() && !x.cacheFree
+	if stream && x.ep != epResponses && !f.includeUsage && countTokens {
 		// Ask for usage to settle the reservation; the relay removes the
 		// usage chunk again since the client did not ask for it.
 		body = withIncludeUsage(body, f)
@@ -337,10 +363,10 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	}
 	kind := tokenKinds[x.ep]
 	var prompt, completion int64
-	if plan.CountsTokens() {
+	if countTokens {
 		prompt = s.tokens.Estimate(kind, body)
 	}
-	if x.ep != epEmbeddings && plan.CountsTokens() {
+	if x.ep != epEmbeddings && countTokens {
 		completion = f.maxTokens
 		if completion < 0 && plan.Tier != nil {
 			completion = plan.Tier.DefaultMaxTokens
@@ -353,6 +379,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 		RequestID: string(ctx.Response.Header.Peek("X-Request-Id")),
 		Tokens:    prompt + completion,
 		Exact: func() int64 {
+			if !countTokens {
+				return 0
+			}
 			n, err := s.tokens.Count(kind, model, body)
 			if err != nil {
 				return prompt + completion
