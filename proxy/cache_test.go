@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"sluice/cache"
+	"sluice/config"
+	"sluice/policy"
+)
+
+func TestCacheControl(t *testing.T) {
+	for v, want := range map[string][2]bool{
+		"":                        {false, false},
+		"no-store":                {true, false},
+		"No-Cache":                {false, true},
+		"max-age=0, no-cache":     {false, true},
+		" no-store ,no-cache ":    {true, true},
+		"no-storex, private":      {false, false},
+		"no-transform, no-store,": {true, false},
+	} {
+		s, c := cacheControl([]byte(v))
+		if s != want[0] || c != want[1] {
+			t.Errorf("cacheControl(%q) = %v, %v; want %v", v, s, c, want)
+		}
+	}
+}
+
+// cachedChat1K is chatBody1K made deterministic, so the default tier caches it.
+var cachedChat1K = []byte(`{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant for a travel booking site. Answer briefly, in the user's language, and never invent prices or availability."},{"role":"user","content":"I want to fly from Lisbon to Tokyo in March with two children. I want to fly from Lisbon to Tokyo in March with two children. I want to fly from Lisbon to Tokyo in March with two children. I want to fly from Lisbon to Tokyo in March with two children. I want to fly from Lisbon to Tokyo in March with two children. I want to fly from Lisbon to Tokyo in March with two children. "}],"temperature":0,"max_tokens":256,"user":"user-1234","stream":false}`)
+
+// cacheProxy starts a Server with a response cache on store in front of an
+// in-memory upstream that counts its calls.
+func cacheProxy(tb testing.TB, store cache.Store, mem *cache.Memory) (*fasthttp.Client, *int64, func()) {
+	var calls int64
+	var mu sync.Mutex
+	upLn := fasthttputil.NewInmemoryListener()
+	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		mu.Lock()
+		calls++
+		mu.Unlock()
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(chatAnswer)
+	}}
+	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
+	cfg, err := config.Parse("bench.yaml", []byte("upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n"), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pol, err := policy.Parse("bench-policies.yaml", []byte(fmt.Sprintf(
+		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c, err := cache.New(cache.Options{Store: store, Memory: mem, Registry: reg})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler), Cache: c})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	ln := fasthttputil.NewInmemoryListener()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxConnsPerHost: 64}
+	return client, &calls, func() { _ = ln.Close(); _ = upLn.Close() }
+}
+
+func chatRequest(body []byte) *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
+	req.SetRequestURI("http://sluice/v1/chat/completions")
+	req.Header.SetMethod("POST")
+	req.Header.Set("Authorization", "Bearer sk-client")
+	req.Header.SetContentType("application/json")
+	req.SetBody(body)
+	return req
+}
+
+func TestCacheHitThroughProxy(t *testing.T) {
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	c, calls, stop := cacheProxy(t, mem, mem)
+	defer stop()
+	req := chatRequest(cachedChat1K)
+	resp := fasthttp.AcquireResponse()
+	for i, want := range []string{"miss", "hit", "hit"} {
+		if err := c.Do(req, resp); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(resp.Header.Peek("X-Sluice-Cache")); got != want || resp.StatusCode() != 200 || string(resp.Body()) != chatAnswer {
+			t.Errorf("request %d: %d %q %s; want 200 %q and the upstream answer", i, resp.StatusCode(), got, resp.Body(), want)
+		}
+	}
+	if *calls != 1 {
+		t.Errorf("upstream calls = %d, want 1", *calls)
+	}
+	// A stream request for the same prompt is rendered from the entry.
+	req.SetBody([]byte(string(cachedChat1K[:len(cachedChat1K)-len(`"stream":false}`)]) + `"stream":true}`))
+	if err := c.Do(req, resp); err != nil {
+		t.Fatal(err)
+	}
+	if string(resp.Header.Peek("X-Sluice-Cache")) != "hit" || !slices.Contains([]string{"text/event-stream; charset=utf-8"}, string(resp.Header.ContentType())) {
+		t.Errorf("stream hit: %q %q\n%s", resp.Header.Peek("X-Sluice-Cache"), resp.Header.ContentType(), resp.Body())
+	}
+}
+
+// BenchmarkProxyCacheHit measures a memory hit through the whole handler
+// (scan, identify, route, key, lookup, answer), in-memory client included;
+// compare BenchmarkProxyChat, the same request forwarded.
+func BenchmarkProxyCacheHit(b *testing.B) {
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	benchHit(b, mem, mem)
+}
+
+// BenchmarkProxyCacheHitRedis is the same with the entry in Redis only.
+func BenchmarkProxyCacheHitRedis(b *testing.B) {
+	addr := os.Getenv("SLUICE_TEST_REDIS_ADDR")
+	if addr == "" {
+		b.Skip("SLUICE_TEST_REDIS_ADDR is not set")
+	}
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	prefix := fmt.Sprintf("sluice-bench:%d:", time.Now().UnixNano())
+	defer func() {
+		if keys, _ := rc.Keys(b.Context(), prefix+"*").Result(); len(keys) > 0 {
+			rc.Del(b.Context(), keys...)
+		}
+	}()
+	benchHit(b, cache.NewRedis(rc, cache.RedisOptions{Prefix: prefix, Timeout: time.Second}), nil)
+}
+
+func benchHit(b *testing.B, store cache.Store, mem *cache.Memory) {
+	c, calls, stop := cacheProxy(b, store, mem)
+	defer stop()
+	req := chatRequest(cachedChat1K)
+	resp := fasthttp.AcquireResponse()
+	if err := c.Do(req, resp); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.Do(req, resp); err != nil {
+			b.Fatal(err)
+		}
+		if string(resp.Header.Peek("X-Sluice-Cache")) != "hit" {
+			b.Fatalf("not a hit: %q", resp.Header.Peek("X-Sluice-Cache"))
+		}
+	}
+	if *calls != 1 {
+		b.Fatalf("upstream calls = %d, want 1", *calls)
+	}
+}
+
+// TestCacheHitLatencyUnderLoad drives memory hits from 8 concurrent clients
+// and checks the p99 of the whole round trip (client, handler, key, lookup,
+// answer) stays under 1 ms. Skipped with -short and under the race detector.
+func TestCacheHitLatencyUnderLoad(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("load test: skipped with -short and under -race")
+	}
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	c, _, stop := cacheProxy(t, mem, mem)
+	defer stop()
+	const workers, per = 8, 1000
+	lat := make([]time.Duration, workers*per)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			req := chatRequest(cachedChat1K)
+			resp := fasthttp.AcquireResponse()
+			for i := range per {
+				start := time.Now()
+				if err := c.Do(req, resp); err != nil {
+					t.Error(err)
+					return
+				}
+				lat[w*per+i] = time.Since(start)
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(lat)
+	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	t.Logf("memory hits, %d clients x %d: p50 %v, p99 %v, max %v", workers, per, p50, p99, lat[len(lat)-1])
+	if p99 > time.Millisecond {
+		t.Errorf("p99 of a memory hit round trip %v, want under 1ms", p99)
+	}
+}
