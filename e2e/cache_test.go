@@ -424,3 +424,42 @@ func TestCacheRedisDown(t *testing.T) {
 		t.Errorf("sluice_cache_store_errors_total = %v, want at least 3", v)
 	}
 }
+
+// TestCacheHitsCountRequestsNotTokens: a hit counts against the user's
+// request budget (the 4th request over a burst of 3 is a 429 even though it
+// would be a hit) but reserves and settles no tokens.
+func TestCacheHitsCountRequestsNotTokens(t *testing.T) {
+	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: fmt.Sprintf(limitsPolicy, 60, 3, 60000, 3000)})
+	ctx := testContext(t, 30*time.Second)
+	c := e.s.client(demoKey)
+	p := deterministic("metered " + nonce())
+	p.MaxTokens = openai.Int(50)
+	var reserved, actual float64
+	for i, want := range []string{"miss", "hit", "hit"} {
+		_, h, err := chat(ctx, c, p)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if h.Get("X-Sluice-Cache") != want || h.Get("X-Ratelimit-Remaining-Requests") != strconv.Itoa(2-i) {
+			t.Errorf("request %d: x-sluice-cache %q, remaining requests %q; want %q, %d", i, h.Get("X-Sluice-Cache"),
+				h.Get("X-Ratelimit-Remaining-Requests"), want, 2-i)
+		}
+		r, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="reserved"`)
+		a, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="actual"`)
+		if i == 0 {
+			reserved, actual = r, a
+			if r <= 0 || a <= 0 {
+				t.Fatalf("the miss reserved %v and used %v tokens; want both > 0", r, a)
+			}
+		} else if r != reserved || a != actual {
+			t.Errorf("hit %d changed the token counts: reserved %v→%v, actual %v→%v", i, reserved, r, actual, a)
+		}
+	}
+	_, _, err := chat(ctx, c, p)
+	if e, ok := rateLimited(err); !ok || e.Type != "requests" {
+		t.Errorf("4th request (a hit) over a burst of 3: want a 429 for requests, got %v", err)
+	}
+	if n := chatCalls(e.fake); n != 1 {
+		t.Errorf("upstream calls = %d, want 1", n)
+	}
+}
