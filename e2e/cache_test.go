@@ -71,6 +71,7 @@ func deterministic(prompt string) openai.ChatCompletionNewParams {
 
 type cacheStream struct {
 	acc    openai.ChatCompletionAccumulator
+	chunks int
 	header http.Header
 	err    error
 }
@@ -81,6 +82,7 @@ func streamChat(ctx context.Context, c *openai.Client, p openai.ChatCompletionNe
 	var r cacheStream
 	for st.Next() {
 		r.acc.AddChunk(st.Current())
+		r.chunks++
 	}
 	r.err = st.Err()
 	if resp != nil {
@@ -458,6 +460,61 @@ func TestCacheHitsCountRequestsNotTokens(t *testing.T) {
 	_, _, err := chat(ctx, c, p)
 	if e, ok := rateLimited(err); !ok || e.Type != "requests" {
 		t.Errorf("4th request (a hit) over a burst of 3: want a 429 for requests, got %v", err)
+	}
+	if n := chatCalls(e.fake); n != 1 {
+		t.Errorf("upstream calls = %d, want 1", n)
+	}
+}
+
+// TestCacheStreamTee: requests that arrive while a stream is being relayed
+// get a tee of the live stream from its start (every event the leader got,
+// not a re-rendering), and non-stream requests get the assembled answer.
+func TestCacheStreamTee(t *testing.T) {
+	if testing.Short() {
+		t.Skip("paced stream; skipped with -short")
+	}
+	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: cachePolicies(),
+		fake: fakeai.Config{Chunks: 8, ChunkInterval: 60 * time.Millisecond}})
+	ctx := testContext(t, 30*time.Second)
+	c := e.s.client(demoKey)
+	prompt := "tee " + nonce()
+	p := deterministic(prompt)
+	leader := make(chan cacheStream, 1)
+	go func() { leader <- streamChat(ctx, c, p) }()
+	// Join mid-stream.
+	if !waitFor(5*time.Second, func() bool { return chatCalls(e.fake) == 1 }) {
+		t.Fatal("the leader's call did not reach the upstream")
+	}
+	time.Sleep(200 * time.Millisecond)
+	var wg sync.WaitGroup
+	followers := make([]cacheStream, 4)
+	plain := make([]string, 4)
+	for i := range 4 {
+		wg.Go(func() { followers[i] = streamChat(ctx, c, p) })
+		wg.Go(func() {
+			comp, h, err := chat(ctx, c, p)
+			if err != nil || h.Get("X-Sluice-Cache") != "coalesced" {
+				t.Errorf("non-stream follower %d: %v %q", i, err, h.Get("X-Sluice-Cache"))
+				return
+			}
+			plain[i] = comp.Choices[0].Message.Content
+		})
+	}
+	wg.Wait()
+	l := <-leader
+	if l.err != nil || l.header.Get("X-Sluice-Cache") != "miss" {
+		t.Fatalf("leader: %v %q", l.err, l.header.Get("X-Sluice-Cache"))
+	}
+	want := "echo: " + prompt
+	for i, f := range followers {
+		if f.err != nil || f.header.Get("X-Sluice-Cache") != "coalesced" || f.chunks != l.chunks ||
+			f.acc.Choices[0].Message.Content != want || f.acc.ID != l.acc.ID {
+			t.Errorf("stream follower %d: %v %q, %d chunks (leader %d), %q", i, f.err, f.header.Get("X-Sluice-Cache"),
+				f.chunks, l.chunks, f.acc.Choices[0].Message.Content)
+		}
+		if plain[i] != want {
+			t.Errorf("non-stream follower %d: %q, want %q", i, plain[i], want)
+		}
 	}
 	if n := chatCalls(e.fake); n != 1 {
 		t.Errorf("upstream calls = %d, want 1", n)
