@@ -520,3 +520,47 @@ func TestCacheStreamTee(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 1", n)
 	}
 }
+
+// TestCacheLeaderLeaves: when the client whose request leads a shared
+// stream goes away, the stream is read on for the requests that follow it;
+// they get complete answers, and the answer is stored.
+func TestCacheLeaderLeaves(t *testing.T) {
+	if testing.Short() {
+		t.Skip("paced stream; skipped with -short")
+	}
+	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: cachePolicies(),
+		fake: fakeai.Config{Chunks: 10, ChunkInterval: 50 * time.Millisecond}})
+	ctx := testContext(t, 30*time.Second)
+	c := e.s.client(demoKey)
+	prompt := "leaver " + nonce()
+	p := deterministic(prompt)
+	leaderCtx, leave := context.WithCancel(ctx)
+	leaderDone := make(chan error, 1)
+	go func() { leaderDone <- streamChat(leaderCtx, c, p).err }()
+	if !waitFor(5*time.Second, func() bool { return chatCalls(e.fake) == 1 }) {
+		t.Fatal("the leader's call did not reach the upstream")
+	}
+	time.Sleep(100 * time.Millisecond)
+	var wg sync.WaitGroup
+	followers := make([]cacheStream, 3)
+	for i := range followers {
+		wg.Go(func() { followers[i] = streamChat(ctx, c, p) })
+	}
+	time.Sleep(150 * time.Millisecond) // followers attached, stream half way
+	leave()
+	if err := <-leaderDone; err == nil {
+		t.Errorf("the leader's stream ended cleanly after its client left")
+	}
+	wg.Wait()
+	for i, f := range followers {
+		if f.err != nil || f.header.Get("X-Sluice-Cache") != "coalesced" || f.acc.Choices[0].Message.Content != "echo: "+prompt {
+			t.Errorf("follower %d after the leader left: %v %q %q", i, f.err, f.header.Get("X-Sluice-Cache"), f.acc.Choices[0].Message.Content)
+		}
+	}
+	if _, h, err := chat(ctx, c, p); err != nil || h.Get("X-Sluice-Cache") != "hit" {
+		t.Errorf("after the stream: %v %q; want a hit (the drained stream was stored)", err, h.Get("X-Sluice-Cache"))
+	}
+	if n := chatCalls(e.fake); n != 1 {
+		t.Errorf("upstream calls = %d, want 1", n)
+	}
+}

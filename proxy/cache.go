@@ -202,6 +202,23 @@ func (cc *cacheCall) event(ev []byte) {
 	cc.flight.Event(ev)
 }
 
+// shared reports a leader's stream that other requests follow.
+func (cc *cacheCall) shared() bool { return cc.flight.Followers() > 0 }
+
+// drain reads the rest of a leader's stream for its followers when the
+// leader's own client went away (the relay is closing before the upstream
+// body ended). The read is bounded by the upstream's idle and total timeouts.
+func (cc *cacheCall) drain(r *relay) {
+	if r.eof || r.readErr != nil || !r.sse || !cc.shared() {
+		return
+	}
+	for {
+		if _, err := r.next(); err != nil {
+			return
+		}
+	}
+}
+
 // streamEnd is called by the leader's relay when its stream ended; complete
 // reports a 200 stream read to its end without error. Only a complete
 // stream that assembles into an answer is stored.

@@ -197,6 +197,9 @@ func (r *relay) CloseWithError(err error) error {
 		close(r.stopWatch)
 		<-r.watchDone
 	}
+	if r.x.cache != nil {
+		r.x.cache.drain(r) // cache: the client left, others follow: read on for them
+	}
 	if r.eof {
 		_ = r.body.CloseWithError(nil)
 	} else {
@@ -221,7 +224,7 @@ func (r *relay) CloseWithError(err error) error {
 	}
 	if r.x.cache != nil {
 		// cache: store the answer of a complete stream, end the flight.
-		r.x.cache.streamEnd(r.sse && r.eof && r.readErr == nil && !clientGone && r.x.status == fasthttp.StatusOK)
+		r.x.cache.streamEnd(r.sse && r.eof && r.readErr == nil && r.x.status == fasthttp.StatusOK)
 	}
 	r.s.finish(r.reqID, &r.x, time.Now(), clientGone, actual)
 	r.br.Reset(nil)
@@ -277,7 +280,9 @@ func (r *relay) watch(c net.Conn) {
 			case <-t.C:
 				if peerClosed(raw) {
 					r.gone.Store(true)
-					_ = r.body.CloseWithError(errClientGone)
+					if r.x.cache == nil || !r.x.cache.shared() { // cache: others follow this stream
+						_ = r.body.CloseWithError(errClientGone)
+					}
 					return
 				}
 			}
