@@ -179,3 +179,33 @@ func TestTieredFillsMemoryFromBack(t *testing.T) {
 		t.Errorf("tiered with the back store down: want memory hit and a miss")
 	}
 }
+
+func TestCachePutBoundsAndExpiry(t *testing.T) {
+	now := time.Unix(5000, 0)
+	mem := NewMemory(MemoryOptions{Now: func() time.Time { return now }})
+	c, err := New(Options{Store: mem, Memory: mem, Registry: prometheus.NewRegistry(), MaxEntryBytes: 10,
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c.Put(ctx, keyOf(1), &Entry{Created: now, Expires: now.Add(time.Minute), Body: []byte("0123456789a")})
+	if c.Get(ctx, keyOf(1)) != nil || testutil.ToFloat64(c.m.TooLarge) != 1 {
+		t.Errorf("an entry over MaxEntryBytes was stored")
+	}
+	c.Put(ctx, keyOf(2), &Entry{Created: now, Expires: now.Add(time.Minute), Body: []byte("small")})
+	if e := c.Get(ctx, keyOf(2)); e == nil || string(e.Body) != "small" {
+		t.Fatalf("small entry missed")
+	}
+	if testutil.ToFloat64(c.m.Stored) != 1 {
+		t.Errorf("stores = %v, want 1", testutil.ToFloat64(c.m.Stored))
+	}
+	now = now.Add(time.Minute)
+	if c.Get(ctx, keyOf(2)) != nil {
+		t.Errorf("expired entry served")
+	}
+	c.Put(ctx, keyOf(3), &Entry{Created: now, Expires: now, Body: []byte("x")})
+	if _, n := mem.Stats(); n != 0 {
+		t.Errorf("an entry with no time left was stored (%d entries)", n)
+	}
+}

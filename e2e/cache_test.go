@@ -22,6 +22,7 @@ import (
 const (
 	blueKey  = "sk-sluice-blue-e2e-1b2c3d4e5f6a7b8c9d0e"
 	greenKey = "sk-sluice-green-e2e-2c3d4e5f6a7b8c9d0e1f"
+	grayKey  = "sk-sluice-gray-e2e-3d4e5f6a7b8c9d0e1f2a" // a tier with the cache off
 )
 
 func cachePolicies() string {
@@ -48,6 +49,11 @@ keys:
     team: green
     tier: default
     cache_namespaces: [shared-docs]
+  - id: gray
+    sha256: ` + sha256Hex(grayKey) + `
+    user: gus
+    team: gray
+    tier: nocache
 `
 }
 
@@ -231,6 +237,15 @@ func TestCacheRequestControls(t *testing.T) {
 	p := deterministic("ttl zero " + nonce())
 	if s1, s2 := status(p, option.WithHeader("X-Sluice-Cache-TTL", "0")), status(p); s1 != "miss" || s2 != "miss" {
 		t.Errorf("TTL 0 then plain: %q, %q; want miss, miss", s1, s2)
+	}
+	gray := e.s.client(grayKey)
+	for i := range 2 {
+		if _, h, err := chat(ctx, gray, p); err != nil || h.Get("X-Sluice-Cache") != "bypass" {
+			t.Errorf("tier with cache off, request %d: %v %q; want bypass", i, err, h.Get("X-Sluice-Cache"))
+		}
+	}
+	if v, _ := e.s.metric(t, "sluice_cache_bypasses_total", `reason="policy"`); v != 4 {
+		t.Errorf(`sluice_cache_bypasses_total{reason="policy"} = %v, want 4`, v)
 	}
 	_, _, err := chat(ctx, c, p, option.WithHeader("X-Sluice-Cache-TTL", "soon"))
 	if apiErr := asAPIError(t, err); apiErr.StatusCode != 400 {
@@ -474,7 +489,7 @@ func TestCacheStreamTee(t *testing.T) {
 		t.Skip("paced stream; skipped with -short")
 	}
 	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: cachePolicies(),
-		fake: fakeai.Config{Chunks: 8, ChunkInterval: 60 * time.Millisecond}})
+		fake: fakeai.Config{Chunks: 10, ChunkInterval: 100 * time.Millisecond}})
 	ctx := testContext(t, 30*time.Second)
 	c := e.s.client(demoKey)
 	prompt := "tee " + nonce()
@@ -529,7 +544,7 @@ func TestCacheLeaderLeaves(t *testing.T) {
 		t.Skip("paced stream; skipped with -short")
 	}
 	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: cachePolicies(),
-		fake: fakeai.Config{Chunks: 10, ChunkInterval: 50 * time.Millisecond}})
+		fake: fakeai.Config{Chunks: 10, ChunkInterval: 100 * time.Millisecond}})
 	ctx := testContext(t, 30*time.Second)
 	c := e.s.client(demoKey)
 	prompt := "leaver " + nonce()
@@ -546,7 +561,7 @@ func TestCacheLeaderLeaves(t *testing.T) {
 	for i := range followers {
 		wg.Go(func() { followers[i] = streamChat(ctx, c, p) })
 	}
-	time.Sleep(150 * time.Millisecond) // followers attached, stream half way
+	time.Sleep(200 * time.Millisecond) // followers attached, stream under way
 	leave()
 	if err := <-leaderDone; err == nil {
 		t.Errorf("the leader's stream ended cleanly after its client left")
