@@ -287,10 +287,14 @@ func (s *Server) cacheServe(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall
 	return false, true
 }
 
-// cacheFallback turns a follower whose flight gave nothing into a miss.
-func (s *Server) cacheFallback(_ *fasthttp.RequestCtx, x *exchange) (bool, bool) {
+// cacheFallback turns a follower whose flight gave nothing into a miss
+// that calls the provider: its tokens are settled from the answer's usage
+// like any other call.
+func (s *Server) cacheFallback(ctx *fasthttp.RequestCtx, x *exchange) (bool, bool) {
 	x.cacheStatus = cacheMiss
+	x.cacheFree = false
 	s.cache.Metrics().Misses.Inc()
+	ctx.Response.Header.Set(hdrCache, cacheMiss)
 	return false, false
 }
 

@@ -43,13 +43,24 @@ var cachedChat1K = []byte(`{"model":"gpt-4o-mini","messages":[{"role":"system","
 // cacheProxy starts a Server with a response cache on store in front of an
 // in-memory upstream that counts its calls.
 func cacheProxy(tb testing.TB, store cache.Store, mem *cache.Memory) (*fasthttp.Client, *int64, func()) {
+	return cacheProxyWith(tb, store, mem, nil)
+}
+
+// cacheProxyWith is cacheProxy with the upstream answering by handler (call
+// is its 1-based call number); nil answers chatAnswer.
+func cacheProxyWith(tb testing.TB, store cache.Store, mem *cache.Memory, handler func(ctx *fasthttp.RequestCtx, call int64)) (*fasthttp.Client, *int64, func()) {
 	var calls int64
 	var mu sync.Mutex
 	upLn := fasthttputil.NewInmemoryListener()
 	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		mu.Lock()
 		calls++
+		n := calls
 		mu.Unlock()
+		if handler != nil {
+			handler(ctx, n)
+			return
+		}
 		ctx.SetContentType("application/json")
 		ctx.SetBodyString(chatAnswer)
 	}}
@@ -196,5 +207,56 @@ func TestCacheHitLatencyUnderLoad(t *testing.T) {
 	t.Logf("memory hits, %d clients x %d: p50 %v, p99 %v, max %v", workers, per, p50, p99, lat[len(lat)-1])
 	if p99 > time.Millisecond {
 		t.Errorf("p99 of a memory hit round trip %v, want under 1ms", p99)
+	}
+}
+
+// TestCacheFollowersFallBackWhenLeaderFails: requests that joined a call
+// that fails (a provider 500) are not given its error; each calls the
+// provider itself, and nothing is stored.
+func TestCacheFollowersFallBackWhenLeaderFails(t *testing.T) {
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	c, calls, stop := cacheProxyWith(t, mem, mem, func(ctx *fasthttp.RequestCtx, n int64) {
+		if n == 1 {
+			time.Sleep(300 * time.Millisecond)
+			ctx.SetStatusCode(500)
+			ctx.SetBodyString(`{"error":{"message":"boom","type":"server_error","param":null,"code":null}}`)
+			return
+		}
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(chatAnswer)
+	})
+	defer stop()
+	type result struct {
+		status int
+		cache  string
+	}
+	do := func() result {
+		req := chatRequest(cachedChat1K)
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseResponse(resp)
+		if err := c.Do(req, resp); err != nil {
+			t.Error(err)
+		}
+		return result{resp.StatusCode(), string(resp.Header.Peek("X-Sluice-Cache"))}
+	}
+	lead := make(chan result, 1)
+	go func() { lead <- do() }()
+	time.Sleep(100 * time.Millisecond) // the leader is waiting on the upstream
+	var wg sync.WaitGroup
+	follow := make([]result, 3)
+	for i := range follow {
+		wg.Go(func() { follow[i] = do() })
+	}
+	wg.Wait()
+	if r := <-lead; r.status != 500 || r.cache != "miss" {
+		t.Errorf("leader: %+v, want the upstream's 500 and miss", r)
+	}
+	for i, r := range follow {
+		if r.status != 200 || r.cache != "miss" {
+			t.Errorf("follower %d: %+v, want 200 from its own call, miss", i, r)
+		}
+	}
+	if *calls != 4 {
+		t.Errorf("upstream calls = %d, want 4 (the failed one, then one per follower)", *calls)
 	}
 }
