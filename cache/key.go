@@ -73,28 +73,31 @@ func NewKey(namespace, endpoint, model string, body []byte) (Key, KeyInfo, error
 
 var canonPool = sync.Pool{New: func() any { return &canon{} }}
 
-// member is one object member found while canonicalising: its key (offsets
-// into canon.keys) and where its value starts in the body.
+// member is one object member found while canonicalising: its key
+// (offsets into canon.keys) and its canonical value (offsets into
+// canon.out).
 type member struct {
 	k0, k1 int
-	v      int
+	v0, v1 int
 }
 
-// canon writes a canonical binary form of JSON: each value is a tag byte,
-// and strings and numbers carry their length, so no escaping is needed and
-// no two different values share a form. Objects list their members sorted by
-// key.
+// canon writes a canonical binary form of JSON in one pass: each value is a
+// tag byte, and strings and numbers carry their length, so no escaping is
+// needed and no two different values share a form. Objects list their
+// members sorted by key: each member's value is written as it is read, then
+// the object's members are copied out in key order.
 type canon struct {
 	b    []byte
 	i    int
 	out  []byte
 	keys []byte
 	mem  []member
+	tmp  []byte
 }
 
 func (c *canon) reset(body []byte) {
 	c.b, c.i = body, 0
-	c.out, c.keys, c.mem = c.out[:0], c.keys[:0], c.mem[:0]
+	c.out, c.keys, c.mem, c.tmp = c.out[:0], c.keys[:0], c.mem[:0], c.tmp[:0]
 }
 
 func (c *canon) str(s string) {
@@ -126,59 +129,25 @@ func (c *canon) top() (KeyInfo, error) {
 	if c.i >= len(c.b) || c.b[c.i] != '{' {
 		return info, ErrNotObject
 	}
-	base := len(c.mem)
-	if err := c.members(); err != nil {
+	if err := c.object(1, &info); err != nil {
 		return info, err
 	}
 	c.ws()
 	if c.i != len(c.b) {
 		return info, ErrSyntax
 	}
-	// Drop ignored fields and nulls, then write the rest.
-	kept := c.mem[:base]
-	for _, m := range c.mem[base:] {
-		key := c.keys[m.k0:m.k1]
-		if ignoredFields[string(key)] || c.isNull(m.v) {
-			continue
-		}
-		switch string(key) {
-		case "seed":
-			info.Deterministic = true
-		case "temperature":
-			if v, ok := c.number(m.v); ok && v == 0 {
-				info.Deterministic = true
-			}
-		}
-		kept = append(kept, m)
-	}
-	c.mem = kept
-	return info, c.writeObject(base)
+	return info, nil
 }
 
-func (c *canon) isNull(at int) bool {
-	return at+4 <= len(c.b) && string(c.b[at:at+4]) == "null"
-}
-
-func (c *canon) number(at int) (float64, bool) {
-	end := at
-	for end < len(c.b) && isNumByte(c.b[end]) {
-		end++
-	}
-	v, err := strconv.ParseFloat(string(c.b[at:end]), 64)
-	return v, err == nil && end > at
-}
-
-func isNumByte(b byte) bool {
-	return b >= '0' && b <= '9' || b == '-' || b == '+' || b == '.' || b == 'e' || b == 'E'
-}
-
-// members reads the object at c.i, appending its members to c.mem and
-// leaving c.i after the closing brace.
-func (c *canon) members() error {
+// object writes the object at c.i. At the top level (info != nil) ignored
+// fields and nulls are dropped, and the deterministic fields noted.
+func (c *canon) object(depth int, info *KeyInfo) error {
 	c.i++ // '{'
+	base, kbase, start := len(c.mem), len(c.keys), len(c.out)
 	c.ws()
 	if c.i < len(c.b) && c.b[c.i] == '}' {
 		c.i++
+		c.out = append(c.out, 'o', 0, 0, 0, 0)
 		return nil
 	}
 	for {
@@ -194,56 +163,76 @@ func (c *canon) members() error {
 		}
 		c.i++
 		c.ws()
-		c.mem = append(c.mem, member{k0: k0, k1: len(c.keys), v: c.i})
-		if err := c.skip(0); err != nil {
+		at := c.i
+		v0 := len(c.out)
+		if err := c.value(depth + 1); err != nil {
 			return err
+		}
+		keep := true
+		if info != nil {
+			key := c.keys[k0:]
+			switch {
+			case ignoredFields[string(key)] || c.out[v0] == 'z':
+				keep = false
+			case string(key) == "seed":
+				info.Deterministic = true
+			case string(key) == "temperature":
+				if v, ok := c.number(at); ok && v == 0 {
+					info.Deterministic = true
+				}
+			}
+		}
+		if keep {
+			c.mem = append(c.mem, member{k0: k0, k1: len(c.keys), v0: v0, v1: len(c.out)})
+		} else {
+			c.out = c.out[:v0]
+			c.keys = c.keys[:k0]
 		}
 		c.ws()
 		if c.i >= len(c.b) {
 			return ErrSyntax
 		}
-		switch c.b[c.i] {
-		case ',':
+		if c.b[c.i] == ',' {
 			c.i++
-		case '}':
-			c.i++
-			return nil
-		default:
-			return ErrSyntax
+			continue
 		}
+		if c.b[c.i] == '}' {
+			c.i++
+			break
+		}
+		return ErrSyntax
 	}
-}
-
-// writeObject sorts c.mem[base:] by key and writes each member, then drops
-// them from c.mem.
-func (c *canon) writeObject(base int) error {
+	// Copy the members out in key order.
 	ms := c.mem[base:]
 	keys := c.keys
-	slices.SortFunc(ms, func(a, b member) int {
-		x, y := keys[a.k0:a.k1], keys[b.k0:b.k1]
-		return compareBytes(x, y)
-	})
-	n := len(c.mem) - base
-	c.out = append(c.out, 'o')
-	c.out = binaryLen(c.out, n)
-	for j := base; j < base+n; j++ {
-		m := c.mem[j]
-		if j > base {
-			prev := c.mem[j-1]
-			if compareBytes(c.keys[prev.k0:prev.k1], c.keys[m.k0:m.k1]) == 0 {
-				return ErrSyntax // duplicate keys: which one wins is up to the provider
-			}
+	slices.SortFunc(ms, func(a, b member) int { return compareBytes(keys[a.k0:a.k1], keys[b.k0:b.k1]) })
+	c.tmp = append(c.tmp[:0], 'o')
+	c.tmp = binaryLen(c.tmp, len(ms))
+	for j, m := range ms {
+		if j > 0 && compareBytes(keys[ms[j-1].k0:ms[j-1].k1], keys[m.k0:m.k1]) == 0 {
+			return ErrSyntax // duplicate keys: which one wins is up to the provider
 		}
-		c.out = append(c.out, 's')
-		c.out = binaryLen(c.out, m.k1-m.k0)
-		c.out = append(c.out, c.keys[m.k0:m.k1]...)
-		c.i = m.v
-		if err := c.value(1); err != nil {
-			return err
-		}
+		c.tmp = append(c.tmp, 's')
+		c.tmp = binaryLen(c.tmp, m.k1-m.k0)
+		c.tmp = append(c.tmp, keys[m.k0:m.k1]...)
+		c.tmp = append(c.tmp, c.out[m.v0:m.v1]...)
 	}
-	c.mem = c.mem[:base]
+	c.out = append(c.out[:start], c.tmp...)
+	c.mem, c.keys = c.mem[:base], c.keys[:kbase]
 	return nil
+}
+
+func (c *canon) number(at int) (float64, bool) {
+	end := at
+	for end < len(c.b) && isNumByte(c.b[end]) {
+		end++
+	}
+	v, err := strconv.ParseFloat(string(c.b[at:end]), 64)
+	return v, err == nil && end > at
+}
+
+func isNumByte(b byte) bool {
+	return b >= '0' && b <= '9' || b == '-' || b == '+' || b == '.' || b == 'e' || b == 'E'
 }
 
 func compareBytes(x, y []byte) int {
@@ -269,18 +258,7 @@ func (c *canon) value(depth int) error {
 	}
 	switch ch := c.b[c.i]; {
 	case ch == '{':
-		base := len(c.mem)
-		kbase := len(c.keys)
-		if err := c.members(); err != nil {
-			return err
-		}
-		end := c.i
-		if err := c.writeObject(base); err != nil {
-			return err
-		}
-		c.i = end
-		c.keys = c.keys[:kbase]
-		return nil
+		return c.object(depth, nil)
 	case ch == '[':
 		c.i++
 		at := len(c.out)
@@ -408,6 +386,15 @@ func (c *canon) writeNumber() error {
 	return nil
 }
 
+// plain marks the bytes a JSON string holds as they are: not a quote, a
+// backslash or a control character.
+var plain = func() (t [256]bool) {
+	for i := range t {
+		t[i] = i >= 0x20 && i != '"' && i != '\\'
+	}
+	return t
+}()
+
 // readString reads the string at c.i and appends its unescaped bytes to dst.
 func (c *canon) readString(dst []byte) ([]byte, error) {
 	if c.i >= len(c.b) || c.b[c.i] != '"' {
@@ -416,7 +403,7 @@ func (c *canon) readString(dst []byte) ([]byte, error) {
 	c.i++
 	for {
 		start := c.i
-		for c.i < len(c.b) && c.b[c.i] != '"' && c.b[c.i] != '\\' && c.b[c.i] >= 0x20 {
+		for c.i < len(c.b) && plain[c.b[c.i]] {
 			c.i++
 		}
 		dst = append(dst, c.b[start:c.i]...)
@@ -497,100 +484,4 @@ func (c *canon) hex4() (rune, bool) {
 	}
 	c.i += 4
 	return r, true
-}
-
-// skip moves c.i past the value at c.i, checking its syntax.
-func (c *canon) skip(depth int) error {
-	if depth > maxDepth {
-		return ErrSyntax
-	}
-	c.ws()
-	if c.i >= len(c.b) {
-		return ErrSyntax
-	}
-	switch ch := c.b[c.i]; {
-	case ch == '{' || ch == '[':
-		closer := byte('}')
-		if ch == '[' {
-			closer = ']'
-		}
-		c.i++
-		c.ws()
-		if c.i < len(c.b) && c.b[c.i] == closer {
-			c.i++
-			return nil
-		}
-		for {
-			c.ws()
-			if ch == '{' {
-				if err := c.skipString(); err != nil {
-					return err
-				}
-				c.ws()
-				if c.i >= len(c.b) || c.b[c.i] != ':' {
-					return ErrSyntax
-				}
-				c.i++
-			}
-			if err := c.skip(depth + 1); err != nil {
-				return err
-			}
-			c.ws()
-			if c.i >= len(c.b) {
-				return ErrSyntax
-			}
-			if c.b[c.i] == ',' {
-				c.i++
-				continue
-			}
-			if c.b[c.i] == closer {
-				c.i++
-				return nil
-			}
-			return ErrSyntax
-		}
-	case ch == '"':
-		return c.skipString()
-	case ch == 't':
-		return c.skipLit("true")
-	case ch == 'f':
-		return c.skipLit("false")
-	case ch == 'n':
-		return c.skipLit("null")
-	case ch == '-' || ch >= '0' && ch <= '9':
-		at := len(c.out)
-		err := c.writeNumber() // validates; the output is dropped
-		c.out = c.out[:at]
-		return err
-	}
-	return ErrSyntax
-}
-
-func (c *canon) skipLit(word string) error {
-	if c.i+len(word) > len(c.b) || string(c.b[c.i:c.i+len(word)]) != word {
-		return ErrSyntax
-	}
-	c.i += len(word)
-	return nil
-}
-
-func (c *canon) skipString() error {
-	if c.i >= len(c.b) || c.b[c.i] != '"' {
-		return ErrSyntax
-	}
-	c.i++
-	for c.i < len(c.b) {
-		switch ch := c.b[c.i]; {
-		case ch == '"':
-			c.i++
-			return nil
-		case ch == '\\':
-			c.i += 2
-		case ch < 0x20:
-			return ErrSyntax
-		default:
-			c.i++
-		}
-	}
-	return ErrSyntax
 }
