@@ -579,3 +579,40 @@ func TestCacheLeaderLeaves(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 1", n)
 	}
 }
+
+// TestCacheHitsCountTokensWhenAsked: with cache_hits_count_tokens a hit
+// reserves tokens like a call and is settled at the stored answer's usage.
+func TestCacheHitsCountTokensWhenAsked(t *testing.T) {
+	pol := `
+tiers:
+  t:
+    rpm: 600
+    tpm: 600000
+    cache_hits_count_tokens: true
+keys:
+  - id: demo
+    key_env: SLUICE_DEMO_KEY
+    user: demo
+    tier: t
+`
+	e := newEnv(t, envOptions{config: cacheConfig("memory", "", ""), policies: pol})
+	ctx := testContext(t, 30*time.Second)
+	c := e.s.client(demoKey)
+	p := deterministic("counted " + nonce())
+	p.MaxTokens = openai.Int(50)
+	comp, _, err := chat(ctx, c, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="reserved"`)
+	a1, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="actual"`)
+	_, h, err := chat(ctx, c, p)
+	if err != nil || h.Get("X-Sluice-Cache") != "hit" {
+		t.Fatalf("second request: %v %q", err, h.Get("X-Sluice-Cache"))
+	}
+	r2, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="reserved"`)
+	a2, _ := e.s.metric(t, "sluice_limiter_tokens_total", `kind="actual"`)
+	if r2 <= r1 || a2-a1 != float64(comp.Usage.TotalTokens) {
+		t.Errorf("hit: reserved %v→%v, actual %v→%v; want a reservation and the stored usage (%d) settled", r1, r2, a1, a2, comp.Usage.TotalTokens)
+	}
+}
