@@ -19,6 +19,9 @@ type Flight struct {
 	// changed is closed and replaced whenever events grow or the flight ends.
 	changed chan struct{}
 	done    bool
+	// complete reports that the leader's call ended normally (a stream read
+	// to its end), even when its answer could not be stored.
+	complete bool
 	// entry is the finished answer; nil when the call failed or its answer
 	// could not be stored.
 	entry *Entry
@@ -98,7 +101,12 @@ func (f *Flight) Events() [][]byte {
 // Finish ends the flight with its answer (nil: failed or not storable) and
 // wakes every follower. Requests that arrive later start a new flight, so
 // the leader stores the entry before calling Finish.
-func (f *Flight) Finish(e *Entry) {
+func (f *Flight) Finish(e *Entry) { f.End(e != nil, e) }
+
+// End is Finish for a call that ended normally (complete) but whose answer
+// may not be storable (e nil): followers of the stream end cleanly, while
+// requests waiting for an entry call on their own.
+func (f *Flight) End(complete bool, e *Entry) {
 	if f.g != nil {
 		f.g.mu.Lock()
 		if f.g.flights[f.key] == f {
@@ -107,10 +115,17 @@ func (f *Flight) Finish(e *Entry) {
 		f.g.mu.Unlock()
 	}
 	f.mu.Lock()
-	f.done, f.entry = true, e
+	f.done, f.complete, f.entry = true, complete, e
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
+}
+
+// Complete reports that the flight ended normally (see End).
+func (f *Flight) Complete() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.complete
 }
 
 // Wait waits for the flight to end and returns its entry (nil when it

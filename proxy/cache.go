@@ -233,7 +233,7 @@ func (cc *cacheCall) streamEnd(complete bool) {
 	}
 	body, err := cache.AssembleStream(cc.flight.Events())
 	if err != nil {
-		cc.flight.Finish(nil)
+		cc.flight.End(true, nil) // relayed whole, but not storable (logprobs, audio)
 		return
 	}
 	cc.flight.Finish(cc.store(body))
@@ -247,7 +247,7 @@ func (s *Server) cacheServe(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall
 	m := s.cache.Metrics()
 	if cc.entry != nil {
 		if !s.cacheAnswer(ctx, x, cc, cc.entry) {
-			return false, false
+			return s.cacheFallback(ctx, x) // an entry that cannot be rendered as a stream
 		}
 		m.Hits.Inc()
 		m.CallsSaved.Inc()
@@ -258,7 +258,7 @@ func (s *Server) cacheServe(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall
 	defer cancel()
 	if cc.stream && cc.flight.Streamed() {
 		// Tee the leader's stream from its start, once it has begun.
-		if _, ok, e, err := cc.flight.Next(wait, 0); err != nil || (!ok && e == nil) {
+		if _, ok, _, err := cc.flight.Next(wait, 0); err != nil || !ok {
 			return s.cacheFallback(ctx, x)
 		}
 		m.Coalesced.Inc()
@@ -356,11 +356,13 @@ func (t *tee) next() ([]byte, error) {
 			return nil, err
 		}
 		if !ok {
-			if e == nil {
+			if !t.cc.flight.Complete() {
 				t.failed = true
 				return nil, errLeaderFailed
 			}
-			t.s.cache.Metrics().TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+			if e != nil {
+				t.s.cache.Metrics().TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+			}
 			return nil, io.EOF
 		}
 		t.i++

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"bufio"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -258,5 +260,62 @@ func TestCacheFollowersFallBackWhenLeaderFails(t *testing.T) {
 	}
 	if *calls != 4 {
 		t.Errorf("upstream calls = %d, want 4 (the failed one, then one per follower)", *calls)
+	}
+}
+
+// TestCacheUnstorableStreamStillTeed: a stream that cannot be stored (it
+// carries logprobs) is still relayed whole to the requests that joined it,
+// which end cleanly; nothing is stored, so the next request is a miss.
+func TestCacheUnstorableStreamStillTeed(t *testing.T) {
+	const event = `data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x"},"logprobs":{"content":[]},"finish_reason":null}]}` + "\n\n"
+	const last = `data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}` + "\n\ndata: [DONE]\n\n"
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	c, calls, stop := cacheProxyWith(t, mem, mem, func(ctx *fasthttp.RequestCtx, _ int64) {
+		ctx.SetContentType("text/event-stream")
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			for range 5 {
+				_, _ = w.WriteString(event)
+				_ = w.Flush()
+				time.Sleep(60 * time.Millisecond)
+			}
+			_, _ = w.WriteString(last)
+			_ = w.Flush()
+		})
+	})
+	defer stop()
+	body := []byte(`{"model":"m","temperature":0,"stream":true,"logprobs":true,"messages":[{"role":"user","content":"hi"}]}`)
+	do := func() (string, string, error) {
+		req := chatRequest(body)
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseResponse(resp)
+		err := c.Do(req, resp)
+		return string(resp.Header.Peek("X-Sluice-Cache")), string(resp.Body()), err
+	}
+	type result struct {
+		cache, body string
+		err         error
+	}
+	results := make([]result, 3)
+	var wg sync.WaitGroup
+	wg.Go(func() { st, b, err := do(); results[0] = result{st, b, err} })
+	time.Sleep(100 * time.Millisecond)
+	for i := 1; i < 3; i++ {
+		wg.Go(func() { st, b, err := do(); results[i] = result{st, b, err} })
+	}
+	wg.Wait()
+	for i, r := range results {
+		want := "coalesced"
+		if i == 0 {
+			want = "miss"
+		}
+		if r.err != nil || r.cache != want || strings.Count(r.body, `"content":"x"`) != 5 || !strings.HasSuffix(r.body, "data: [DONE]\n\n") {
+			t.Errorf("request %d: %v %q, body:\n%s", i, r.err, r.cache, r.body)
+		}
+	}
+	if st, _, err := do(); err != nil || st != "miss" {
+		t.Errorf("after an unstorable stream: %v %q, want miss", err, st)
+	}
+	if *calls != 2 {
+		t.Errorf("upstream calls = %d, want 2", *calls)
 	}
 }
