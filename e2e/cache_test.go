@@ -26,6 +26,7 @@ const (
 	blueKey  = "sk-sluice-blue-e2e-1b2c3d4e5f6a7b8c9d0e"
 	greenKey = "sk-sluice-green-e2e-2c3d4e5f6a7b8c9d0e1f"
 	grayKey  = "sk-sluice-gray-e2e-3d4e5f6a7b8c9d0e1f2a" // a tier with the cache off
+	tealKey  = "sk-sluice-teal-e2e-4e5f6a7b8c9d0e1f2a3b" // a tier that caches everything
 )
 
 func cachePolicies() string {
@@ -34,6 +35,9 @@ func cachePolicies() string {
     description: e2e, cache deterministic by default
   nocache:
     cache: "off"
+  everything:
+    cache: all
+    cache_ttl: 10m
 keys:
   - id: demo
     key_env: SLUICE_DEMO_KEY
@@ -57,6 +61,11 @@ keys:
     user: gus
     team: gray
     tier: nocache
+  - id: teal
+    sha256: ` + sha256Hex(tealKey) + `
+    user: tina
+    team: teal
+    tier: everything
 `
 }
 
@@ -246,6 +255,15 @@ func TestCacheRequestControls(t *testing.T) {
 		if _, h, err := chat(ctx, gray, p); err != nil || h.Get("X-Sluice-Cache") != "bypass" {
 			t.Errorf("tier with cache off, request %d: %v %q; want bypass", i, err, h.Get("X-Sluice-Cache"))
 		}
+	}
+	// A tier with cache: all caches a request with a temperature above 0.
+	hot := warm
+	hot.Temperature = openai.Float(0.9)
+	teal := e.s.client(tealKey)
+	_, h1, err1 := chat(ctx, teal, hot)
+	_, h2, err2 := chat(ctx, teal, hot)
+	if err1 != nil || err2 != nil || h1.Get("X-Sluice-Cache") != "miss" || h2.Get("X-Sluice-Cache") != "hit" {
+		t.Errorf("cache: all with temperature 0.9: %v %v %q %q; want miss, hit", err1, err2, h1.Get("X-Sluice-Cache"), h2.Get("X-Sluice-Cache"))
 	}
 	if v, _ := e.s.metric(t, "sluice_cache_bypasses_total", `reason="policy"`); v != 4 {
 		t.Errorf(`sluice_cache_bypasses_total{reason="policy"} = %v, want 4`, v)
