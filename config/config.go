@@ -27,8 +27,32 @@ type Config struct {
 	Aliases map[string]string `yaml:"aliases"`
 	// Limits chooses where the users' buckets live.
 	Limits Limits `yaml:"limits"`
-	// Redis is the shared store for replicas (buckets now; cache later).
+	// Redis is the shared store for replicas (buckets and the cache).
 	Redis Redis `yaml:"redis"`
+	// Cache configures the response cache (see Cache).
+	Cache Cache `yaml:"cache"`
+}
+
+// Cache configures the response cache. Which requests use it is policy
+// (policies.yaml: a tier's cache, cache_ttl); this is where entries live.
+type Cache struct {
+	// Store is "memory" (one process; the default), "redis" (shared by every
+	// replica; needs redis.addr), "tiered" (memory in front of Redis) or
+	// "off".
+	Store string `yaml:"store"`
+	// MaxBytes bounds the in-memory cache, entries plus overhead, in bytes.
+	// Default 67108864 (64 MiB).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxEntryBytes bounds one stored answer, in bytes; larger answers are
+	// not stored. Default 1048576 (1 MiB).
+	MaxEntryBytes int `yaml:"max_entry_bytes"`
+	// TTL is how long an answer is kept when its tier sets no cache_ttl.
+	// Default 1h.
+	TTL time.Duration `yaml:"ttl"`
+	// CoalesceWait bounds how long a request waits for an identical request
+	// in flight (for a stream: for its first event) before calling the
+	// provider itself. Default 30s.
+	CoalesceWait time.Duration `yaml:"coalesce_wait"`
 }
 
 // Limits configures the bucket store.
@@ -276,6 +300,11 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Limits.LeaseTTL, 31*time.Minute)
 	setDefault(&c.Redis.Prefix, "sluice:")
 	setDefault(&c.Redis.Timeout, 100*time.Millisecond)
+	setDefault(&c.Cache.Store, "memory")
+	setDefault(&c.Cache.MaxBytes, 64<<20)
+	setDefault(&c.Cache.MaxEntryBytes, 1<<20)
+	setDefault(&c.Cache.TTL, time.Hour)
+	setDefault(&c.Cache.CoalesceWait, 30*time.Second)
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDefault(&u.Type, TypeOpenAI)
@@ -323,6 +352,18 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		}
 	default:
 		add("limits.store", "must be memory or redis, not %q", c.Limits.Store)
+	}
+	switch c.Cache.Store {
+	case "memory", "off":
+	case "redis", "tiered":
+		if c.Redis.Addr == "" {
+			add("redis.addr", "is required with cache.store: %s", c.Cache.Store)
+		}
+	default:
+		add("cache.store", "must be memory, redis, tiered or off, not %q", c.Cache.Store)
+	}
+	if c.Cache.MaxBytes < 0 || c.Cache.MaxEntryBytes < 0 || c.Cache.TTL < 0 || c.Cache.CoalesceWait < 0 {
+		add("cache", "sizes and durations must not be negative")
 	}
 	if c.Limits.LeaseTTL < 0 || c.Redis.Timeout < 0 {
 		add("limits.lease_ttl", "durations must not be negative")

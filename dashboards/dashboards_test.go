@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
 
+	"sluice/cache"
 	"sluice/config"
 	"sluice/configs"
 	"sluice/policy"
@@ -40,8 +41,13 @@ func exported(t *testing.T) map[string]bool {
 	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
 	defer mem.Close()
 	limiter := policy.NewLimiter(policy.LimiterOptions{Store: mem, Registry: reg})
+	cmem := cache.NewMemory(cache.MemoryOptions{})
+	respCache, err := cache.New(cache.Options{Store: cmem, Memory: cmem, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler),
-		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), QueueMetrics: queue.NewMetrics(reg)}); err != nil {
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), Cache: respCache, QueueMetrics: queue.NewMetrics(reg)}); err != nil {
 		t.Fatal(err)
 	}
 	// Vectors without children are not gathered; their names come from

@@ -46,6 +46,15 @@ type TierSpec struct {
 	Models map[string]Limits `yaml:"models"`
 	// Queue is how this tier's requests wait instead of being rejected.
 	Queue `yaml:",inline"`
+	// Cache is "off", "deterministic" (the default: temperature 0 or a
+	// seed, and embeddings) or "all" (see policy/cache.go).
+	Cache string `yaml:"cache"`
+	// CacheTTL is how long this tier's answers are kept. Default: sluice.yaml's
+	// cache.ttl.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
+	// CacheHitsCountTokens makes cache hits count against token budgets too.
+	// Default false: hits count against request budgets only.
+	CacheHitsCountTokens bool `yaml:"cache_hits_count_tokens"`
 }
 
 // Queue is a tier's waiting rules.
@@ -103,6 +112,9 @@ type KeySpec struct {
 	Limits Limits `yaml:"limits"`
 	// AppLimits is one budget shared by all of this key's users together.
 	AppLimits Limits `yaml:"app_limits"`
+	// CacheNamespaces are the shared cache namespaces this key may name with
+	// X-Sluice-Cache-Namespace, besides its team's own. Default none.
+	CacheNamespaces []string `yaml:"cache_namespaces"`
 }
 
 // Policy is a compiled, immutable policies.yaml. It is safe for concurrent
@@ -134,6 +146,8 @@ type Tier struct {
 	Models []ModelLimits
 	// Queue holds the waiting rules, defaults applied.
 	Queue Queue
+	// Cache is the tier's response cache rule.
+	Cache CacheRule
 }
 
 // DefaultMaxQueue is a tier's per-user queue depth when it sets none.
@@ -167,6 +181,8 @@ type Key struct {
 	Limits Limits
 	// AppLimits is one budget for all of this key's users together.
 	AppLimits Limits
+	// CacheNamespaces are the shared cache namespaces the key may use.
+	CacheNamespaces []string
 }
 
 // Principal is who a request acts for.
@@ -298,6 +314,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			t.Models = append(t.Models, ModelLimits{Pattern: pattern, Limits: ml})
 		}
 		sortModelLimits(t.Models)
+		t.Cache = compileCache(path, &ts, add)
 		p.Tiers[name] = t
 	}
 	for name, u := range f.Users {
@@ -339,6 +356,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		ks.Limits.validate(path+".limits.", add)
 		ks.AppLimits.validate(path+".app_limits.", add)
+		checkNamespaces(path, ks.CacheNamespaces, add)
 		var sum [sha256.Size]byte
 		switch {
 		case ks.SHA256 != "" && ks.KeyEnv != "":
@@ -367,7 +385,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			continue
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
-			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits}
+			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces}
 		if k.User == "" {
 			k.User = k.ID
 		}

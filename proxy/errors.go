@@ -28,6 +28,7 @@ const (
 	errRateLimitTokens                    // a token budget (tpm, tpd) is used up
 	errLimiterUnavailable                 // the bucket store failed and the policy denies
 	errInternal                           // a bug; details go to the log only
+	errCacheNamespace                     // X-Sluice-Cache-Namespace names a namespace the key may not use
 	errKindCount
 )
 
@@ -58,6 +59,7 @@ var statusTable = [errKindCount]errRow{
 	errRateLimitTokens:     {fasthttp.StatusTooManyRequests, "tokens", "rate_limit_exceeded"},
 	errLimiterUnavailable:  {fasthttp.StatusServiceUnavailable, "server_error", "limiter_unavailable"},
 	errInternal:            {fasthttp.StatusInternalServerError, "server_error", "internal_error"},
+	errCacheNamespace:      {fasthttp.StatusForbidden, "invalid_request_error", "cache_namespace_forbidden"},
 }
 
 // writeError answers with an OpenAI-shaped error:

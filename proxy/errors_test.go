@@ -29,6 +29,7 @@ func TestStatusTable(t *testing.T) {
 		errRateLimitTokens:     {429, "tokens", "rate_limit_exceeded"},
 		errLimiterUnavailable:  {503, "server_error", "limiter_unavailable"},
 		errInternal:            {500, "server_error", "internal_error"},
+		errCacheNamespace:      {403, "invalid_request_error", "cache_namespace_forbidden"},
 	}
 	if len(want) != int(errKindCount) {
 		t.Fatalf("test covers %d kinds; the table has %d", len(want), errKindCount)

@@ -140,7 +140,10 @@ func (r *relay) next() ([]byte, error) {
 		}
 		// A blank line ends an event.
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
-			if r.x.adm == nil {
+			if r.x.cache != nil {
+				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
+			}
+			if r.x.adm == nil && r.x.ticket == nil && !r.x.stripUsage {
 				return r.ev, nil
 			}
 			if bytes.Contains(r.ev, usageKey) {
@@ -194,6 +197,9 @@ func (r *relay) CloseWithError(err error) error {
 		close(r.stopWatch)
 		<-r.watchDone
 	}
+	if r.x.cache != nil {
+		r.x.cache.drain(r) // cache: the client left, others follow: read on for them
+	}
 	if r.eof {
 		_ = r.body.CloseWithError(nil)
 	} else {
@@ -215,6 +221,10 @@ func (r *relay) CloseWithError(err error) error {
 	actual := int64(-1)
 	if r.x.adm != nil || r.x.ticket != nil {
 		actual = r.streamUsage()
+	}
+	if r.x.cache != nil {
+		// cache: store the answer of a complete stream, end the flight.
+		r.x.cache.streamEnd(r.sse && r.eof && r.readErr == nil && r.x.status == fasthttp.StatusOK)
 	}
 	r.s.finish(r.reqID, &r.x, time.Now(), clientGone, actual)
 	r.br.Reset(nil)
@@ -270,7 +280,9 @@ func (r *relay) watch(c net.Conn) {
 			case <-t.C:
 				if peerClosed(raw) {
 					r.gone.Store(true)
-					_ = r.body.CloseWithError(errClientGone)
+					if r.x.cache == nil || !r.x.cache.shared() { // cache: others follow this stream
+						_ = r.body.CloseWithError(errClientGone)
+					}
 					return
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
+	"sluice/cache"
 	"sluice/config"
 	"sluice/policy"
 	"sluice/policy/limit"
@@ -49,6 +50,8 @@ type Options struct {
 	Replicas int64
 	// QueueMetrics receives the queues' metrics. Optional.
 	QueueMetrics *queue.Metrics
+	// Cache is the response cache; nil disables it.
+	Cache *cache.Cache
 }
 
 // Server is the OpenAI-compatible API listener.
@@ -62,6 +65,7 @@ type Server struct {
 	log       *slog.Logger
 	limiter   *policy.Limiter
 	tokens    *tokens.Counter
+	cache     *cache.Cache
 	ids       idGen
 	// draining is set by Shutdown; new requests then get a 503.
 	draining atomic.Bool
@@ -87,7 +91,7 @@ func New(opts Options) (*Server, error) {
 		opts.Tokens = tokens.NewCounter(tokens.Options{})
 	}
 	s := &Server{cfg: cfg, log: opts.Logger, m: newMetrics(opts.Registry, opts.Version), limiter: opts.Limiter,
-		tokens: opts.Tokens, drain: make(chan struct{}), qm: opts.QueueMetrics}
+		tokens: opts.Tokens, drain: make(chan struct{}), qm: opts.QueueMetrics, cache: opts.Cache}
 	s.ids.init()
 	s.policy.Store(opts.Policy)
 
@@ -217,6 +221,12 @@ type exchange struct {
 	gone bool
 	// route is the request's route (fallbacks included).
 	route policy.Route
+	// cache is the cache call a leading request stores its answer through;
+	// nil otherwise (proxy/cache.go).
+	cache *cacheCall
+	// cacheFree reports an answer from the cache (hit or coalesced) whose
+	// tokens the tier does not count: admitted and settled at 0 tokens.
+	cacheFree bool
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -235,7 +245,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	actual := int64(-1)
 	if x.adm != nil || x.ticket != nil {
-		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero())
+		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero() && !x.cacheFree)
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
 }
@@ -362,10 +372,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	stream := f.stream && x.ep.streams()
 	x.route = route
-	up, deployment, ok := s.pickUpstream(ctx, &route)
-	if !ok {
-		return false
-	}
+	up := s.upstreams[route.Upstream]
 	tier := pol.Tiers[p.Tier]
 	wait, ok := maxWait(ctx, tier)
 	if !ok {
@@ -375,24 +382,44 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if tier != nil {
 		x.claim.weight, x.claim.priority = tier.Queue.Weight, tier.Queue.Priority
 	}
+	// cache: a hit, a request joining an identical one in flight, or a
+	// leader whose answer is stored (proxy/cache.go); nil when not cached.
+	cc, ok := s.cacheStart(ctx, x, pol, key, p, &body, &f, stream)
+	if !ok {
+		return false
+	}
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
+			cc.abandon()
 			return false
 		}
 		if x.adm != nil && x.adm.Wait > 0 && !s.waitSlot(ctx, x) {
+			cc.abandon()
 			return false
 		}
 	} else if up.sched.CountsTokens() {
 		x.claim.tokens = s.reservation(x, body, &f, tier)
 	}
-	if !s.acquire(ctx, x, up) {
+	if cc != nil && !cc.leader {
+		if streamed, done := s.cacheServe(ctx, x, cc); done {
+			return streamed
+		}
+	}
+	// Hits and coalesced answers are served above even when the upstream
+	// fails; a call needs an upstream whose breaker lets calls through, and
+	// its capacity.
+	up, deployment, ok := s.pickUpstream(ctx, &route)
+	if !ok || !s.acquire(ctx, x, up) {
 		if x.adm != nil {
 			s.limiter.Cancel(ctx, x.adm)
 			x.adm = nil
 		}
+		cc.abandon()
 		return false
 	}
-	return s.forward(ctx, x, up, body, deployment, stream)
+	streamed := s.forward(ctx, x, up, body, deployment, stream)
+	cc.forwarded(ctx, streamed) // cache: store a buffered answer; the relay stores a stream
+	return streamed
 }
 
 // fallback is the next upstream of the request's route after cur whose
@@ -477,7 +504,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 		}
 		return body, true
 	}
-	if stream && x.ep != epResponses && !f.includeUsage && plan.CountsTokens() {
+	// An answer from the cache may count requests only (proxy/cache.go).
+	countTokens := plan.CountsTokens() && !x.cacheFree
+	if stream && x.ep != epResponses && !f.includeUsage && (countTokens || up.sched.CountsTokens()) {
 		// Ask for usage to settle the reservation; the relay removes the
 		// usage chunk again since the client did not ask for it.
 		body = withIncludeUsage(body, f)
@@ -485,10 +514,12 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	}
 	kind := tokenKinds[x.ep]
 	var prompt, completion int64
-	if plan.CountsTokens() || up.sched.CountsTokens() {
-		prompt = s.tokens.Estimate(kind, body)
-		completion = completionAllowance(x.ep, f, plan.Tier)
-		x.claim.tokens = prompt + completion
+	if countTokens || up.sched.CountsTokens() {
+		est, allowance := s.tokens.Estimate(kind, body), completionAllowance(x.ep, f, plan.Tier)
+		x.claim.tokens = est + allowance
+		if countTokens {
+			prompt, completion = est, allowance
+		}
 	}
 	model := x.model
 	ask := policy.Ask{
@@ -496,6 +527,9 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 		RequestID: string(ctx.Response.Header.Peek("X-Request-Id")),
 		Tokens:    prompt + completion,
 		Exact: func() int64 {
+			if !countTokens {
+				return 0
+			}
 			n, err := s.tokens.Count(kind, model, body)
 			if err != nil {
 				return prompt + completion

@@ -45,6 +45,7 @@ go test -race -count=1 ./...
 if [ "$FUZZTIME" != "0" ]; then
   step "fuzz ($FUZZTIME each)"
   go test -run='^$' -fuzz='^FuzzScanRequest$' -fuzztime="$FUZZTIME" ./proxy/
+  go test -run='^$' -fuzz='^FuzzKey$' -fuzztime="$FUZZTIME" ./cache/
   go test -run='^$' -fuzz='^FuzzDecode$' -fuzztime="$FUZZTIME" ./internal/yamlfile/
   go test -run='^$' -fuzz='^FuzzParity$' -fuzztime="${PARITY_FUZZTIME:-5000x}" ./policy/limit/
 fi

@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
+	"sluice/cache"
 	"sluice/config"
 	"sluice/configs"
 	"sluice/policy"
@@ -169,16 +170,25 @@ func serve(args []string) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	limiter, closeStore, err := newLimiter(cfg, reg, log)
+	// One Redis client serves the limiter and the cache; closed last.
+	rc := newRedisClient(cfg, log)
+	if rc != nil {
+		defer func() { _ = rc.Close() }()
+	}
+	limiter, closeStore, err := newLimiter(cfg, reg, log, rc)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
+	respCache, err := newCache(cfg, reg, log, rc)
+	if err != nil {
+		return err
+	}
 	// The upstreams' budgets live in the users' bucket store: shared by the
 	// replicas when it is Redis.
 	budgets, fallback := limiter.Stores()
 	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion(),
-		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}),
+		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), Cache: respCache,
 		BudgetStore: budgets, BudgetFallback: fallback, Replicas: pol.Replicas, QueueMetrics: queue.NewMetrics(reg)})
 	if err != nil {
 		return err
@@ -237,9 +247,29 @@ func serve(args []string) error {
 	return nil
 }
 
+// newRedisClient returns the one Redis client of the process when the
+// limits or the cache use Redis, else nil.
+func newRedisClient(cfg *config.Config, log *slog.Logger) *redis.Client {
+	if cfg.Limits.Store != "redis" && cfg.Cache.Store != "redis" && cfg.Cache.Store != "tiered" {
+		return nil
+	}
+	r := cfg.Redis
+	// The limiter and the cache log a Redis incident once; go-redis would
+	// log every failed dial.
+	redis.SetLogger(redisLogger{log})
+	return redis.NewClient(&redis.Options{
+		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
+		DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
+		// A dead Redis must not hold requests: one try, then the policy's
+		// on_store_error decides (limits) or the request misses (cache).
+		MaxRetries: -1, DialerRetries: 1,
+	})
+}
+
 // newLimiter opens the bucket store sluice.yaml names and the limiter on
-// it. The returned func closes the store.
-func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*policy.Limiter, func(), error) {
+// it. The returned func closes the in-memory store; rc (the shared Redis
+// client, nil without Redis) is closed by the caller.
+func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*policy.Limiter, func(), error) {
 	opts := policy.LimiterOptions{LeaseTTL: cfg.Limits.LeaseTTL, Registry: reg, Logger: log}
 	if cfg.Limits.Store != "redis" {
 		mem := limit.NewMemory(limit.MemoryOptions{})
@@ -247,20 +277,38 @@ func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger)
 		return policy.NewLimiter(opts), mem.Close, nil
 	}
 	r := cfg.Redis
-	// The limiter logs a Redis incident once; go-redis would log every
-	// failed dial.
-	redis.SetLogger(redisLogger{log})
-	client := redis.NewClient(&redis.Options{
-		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
-		DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
-		// A dead Redis must not hold requests: one try, then the policy's
-		// on_store_error decides.
-		MaxRetries: -1, DialerRetries: 1,
-	})
-	opts.Store = limit.NewRedis(client, limit.RedisOptions{Prefix: r.Prefix + "rl:", Timeout: r.Timeout})
+	opts.Store = limit.NewRedis(rc, limit.RedisOptions{Prefix: r.Prefix + "rl:", Timeout: r.Timeout})
 	opts.Shared = true
 	log.Info("buckets in redis", "addr", r.Addr)
-	return policy.NewLimiter(opts), func() { _ = client.Close() }, nil
+	return policy.NewLimiter(opts), func() {}, nil
+}
+
+// newCache builds the response cache sluice.yaml's cache section names; nil
+// for store: off.
+func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*cache.Cache, error) {
+	c := cfg.Cache
+	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log}
+	var mem *cache.Memory
+	if c.Store == "memory" || c.Store == "tiered" {
+		mem = cache.NewMemory(cache.MemoryOptions{MaxBytes: c.MaxBytes})
+		opts.Memory = mem
+	}
+	var shared cache.Store
+	if c.Store == "redis" || c.Store == "tiered" {
+		shared = cache.NewRedis(rc, cache.RedisOptions{Prefix: cfg.Redis.Prefix + "cache:", Timeout: cfg.Redis.Timeout})
+	}
+	switch c.Store {
+	case "off":
+		return nil, nil
+	case "memory":
+		opts.Store = mem
+	case "redis":
+		opts.Store = shared
+	case "tiered":
+		opts.Store = &cache.Tiered{Front: mem, Back: shared}
+	}
+	log.Info("response cache", "store", c.Store)
+	return cache.New(opts)
 }
 
 // redisLogger sends go-redis's own messages to the debug log.

@@ -1,0 +1,146 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Cache.
+type Options struct {
+	// Store keeps the entries. Required.
+	Store Store
+	// Memory is the local LRU inside Store (itself, or a Tiered's Front),
+	// whose size the metrics report; nil when there is none.
+	Memory *Memory
+	// MaxEntryBytes bounds one stored answer; larger answers are not stored.
+	// Default 1 MiB.
+	MaxEntryBytes int
+	// CoalesceWait bounds how long a request waits for an identical one in
+	// flight before calling the provider itself. Default 30s.
+	CoalesceWait time.Duration
+	// Registry receives the sluice_cache_* metrics. Required.
+	Registry prometheus.Registerer
+	// Logger receives store errors, once per incident. Default slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time. Default time.Now.
+	Now func() time.Time
+}
+
+// Cache is the response cache: a store of encoded entries, the flights of
+// identical requests in progress, and their metrics.
+type Cache struct {
+	opts    Options
+	flights *Group
+	m       *Metrics
+	// storeDown is set while the store fails, so an outage is logged once.
+	storeDown atomic.Bool
+}
+
+// Defaults of Options.
+const (
+	DefaultMaxEntryBytes = 1 << 20
+	DefaultCoalesceWait  = 30 * time.Second
+)
+
+// New returns a Cache on o.Store and registers its metrics.
+func New(o Options) (*Cache, error) {
+	if o.Store == nil || o.Registry == nil {
+		return nil, errors.New("cache: Store and Registry are required")
+	}
+	if o.MaxEntryBytes <= 0 {
+		o.MaxEntryBytes = DefaultMaxEntryBytes
+	}
+	if o.CoalesceWait <= 0 {
+		o.CoalesceWait = DefaultCoalesceWait
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Cache{opts: o, flights: NewGroup()}
+	c.m = newMetrics(o.Registry, o.Memory)
+	return c, nil
+}
+
+// Metrics returns the cache's metric handles, for the caller to count
+// outcomes it decides (hits, bypasses, coalesced requests).
+func (c *Cache) Metrics() *Metrics { return c.m }
+
+// CoalesceWait is the bounded wait for an identical request in flight.
+func (c *Cache) CoalesceWait() time.Duration { return c.opts.CoalesceWait }
+
+// Now returns the cache's current time.
+func (c *Cache) Now() time.Time { return c.opts.Now() }
+
+// Get returns the live entry under k. A missing, expired, corrupt or
+// unreadable entry, or a store that fails, is a miss (nil); corrupt entries
+// and store errors are counted, never returned.
+func (c *Cache) Get(ctx context.Context, k Key) *Entry {
+	v, err := c.opts.Store.Get(ctx, k)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			c.storeFailed(err)
+		} else {
+			c.storeOK()
+		}
+		return nil
+	}
+	c.storeOK()
+	e, err := Decode(v)
+	if err != nil {
+		c.m.Corrupt.Inc()
+		return nil
+	}
+	if !c.opts.Now().Before(e.Expires) {
+		return nil
+	}
+	return e
+}
+
+// Put stores e under k until e.Expires. Store errors are counted and
+// logged, never returned: a cache that cannot store only misses.
+func (c *Cache) Put(ctx context.Context, k Key, e *Entry) {
+	if len(e.Body) > c.opts.MaxEntryBytes {
+		c.m.TooLarge.Inc()
+		return
+	}
+	ttl := e.Expires.Sub(c.opts.Now())
+	if ttl <= 0 {
+		return
+	}
+	if err := c.opts.Store.Set(ctx, k, e.Encode(), ttl); err != nil {
+		c.storeFailed(err)
+		return
+	}
+	c.m.Stored.Inc()
+}
+
+// Join returns the flight in progress for k or starts one (leader true);
+// streamed says whether a new flight's leader relays a stream.
+func (c *Cache) Join(k Key, streamed bool) (*Flight, bool) { return c.flights.Join(k, streamed) }
+
+// Flights returns the number of flights in progress.
+func (c *Cache) Flights() int { return c.flights.Len() }
+
+// MaxEntryBytes bounds one stored answer.
+func (c *Cache) MaxEntryBytes() int { return c.opts.MaxEntryBytes }
+
+func (c *Cache) storeFailed(err error) {
+	c.m.StoreErrors.Inc()
+	if !c.storeDown.Swap(true) {
+		c.opts.Logger.Warn("cache store failed; requests miss until it answers again", "error", err)
+	}
+}
+
+func (c *Cache) storeOK() {
+	if c.storeDown.Load() && c.storeDown.Swap(false) {
+		c.opts.Logger.Info("cache store answers again")
+	}
+}

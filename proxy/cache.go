@@ -1,0 +1,421 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"sluice/cache"
+	"sluice/policy"
+)
+
+// The response cache in the request path (issue 5). serve calls cacheStart
+// after routing: it answers 403/400 for bad cache headers, and otherwise
+// returns the request's cacheCall (nil when the cache is not used). A hit or
+// a follower of an identical request in flight is answered by cacheServe,
+// after admission; a leader is forwarded as usual and stored by
+// cacheCall.forwarded (a buffered answer) or by its relay (a stream).
+
+// Cache headers.
+const (
+	hdrCache          = "X-Sluice-Cache"
+	hdrCacheTTL       = "X-Sluice-Cache-TTL"
+	hdrCacheNamespace = "X-Sluice-Cache-Namespace"
+)
+
+// Values of the X-Sluice-Cache header and exchange.cacheStatus.
+const (
+	cacheHit       = "hit"
+	cacheMiss      = "miss"
+	cacheBypass    = "bypass"
+	cacheCoalesced = "coalesced"
+)
+
+// cacheEndpoints name the endpoints whose answers are cached, as they enter
+// the key; "" is not cached.
+var cacheEndpoints = [epCount]string{epChat: "chat", epCompletions: "completions", epEmbeddings: "embeddings"}
+
+// cacheCall is one request's use of the cache.
+type cacheCall struct {
+	c   *cache.Cache
+	key cache.Key
+	// ttl is how long the answer is stored; 0: not stored.
+	ttl time.Duration
+	// entry is the stored answer of a hit.
+	entry *cache.Entry
+	// flight is the call this request leads or follows; nil for a hit.
+	flight *cache.Flight
+	leader bool
+	// stream is the client's stream flag; includeUsage its
+	// stream_options.include_usage.
+	stream, includeUsage bool
+	// ended reports that the flight was finished.
+	ended bool
+}
+
+// cacheStart decides how the request uses the cache. ok false means an
+// error answer was written. A stream leader's body is rewritten to ask for
+// usage (so the stored answer has it); body and f are updated then.
+func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal,
+	body *[]byte, f *reqFields, stream bool) (*cacheCall, bool) {
+	if s.cache == nil || cacheEndpoints[x.ep] == "" {
+		return nil, true
+	}
+	m := s.cache.Metrics()
+	ns, allowed := key.CacheNamespace(string(ctx.Request.Header.Peek(hdrCacheNamespace)))
+	if !allowed {
+		writeError(ctx, errCacheNamespace, hdrCacheNamespace, "This key may not use the cache namespace "+
+			strconv.Quote(string(ctx.Request.Header.Peek(hdrCacheNamespace)))+".")
+		return nil, false
+	}
+	rule := pol.CacheRule(p)
+	ttl := rule.TTL
+	if ttl == 0 {
+		ttl = s.cfg.Cache.TTL
+	}
+	if v := ctx.Request.Header.Peek(hdrCacheTTL); len(v) > 0 {
+		secs, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil || secs < 0 {
+			writeError(ctx, errInvalidRequest, hdrCacheTTL, "X-Sluice-Cache-TTL must be a whole number of seconds (0: do not store).")
+			return nil, false
+		}
+		ttl = min(ttl, time.Duration(secs)*time.Second)
+	}
+	noStore, noCache := cacheControl(ctx.Request.Header.Peek("Cache-Control"))
+	if noStore {
+		return nil, s.cacheBypass(ctx, x, m, cache.BypassNoStore)
+	}
+	if rule.Mode == policy.CacheOff {
+		return nil, s.cacheBypass(ctx, x, m, cache.BypassPolicy)
+	}
+	k, info, err := cache.NewKey(ns, cacheEndpoints[x.ep], x.model, *body)
+	if err != nil {
+		return nil, s.cacheBypass(ctx, x, m, cache.BypassUnkeyable)
+	}
+	if rule.Mode == policy.CacheDeterministic && !info.Deterministic && x.ep != epEmbeddings {
+		return nil, s.cacheBypass(ctx, x, m, cache.BypassPolicy)
+	}
+	cc := &cacheCall{c: s.cache, key: k, ttl: ttl, stream: stream, includeUsage: f.includeUsage}
+	if !noCache {
+		if e := s.cache.Get(context.Background(), k); e != nil {
+			cc.entry = e
+			x.cacheStatus = cacheHit
+			x.cacheFree = !rule.HitsCountTokens
+			return cc, true
+		}
+		cc.flight, cc.leader = s.cache.Join(k, stream)
+	} else {
+		// Cache-Control: no-cache refreshes the entry: a call of its own,
+		// stored at the end.
+		cc.flight, cc.leader = cache.NewFlight(stream), true
+	}
+	if !cc.leader {
+		x.cacheStatus = cacheCoalesced
+		x.cacheFree = !rule.HitsCountTokens
+		return cc, true
+	}
+	x.cacheStatus = cacheMiss
+	m.Misses.Inc()
+	ctx.Response.Header.Set(hdrCache, cacheMiss)
+	if stream && !f.includeUsage {
+		// The stored answer needs the usage; the relay removes the usage
+		// chunk again since the client did not ask for it.
+		*body = withIncludeUsage(*body, f)
+		_ = scanRequest(*body, f)
+		x.stripUsage = true
+	}
+	x.cache = cc
+	return cc, true
+}
+
+func (s *Server) cacheBypass(ctx *fasthttp.RequestCtx, x *exchange, m *cache.Metrics, reason string) bool {
+	x.cacheStatus = cacheBypass
+	m.Bypasses[reason].Inc()
+	ctx.Response.Header.Set(hdrCache, cacheBypass)
+	return true
+}
+
+// cacheControl reads the no-store and no-cache directives of a request's
+// Cache-Control header.
+func cacheControl(v []byte) (noStore, noCache bool) {
+	for len(v) > 0 {
+		var tok []byte
+		if i := bytes.IndexByte(v, ','); i >= 0 {
+			tok, v = v[:i], v[i+1:]
+		} else {
+			tok, v = v, nil
+		}
+		tok = bytes.TrimSpace(tok)
+		switch {
+		case bytes.EqualFold(tok, []byte("no-store")):
+			noStore = true
+		case bytes.EqualFold(tok, []byte("no-cache")):
+			noCache = true
+		}
+	}
+	return noStore, noCache
+}
+
+// abandon ends a leader's flight without an answer (the request was
+// rejected before it was forwarded), so its followers call on their own.
+func (cc *cacheCall) abandon() {
+	if cc != nil && cc.leader && !cc.ended {
+		cc.ended = true
+		cc.flight.Finish(nil)
+	}
+}
+
+// forwarded stores a leader's buffered answer when it is a complete 200,
+// and finishes its flight. A streamed answer is left to the relay.
+func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, streamed bool) {
+	if cc == nil || !cc.leader || streamed || cc.ended {
+		return
+	}
+	cc.ended = true
+	resp := &ctx.Response
+	if resp.StatusCode() != fasthttp.StatusOK || len(resp.Header.ContentEncoding()) > 0 || len(resp.Body()) == 0 {
+		cc.flight.Finish(nil)
+		return
+	}
+	cc.flight.Finish(cc.store(bytes.Clone(resp.Body())))
+}
+
+// store builds the entry of an answer body and writes it (unless its TTL is
+// 0).
+func (cc *cacheCall) store(body []byte) *cache.Entry {
+	now := cc.c.Now()
+	e := &cache.Entry{Created: now, Expires: now.Add(cc.ttl), Body: body}
+	e.PromptTokens, e.CompletionTokens = cache.Usage(body)
+	if cc.ttl > 0 {
+		cc.c.Put(context.Background(), cc.key, e)
+	}
+	return e
+}
+
+// event receives each event of a leader's stream from its relay: followers
+// read it from the flight, and the answer is assembled from it at the end.
+func (cc *cacheCall) event(ev []byte) {
+	cc.flight.Event(ev)
+}
+
+// shared reports a leader's stream that other requests follow.
+func (cc *cacheCall) shared() bool { return cc.flight.Followers() > 0 }
+
+// drain reads the rest of a leader's stream for its followers when the
+// leader's own client went away (the relay is closing before the upstream
+// body ended). The read is bounded by the upstream's idle and total timeouts.
+func (cc *cacheCall) drain(r *relay) {
+	if r.eof || r.readErr != nil || !r.sse || !cc.shared() {
+		return
+	}
+	for {
+		if _, err := r.next(); err != nil {
+			return
+		}
+	}
+}
+
+// streamEnd is called by the leader's relay when its stream ended; complete
+// reports a 200 stream read to its end without error. Only a complete
+// stream that assembles into an answer is stored.
+func (cc *cacheCall) streamEnd(complete bool) {
+	if cc.ended {
+		return
+	}
+	cc.ended = true
+	if !complete {
+		cc.flight.Finish(nil)
+		return
+	}
+	body, err := cache.AssembleStream(cc.flight.Events())
+	if err != nil {
+		cc.flight.End(true, nil) // relayed whole, but not storable (logprobs, audio)
+		return
+	}
+	cc.flight.Finish(cc.store(body))
+}
+
+// cacheServe answers a hit or a follower. It returns done false when a
+// follower's flight failed or its wait ran out: the request is then
+// forwarded like any other. streamed reports an answer finished later by a
+// tee.
+func (s *Server) cacheServe(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall) (streamed, done bool) {
+	m := s.cache.Metrics()
+	if cc.entry != nil {
+		if !s.cacheAnswer(ctx, x, cc, cc.entry) {
+			return s.cacheFallback(ctx, x) // an entry that cannot be rendered as a stream
+		}
+		m.Hits.Inc()
+		m.CallsSaved.Inc()
+		m.TokensSaved.Add(float64(cc.entry.PromptTokens + cc.entry.CompletionTokens))
+		return false, true
+	}
+	wait, cancel := context.WithTimeout(context.Background(), s.cache.CoalesceWait())
+	defer cancel()
+	if cc.stream && cc.flight.Streamed() {
+		// Tee the leader's stream from its start, once it has begun.
+		if _, ok, _, err := cc.flight.Next(wait, 0); err != nil || !ok {
+			return s.cacheFallback(ctx, x)
+		}
+		m.Coalesced.Inc()
+		m.CallsSaved.Inc()
+		t := &tee{s: s, x: *x, cc: cc}
+		t.reqID = append(t.reqID, ctx.Response.Header.Peek("X-Request-Id")...)
+		ctx.Response.Header.Set(hdrCache, cacheCoalesced)
+		ctx.Response.Header.Set("Age", "0")
+		ctx.Response.Header.SetContentType("text/event-stream; charset=utf-8")
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.Response.ImmediateHeaderFlush = true
+		if x.adm != nil {
+			setRateLimitHeaders(ctx, x.adm)
+		}
+		ctx.SetBodyStream(t, -1)
+		return true, true
+	}
+	e, err := cc.flight.Wait(wait)
+	if err != nil || e == nil || !s.cacheAnswer(ctx, x, cc, e) {
+		return s.cacheFallback(ctx, x)
+	}
+	m.Coalesced.Inc()
+	m.CallsSaved.Inc()
+	m.TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+	ctx.Response.Header.Set("Age", "0")
+	return false, true
+}
+
+// cacheFallback turns a follower whose flight gave nothing into a miss
+// that calls the provider: its tokens are settled from the answer's usage
+// like any other call.
+func (s *Server) cacheFallback(ctx *fasthttp.RequestCtx, x *exchange) (bool, bool) {
+	x.cacheStatus = cacheMiss
+	x.cacheFree = false
+	s.cache.Metrics().Misses.Inc()
+	ctx.Response.Header.Set(hdrCache, cacheMiss)
+	return false, false
+}
+
+// cacheAnswer writes a stored answer: the body, or for a stream the SSE
+// rendering of it. It returns false when a stream cannot be rendered from
+// the entry.
+func (s *Server) cacheAnswer(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, e *cache.Entry) bool {
+	body := e.Body
+	ct := "application/json"
+	if cc.stream {
+		sse, err := cache.RenderStream(e.Body, cc.includeUsage)
+		if err != nil {
+			return false
+		}
+		body, ct = sse, "text/event-stream; charset=utf-8"
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+	}
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.Response.Header.SetContentType(ct)
+	ctx.Response.Header.Set(hdrCache, x.cacheStatus)
+	age := max(int64(s.cache.Now().Sub(e.Created)/time.Second), 0)
+	ctx.Response.Header.Set("Age", strconv.FormatInt(age, 10))
+	if x.adm != nil {
+		setRateLimitHeaders(ctx, x.adm)
+	}
+	ctx.SetBody(body)
+	if !x.cacheFree {
+		// The tier counts a hit's tokens: settle at the stored usage.
+		now := time.Now()
+		x.upStart, x.upFirst, x.upEnd = now, now, now
+	}
+	return true
+}
+
+// tee relays a leader's live stream to a follower, from its first event,
+// as fasthttp's body stream. It finishes the follower's exchange when
+// fasthttp closes it.
+type tee struct {
+	s     *Server
+	x     exchange
+	cc    *cacheCall
+	reqID []byte
+	i     int
+	// pending is the part of the current event not yet read.
+	pending []byte
+	// failed reports that the leader's stream broke.
+	failed bool
+}
+
+// errLeaderFailed cuts a follower's stream when the leader's broke, so the
+// client sees a truncated answer rather than a clean end.
+var errLeaderFailed = io.ErrUnexpectedEOF
+
+// next returns the next event to relay, io.EOF at a clean end.
+func (t *tee) next() ([]byte, error) {
+	for {
+		ev, ok, e, err := t.cc.flight.Next(context.Background(), t.i)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			if !t.cc.flight.Complete() {
+				t.failed = true
+				return nil, errLeaderFailed
+			}
+			if e != nil {
+				t.s.cache.Metrics().TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+			}
+			return nil, io.EOF
+		}
+		t.i++
+		if !t.cc.includeUsage && isUsageOnlyEvent(ev) {
+			continue // the leader asked for usage; this client did not
+		}
+		return ev, nil
+	}
+}
+
+// SupportsBodyWriteTo tells fasthttp that WriteTo may replace Read.
+func (t *tee) SupportsBodyWriteTo() bool { return true }
+
+// WriteTo writes each event as it arrives, one write (one chunk) per event.
+func (t *tee) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		ev, err := t.next()
+		if err != nil {
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+		n, werr := w.Write(ev)
+		total += int64(n)
+		if werr != nil {
+			return total, werr
+		}
+	}
+}
+
+// Read implements io.Reader.
+func (t *tee) Read(p []byte) (int, error) {
+	for len(t.pending) == 0 {
+		ev, err := t.next()
+		if err != nil {
+			return 0, err
+		}
+		t.pending = ev
+	}
+	n := copy(p, t.pending)
+	t.pending = t.pending[n:]
+	return n, nil
+}
+
+// CloseWithError finishes the follower's exchange.
+func (t *tee) CloseWithError(err error) error {
+	t.x.status = fasthttp.StatusOK
+	actual := int64(0)
+	if !t.x.cacheFree {
+		actual = -1
+	}
+	t.s.finish(t.reqID, &t.x, time.Now(), err != nil && !t.failed, actual)
+	return nil
+}
