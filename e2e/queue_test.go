@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -528,5 +529,61 @@ routes:
 	}
 	if state, _ := s.metric(t, "sluice_upstream_breaker_state", `upstream="primary"`); state != 0 {
 		t.Fatalf("breaker state %v after a successful call, want 0 (closed)", state)
+	}
+}
+
+// TestQueueStreamKeepalive: a stream request that must wait and asks for
+// keep-alives gets its 200 at once and ": queued" comments while it waits;
+// the official SDK ignores them and reads the answer. When the upstream
+// then fails, the client gets the error as a stream error event.
+func TestQueueStreamKeepalive(t *testing.T) {
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(60, 1, 0, 1, "", ""),
+		Policies: queuePolicy(1000, "30s")})
+	c := s.client(demoKey)
+	params := openai.ChatCompletionNewParams{Model: "gpt-4o-mini", Messages: userMessages("keep me alive"), MaxTokens: openai.Int(20)}
+	if _, err := c.Chat.Completions.New(context.Background(), params); err != nil { // the burst: next slot in 1 s
+		t.Fatal(err)
+	}
+	// Raw HTTP first, to see the comments.
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"raw"}],"max_tokens":5}`
+	req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+demoKey)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Sluice-Queue-Keepalive", "0.2")
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	headersAfter := time.Since(start)
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	comments := strings.Count(string(raw), ": queued position=")
+	t.Logf("headers after %v, whole answer after %v, %d keep-alive comments", headersAfter, time.Since(start), comments)
+	if resp.StatusCode != 200 || headersAfter > 300*time.Millisecond || comments < 3 ||
+		!strings.Contains(string(raw), "data: [DONE]") {
+		t.Fatalf("status %d, headers after %v, %d comments, answer:\n%s", resp.StatusCode, headersAfter, comments, raw)
+	}
+	// The official SDK: the comments are ignored, the answer arrives.
+	stream := c.Chat.Completions.NewStreaming(context.Background(), params, option.WithHeader("X-Sluice-Queue-Keepalive", "0.2"))
+	var text strings.Builder
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			text.WriteString(ch.Delta.Content)
+		}
+	}
+	if err := stream.Err(); err != nil || text.Len() == 0 {
+		t.Fatalf("SDK stream after keep-alives: err %v, text %q", err, text.String())
+	}
+	// The upstream fails after the 200 went out: a stream error.
+	fake.SetFault(500)
+	stream = c.Chat.Completions.NewStreaming(context.Background(), params, option.WithHeader("X-Sluice-Queue-Keepalive", "0.2"))
+	for stream.Next() {
+	}
+	err = stream.Err()
+	t.Logf("upstream failure after the 200: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "error") {
+		t.Fatalf("stream err %v, want the upstream's error as a stream error", err)
 	}
 }

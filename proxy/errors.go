@@ -66,11 +66,16 @@ var statusTable = [errKindCount]errRow{
 // {"error":{"message":…,"type":…,"param":…,"code":…}}. param "" is written as
 // null. msg must not carry internal detail (log that with the request id).
 func writeError(ctx *fasthttp.RequestCtx, kind errKind, param, msg string) {
-	row := &statusTable[kind]
 	ctx.Response.ResetBody()
-	ctx.SetStatusCode(row.status)
+	ctx.SetStatusCode(statusTable[kind].status)
 	ctx.SetContentType("application/json")
-	b := ctx.Response.Body()[:0]
+	b := appendError(ctx.Response.Body()[:0], kind, param, msg)
+	ctx.Response.SetBodyRaw(append(b, '\n'))
+}
+
+// appendError appends the OpenAI-shaped error object of kind to b.
+func appendError(b []byte, kind errKind, param, msg string) []byte {
+	row := &statusTable[kind]
 	b = append(b, `{"error":{"message":`...)
 	b = appendJSONString(b, msg)
 	b = append(b, `,"type":`...)
@@ -79,8 +84,7 @@ func writeError(ctx *fasthttp.RequestCtx, kind errKind, param, msg string) {
 	b = appendJSONStringOrNull(b, param)
 	b = append(b, `,"code":`...)
 	b = appendJSONStringOrNull(b, row.code)
-	b = append(b, "}}\n"...)
-	ctx.Response.SetBodyRaw(b)
+	return append(b, "}}"...)
 }
 
 func appendJSONStringOrNull(b []byte, s string) []byte {

@@ -393,12 +393,25 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 			cc.abandon()
 			return false
 		}
-		if x.adm != nil && x.adm.Wait > 0 && !s.waitSlot(ctx, x) {
+	} else if up.sched.CountsTokens() {
+		x.claim.tokens = s.reservation(x, body, &f, tier)
+	}
+	// A stream that must wait and asked for keep-alives gets its 200 now,
+	// and comments keep the connection busy while it waits.
+	var every time.Duration
+	if stream && (cc == nil || cc.leader) {
+		every = keepaliveEvery(ctx)
+	}
+	queued := x.adm != nil && x.adm.Wait > 0
+	if every > 0 && queued {
+		return s.serveQueuedStream(ctx, x, &route, body, cc, every, nil, nil, "")
+	}
+	if queued {
+		if fl := s.waitSlot(ctx, x, nil); fl != nil {
+			fl.write(ctx)
 			cc.abandon()
 			return false
 		}
-	} else if up.sched.CountsTokens() {
-		x.claim.tokens = s.reservation(x, body, &f, tier)
 	}
 	if cc != nil && !cc.leader {
 		if streamed, done := s.cacheServe(ctx, x, cc); done {
@@ -409,7 +422,20 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	// fails; a call needs an upstream whose breaker lets calls through, and
 	// its capacity.
 	up, deployment, ok := s.pickUpstream(ctx, &route)
-	if !ok || !s.acquire(ctx, x, up) {
+	var fl *failure
+	if ok {
+		var t *queue.Ticket
+		if t, fl = s.enqueue(ctx, x, up); t != nil {
+			if every > 0 {
+				return s.serveQueuedStream(ctx, x, &route, body, cc, every, t, up, deployment)
+			}
+			fl = s.awaitTicket(ctx, x, up, t, nil)
+		}
+		if fl != nil {
+			fl.write(ctx)
+		}
+	}
+	if !ok || fl != nil {
 		if x.adm != nil {
 			s.limiter.Cancel(ctx, x.adm)
 			x.adm = nil
@@ -420,6 +446,17 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	streamed := s.forward(ctx, x, up, body, deployment, stream)
 	cc.forwarded(ctx, streamed) // cache: store a buffered answer; the relay stores a stream
 	return streamed
+}
+
+// forward calls the upstream and answers the client (see call and
+// deliver). It returns true when a relay finishes the exchange.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
+	resp, f := s.call(ctx, x, up, body, deployment, stream, nil)
+	if f != nil {
+		f.write(ctx)
+		return false
+	}
+	return s.deliver(ctx, x, resp, stream)
 }
 
 // fallback is the next upstream of the request's route after cur whose
@@ -444,11 +481,21 @@ func (s *Server) fallback(x *exchange, cur *upstream) *upstream {
 // through; when none does it answers 503 with the time until the primary
 // half-opens.
 func (s *Server) pickUpstream(ctx *fasthttp.RequestCtx, route *policy.Route) (*upstream, string, bool) {
+	up, dep, f := s.pickUpstreamFailure(route)
+	if f != nil {
+		f.write(ctx)
+		return nil, "", false
+	}
+	return up, dep, true
+}
+
+// pickUpstreamFailure is pickUpstream's choice, or the failure to answer.
+func (s *Server) pickUpstreamFailure(route *policy.Route) (*upstream, string, *failure) {
 	now := time.Now()
 	up := s.upstreams[route.Upstream]
 	ok, wait := up.breaker.Allow(now)
 	if ok {
-		return up, route.Deployment, true
+		return up, route.Deployment, nil
 	}
 	for _, i := range route.Fallbacks {
 		fb := s.upstreams[i]
@@ -457,16 +504,11 @@ func (s *Server) pickUpstream(ctx *fasthttp.RequestCtx, route *policy.Route) (*u
 			if fb.azure {
 				dep = route.Model
 			}
-			return fb, dep, true
+			return fb, dep, nil
 		}
 	}
-	secs := max((wait+time.Second-1)/time.Second, 1)
-	var b [20]byte
-	ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(b[:0], int64(secs), 10))
-	ctx.Response.Header.SetBytesV("Retry-After-Ms", strconv.AppendInt(b[:0], wait.Milliseconds(), 10))
-	writeError(ctx, errUpstreamUnavailable, "", "The upstream provider is failing; Sluice stopped calling it for "+
-		wait.Round(time.Second).String()+". Retry the request later.")
-	return nil, "", false
+	return nil, "", &failure{kind: errUpstreamUnavailable, retry: max(wait, time.Second), position: -1,
+		msg: "The upstream provider is failing; Sluice stopped calling it for " + wait.Round(time.Second).String() + ". Retry the request later."}
 }
 
 // reservation is a request's token reservation: the prompt's estimate plus
@@ -655,8 +697,8 @@ func rewriteModel(body []byte, f *reqFields, model string) []byte {
 	return append(out, body[f.modelEnd:]...)
 }
 
-// forward sends the request to up and relays the answer. It returns true
-// when the answer is streamed by a relay that finishes the exchange.
+// call sends the request to up and returns the upstream's answer (the
+// caller owns it), or the failure to answer with when there is none.
 //
 // Before any byte reached the client a failed call is tried again: a
 // transport error, timeout or 5xx goes to the route's next fallback whose
@@ -664,7 +706,9 @@ func rewriteModel(body []byte, f *reqFields, model string) []byte {
 // the upstream's queue and is retried there after the upstream's
 // retry-after, while the request's max wait allows. At most
 // upstream.max_attempts calls are made; the last answer is the client's.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
+// Waits in the queue send keep-alives through k when it is not nil.
+func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string,
+	stream bool, k *keepalive) (*fasthttp.Response, *failure) {
 	resp := fasthttp.AcquireResponse()
 	for attempt := 1; ; attempt++ {
 		x.up = up
@@ -717,13 +761,11 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 		if attempt >= up.maxAttempts || (next == up && (!throttled || time.Now().Add(ra).After(x.claim.deadline))) {
 			if err != nil {
 				fasthttp.ReleaseResponse(resp)
-				kind := up.classify(err)
-				if kind == errUpstreamTimeout {
-					writeError(ctx, kind, "", "The upstream provider did not answer in time.")
-				} else {
-					writeError(ctx, kind, "", "The upstream provider could not be reached.")
+				f := &failure{kind: up.classify(err), msg: "The upstream provider could not be reached.", position: -1}
+				if f.kind == errUpstreamTimeout {
+					f.msg = "The upstream provider did not answer in time."
 				}
-				return false
+				return nil, f
 			}
 			break // the client gets the upstream's answer
 		}
@@ -744,13 +786,20 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, bo
 		s.m.retry(up.name)
 		up = next
 		x.up = up
-		if !s.acquire(ctx, x, up) {
+		if f := s.acquire(ctx, x, up, k); f != nil {
 			fasthttp.ReleaseResponse(resp)
-			return false
+			return nil, f
 		}
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
+	return resp, nil
+}
+
+// deliver answers the client with the upstream's answer resp, which it
+// takes over. It returns true when the answer is streamed by a relay that
+// finishes the exchange.
+func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, stream bool) bool {
 	var idBuf [40]byte
 	ourID := append(idBuf[:0], ctx.Response.Header.Peek("X-Request-Id")...)
 	ctx.Response.Header.Del("X-Request-Id")
