@@ -237,7 +237,9 @@ func (s *Server) enqueue(ctx *fasthttp.RequestCtx, x *exchange, up *upstream) (*
 	t := queue.NewTicket()
 	c := &x.claim
 	t.Flow, t.Tier, t.Weight, t.Priority, t.Tokens, t.Deadline = c.flow, x.tier, c.weight, c.priority, c.tokens, c.deadline
-	t.ID = string(ctx.Response.Header.Peek("X-Request-Id"))
+	if up.sched.NeedsID() {
+		t.ID = string(ctx.Response.Header.Peek("X-Request-Id"))
+	}
 	now, err := up.sched.Acquire(t)
 	if now {
 		x.ticket = t

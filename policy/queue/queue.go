@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"sluice/policy/limit"
 )
 
@@ -136,9 +138,10 @@ type Ticket struct {
 	state    atomic.Int32 // ticketWaiting, ticketGranted, ticketDone
 	req      limit.Request
 	dec      limit.Decision
-	store    limit.Store // where the grant was reserved
-	next     *Ticket     // in its flow's FIFO
-	inQueue  bool        // linked in its flow
+	store    limit.Store  // where the grant was reserved
+	next     *Ticket      // in its flow's FIFO
+	inQueue  bool         // linked in its flow
+	settle   []limit.Rule // scratch for Done
 }
 
 const (
@@ -210,6 +213,11 @@ type Scheduler struct {
 	inFlight atomic.Int64
 	// rest holds, per key, the end of its rest after a 429 (unix µs).
 	rest []atomic.Int64
+	// mGrants and mInFlight are this upstream's metric children; nil
+	// without Metrics.
+	mGrants   prometheus.Counter
+	mInFlight prometheus.Gauge
+	hasLeases bool // the budget has a concurrency limit: tickets need an ID
 }
 
 // minFactor is the lowest drain factor AIMD cuts to: a quarter of the
@@ -272,7 +280,12 @@ func New(o Options) *Scheduler {
 		s.fbRules = append(s.fbRules, append(r, kr...))
 		s.fbLeases = append(s.fbLeases, append(l, kl...))
 	}
+	for _, l := range s.leases {
+		s.hasLeases = s.hasLeases || len(l) > 0
+	}
 	if o.Metrics != nil {
+		s.mGrants = o.Metrics.grants.WithLabelValues(o.Name)
+		s.mInFlight = o.Metrics.inFlight.WithLabelValues(o.Name)
 		o.Metrics.factor.WithLabelValues(o.Name).Set(1)
 		o.Metrics.breaker.WithLabelValues(o.Name).Set(0)
 	}
@@ -338,9 +351,9 @@ func NewTicket() *Ticket {
 }
 
 func (t *Ticket) reset() {
-	rules, leases, rem, res := t.req.Rules[:0], t.req.Leases[:0], t.dec.Remaining[:0], t.dec.Reset[:0]
+	rules, leases, rem, res, settle := t.req.Rules[:0], t.req.Leases[:0], t.dec.Remaining[:0], t.dec.Reset[:0], t.settle[:0]
 	*t = Ticket{}
-	t.req.Rules, t.req.Leases, t.dec.Remaining, t.dec.Reset = rules, leases, rem, res
+	t.req.Rules, t.req.Leases, t.dec.Remaining, t.dec.Reset, t.settle = rules, leases, rem, res, settle
 }
 
 // Release returns a ticket that was never acquired, or whose Acquire
@@ -742,9 +755,9 @@ func (s *Scheduler) granted(t *Ticket, now time.Time) {
 		t.Slots = t.Seq - 1 - t.seq
 	}
 	n := s.inFlight.Add(1)
-	if m := s.o.Metrics; m != nil {
-		m.grants.WithLabelValues(s.o.Name).Inc()
-		m.inFlight.WithLabelValues(s.o.Name).Set(float64(n))
+	if s.mGrants != nil {
+		s.mGrants.Inc()
+		s.mInFlight.Set(float64(n))
 	}
 }
 
@@ -793,11 +806,9 @@ func (s *Scheduler) Cancel(t *Ticket) bool {
 // answer's usage (actual < 0: keep it) and the concurrency slot released.
 func (s *Scheduler) Done(t *Ticket, actual int64) {
 	if t.store != nil {
-		var settle []limit.Rule
-		var buf [4]limit.Rule
+		settle := t.settle[:0]
 		delta := int64(0)
 		if actual >= 0 && s.tokens {
-			settle = buf[:0]
 			for _, r := range t.req.Rules {
 				if r.Key[len(r.Key)-4:] == ":tpm" {
 					settle = append(settle, r)
@@ -805,6 +816,7 @@ func (s *Scheduler) Done(t *Ticket, actual int64) {
 				}
 			}
 		}
+		t.settle = settle
 		if len(settle) > 0 || len(t.req.Leases) > 0 {
 			if err := t.store.Settle(context.Background(), settle, delta, t.req.Leases, t.req.LeaseID); err != nil {
 				s.log.Warn("provider budget settle failed", "upstream", s.o.Name, "error", err)
@@ -816,9 +828,9 @@ func (s *Scheduler) Done(t *Ticket, actual int64) {
 }
 
 func (s *Scheduler) finished(t *Ticket) {
-	s.inFlight.Add(-1)
-	if m := s.o.Metrics; m != nil {
-		m.inFlight.WithLabelValues(s.o.Name).Set(float64(s.inFlight.Load()))
+	n := s.inFlight.Add(-1)
+	if s.mInFlight != nil {
+		s.mInFlight.Set(float64(n))
 	}
 	if len(t.req.Leases) > 0 {
 		select {
@@ -1054,3 +1066,7 @@ func (s *Scheduler) closeAll() {
 // CountsTokens reports whether the budget counts tokens, so tickets need
 // a token estimate.
 func (s *Scheduler) CountsTokens() bool { return s.tokens }
+
+// NeedsID reports whether tickets need an ID (it names their concurrency
+// leases).
+func (s *Scheduler) NeedsID() bool { return s.hasLeases }

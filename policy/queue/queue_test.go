@@ -422,3 +422,21 @@ func TestTokenBudgetSettles(t *testing.T) {
 	}
 	s.Done(tk, -1)
 }
+
+// BenchmarkAcquireFastPath: a grant with nobody waiting (rpm and tpm budget
+// in memory), then Done.
+func BenchmarkAcquireFastPath(b *testing.B) {
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	s := New(Options{Name: "bench", Budget: Budget{RPM: 1 << 40, TPM: 1 << 40}, Store: mem})
+	defer s.Close()
+	deadline := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		t := NewTicket()
+		t.Flow, t.Tokens, t.Deadline = "u", 100, deadline
+		if ok, err := s.Acquire(t); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		s.Done(t, 80)
+	}
+}
