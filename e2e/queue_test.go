@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -585,5 +586,57 @@ func TestQueueStreamKeepalive(t *testing.T) {
 	t.Logf("upstream failure after the 200: %v", err)
 	if err == nil || !strings.Contains(err.Error(), "error") {
 		t.Fatalf("stream err %v, want the upstream's error as a stream error", err)
+	}
+}
+
+// TestQueueShutdownAnswersQueued: SIGTERM answers every queued request
+// at once with 503 and a retry hint, while the request in flight finishes.
+func TestQueueShutdownAnswersQueued(t *testing.T) {
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(60, 1, 0, 1, "", ""),
+		Policies: queuePolicy(1000, "60s")})
+	c := s.client(appKey)
+	ask := func(user string, opts ...option.RequestOption) error {
+		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages("drain"), MaxTokens: openai.Int(5),
+		}, append(opts, option.WithHeader("X-Sluice-User", user))...)
+		return err
+	}
+	// In flight while the signal comes: a slow answer holding the slot.
+	inFlight := make(chan error, 1)
+	go func() { inFlight <- ask("slow", option.WithHeader("X-Fake-Latency", "1500ms")) }()
+	time.Sleep(200 * time.Millisecond)
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, 5)
+	for i := range 5 {
+		go func() {
+			start := time.Now()
+			err := ask(fmt.Sprint("q", i))
+			results <- result{err, time.Since(start)}
+		}()
+	}
+	if !waitFor(5*time.Second, func() bool {
+		v, _ := s.metric(t, "sluice_queue_depth", `stage="provider"`)
+		return v == 5
+	}) {
+		t.Fatal("5 requests did not queue")
+	}
+	s.signal(t, syscall.SIGTERM)
+	for range 5 {
+		r := <-results
+		e := asAPIError(t, r.err)
+		if e.StatusCode != 503 || e.Code != "shutting_down" || e.Response.Header.Get("Retry-After") != "1" || r.took > 2*time.Second {
+			t.Fatalf("queued request: status %d code %q retry-after %q after %v; want an immediate 503 shutting_down with retry-after 1",
+				e.StatusCode, e.Code, e.Response.Header.Get("Retry-After"), r.took)
+		}
+	}
+	if err := <-inFlight; err != nil {
+		t.Fatalf("the request in flight: %v (want its answer)", err)
+	}
+	if err := s.waitExit(t, 10*time.Second); err != nil {
+		t.Fatalf("exit: %v", err)
 	}
 }
