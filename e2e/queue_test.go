@@ -640,3 +640,107 @@ func TestQueueShutdownAnswersQueued(t *testing.T) {
 		t.Fatalf("exit: %v", err)
 	}
 }
+
+// TestQueueFairnessThroughSluice: through the binary, 10 equal users at
+// saturation get equal shares (Jain's index ≥ 0.95); then a heavy user
+// sending 50× what each of 9 light users sends leaves the light users'
+// p99 queue wait within two service slots.
+func TestQueueFairnessThroughSluice(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s of load; skipped with -short")
+	}
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	// 600 a minute, one at a time: a service slot is 100 ms.
+	const slot = 100 * time.Millisecond
+	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(600, 1, 0, 1, "", ""),
+		Policies: queuePolicy(100000, "30s")})
+	c := s.client(appKey)
+	ask := func(user string) (time.Duration, error) {
+		var resp *http.Response
+		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages("fair"), MaxTokens: openai.Int(5),
+		}, option.WithHeader("X-Sluice-User", user), option.WithResponseInto(&resp))
+		if err != nil {
+			return 0, err
+		}
+		ms, _ := strconv.Atoi(resp.Header.Get("X-Sluice-Queue-Wait-Ms"))
+		return time.Duration(ms) * time.Millisecond, nil
+	}
+	// Equal users: 10 × 4 requests always outstanding, 8 s.
+	served := make([]atomic.Int64, 10)
+	stop := time.Now().Add(8 * time.Second)
+	var wg sync.WaitGroup
+	for u := range 10 {
+		for range 4 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					if _, err := ask(fmt.Sprint("eq", u)); err != nil {
+						t.Error(err)
+						return
+					}
+					served[u].Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	var sum, sq float64
+	var counts []int64
+	for u := range served {
+		x := float64(served[u].Load())
+		counts = append(counts, served[u].Load())
+		sum += x
+		sq += x * x
+	}
+	jain := sum * sum / (10 * sq)
+	t.Logf("equal users served %v: Jain's index %.3f", counts, jain)
+	if jain < 0.95 {
+		t.Fatalf("Jain's index %.3f < 0.95", jain)
+	}
+	// Heavy vs light: the heavy user keeps 50 requests outstanding; nine
+	// light users send one request every 2.5 s each, staggered (each below
+	// its fair share of a tenth of the budget, one a second), so the heavy
+	// user sends about 50× what each light user does.
+	stop = time.Now().Add(10 * time.Second)
+	for range 50 {
+		wg.Go(func() {
+			for time.Now().Before(stop) {
+				if _, err := ask("heavy"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(time.Second) // the heavy queue fills
+	var mu sync.Mutex
+	var waits []time.Duration
+	for u := range 9 {
+		wg.Go(func() {
+			time.Sleep(time.Duration(u) * 277 * time.Millisecond)
+			for time.Now().Before(stop.Add(-time.Second)) {
+				start := time.Now()
+				w, err := ask(fmt.Sprint("light", u))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				waits = append(waits, w)
+				mu.Unlock()
+				time.Sleep(2500*time.Millisecond - time.Since(start))
+			}
+		})
+	}
+	wg.Wait()
+	for _, stage := range []string{"user", "provider"} {
+		n, _ := s.metric(t, "sluice_queue_wait_seconds_count", `stage="`+stage+`"`)
+		sum, _ := s.metric(t, "sluice_queue_wait_seconds_sum", `stage="`+stage+`"`)
+		t.Logf("stage %s: %v waits, %v s in all", stage, n, sum)
+	}
+	p50, p99 := percentile(waits, .5), percentile(waits, .99)
+	t.Logf("light users: %d requests, queue wait p50 %v p99 %v (slot %v; the heavy user had ~50 queued)", len(waits), p50, p99, slot)
+	if p99 > 2*slot+50*time.Millisecond { // timer slack on a busy machine
+		t.Fatalf("light p99 queue wait %v, want within two service slots (%v)", p99, 2*slot)
+	}
+}
