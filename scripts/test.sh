@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone: formatting, vet, unit,
 # integration and end-to-end tests (with the race detector), and short fuzz
 # runs of the parsers. It installs and starts whatever the tests need: Redis
-# from Debian's packages (scripts/services.sh), on a free loopback port, ended
+# and ClickHouse from Debian's packages (scripts/services.sh), on a free loopback port, ended
 # by its PID when the script exits. The fake upstream runs inside the tests.
 #
 # Usage: scripts/test.sh   (FUZZTIME=30000x by default: an exec count, not a duration, which
@@ -38,6 +38,8 @@ source scripts/services.sh
 trap stop_services EXIT
 start_redis
 echo "redis at $SLUICE_TEST_REDIS_ADDR"
+start_clickhouse
+echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
 
 step "tests (race detector on)"
 go test -race -count=1 ./...
