@@ -29,6 +29,8 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Redis is the shared store for replicas (buckets now; cache later).
 	Redis Redis `yaml:"redis"`
+	// Transcripts says where and how every exchange is recorded.
+	Transcripts Transcripts `yaml:"transcripts"`
 }
 
 // Limits configures the bucket store.
@@ -81,6 +83,10 @@ type Server struct {
 	// AccessLog logs one line per request (with its request id). Default false:
 	// errors are always logged.
 	AccessLog bool `yaml:"access_log"`
+	// AdminToken guards the admin listener's /admin/ API (Authorization:
+	// Bearer TOKEN), usually "${SLUICE_ADMIN_TOKEN}". Empty: the /admin/ API
+	// answers 401 to everyone; /metrics and the probes stay open.
+	AdminToken string `yaml:"admin_token"`
 }
 
 // Upstream is one OpenAI-compatible provider endpoint.
@@ -208,6 +214,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Limits.LeaseTTL, 31*time.Minute)
 	setDefault(&c.Redis.Prefix, "sluice:")
 	setDefault(&c.Redis.Timeout, 100*time.Millisecond)
+	c.Transcripts.applyDefaults()
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDefault(&u.Type, TypeOpenAI)
@@ -254,6 +261,7 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	if c.Limits.LeaseTTL < 0 || c.Redis.Timeout < 0 {
 		add("limits.lease_ttl", "durations must not be negative")
 	}
+	c.Transcripts.validate(add)
 	if len(c.Upstreams) == 0 {
 		add("upstreams", "at least one upstream is required")
 	}

@@ -264,6 +264,9 @@ func launch(t *testing.T, cfgPath, polPath string, o sluiceOptions) (*sluiceProc
 		"SLUICE_ADDR":       addr,
 		"SLUICE_ADMIN_ADDR": admin,
 		"SLUICE_DEMO_KEY":   demoKey,
+		// Transcripts go to this test's own directory, never the source tree.
+		"SLUICE_TRANSCRIPTS_DIR": t.TempDir(),
+		"SLUICE_SPOOL_DIR":       t.TempDir(),
 	}
 	for k, v := range o.Env {
 		env[k] = v

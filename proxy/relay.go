@@ -140,6 +140,7 @@ func (r *relay) next() ([]byte, error) {
 		}
 		// A blank line ends an event.
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			r.x.tr.event(r.x.ep, r.ev)
 			if r.x.adm == nil {
 				return r.ev, nil
 			}

@@ -51,6 +51,8 @@ type Server struct {
 	ids       idGen
 	// draining is set by Shutdown; new requests then get a 503.
 	draining atomic.Bool
+	// tr records transcripts (transcript.go); nil: off.
+	tr *transcripts
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -173,16 +175,20 @@ type exchange struct {
 	// stripUsage reports that Sluice asked for the stream's usage chunk on
 	// the client's behalf, so the relay removes it.
 	stripUsage bool
+	// tr collects the transcript (transcript.go); nil when off.
+	tr *txState
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
+	x.tr = s.beginTranscript(ctx)
 	s.m.inFlight.Inc()
 	s.setRequestID(ctx)
 	if s.serve(ctx, &x) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
+	x.tr.answer(x.ep, x.status, ctx.Response.Body())
 	end := time.Now()
 	if !x.upFirst.IsZero() {
 		// The answer was read whole: the upstream's share ends with it.
@@ -229,6 +235,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 			"status", x.status, "duration_ms", float64(total.Microseconds())/1000,
 			"key_id", x.keyID, "user", x.user, "model", x.model, "client_gone", clientGone)
 	}
+	s.record(reqID, x, end, clientGone)
 }
 
 // serve answers one request. It returns true when the answer is a stream
@@ -312,6 +319,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
 	}
 	stream := f.stream && x.ep.streams()
+	x.tr.noteRequest(body, f.stream)
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream); !ok {
 			return false
