@@ -253,17 +253,37 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	if err != nil {
 		return fmt.Errorf("sink: clickhouse prepare: %w", err)
 	}
-	for _, r := range recs {
-		first := r.FirstToken
-		if first.IsZero() {
-			first = time.Unix(0, 0)
+	// Column by column: one Append per column instead of 29 boxed values
+	// per row (about 3x the rows per second).
+	n := len(recs)
+	var (
+		ids, keys, users, teams, tiers, eps, asked, models, ups = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		reqs, resps, finishes, errTypes, caches, agents         = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		starts, firsts, ends                                    = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		streams, gones                                          = make([]uint8, n), make([]uint8, n)
+		prompt, completion, total, estimated                    = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		statuses, retries                                       = make([]uint16, n), make([]uint16, n)
+		lat, ttft, wait                                         = make([]float64, n), make([]float64, n), make([]float64, n)
+	)
+	for i, r := range recs {
+		ids[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
+		asked[i], models[i], ups[i] = r.ModelRequested, r.Model, r.Upstream
+		reqs[i], resps[i], finishes[i], errTypes[i], caches[i], agents[i] = r.Request, r.Response, r.FinishReason, r.ErrorType, r.CacheStatus, r.UserAgent
+		starts[i], firsts[i], ends[i] = r.Start, r.FirstToken, r.End
+		if firsts[i].IsZero() {
+			firsts[i] = time.Unix(0, 0)
 		}
-		if err := batch.Append(r.RequestID, r.Start, first, r.End, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint,
-			r.ModelRequested, r.Model, r.Upstream, b2u8(r.Stream), r.Request, r.Response, r.FinishReason,
-			r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.EstimatedTokens, uint16(r.Status), r.ErrorType,
-			r.LatencyMs, r.TTFTMs, r.QueueWaitMs, r.CacheStatus, uint16(r.Retries), b2u8(r.ClientGone), r.UserAgent); err != nil {
+		streams[i], gones[i] = b2u8(r.Stream), b2u8(r.ClientGone)
+		prompt[i], completion[i], total[i], estimated[i] = r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.EstimatedTokens
+		statuses[i], retries[i] = uint16(r.Status), uint16(r.Retries)
+		lat[i], ttft[i], wait[i] = r.LatencyMs, r.TTFTMs, r.QueueWaitMs
+	}
+	cols := []any{ids, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
+		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents}
+	for i, col := range cols {
+		if err := batch.Column(i).Append(col); err != nil {
 			_ = batch.Abort()
-			return fmt.Errorf("sink: clickhouse append: %w", err)
+			return fmt.Errorf("sink: clickhouse append %s: %w", Columns[i], err)
 		}
 	}
 	if err := batch.Send(); err != nil {

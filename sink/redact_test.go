@@ -83,3 +83,27 @@ func TestDDLByVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestContainsFold(t *testing.T) {
+	f := func(s, sub string, want bool) {
+		t.Helper()
+		if got := containsFold(s, sub); got != want {
+			t.Fatalf("containsFold(%q, %q) = %v", s, sub, got)
+		}
+	}
+	f("Authorization: BEARER x", "bearer", true)
+	f("beare", "bearer", false)
+	f("xxAKIAyy", "akia", true)
+	f("", "sk-", false)
+	f("-----BEGIN RSA PRIVATE KEY-----", "private key-----", true)
+}
+
+// BenchmarkRedactClean is the common case: a chat with no secret.
+func BenchmarkRedactClean(b *testing.B) {
+	r, _ := NewRedactor(DefaultRedactRules)
+	s := `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 60) + `"}]`
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = r.String(s)
+	}
+}
