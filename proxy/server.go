@@ -181,9 +181,9 @@ type exchange struct {
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
-	x.tr = s.beginTranscript(ctx)
 	s.m.inFlight.Inc()
 	s.setRequestID(ctx)
+	x.tr = s.beginTranscript(ctx)
 	if s.serve(ctx, &x) {
 		return // the relay finishes the exchange when the stream ends
 	}

@@ -56,6 +56,8 @@ func (s *Server) SetTranscripts(o TranscriptOptions) {
 // txState is what one exchange collects for its transcript, in memory it
 // owns (nothing aliases the RequestCtx).
 type txState struct {
+	// id is Sluice's own request id, unique per exchange: the record's key.
+	id       string
 	max      int
 	metadata bool
 	// request is the messages (or input / prompt) JSON, capped.
@@ -79,7 +81,7 @@ func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx) *txState {
 		return nil
 	}
 	ua := ctx.Request.Header.UserAgent()
-	return &txState{max: s.tr.maxContent, metadata: s.tr.metadata, userAgent: sink.TruncateBytes(ua[:min(len(ua), 256)], 0)}
+	return &txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata, userAgent: sink.TruncateBytes(ua[:min(len(ua), 256)], 0)}
 }
 
 // requestKeys are the top-level fields that hold what the client sent the
@@ -274,7 +276,7 @@ func (s *Server) record(reqID []byte, x *exchange, end time.Time, clientGone boo
 	}
 	x.tr = nil
 	r := &sink.Record{
-		RequestID:        string(reqID),
+		RequestID:        t.id,
 		Start:            x.start,
 		End:              end,
 		KeyID:            x.keyID,
@@ -302,6 +304,9 @@ func (s *Server) record(reqID []byte, x *exchange, end time.Time, clientGone boo
 	}
 	if x.up != nil {
 		r.Upstream = x.up.name
+	}
+	if string(reqID) != t.id {
+		r.UpstreamRequestID = string(reqID)
 	}
 	first := t.firstTok
 	if first.IsZero() && !x.upFirst.IsZero() && !t.stream {

@@ -46,7 +46,7 @@ const ModernMajor = 20
 // Columns is the transcript table's column list, in insert order; every
 // INSERT names them (18.16 rejects an INSERT without its column list).
 var Columns = []string{
-	"request_id", "start", "first_token", "end", "key_id", "user", "team", "tier", "endpoint",
+	"request_id", "upstream_request_id", "start", "first_token", "end", "key_id", "user", "team", "tier", "endpoint",
 	"model_requested", "model", "upstream", "stream", "request", "response", "finish_reason",
 	"prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens", "status", "error_type",
 	"latency_ms", "ttft_ms", "queue_wait_ms", "cache_status", "retries", "client_gone", "user_agent",
@@ -162,6 +162,7 @@ func DDL(version, table string, ttlDays int) string {
 		}
 		return `CREATE TABLE IF NOT EXISTS ` + table + ` (
   request_id String CODEC(ZSTD(1)),
+  upstream_request_id String CODEC(ZSTD(1)),
   start DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
   first_token DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
   end DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
@@ -198,6 +199,7 @@ ORDER BY (user, start, request_id)` + ttl
 	// Times are DateTime (seconds); the _ms columns keep the durations.
 	return `CREATE TABLE IF NOT EXISTS ` + table + ` (
   request_id String,
+  upstream_request_id String,
   start DateTime,
   first_token DateTime,
   end DateTime,
@@ -257,16 +259,16 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	// per row (about 3x the rows per second).
 	n := len(recs)
 	var (
-		ids, keys, users, teams, tiers, eps, asked, models, ups = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		reqs, resps, finishes, errTypes, caches, agents         = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		starts, firsts, ends                                    = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-		streams, gones                                          = make([]uint8, n), make([]uint8, n)
-		prompt, completion, total, estimated                    = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-		statuses, retries                                       = make([]uint16, n), make([]uint16, n)
-		lat, ttft, wait                                         = make([]float64, n), make([]float64, n), make([]float64, n)
+		ids, upIDs, keys, users, teams, tiers, eps, asked, models, ups = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		reqs, resps, finishes, errTypes, caches, agents                = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		starts, firsts, ends                                           = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		streams, gones                                                 = make([]uint8, n), make([]uint8, n)
+		prompt, completion, total, estimated                           = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		statuses, retries                                              = make([]uint16, n), make([]uint16, n)
+		lat, ttft, wait                                                = make([]float64, n), make([]float64, n), make([]float64, n)
 	)
 	for i, r := range recs {
-		ids[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
+		ids[i], upIDs[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.UpstreamRequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
 		asked[i], models[i], ups[i] = r.ModelRequested, r.Model, r.Upstream
 		reqs[i], resps[i], finishes[i], errTypes[i], caches[i], agents[i] = r.Request, r.Response, r.FinishReason, r.ErrorType, r.CacheStatus, r.UserAgent
 		starts[i], firsts[i], ends[i] = r.Start, r.FirstToken, r.End
@@ -278,7 +280,7 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 		statuses[i], retries[i] = uint16(r.Status), uint16(r.Retries)
 		lat[i], ttft[i], wait[i] = r.LatencyMs, r.TTFTMs, r.QueueWaitMs
 	}
-	cols := []any{ids, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
+	cols := []any{ids, upIDs, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
 		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents}
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
@@ -316,7 +318,7 @@ func (c *ClickHouse) Recent(ctx context.Context, user string, since time.Time, l
 			status, retries       uint16
 			start, first, endTime time.Time
 		)
-		if err := rows.Scan(&r.RequestID, &start, &first, &endTime, &r.KeyID, &r.User, &r.Team, &r.Tier, &r.Endpoint,
+		if err := rows.Scan(&r.RequestID, &r.UpstreamRequestID, &start, &first, &endTime, &r.KeyID, &r.User, &r.Team, &r.Tier, &r.Endpoint,
 			&r.ModelRequested, &r.Model, &r.Upstream, &stream, &r.Request, &r.Response, &r.FinishReason,
 			&r.PromptTokens, &r.CompletionTokens, &r.TotalTokens, &r.EstimatedTokens, &status, &r.ErrorType,
 			&r.LatencyMs, &r.TTFTMs, &r.QueueWaitMs, &r.CacheStatus, &retries, &gone, &r.UserAgent); err != nil {

@@ -9,9 +9,12 @@ import (
 // Record is one transcript: an exchange between a client and an upstream,
 // copied out of the request so it owns all of its memory.
 type Record struct {
-	// RequestID is Sluice's X-Request-Id (or the upstream's); the
-	// deduplication key of the shipped queries.
+	// RequestID is Sluice's own request id, unique per exchange: the
+	// deduplication key of the table and the shipped queries.
 	RequestID string `json:"request_id"`
+	// UpstreamRequestID is the upstream's X-Request-Id, which the client
+	// received in place of Sluice's; empty when the upstream sent none.
+	UpstreamRequestID string `json:"upstream_request_id"`
 	// Start is when the request arrived.
 	Start time.Time `json:"start"`
 	// FirstToken is when the first byte of the answer was ready to send (the
@@ -77,7 +80,7 @@ const recordOverhead = 256
 
 // size approximates the bytes a record takes in a batch.
 func (r *Record) size() int {
-	return recordOverhead + len(r.RequestID) + len(r.KeyID) + len(r.User) + len(r.Team) + len(r.Tier) +
+	return recordOverhead + len(r.RequestID) + len(r.UpstreamRequestID) + len(r.KeyID) + len(r.User) + len(r.Team) + len(r.Tier) +
 		len(r.ModelRequested) + len(r.Model) + len(r.Upstream) + len(r.Request) + len(r.Response) +
 		len(r.FinishReason) + len(r.ErrorType) + len(r.CacheStatus) + len(r.UserAgent)
 }
