@@ -86,35 +86,62 @@ func runSamples(t *testing.T, s *sluiceProc, n int) []sample {
 	return out
 }
 
-// checkSample compares a sample's row with what the SDK saw.
-func checkSample(t *testing.T, conn driver.Conn, table string, sm sample) {
+// sampleRow is a transcript row as checkSample reads it.
+type sampleRow struct {
+	requestID, user, keyID, team, tier, endpoint, asked, model, upstream string
+	request, response, finish, errType, ua                               string
+	stream, gone                                                         uint8
+	promptT, completionT, totalT                                         int64
+	status                                                               uint16
+	latency, ttft                                                        float64
+	n                                                                    int
+}
+
+// sampleRows reads the rows of the samples in one query (FINAL: one per
+// request), by the X-Request-Id the SDK saw.
+func sampleRows(t *testing.T, conn driver.Conn, table string, samples []sample) map[string]*sampleRow {
 	t.Helper()
-	var (
-		requestID, user, keyID, team, tier, endpoint, asked, model, upstream string
-		request, response, finish, errType, ua                               string
-		stream, gone                                                         uint8
-		promptT, completionT, totalT                                         int64
-		status                                                               uint16
-		latency, ttft                                                        float64
-		n                                                                    int
-	)
-	rows, err := conn.Query(context.Background(), `SELECT request_id, user, key_id, team, tier, endpoint, model_requested, model,
-		upstream, request, response, finish_reason, error_type, user_agent, stream, client_gone, prompt_tokens,
-		completion_tokens, total_tokens, status, latency_ms, ttft_ms FROM `+table+` FINAL WHERE upstream_request_id = ?`, sm.id)
+	// 18.16 binds a slice as an Array, not an IN list: quote the ids.
+	ids := make([]string, len(samples))
+	for i, sm := range samples {
+		ids[i] = "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(sm.id) + "'"
+	}
+	rows, err := conn.Query(context.Background(), `SELECT upstream_request_id, request_id, user, key_id, team, tier, endpoint,
+		model_requested, model, upstream, request, response, finish_reason, error_type, user_agent, stream, client_gone,
+		prompt_tokens, completion_tokens, total_tokens, status, latency_ms, ttft_ms FROM `+table+` FINAL
+		WHERE upstream_request_id IN (`+strings.Join(ids, ", ")+`)`)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
+	out := map[string]*sampleRow{}
 	for rows.Next() {
-		n++
-		if err := rows.Scan(&requestID, &user, &keyID, &team, &tier, &endpoint, &asked, &model, &upstream, &request, &response,
-			&finish, &errType, &ua, &stream, &gone, &promptT, &completionT, &totalT, &status, &latency, &ttft); err != nil {
+		var id string
+		r := &sampleRow{}
+		if err := rows.Scan(&id, &r.requestID, &r.user, &r.keyID, &r.team, &r.tier, &r.endpoint, &r.asked, &r.model, &r.upstream,
+			&r.request, &r.response, &r.finish, &r.errType, &r.ua, &r.stream, &r.gone, &r.promptT, &r.completionT, &r.totalT,
+			&r.status, &r.latency, &r.ttft); err != nil {
 			t.Fatal(err)
 		}
+		if prev := out[id]; prev != nil {
+			r.n = prev.n
+		}
+		r.n++
+		out[id] = r
 	}
-	_ = rows.Close()
-	if n != 1 {
-		t.Fatalf("sample %s (%s): %d rows, want 1", sm.user, sm.id, n)
+	return out
+}
+
+// checkSample compares a sample's row with what the SDK saw.
+func checkSample(t *testing.T, rows map[string]*sampleRow, sm sample) {
+	t.Helper()
+	r := rows[sm.id]
+	if r == nil || r.n != 1 {
+		t.Fatalf("sample %s (%s): no single row (%+v)", sm.user, sm.id, r)
 	}
+	requestID, user, keyID, team, tier, endpoint, asked, model, upstream := r.requestID, r.user, r.keyID, r.team, r.tier, r.endpoint, r.asked, r.model, r.upstream
+	request, response, finish, errType, ua := r.request, r.response, r.finish, r.errType, r.ua
+	stream, gone, promptT, completionT, totalT, status, latency, ttft := r.stream, r.gone, r.promptT, r.completionT, r.totalT, r.status, r.latency, r.ttft
 	promptJSON, _ := json.Marshal(sm.prompt)
 	check := func(field string, got, want any) {
 		t.Helper()
@@ -263,8 +290,9 @@ func TestTranscripts100kRequestsToClickHouse(t *testing.T) {
 		t.Fatalf("%d raw rows, want exactly %d (no outage, so no replay)", raw, total)
 	}
 	checkEveryIDOnce(t, conn, table, clientIDs(res, samples))
+	rows := sampleRows(t, conn, table, samples)
 	for _, sm := range samples {
-		checkSample(t, conn, table, sm)
+		checkSample(t, rows, sm)
 	}
 	if v := sinkMetric(t, s, "sluice_sink_written_total"); v != total {
 		t.Errorf("sluice_sink_written_total = %v, want %d", v, total)

@@ -44,6 +44,16 @@ echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
 step "tests (race detector on)"
 go test -race -count=1 ./...
 
+step "transcripts end to end: ClickHouse 18.16 killed, frozen, sluice stopped under load (no -race: sluice is a subprocess)"
+mkdir -p bin
+if ! go test -count=1 -timeout 15m -run 'TestTranscripts|TestSinkNeverSlowsRequests' -v ./e2e/ >bin/transcripts-e2e.log 2>&1; then
+  cat bin/transcripts-e2e.log; exit 1
+fi
+grep -E '^(--- |    transcripts_test|ok )' bin/transcripts-e2e.log
+
+step "sink throughput into ClickHouse 18.16 (benchmark)"
+go test -run '^$' -bench 'ClickHouseThroughput|SinkThroughput' -benchtime 2x ./sink/
+
 if [ "$FUZZTIME" != "0" ]; then
   step "fuzz ($FUZZTIME each)"
   go test -run='^$' -fuzz='^FuzzScanRequest$' -fuzztime="$FUZZTIME" ./proxy/
