@@ -25,6 +25,10 @@ type Transcripts struct {
 	// QueueSize bounds the records waiting in memory; more are dropped and
 	// counted (sluice_sink_dropped_total{reason="queue_full"}). Default 65536.
 	QueueSize int `yaml:"queue_size"`
+	// QueueBytes bounds the bytes of the records waiting in memory (request
+	// and answer text included); beyond it they are dropped and counted.
+	// Default 268435456 (256 MiB).
+	QueueBytes int64 `yaml:"queue_bytes"`
 	// BatchRows cuts a batch at this many rows. Default 20000.
 	BatchRows int `yaml:"batch_rows"`
 	// BatchBytes cuts a batch at about this many bytes. Default 16777216.
@@ -48,6 +52,10 @@ type RedactRule struct {
 	Pattern string `yaml:"pattern"`
 	// Replace is the replacement text; $1 refers to a group. Default "".
 	Replace string `yaml:"replace"`
+	// Hint is text (ASCII, any case) every match contains; text without it
+	// skips the expression, which keeps clean text cheap. Default "": the
+	// expression always runs.
+	Hint string `yaml:"hint"`
 }
 
 // TranscriptsClickHouse is the ClickHouse server and table.
@@ -112,6 +120,7 @@ func (t *Transcripts) applyDefaults() {
 	setDefault(&t.Content, "full")
 	setDefault(&t.MaxContentBytes, 64<<10)
 	setDefault(&t.QueueSize, 65536)
+	setDefault(&t.QueueBytes, 256<<20)
 	setDefault(&t.BatchRows, 20000)
 	setDefault(&t.BatchBytes, 16<<20)
 	setDefault(&t.FlushInterval, time.Second)
@@ -154,7 +163,7 @@ func (t *Transcripts) validate(add func(path, format string, args ...any)) {
 	if !identRe.MatchString(t.ClickHouse.Table) {
 		add("transcripts.clickhouse.table", "must be a plain identifier, not %q", t.ClickHouse.Table)
 	}
-	if t.QueueSize < 0 || t.BatchRows < 0 || t.BatchBytes < 0 || t.MaxContentBytes < 0 || t.Spool.MaxBytes < 0 ||
+	if t.QueueSize < 0 || t.QueueBytes < 0 || t.BatchRows < 0 || t.BatchBytes < 0 || t.MaxContentBytes < 0 || t.Spool.MaxBytes < 0 ||
 		t.Spool.SegmentBytes < 0 || t.JSONL.MaxFileBytes < 0 || t.JSONL.MaxFiles < 0 || t.ClickHouse.TTLDays < 0 {
 		add("transcripts", "sizes and counts must not be negative")
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,10 @@ type Options struct {
 	// QueueSize bounds the records waiting to be batched; Enqueue drops (and
 	// counts) beyond it. Default 65536.
 	QueueSize int
+	// QueueBytes bounds the bytes of the records waiting to be batched (as
+	// Record sizes count them), so large transcripts cannot fill memory
+	// before QueueSize does. Default 256 MiB.
+	QueueBytes int64
 	// BatchRows cuts a batch at this many rows. Default 20000.
 	BatchRows int
 	// BatchBytes cuts a batch at about this many bytes. Default 16 MiB.
@@ -63,6 +68,7 @@ type Options struct {
 // Defaults for Options.
 const (
 	DefaultQueueSize       = 65536
+	DefaultQueueBytes      = 256 << 20
 	DefaultBatchRows       = 20000
 	DefaultBatchBytes      = 16 << 20
 	DefaultFlushInterval   = time.Second
@@ -90,6 +96,12 @@ type Sink struct {
 	closed  bool
 	in      chan *Record
 	batches chan []*Record
+	// queued is the bytes of the records in in.
+	queued atomic.Int64
+	// base is the parent of every write; Stop cancels it at its deadline so
+	// no write outlives Stop's context.
+	base       context.Context
+	cancelBase context.CancelFunc
 	// stopCtx is the Stop deadline, set before in is closed.
 	stopCtx   context.Context
 	stopCtxMu sync.Mutex
@@ -105,6 +117,9 @@ func New(opts Options) (*Sink, error) {
 	}
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = DefaultQueueSize
+	}
+	if opts.QueueBytes <= 0 {
+		opts.QueueBytes = DefaultQueueBytes
 	}
 	if opts.BatchRows <= 0 {
 		opts.BatchRows = DefaultBatchRows
@@ -131,6 +146,7 @@ func New(opts Options) (*Sink, error) {
 		in:      make(chan *Record, opts.QueueSize),
 		batches: make(chan []*Record, 1),
 	}
+	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registry, func() float64 { return float64(len(s.in)) })
 	s.updateSpoolGauges()
 	s.wg.Add(2)
@@ -149,12 +165,20 @@ func (s *Sink) Enqueue(r *Record) bool {
 		s.m.dropped[DropStopped].Inc()
 		return false
 	}
+	size := int64(r.size())
+	if s.queued.Add(size) > s.opts.QueueBytes {
+		s.queued.Add(-size)
+		s.mu.RUnlock()
+		s.m.dropped[DropQueueFull].Inc()
+		return false
+	}
 	select {
 	case s.in <- r:
 		s.mu.RUnlock()
 		s.m.enqueued.Inc()
 		return true
 	default:
+		s.queued.Add(-size)
 		s.mu.RUnlock()
 		s.m.dropped[DropQueueFull].Inc()
 		return false
@@ -168,6 +192,11 @@ func (s *Sink) Stop(ctx context.Context) error {
 	s.stopCtxMu.Lock()
 	s.stopCtx = ctx
 	s.stopCtxMu.Unlock()
+	// A write in flight when the deadline passes is cancelled; its batch
+	// goes to the spool.
+	stopCancel := context.AfterFunc(ctx, s.cancelBase)
+	defer stopCancel()
+	defer s.cancelBase()
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
@@ -217,6 +246,7 @@ func (s *Sink) batchLoop() {
 				cut()
 				return
 			}
+			s.queued.Add(-int64(r.size()))
 			s.prepare(r)
 			if len(batch) == 0 {
 				first = time.Now()
@@ -348,7 +378,7 @@ func (s *Sink) ship(b []*Record, retryAt *time.Time, fail, ok func()) {
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		err := s.write(b, stop)
+		err := s.write(b)
 		if err == nil {
 			ok()
 			return
@@ -384,7 +414,7 @@ func (s *Sink) replayOne(fail, ok func()) {
 		s.updateSpoolGauges()
 		return
 	}
-	if err := s.write(recs, nil); err != nil {
+	if err := s.write(recs); err != nil {
 		fail()
 		return
 	}
@@ -394,13 +424,9 @@ func (s *Sink) replayOne(fail, ok func()) {
 	s.updateSpoolGauges()
 }
 
-// write sends one batch with the write timeout (and the Stop deadline).
-func (s *Sink) write(b []*Record, stop context.Context) error {
-	parent := context.Background()
-	if stop != nil {
-		parent = stop
-	}
-	ctx, cancel := context.WithTimeout(parent, s.opts.WriteTimeout)
+// write sends one batch within the write timeout (and Stop's deadline).
+func (s *Sink) write(b []*Record) error {
+	ctx, cancel := context.WithTimeout(s.base, s.opts.WriteTimeout)
 	defer cancel()
 	start := time.Now()
 	err := s.opts.Writer.Write(ctx, b)

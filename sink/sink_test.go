@@ -222,3 +222,52 @@ func TestNoSpoolRetriesThenDropsAndCounts(t *testing.T) {
 		t.Fatalf("writer called %d times, want 2", w.calls)
 	}
 }
+
+func TestQueueBytesBound(t *testing.T) {
+	w := &fakeWriter{block: make(chan struct{})}
+	s := newTestSink(t, Options{Writer: w, QueueSize: 1000, QueueBytes: 10 << 10, BatchRows: 1, FlushInterval: time.Hour, WriteTimeout: time.Hour})
+	big := func(i int) *Record {
+		r := rec(i)
+		r.Request = strings.Repeat("x", 2<<10)
+		return r
+	}
+	accepted := 0
+	for i := 0; i < 50; i++ {
+		if s.Enqueue(big(i)) {
+			accepted++
+		}
+	}
+	// A stuck writer holds one batch and the hand-off one more; the queue
+	// itself holds at most 10 KiB of 2.3 KiB records.
+	if accepted > 8 || counter(s.m.dropped[DropQueueFull]) == 0 {
+		t.Fatalf("accepted %d records of 2 KiB with a 10 KiB queue", accepted)
+	}
+	close(w.block)
+}
+
+func TestStopCancelsAWriteInFlightAtItsDeadline(t *testing.T) {
+	w := &fakeWriter{block: make(chan struct{})} // a frozen destination
+	sp, err := OpenSpool(SpoolOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestSink(t, Options{Writer: w, Spool: sp, BatchRows: 5, WriteTimeout: time.Hour})
+	for i := 0; i < 5; i++ {
+		s.Enqueue(rec(i))
+	}
+	eventually(t, 2*time.Second, "the write to start", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.calls > 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = s.Stop(ctx)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Stop took %v with a 200ms deadline", d)
+	}
+	if got := counter(s.m.spooled); got != 5 {
+		t.Fatalf("spooled %v rows, want the 5 of the cancelled write", got)
+	}
+}

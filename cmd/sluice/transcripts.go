@@ -24,7 +24,7 @@ func newSink(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 	if t.Redact != nil {
 		rules = make([]sink.RedactRule, len(t.Redact))
 		for i, r := range t.Redact {
-			rules[i] = sink.RedactRule{Pattern: r.Pattern, Replace: r.Replace}
+			rules[i] = sink.RedactRule{Pattern: r.Pattern, Replace: r.Replace, Hint: r.Hint}
 		}
 	}
 	red, err := sink.NewRedactor(rules)
@@ -32,7 +32,7 @@ func newSink(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 		return nil, nil, err
 	}
 	opts := sink.Options{
-		QueueSize: t.QueueSize, BatchRows: t.BatchRows, BatchBytes: t.BatchBytes,
+		QueueSize: t.QueueSize, QueueBytes: t.QueueBytes, BatchRows: t.BatchRows, BatchBytes: t.BatchBytes,
 		FlushInterval: t.FlushInterval, WriteTimeout: t.WriteTimeout, MaxContentBytes: t.MaxContentBytes,
 		Redactor: red, Registry: reg, Logger: log.With("component", "sink"),
 	}
