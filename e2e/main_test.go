@@ -273,6 +273,9 @@ func launch(t *testing.T, cfgPath, polPath string, o sluiceOptions) (*sluiceProc
 	}
 	s := &sluiceProc{URL: "http://" + addr, AdminURL: "http://" + admin, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(sluiceBin, "serve", "-config", cfgPath, "-policies", polPath)
+	// Relative paths in a config (the transcripts' default directories)
+	// resolve in a directory of the test's own, never the source tree.
+	s.cmd.Dir = t.TempDir()
 	s.cmd.Env = childEnv(env)
 	s.cmd.Stdout = s.stderr
 	s.cmd.Stderr = s.stderr
