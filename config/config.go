@@ -29,6 +29,8 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Redis is the shared store for replicas (buckets and the cache).
 	Redis Redis `yaml:"redis"`
+	// Transcripts says where and how every exchange is recorded.
+	Transcripts Transcripts `yaml:"transcripts"`
 	// Cache configures the response cache (see Cache).
 	Cache Cache `yaml:"cache"`
 }
@@ -105,6 +107,10 @@ type Server struct {
 	// AccessLog logs one line per request (with its request id). Default false:
 	// errors are always logged.
 	AccessLog bool `yaml:"access_log"`
+	// AdminToken guards the admin listener's /admin/ API (Authorization:
+	// Bearer TOKEN), usually "${SLUICE_ADMIN_TOKEN}". Empty: the /admin/ API
+	// answers 401 to everyone; /metrics and the probes stay open.
+	AdminToken string `yaml:"admin_token"`
 }
 
 // Upstream is one OpenAI-compatible provider endpoint.
@@ -305,6 +311,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Cache.MaxEntryBytes, 1<<20)
 	setDefault(&c.Cache.TTL, time.Hour)
 	setDefault(&c.Cache.CoalesceWait, 30*time.Second)
+	c.Transcripts.applyDefaults()
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		setDefault(&u.Type, TypeOpenAI)
@@ -368,6 +375,7 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	if c.Limits.LeaseTTL < 0 || c.Redis.Timeout < 0 {
 		add("limits.lease_ttl", "durations must not be negative")
 	}
+	c.Transcripts.validate(add)
 	if len(c.Upstreams) == 0 {
 		add("upstreams", "at least one upstream is required")
 	}

@@ -3,6 +3,7 @@
 package dashboards
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"sluice/policy/queue"
 	"sluice/policy/tokens"
 	"sluice/proxy"
+	"sluice/sink"
 )
 
 // exported returns the metric family names a running Sluice exposes.
@@ -50,6 +52,11 @@ func exported(t *testing.T) map[string]bool {
 		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), Cache: respCache, QueueMetrics: queue.NewMetrics(reg)}); err != nil {
 		t.Fatal(err)
 	}
+	sk, err := sink.New(sink.Options{Writer: discard{}, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Stop(context.Background()) //nolint:errcheck // a discard writer
 	// Vectors without children are not gathered; their names come from
 	// Describe.
 	names := map[string]bool{}
@@ -153,3 +160,9 @@ func TestAlertRulesUseExportedMetrics(t *testing.T) {
 	}
 	checkExprs(t, "alerts.yaml", exprs, exported(t))
 }
+
+// discard is a sink writer that drops batches.
+type discard struct{}
+
+func (discard) Write(context.Context, []*sink.Record) error { return nil }
+func (discard) Close() error                                { return nil }

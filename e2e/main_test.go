@@ -264,12 +264,18 @@ func launch(t *testing.T, cfgPath, polPath string, o sluiceOptions) (*sluiceProc
 		"SLUICE_ADDR":       addr,
 		"SLUICE_ADMIN_ADDR": admin,
 		"SLUICE_DEMO_KEY":   demoKey,
+		// Transcripts go to this test's own directory, never the source tree.
+		"SLUICE_TRANSCRIPTS_DIR": t.TempDir(),
+		"SLUICE_SPOOL_DIR":       t.TempDir(),
 	}
 	for k, v := range o.Env {
 		env[k] = v
 	}
 	s := &sluiceProc{URL: "http://" + addr, AdminURL: "http://" + admin, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command(sluiceBin, "serve", "-config", cfgPath, "-policies", polPath)
+	// Relative paths in a config (the transcripts' default directories)
+	// resolve in a directory of the test's own, never the source tree.
+	s.cmd.Dir = t.TempDir()
 	s.cmd.Env = childEnv(env)
 	s.cmd.Stdout = s.stderr
 	s.cmd.Stderr = s.stderr

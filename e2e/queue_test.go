@@ -68,8 +68,8 @@ keys:
 `, rpm, maxWait, sha256Hex(appKey))
 }
 
-// loadResult is what one run of the queue load saw.
-type loadResult struct {
+// queueLoad is what one run of the queue load saw.
+type queueLoad struct {
 	served, servedLate, rejectedUpFront, retriesOK, otherErrs int64
 	userLimited                                               int64 // 429s naming a user's own limit
 	waits                                                     []time.Duration
@@ -78,9 +78,9 @@ type loadResult struct {
 
 // runUsers sends one chat request per user, at a random time within window,
 // through c; a 429 is retried after its Retry-After (up to 6 attempts).
-func runUsers(t *testing.T, c *openai.Client, users int, share float64, window, maxWait time.Duration, seed uint64) *loadResult {
+func runUsers(t *testing.T, c *openai.Client, users int, share float64, window, maxWait time.Duration, seed uint64) *queueLoad {
 	r := rand.New(rand.NewPCG(seed, 7))
-	res := &loadResult{attempts: map[int]int64{}}
+	res := &queueLoad{attempts: map[int]int64{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -176,7 +176,7 @@ func TestQueueLoad(t *testing.T) {
 		Policies: queuePolicy(6, maxWait.String())})
 
 	var wg sync.WaitGroup
-	var d, q *loadResult
+	var d, q *queueLoad
 	wg.Go(func() {
 		// Directly: the same users with the official SDK's default retries
 		// off, so every 429 the provider gives is seen.

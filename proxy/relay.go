@@ -143,6 +143,7 @@ func (r *relay) next() ([]byte, error) {
 			if r.x.cache != nil {
 				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
 			}
+			r.x.tr.event(r.x.ep, r.ev)
 			if r.x.adm == nil && r.x.ticket == nil && !r.x.stripUsage {
 				return r.ev, nil
 			}

@@ -73,6 +73,8 @@ type Server struct {
 	drain     chan struct{}
 	drainOnce sync.Once
 	qm        *queue.Metrics
+	// tr records transcripts (transcript.go); nil: off.
+	tr *transcripts
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -227,16 +229,20 @@ type exchange struct {
 	// cacheFree reports an answer from the cache (hit or coalesced) whose
 	// tokens the tier does not count: admitted and settled at 0 tokens.
 	cacheFree bool
+	// tr collects the transcript (transcript.go); nil when off.
+	tr *txState
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
 	s.m.inFlight.Inc()
 	s.setRequestID(ctx)
+	x.tr = s.beginTranscript(ctx)
 	if s.serve(ctx, &x) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
+	x.tr.answer(x.ep, x.status, ctx.Response.Body())
 	end := time.Now()
 	if !x.upFirst.IsZero() {
 		// The answer was read whole: the upstream's share ends with it;
@@ -288,6 +294,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 			"status", x.status, "duration_ms", float64(total.Microseconds())/1000,
 			"key_id", x.keyID, "user", x.user, "model", x.model, "client_gone", clientGone)
 	}
+	s.record(reqID, x, end, clientGone)
 }
 
 // serve answers one request. It returns true when the answer is a stream
@@ -388,6 +395,8 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
+	// transcript: the request as the client sent it (proxy/transcript.go)
+	x.tr.noteRequest(body, f.stream)
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
 			cc.abandon()

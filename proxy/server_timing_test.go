@@ -35,7 +35,7 @@ const chatAnswer = `{"id":"chatcmpl-1","object":"chat.completion","created":1,"m
 
 // benchProxy starts a Server in front of an in-memory upstream and returns a
 // client that reaches the Server in memory too.
-func benchProxy(tb testing.TB) (*fasthttp.Client, func()) {
+func benchProxy(tb testing.TB, setup ...func(*Server)) (*fasthttp.Client, func()) {
 	upLn := fasthttputil.NewInmemoryListener()
 	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		ctx.SetContentType("application/json")
@@ -58,6 +58,9 @@ func benchProxy(tb testing.TB) (*fasthttp.Client, func()) {
 		tb.Fatal(err)
 	}
 	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	for _, f := range setup {
+		f(s)
+	}
 	ln := fasthttputil.NewInmemoryListener()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
 	c := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}

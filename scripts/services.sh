@@ -5,6 +5,7 @@
 #   source scripts/services.sh
 #   trap stop_services EXIT
 #   start_redis            # exports SLUICE_TEST_REDIS_ADDR=127.0.0.1:PORT
+#   start_clickhouse       # exports SLUICE_TEST_CLICKHOUSE_ADDR=127.0.0.1:NATIVEPORT
 #
 # Debian's packages are installed only when the binary is missing. Nothing is
 # killed by name: stop_services ends exactly the PIDs recorded here.
@@ -78,6 +79,91 @@ start_redis() {
   return 1
 }
 
+# clickhouse_config DIR TCPPORT HTTPPORT writes a ClickHouse 18.16 config
+# (root <yandex>) that keeps every path under DIR and listens on loopback
+# only; users.xml lets "default" in from loopback without a password and
+# allows LowCardinality. The e2e tests write the same files for the servers
+# they kill and restart themselves.
+clickhouse_config() {
+  local dir="$1" tcp="$2" http="$3"
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
+  cat >"$dir/config.xml" <<EOF
+<yandex>
+  <logger><level>warning</level><log>$dir/log/server.log</log><errorlog>$dir/log/error.log</errorlog><size>10M</size><count>1</count></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>$tcp</tcp_port>
+  <http_port>$http</http_port>
+  <path>$dir/data/</path>
+  <tmp_path>$dir/tmp/</tmp_path>
+  <user_files_path>$dir/user_files/</user_files_path>
+  <format_schema_path>$dir/format_schemas/</format_schema_path>
+  <users_config>$dir/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+EOF
+  cat >"$dir/users.xml" <<'EOF'
+<yandex>
+  <profiles><default><allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+}
+
+# _clickhouse_ping TCPPORT HTTPPORT succeeds when the server answers.
+_clickhouse_ping() {
+  if command -v curl >/dev/null; then
+    [ "$(curl -s "http://127.0.0.1:$2/ping" 2>/dev/null)" = "Ok." ]
+  else
+    clickhouse-client --host 127.0.0.1 --port "$1" -q 'SELECT 1' >/dev/null 2>&1
+  fi
+}
+
+# start_clickhouse starts a throwaway ClickHouse (Debian's 18.16) with its
+# files in the scratch directory, on free loopback ports, and exports
+# SLUICE_TEST_CLICKHOUSE_ADDR (host:native port) and
+# SLUICE_TEST_CLICKHOUSE_HTTP (host:http port). Idempotent within one shell.
+start_clickhouse() {
+  if [ -n "${SLUICE_TEST_CLICKHOUSE_ADDR:-}" ] && [ -n "${SERVICE_CLICKHOUSE_PID:-}" ]; then
+    return 0
+  fi
+  if ! command -v clickhouse-server >/dev/null || ! command -v clickhouse-client >/dev/null; then
+    echo "services.sh: installing clickhouse-server (Debian package)" >&2
+    _apt_install clickhouse-server clickhouse-client || { echo "services.sh: cannot install clickhouse-server" >&2; return 1; }
+  fi
+  _services_tmpdir
+  local attempt tcp http pid i dir
+  for attempt in 1 2 3; do
+    tcp="$(_free_port)" || return 1
+    http="$(_free_port)" || return 1
+    [ "$tcp" = "$http" ] && continue
+    dir="$SERVICE_TMPDIR/clickhouse-$tcp"
+    clickhouse_config "$dir" "$tcp" "$http"
+    clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 150); do # up to 15 s
+      if _clickhouse_ping "$tcp" "$http"; then
+        SERVICE_PIDS+=("$pid")
+        SERVICE_CLICKHOUSE_PID="$pid"
+        export SLUICE_TEST_CLICKHOUSE_ADDR="127.0.0.1:$tcp"
+        export SLUICE_TEST_CLICKHOUSE_HTTP="127.0.0.1:$http"
+        echo "services.sh: clickhouse-server pid $pid on $SLUICE_TEST_CLICKHOUSE_ADDR (http $http)" >&2
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "services.sh: clickhouse-server on port $tcp did not start (attempt $attempt):" >&2
+    tail -n 5 "$dir/log/error.log" "$dir/log/stdout.log" >&2 2>/dev/null || true
+  done
+  return 1
+}
+
 # stop_services ends the recorded PIDs (and only those) and removes the
 # scratch directory. Safe to call twice, e.g. from an EXIT trap.
 stop_services() {
@@ -90,5 +176,6 @@ stop_services() {
   done
   SERVICE_PIDS=()
   unset SERVICE_REDIS_PID SLUICE_TEST_REDIS_ADDR
+  unset SERVICE_CLICKHOUSE_PID SLUICE_TEST_CLICKHOUSE_ADDR SLUICE_TEST_CLICKHOUSE_HTTP
   if [ -n "$SERVICE_TMPDIR" ]; then rm -rf "$SERVICE_TMPDIR"; SERVICE_TMPDIR=""; fi
 }

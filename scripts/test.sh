@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone: formatting, vet, unit,
 # integration and end-to-end tests (with the race detector), and short fuzz
 # runs of the parsers. It installs and starts whatever the tests need: Redis
-# from Debian's packages (scripts/services.sh), on a free loopback port, ended
+# and ClickHouse from Debian's packages (scripts/services.sh), on a free loopback port, ended
 # by its PID when the script exits. The fake upstream runs inside the tests.
 #
 # Usage: scripts/test.sh   (FUZZTIME=30000x by default: an exec count, not a duration, which
@@ -38,9 +38,40 @@ source scripts/services.sh
 trap stop_services EXIT
 start_redis
 echo "redis at $SLUICE_TEST_REDIS_ADDR"
+start_clickhouse
+echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
 
 step "tests (race detector on)"
 go test -race -count=1 ./...
+
+step "transcripts end to end: ClickHouse 18.16 killed, frozen, sluice stopped under load (no -race: sluice is a subprocess)"
+mkdir -p bin
+if ! go test -count=1 -timeout 15m -run 'TestTranscripts|TestSinkNeverSlowsRequests' -v ./e2e/ >bin/transcripts-e2e.log 2>&1; then
+  cat bin/transcripts-e2e.log; exit 1
+fi
+grep -E '^(--- |    transcripts_test|ok )' bin/transcripts-e2e.log
+
+step "sink throughput into ClickHouse 18.16 (benchmark)"
+go test -run '^$' -bench 'ClickHouseThroughput|SinkThroughput' -benchtime 2x ./sink/
+
+step "modern DDL and shipped queries on a current ClickHouse engine (chDB 26.5, in process)"
+# libchdb.so comes in an npm package (167 MB download, 559 MB unpacked), cached
+# between runs; sink/chdbtest is a module of its own so chdb-go stays out of
+# Sluice's go.mod. CHDB=0 skips this step.
+if [ "${CHDB:-1}" != "0" ]; then
+  CHDB_DIR="${CHDB_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice-chdb-26.5.3}"
+  if [ ! -f "$CHDB_DIR/package/libchdb.so" ]; then
+    if command -v npm >/dev/null; then
+      mkdir -p "$CHDB_DIR"
+      (cd "$CHDB_DIR" && npm pack --silent @chdb/lib-linux-x64-gnu@26.5.3 >/dev/null &&
+        tar xzf chdb-lib-linux-x64-gnu-26.5.3.tgz package/libchdb.so && rm -f chdb-lib-linux-x64-gnu-26.5.3.tgz) ||
+        echo "could not fetch libchdb.so; the chDB test will skip"
+    else
+      echo "npm not found: cannot fetch libchdb.so; the chDB test will skip"
+    fi
+  fi
+  (cd sink/chdbtest && CHDB_LIB_PATH="$CHDB_DIR/package/libchdb.so" go test -count=1 -v ./...)
+fi
 
 if [ "$FUZZTIME" != "0" ]; then
   step "fuzz ($FUZZTIME each)"

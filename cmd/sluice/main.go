@@ -193,6 +193,15 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	transcripts, reader, err := newSink(cfg, reg, log)
+	if err != nil {
+		return fmt.Errorf("transcripts: %w", err)
+	}
+	if transcripts != nil {
+		srv.SetTranscripts(proxy.TranscriptOptions{Sink: transcripts, Reader: reader,
+			MetadataOnly: cfg.Transcripts.Content == "metadata", MaxContentBytes: cfg.Transcripts.MaxContentBytes,
+			AdminToken: cfg.Server.AdminToken})
+	}
 
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
@@ -228,9 +237,9 @@ func serve(args []string) error {
 
 	// Shutdown order: stop accepting and drain the API listener (queued
 	// requests get a 503 with a retry hint at once, in-flight requests and
-	// streams finish, new requests on open connections get a 503), then
-	// close the admin listener so /readyz reports draining until
-	// the end.
+	// streams finish, new requests on open connections get a 503), settle
+	// tokens, flush the transcript sink (or spool it), then close the admin
+	// listener so /readyz reports draining until the end.
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
@@ -240,6 +249,10 @@ func serve(args []string) error {
 	log.Info("api listener drained", "took", time.Since(start))
 	// Pending token settlements reach the store before it closes (deferred).
 	limiter.Close()
+	// Transcripts: the queue is closed only now that no handler can enqueue;
+	// what is queued is written within transcripts.write_timeout, else
+	// spooled to disk for the next start.
+	stopSink(transcripts, cfg.Transcripts.WriteTimeout, log)
 	if admin != nil {
 		_ = admin.Close()
 	}

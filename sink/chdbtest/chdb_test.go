@@ -1,0 +1,153 @@
+package chdbtest
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chdb-io/chdb-go/chdb"
+
+	"sluice/sink"
+)
+
+// session opens a chDB session in a temporary directory, or skips.
+func session(t *testing.T) *chdb.Session {
+	t.Helper()
+	lib := os.Getenv("CHDB_LIB_PATH")
+	if lib == "" {
+		t.Skip("CHDB_LIB_PATH is empty: no libchdb.so (scripts/test.sh installs it)")
+	}
+	if _, err := os.Stat(lib); err != nil {
+		t.Skipf("CHDB_LIB_PATH: %v", err)
+	}
+	s, err := chdb.NewSession(t.TempDir())
+	if err != nil {
+		t.Fatalf("chdb session: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func query(t *testing.T, s *chdb.Session, q string) string {
+	t.Helper()
+	r, err := s.Query(q, "TabSeparated")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, q)
+	}
+	if r.Error() != nil {
+		t.Fatalf("%v\n%s", r.Error(), q)
+	}
+	return strings.TrimSpace(r.String())
+}
+
+func quote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// values renders records as an INSERT's VALUES, in sink.Columns order.
+func values(recs []*sink.Record) string {
+	ts := func(t time.Time) string { return quote(t.UTC().Format("2006-01-02 15:04:05.000")) }
+	b2 := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
+	}
+	var out []string
+	for _, r := range recs {
+		first := r.FirstToken
+		if first.IsZero() {
+			first = time.Unix(0, 0)
+		}
+		f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
+		row := []string{quote(r.RequestID), quote(r.UpstreamRequestID), ts(r.Start), ts(first), ts(r.End), quote(r.KeyID),
+			quote(r.User), quote(r.Team), quote(r.Tier), quote(r.Endpoint), quote(r.ModelRequested), quote(r.Model),
+			quote(r.Upstream), b2(r.Stream), quote(r.Request), quote(r.Response), quote(r.FinishReason),
+			fmt.Sprint(r.PromptTokens), fmt.Sprint(r.CompletionTokens), fmt.Sprint(r.TotalTokens), fmt.Sprint(r.EstimatedTokens),
+			fmt.Sprint(r.Status), quote(r.ErrorType), f(r.LatencyMs), f(r.TTFTMs), f(r.QueueWaitMs), quote(r.CacheStatus),
+			fmt.Sprint(r.Retries), b2(r.ClientGone), quote(r.UserAgent)}
+		out = append(out, "("+strings.Join(row, ", ")+")")
+	}
+	return strings.Join(out, ",\n")
+}
+
+// TestModernDDLAndShippedQueriesOnCurrentEngine creates the table with the
+// DDL a current server gets, writes 500 rows and a replay of 200 of them,
+// and checks every shipped query counts each request once.
+func TestModernDDLAndShippedQueriesOnCurrentEngine(t *testing.T) {
+	s := session(t)
+	version := query(t, s, "SELECT version()")
+	if sink.Major(version) < sink.ModernMajor {
+		t.Fatalf("chDB engine %s is older than %d", version, sink.ModernMajor)
+	}
+	t.Logf("chDB engine %s", version)
+	const table = "sluice_chdb.transcripts"
+	query(t, s, "CREATE DATABASE IF NOT EXISTS sluice_chdb")
+	ddl := sink.DDL(version, table, 30)
+	for _, want := range []string{"DateTime64", "LowCardinality", "CODEC", "TTL"} {
+		if !strings.Contains(ddl, want) {
+			t.Fatalf("modern DDL lacks %s", want)
+		}
+	}
+	query(t, s, ddl)
+	show := query(t, s, "SHOW CREATE TABLE "+table)
+	for _, want := range []string{"ReplacingMergeTree", "DateTime64(3, \\'UTC\\')", "TTL", "CODEC(ZSTD(3))"} {
+		if !strings.Contains(show, want) {
+			t.Fatalf("created table lacks %s:\n%s", want, show)
+		}
+	}
+
+	now := time.Now().UTC()
+	recs := make([]*sink.Record, 500)
+	for i := range recs {
+		start := now.Add(-time.Duration(i) * time.Second)
+		recs[i] = &sink.Record{RequestID: fmt.Sprintf("req_%06d", i), UpstreamRequestID: fmt.Sprintf("up_%06d", i),
+			Start: start, FirstToken: start.Add(3 * time.Millisecond), End: start.Add(10 * time.Millisecond),
+			KeyID: "k", User: fmt.Sprintf("u%d", i%7), Team: "t", Tier: "default", Endpoint: "chat_completions",
+			ModelRequested: "gpt-4o-mini", Model: "gpt-4o-mini", Upstream: "openai", Stream: i%2 == 0,
+			Request: `[{"role":"user","content":"it's \"quoted\" ` + fmt.Sprint(i) + `"}]`, Response: "echo",
+			FinishReason: "stop", PromptTokens: 3, CompletionTokens: 4, TotalTokens: 7, Status: 200,
+			LatencyMs: 10, TTFTMs: 3, UserAgent: "OpenAI/Go"}
+		if i%10 == 0 {
+			recs[i].CacheStatus = "hit"
+		}
+		if i%25 == 0 {
+			recs[i].Status, recs[i].ErrorType = 502, "upstream_error"
+		}
+	}
+	insert := "INSERT INTO " + table + " (" + strings.Join(sink.Columns, ", ") + ") VALUES\n"
+	query(t, s, insert+values(recs))
+	query(t, s, insert+values(recs[:200])) // a replay
+	if got := query(t, s, "SELECT count() FROM "+table); got != "700" {
+		t.Fatalf("raw rows %s, want 700", got)
+	}
+	qs := sink.Queries(table)
+	sum := func(name, col string) string {
+		t.Helper()
+		return query(t, s, "SELECT toInt64(sum("+col+")) FROM ("+qs[name]+")")
+	}
+	for _, c := range []struct{ name, col, want string }{
+		{"requests_per_day", "requests", "500"},
+		{"requests_per_day", "request_ids", "500"},
+		{"usage_per_user_per_day", "total_tokens", "3500"},
+		{"top_users", "requests", "500"},
+		{"latency_per_model", "requests", "480"},
+		{"cache_savings", "cached_answers", "50"},
+		{"cache_savings", "tokens_saved", "350"},
+		{"error_rates", "server_errors", "20"},
+		{"error_rates", "requests", "500"},
+	} {
+		if got := sum(c.name, c.col); got != c.want {
+			t.Errorf("%s: sum(%s) = %s, want %s", c.name, c.col, got, c.want)
+		}
+	}
+	// The admin endpoint's query shape, on the modern types.
+	recent := "SELECT " + strings.Join(sink.Columns, ", ") + " FROM " + table +
+		" FINAL WHERE user = 'u0' AND start >= now() - INTERVAL 1 DAY ORDER BY start DESC, request_id DESC LIMIT 1000"
+	if got := len(strings.Split(query(t, s, recent), "\n")); got != (500+6)/7 {
+		t.Fatalf("recent u0: %d rows, want %d", got, (500+6)/7)
+	}
+}

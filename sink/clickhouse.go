@@ -1,0 +1,339 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// ClickHouseOptions configure the ClickHouse writer.
+type ClickHouseOptions struct {
+	// Addr is host:port of the native protocol (9000 by default on a
+	// server). Required.
+	Addr string
+	// Database holds the table; created if missing. Default "sluice".
+	Database string
+	// Table is the transcript table; created if missing. Default
+	// "transcripts".
+	Table string
+	// Username and Password authenticate. Default user "default", no
+	// password.
+	Username, Password string
+	// DialTimeout bounds connecting. Default 2s.
+	DialTimeout time.Duration
+	// TTLDays is the retention on servers with TTL (current servers); old
+	// servers keep everything (drop daily partitions to expire). Default 0:
+	// no TTL.
+	TTLDays int
+	// Logger receives the driver's incidents. Default: none.
+	Logger *slog.Logger
+}
+
+// ModernMajor is the first server major version that gets the modern DDL
+// (DateTime64, LowCardinality, codecs, TTL); older servers get the 18.16
+// compatible one.
+const ModernMajor = 20
+
+// Columns is the transcript table's column list, in insert order; every
+// INSERT names them (18.16 rejects an INSERT without its column list).
+var Columns = []string{
+	"request_id", "upstream_request_id", "start", "first_token", "end", "key_id", "user", "team", "tier", "endpoint",
+	"model_requested", "model", "upstream", "stream", "request", "response", "finish_reason",
+	"prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens", "status", "error_type",
+	"latency_ms", "ttft_ms", "queue_wait_ms", "cache_status", "retries", "client_gone", "user_agent",
+}
+
+// ClickHouse writes transcript batches over the native protocol, creating
+// the database and table on first use with DDL chosen by server version.
+type ClickHouse struct {
+	opts ClickHouseOptions
+	conn driver.Conn
+
+	// mu guards ready and version (the admin endpoint reads concurrently).
+	mu      sync.Mutex
+	ready   bool
+	version string
+}
+
+// NewClickHouse prepares a connection pool; it does not connect yet, so
+// Sluice starts (and spools) while ClickHouse is down.
+func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
+	if opts.Addr == "" {
+		return nil, errors.New("sink: clickhouse addr is required")
+	}
+	if opts.Database == "" {
+		opts.Database = "sluice"
+	}
+	if opts.Table == "" {
+		opts.Table = "transcripts"
+	}
+	if !identRe.MatchString(opts.Database) || !identRe.MatchString(opts.Table) {
+		return nil, fmt.Errorf("sink: clickhouse database and table must match %s", identRe)
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 2 * time.Second
+	}
+	user := opts.Username
+	if user == "" {
+		user = "default"
+	}
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Addr:            []string{opts.Addr},
+		Protocol:        clickhouse.Native,
+		Auth:            clickhouse.Auth{Database: "default", Username: user, Password: opts.Password},
+		DialTimeout:     opts.DialTimeout,
+		MaxOpenConns:    4,
+		MaxIdleConns:    2,
+		ConnMaxLifetime: time.Hour,
+		Logger:          opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sink: clickhouse: %w", err)
+	}
+	return &ClickHouse{opts: opts, conn: conn}, nil
+}
+
+var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Table is the qualified table name, "db.table".
+func (c *ClickHouse) Table() string { return c.opts.Database + "." + c.opts.Table }
+
+// Conn is the driver connection, for tests and queries.
+func (c *ClickHouse) Conn() driver.Conn { return c.conn }
+
+// Version is the server version found by Ensure ("" before).
+func (c *ClickHouse) Version() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.version
+}
+
+// Ensure creates the database and table if missing, with the DDL for the
+// server's version. Write calls it until it succeeds once.
+func (c *ClickHouse) Ensure(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready {
+		return nil
+	}
+	var v string
+	if err := c.conn.QueryRow(ctx, "SELECT version()").Scan(&v); err != nil {
+		return fmt.Errorf("sink: clickhouse version: %w", err)
+	}
+	if err := c.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+c.opts.Database); err != nil {
+		return fmt.Errorf("sink: clickhouse create database: %w", err)
+	}
+	if err := c.conn.Exec(ctx, DDL(v, c.Table(), c.opts.TTLDays)); err != nil {
+		return fmt.Errorf("sink: clickhouse create table (server %s): %w", v, err)
+	}
+	c.version, c.ready = v, true
+	return nil
+}
+
+// Major returns the major number of a server version string ("18.16.1" →
+// 18); 0 when it cannot tell.
+func Major(version string) int {
+	major, _, _ := strings.Cut(version, ".")
+	n, _ := strconv.Atoi(major)
+	return n
+}
+
+// DDL returns the CREATE TABLE statement for table on a server of the
+// given version. Both have the same columns, so one INSERT fits both.
+//
+// Both are ReplacingMergeTree ordered by (user, start, request_id): a
+// batch replayed after a failure has the same key, so merges collapse it
+// and the shipped queries (FROM … FINAL) count it once. Per-user history is
+// a range scan of the sort key; partitions are daily.
+func DDL(version, table string, ttlDays int) string {
+	if Major(version) >= ModernMajor {
+		ttl := ""
+		if ttlDays > 0 {
+			ttl = "\nTTL toDate(start) + INTERVAL " + strconv.Itoa(ttlDays) + " DAY"
+		}
+		return `CREATE TABLE IF NOT EXISTS ` + table + ` (
+  request_id String CODEC(ZSTD(1)),
+  upstream_request_id String CODEC(ZSTD(1)),
+  start DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+  first_token DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+  end DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
+  key_id LowCardinality(String),
+  user String CODEC(ZSTD(1)),
+  team LowCardinality(String),
+  tier LowCardinality(String),
+  endpoint LowCardinality(String),
+  model_requested LowCardinality(String),
+  model LowCardinality(String),
+  upstream LowCardinality(String),
+  stream UInt8,
+  request String CODEC(ZSTD(3)),
+  response String CODEC(ZSTD(3)),
+  finish_reason LowCardinality(String),
+  prompt_tokens Int64 CODEC(T64, ZSTD(1)),
+  completion_tokens Int64 CODEC(T64, ZSTD(1)),
+  total_tokens Int64 CODEC(T64, ZSTD(1)),
+  estimated_tokens Int64 CODEC(T64, ZSTD(1)),
+  status UInt16,
+  error_type LowCardinality(String),
+  latency_ms Float64 CODEC(Gorilla, ZSTD(1)),
+  ttft_ms Float64 CODEC(Gorilla, ZSTD(1)),
+  queue_wait_ms Float64 CODEC(Gorilla, ZSTD(1)),
+  cache_status LowCardinality(String),
+  retries UInt16,
+  client_gone UInt8,
+  user_agent LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toDate(start)
+ORDER BY (user, start, request_id)` + ttl
+	}
+	// 18.16: no DateTime64, TTL, codecs; LowCardinality is experimental.
+	// Times are DateTime (seconds); the _ms columns keep the durations.
+	return `CREATE TABLE IF NOT EXISTS ` + table + ` (
+  request_id String,
+  upstream_request_id String,
+  start DateTime,
+  first_token DateTime,
+  end DateTime,
+  key_id String,
+  user String,
+  team String,
+  tier String,
+  endpoint String,
+  model_requested String,
+  model String,
+  upstream String,
+  stream UInt8,
+  request String,
+  response String,
+  finish_reason String,
+  prompt_tokens Int64,
+  completion_tokens Int64,
+  total_tokens Int64,
+  estimated_tokens Int64,
+  status UInt16,
+  error_type String,
+  latency_ms Float64,
+  ttft_ms Float64,
+  queue_wait_ms Float64,
+  cache_status String,
+  retries UInt16,
+  client_gone UInt8,
+  user_agent String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(start)
+ORDER BY (user, start, request_id)
+SETTINGS index_granularity = 8192`
+}
+
+// insertSQL is the INSERT with its explicit column list.
+func (c *ClickHouse) insertSQL() string {
+	return "INSERT INTO " + c.Table() + " (" + strings.Join(Columns, ", ") + ")"
+}
+
+func b2u8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Write sends recs as one native batch.
+func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
+	if err := c.Ensure(ctx); err != nil {
+		return err
+	}
+	batch, err := c.conn.PrepareBatch(ctx, c.insertSQL())
+	if err != nil {
+		return fmt.Errorf("sink: clickhouse prepare: %w", err)
+	}
+	// Column by column: one Append per column instead of 29 boxed values
+	// per row (about 3x the rows per second).
+	n := len(recs)
+	var (
+		ids, upIDs, keys, users, teams, tiers, eps, asked, models, ups = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		reqs, resps, finishes, errTypes, caches, agents                = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		starts, firsts, ends                                           = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+		streams, gones                                                 = make([]uint8, n), make([]uint8, n)
+		prompt, completion, total, estimated                           = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+		statuses, retries                                              = make([]uint16, n), make([]uint16, n)
+		lat, ttft, wait                                                = make([]float64, n), make([]float64, n), make([]float64, n)
+	)
+	for i, r := range recs {
+		ids[i], upIDs[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.UpstreamRequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
+		asked[i], models[i], ups[i] = r.ModelRequested, r.Model, r.Upstream
+		reqs[i], resps[i], finishes[i], errTypes[i], caches[i], agents[i] = r.Request, r.Response, r.FinishReason, r.ErrorType, r.CacheStatus, r.UserAgent
+		starts[i], firsts[i], ends[i] = r.Start, r.FirstToken, r.End
+		if firsts[i].IsZero() {
+			firsts[i] = time.Unix(0, 0)
+		}
+		streams[i], gones[i] = b2u8(r.Stream), b2u8(r.ClientGone)
+		prompt[i], completion[i], total[i], estimated[i] = r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.EstimatedTokens
+		statuses[i], retries[i] = uint16(r.Status), uint16(r.Retries)
+		lat[i], ttft[i], wait[i] = r.LatencyMs, r.TTFTMs, r.QueueWaitMs
+	}
+	cols := []any{ids, upIDs, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
+		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents}
+	for i, col := range cols {
+		if err := batch.Column(i).Append(col); err != nil {
+			_ = batch.Abort()
+			return fmt.Errorf("sink: clickhouse append %s: %w", Columns[i], err)
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("sink: clickhouse send: %w", err)
+	}
+	return nil
+}
+
+// Recent returns user's transcripts since since, newest first, one row per
+// request id (FINAL collapses replayed duplicates).
+func (c *ClickHouse) Recent(ctx context.Context, user string, since time.Time, limit int) ([]*Record, error) {
+	if err := c.Ensure(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = 100
+	}
+	q := "SELECT " + strings.Join(Columns, ", ") + " FROM " + c.Table() +
+		" FINAL WHERE user = ? AND start >= ? ORDER BY start DESC, request_id DESC LIMIT " + strconv.Itoa(limit)
+	rows, err := c.conn.Query(ctx, q, user, since.UTC().Truncate(time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("sink: clickhouse query: %w", err)
+	}
+	defer rows.Close()
+	var out []*Record
+	for rows.Next() {
+		var (
+			r                     Record
+			stream, gone          uint8
+			status, retries       uint16
+			start, first, endTime time.Time
+		)
+		if err := rows.Scan(&r.RequestID, &r.UpstreamRequestID, &start, &first, &endTime, &r.KeyID, &r.User, &r.Team, &r.Tier, &r.Endpoint,
+			&r.ModelRequested, &r.Model, &r.Upstream, &stream, &r.Request, &r.Response, &r.FinishReason,
+			&r.PromptTokens, &r.CompletionTokens, &r.TotalTokens, &r.EstimatedTokens, &status, &r.ErrorType,
+			&r.LatencyMs, &r.TTFTMs, &r.QueueWaitMs, &r.CacheStatus, &retries, &gone, &r.UserAgent); err != nil {
+			return nil, fmt.Errorf("sink: clickhouse scan: %w", err)
+		}
+		r.Start, r.End = start.UTC(), endTime.UTC()
+		if first.Unix() > 0 {
+			r.FirstToken = first.UTC()
+		}
+		r.Stream, r.ClientGone = stream == 1, gone == 1
+		r.Status, r.Retries = int(status), int(retries)
+		out = append(out, &r)
+	}
+	return out, rows.Err()
+}
+
+// Close closes the connection pool.
+func (c *ClickHouse) Close() error { return c.conn.Close() }

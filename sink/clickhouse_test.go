@@ -1,0 +1,255 @@
+package sink
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chWriter connects to the ClickHouse that scripts/services.sh started
+// (SLUICE_TEST_CLICKHOUSE_ADDR), in a database of the test's own, dropped
+// at the end; it skips the test when none was started.
+func chWriter(t testing.TB) *ClickHouse {
+	t.Helper()
+	addr := os.Getenv("SLUICE_TEST_CLICKHOUSE_ADDR")
+	if addr == "" {
+		t.Skip("SLUICE_TEST_CLICKHOUSE_ADDR is empty: no ClickHouse (scripts/services.sh start_clickhouse)")
+	}
+	db := fmt.Sprintf("sluice_test_%d", time.Now().UnixNano())
+	c, err := NewClickHouse(ClickHouseOptions{Addr: addr, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.Conn().Exec(context.Background(), "DROP DATABASE IF EXISTS "+db)
+		_ = c.Close()
+	})
+	return c
+}
+
+func chCount(t testing.TB, c *ClickHouse, query string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := c.Conn().QueryRow(context.Background(), query).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func TestClickHouseCreatesTableAndWrites(t *testing.T) {
+	c := chWriter(t)
+	ctx := context.Background()
+	if err := c.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ddl string
+	if err := c.Conn().QueryRow(ctx, "SHOW CREATE TABLE "+c.Table()).Scan(&ddl); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(ddl, "ReplacingMergeTree") {
+		t.Fatalf("table engine: %s", ddl)
+	}
+	if Major(c.Version()) < ModernMajor && strings.Contains(ddl, "DateTime64") {
+		t.Fatalf("old server %s got modern DDL", c.Version())
+	}
+	recs := batchOf(0, 1000)
+	recs[0].Stream, recs[0].ClientGone, recs[0].Retries, recs[0].FirstToken = true, true, 2, recs[0].Start.Add(time.Millisecond)
+	recs[0].ErrorType, recs[0].CacheStatus, recs[0].Response = "server_error", "miss", "héllo \"quoted\"\n"
+	if err := c.Write(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	if n := chCount(t, c, "SELECT count() FROM "+c.Table()); n != 1000 {
+		t.Fatalf("%d rows, want 1000", n)
+	}
+	got, err := c.Recent(ctx, recs[0].User, recs[0].Start.Add(-time.Hour), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back *Record
+	for _, r := range got {
+		if r.RequestID == recs[0].RequestID {
+			back = r
+		}
+	}
+	if back == nil {
+		t.Fatalf("record %s not read back (%d rows for %s)", recs[0].RequestID, len(got), recs[0].User)
+	}
+	want := *recs[0]
+	// 18.16 keeps whole seconds; the _ms columns carry the durations.
+	want.Start, want.End, want.FirstToken = want.Start.Truncate(time.Second), want.End.Truncate(time.Second), want.FirstToken.Truncate(time.Second)
+	if Major(c.Version()) >= ModernMajor {
+		want = *recs[0]
+	}
+	if !reflect.DeepEqual(*back, want) {
+		t.Fatalf("read back\n%+v\nwant\n%+v", *back, want)
+	}
+}
+
+func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
+	c := chWriter(t)
+	ctx := context.Background()
+	recs := batchOf(0, 500)
+	now := time.Now().UTC()
+	for i, r := range recs { // within every query's window
+		r.Start = now.Add(-time.Duration(i) * time.Second)
+		r.End = r.Start.Add(10 * time.Millisecond)
+		if i%10 == 0 {
+			r.CacheStatus = "hit"
+		}
+		if i%25 == 0 {
+			r.Status = 502
+		}
+	}
+	if err := c.Write(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	// A replay: the first 200 rows again, as after a write whose
+	// acknowledgement was lost.
+	if err := c.Write(ctx, recs[:200]); err != nil {
+		t.Fatal(err)
+	}
+	if n := chCount(t, c, "SELECT count() FROM "+c.Table()); n != 700 {
+		t.Fatalf("raw rows %d, want 700 (the replay duplicated 200)", n)
+	}
+	qs := Queries(c.Table())
+	for _, name := range []string{"requests_per_day", "usage_per_user_per_day", "top_users", "latency_per_model", "cache_savings", "error_rates"} {
+		if qs[name] == "" {
+			t.Fatalf("shipped query %s missing", name)
+		}
+	}
+	sum := func(name, col string) float64 {
+		t.Helper()
+		q := "SELECT toFloat64(sum(" + col + ")) FROM (" + qs[name] + ")"
+		var v float64
+		if err := c.Conn().QueryRow(ctx, q).Scan(&v); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, q)
+		}
+		return v
+	}
+	if got := sum("requests_per_day", "requests"); got != 500 {
+		t.Fatalf("requests_per_day counts %v, want 500", got)
+	}
+	if got := sum("usage_per_user_per_day", "total_tokens"); got != 500*7 {
+		t.Fatalf("usage_per_user_per_day tokens %v, want %d", got, 500*7)
+	}
+	if got := sum("top_users", "requests"); got != 500 {
+		t.Fatalf("top_users requests %v, want 500", got)
+	}
+	if got := sum("latency_per_model", "requests"); got != 480 {
+		t.Fatalf("latency_per_model requests %v, want 480 (successes)", got)
+	}
+	if got := sum("cache_savings", "cached_answers"); got != 50 {
+		t.Fatalf("cache_savings hits %v, want 50", got)
+	}
+	if got := sum("cache_savings", "tokens_saved"); got != 50*7 {
+		t.Fatalf("cache_savings tokens %v, want 350", got)
+	}
+	if got := sum("error_rates", "server_errors"); got != 20 {
+		t.Fatalf("error_rates 5xx %v, want 20", got)
+	}
+	recent, err := c.Recent(ctx, "u0", now.Add(-time.Hour), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (500 + 6) / 7; len(recent) != want {
+		t.Fatalf("Recent u0: %d rows, want %d (one per request)", len(recent), want)
+	}
+}
+
+func TestClickHouseDownIsAnErrorNotAHang(t *testing.T) {
+	c, err := NewClickHouse(ClickHouseOptions{Addr: "127.0.0.1:1", DialTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := c.Write(ctx, batchOf(0, 1)); err == nil {
+		t.Fatal("write to a closed port succeeded")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("failed write took %v", d)
+	}
+}
+
+// BenchmarkClickHouseThroughput writes 100,000 transcript rows of about
+// 400 bytes in batches of the default size (20,000) through the Writer, the
+// sink's path into the table, and reports rows per second.
+func BenchmarkClickHouseThroughput(b *testing.B) {
+	c := chWriter(b)
+	ctx := context.Background()
+	if err := c.Ensure(ctx); err != nil {
+		b.Fatal(err)
+	}
+	const rows = 100_000
+	batch := DefaultBatchRows
+	if v, _ := strconv.Atoi(os.Getenv("SINK_BENCH_BATCH")); v > 0 {
+		batch = v
+	}
+	recs := batchOf(0, rows)
+	for _, r := range recs {
+		r.Request = `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 30) + `"}]`
+		r.Response = strings.Repeat("answer ", 20)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		for off := 0; off < rows; off += batch {
+			if err := c.Write(ctx, recs[off:off+batch]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/time.Since(start).Seconds(), "rows/s")
+}
+
+// BenchmarkSinkThroughput pushes 100,000 records through the whole sink
+// (queue, batcher with the default redaction rules, shipper, ClickHouse)
+// and reports rows per second from the first Enqueue to the end of Stop.
+func BenchmarkSinkThroughput(b *testing.B) {
+	c := chWriter(b)
+	if err := c.Ensure(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	red, _ := NewRedactor(DefaultRedactRules)
+	const rows = 100_000
+	b.ReportAllocs()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		recs := batchOf(i*rows, rows)
+		for _, r := range recs {
+			r.Request = `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 30) + `"}]`
+			r.Response = strings.Repeat("answer ", 20)
+		}
+		s, err := New(Options{Writer: keepOpen{c}, QueueSize: rows, Redactor: red})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for _, r := range recs {
+			if !s.Enqueue(r) {
+				b.Fatal("dropped")
+			}
+		}
+		if err := s.Stop(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		total += time.Since(start)
+		if got := counter(s.m.written); got != rows {
+			b.Fatalf("wrote %v rows, want %d", got, rows)
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
+}
+
+// keepOpen is a Writer whose Close leaves the underlying writer open.
+type keepOpen struct{ Writer }
+
+func (keepOpen) Close() error { return nil }

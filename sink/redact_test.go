@@ -1,0 +1,109 @@
+package sink
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestDefaultRedaction(t *testing.T) {
+	r, err := NewRedactor(DefaultRedactRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := func(in, want string) {
+		t.Helper()
+		if got := r.String(in); got != want {
+			t.Fatalf("redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	f("key sk-proj-AbCdEf0123456789xyz ok", "key [REDACTED:api_key] ok")
+	f("sk-sluice-demo-e2e-0a1b2c3d4e5f6a7b8c9d", "[REDACTED:api_key]")
+	f("aws AKIAIOSFODNN7EXAMPLE!", "aws [REDACTED:aws_key]!")
+	f("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abcdefgh", "Authorization: Bearer [REDACTED]")
+	f(`"-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----"`, `"[REDACTED:private_key]"`)
+	f("sk-short and a normal sentence", "sk-short and a normal sentence")
+}
+
+func TestCustomRedactionRulesAndErrors(t *testing.T) {
+	r, err := NewRedactor([]RedactRule{{Pattern: `\b\d{3}-\d{2}-(\d{4})\b`, Replace: "***-**-$1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &Record{Request: "ssn 123-45-6789", Response: "ok 987-65-4321", UserAgent: "x"}
+	r.Record(rec)
+	if rec.Request != "ssn ***-**-6789" || rec.Response != "ok ***-**-4321" {
+		t.Fatalf("custom rule: %q / %q", rec.Request, rec.Response)
+	}
+	if _, err := NewRedactor([]RedactRule{{Pattern: "("}}); err == nil {
+		t.Fatal("invalid pattern accepted")
+	}
+	var none *Redactor
+	if none.String("sk-proj-AbCdEf0123456789xyz") == "" {
+		t.Fatal("nil redactor changed text")
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	if got := Truncate("hello", 10); got != "hello" {
+		t.Fatalf("short text changed: %q", got)
+	}
+	got := Truncate("héllo world", 2) // "h" + first byte of "é": cut before é
+	if got != "h"+TruncationMarker+"11 bytes]" {
+		t.Fatalf("Truncate = %q", got)
+	}
+	if got := TruncateBytes([]byte(strings.Repeat("a", 10)), 4); got != "aaaa"+TruncationMarker+"6 bytes]" {
+		t.Fatalf("TruncateBytes = %q", got)
+	}
+	if got := Truncate("abc", 0); got != "abc" {
+		t.Fatalf("no cap: %q", got)
+	}
+}
+
+func TestDDLByVersion(t *testing.T) {
+	old := DDL("18.16.1", "db.t", 30)
+	for _, bad := range []string{"DateTime64", "LowCardinality", "CODEC", "TTL"} {
+		if strings.Contains(old, bad) {
+			t.Fatalf("18.16 DDL uses %s:\n%s", bad, old)
+		}
+	}
+	modern := DDL("24.8.4.13", "db.t", 30)
+	for _, want := range []string{"DateTime64(3", "LowCardinality(String)", "CODEC(", "TTL toDate(start) + INTERVAL 30 DAY", "PARTITION BY toDate(start)"} {
+		if !strings.Contains(modern, want) {
+			t.Fatalf("modern DDL lacks %s:\n%s", want, modern)
+		}
+	}
+	for _, d := range []string{old, modern} {
+		if !strings.Contains(d, "ReplacingMergeTree") || !strings.Contains(d, "ORDER BY (user, start, request_id)") {
+			t.Fatalf("DDL is not dedup-safe:\n%s", d)
+		}
+		for _, c := range Columns {
+			if !strings.Contains(d, "\n  "+c+" ") {
+				t.Fatalf("DDL lacks column %s", c)
+			}
+		}
+	}
+}
+
+func TestContainsFold(t *testing.T) {
+	f := func(s, sub string, want bool) {
+		t.Helper()
+		if got := containsFold(s, sub); got != want {
+			t.Fatalf("containsFold(%q, %q) = %v", s, sub, got)
+		}
+	}
+	f("Authorization: BEARER x", "bearer", true)
+	f("beare", "bearer", false)
+	f("xxAKIAyy", "akia", true)
+	f("", "sk-", false)
+	f("-----BEGIN RSA PRIVATE KEY-----", "private key-----", true)
+}
+
+// BenchmarkRedactClean is the common case: a chat with no secret.
+func BenchmarkRedactClean(b *testing.B) {
+	r, _ := NewRedactor(DefaultRedactRules)
+	s := `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 60) + `"}]`
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_ = r.String(s)
+	}
+}
