@@ -199,8 +199,11 @@ type Scheduler struct {
 	// lastCut is when factor was last halved, so one storm halves it once
 	// per retry window.
 	lastCut time.Time
-	// pace is the earliest next grant when factor < 1 (local pacing).
+	// nextGrant is the earliest next grant when factor < 1 (local pacing).
 	nextGrant time.Time
+	// nextExpire is no later than the earliest deadline of a waiting
+	// ticket (a ticket that left may make it early: a harmless scan).
+	nextExpire time.Time
 
 	wake     chan struct{}
 	released chan struct{}
@@ -509,6 +512,9 @@ func (s *Scheduler) push(t *Ticket) {
 	}
 	f.tail = t
 	t.inQueue = true
+	if t.Deadline.Before(s.nextExpire) {
+		s.nextExpire = t.Deadline
+	}
 	f.n++
 	s.waiting++
 	if !f.active {
@@ -969,8 +975,12 @@ func (s *Scheduler) step() (time.Duration, bool) {
 	}
 	now := time.Now()
 	s.mu.Lock()
-	// Sleep no longer than the next deadline, to expire it on time.
-	cap := s.expire(now).Sub(now) + time.Millisecond
+	// Waiting tickets are scanned only once the earliest deadline passed;
+	// sleep no longer than that deadline, to expire it on time.
+	if !now.Before(s.nextExpire) {
+		s.nextExpire = s.expire(now)
+	}
+	cap := s.nextExpire.Sub(now) + time.Millisecond
 	if s.held(now) {
 		d := time.Until(time.UnixMicro(s.pauseUntil))
 		if g := time.Until(s.nextGrant); g > d {
