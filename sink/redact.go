@@ -68,35 +68,68 @@ func (r *Redactor) String(s string) string {
 }
 
 // containsFold reports whether s contains lower (ASCII lower case) in any
-// ASCII case, without allocating.
+// ASCII case, without allocating. Candidates are found with IndexByte (the
+// vectorised search) for each case of the first byte.
 func containsFold(s, lower string) bool {
 	if lower == "" {
 		return true
 	}
-	first := lower[0]
-	for i := 0; i+len(lower) <= len(s); i++ {
-		if s[i]|0x20 != first|0x20 {
-			continue
+	first, other := lower[0], lower[0]
+	if 'a' <= first && first <= 'z' {
+		other = first - ('a' - 'A')
+	}
+	n := len(s) - len(lower) + 1 // candidate starts are [0, n)
+	// The next occurrence at or after pos of each case of the first byte:
+	// -2 not searched yet, -1 none left.
+	nextLo, nextUp := -2, -2
+	if other == first {
+		nextUp = -1
+	}
+	for pos := 0; pos < n; {
+		if nextLo != -1 && nextLo < pos {
+			nextLo = indexFrom(s[:n], first, pos)
 		}
-		j := 1
-		for j < len(lower) {
-			c := s[i+j]
-			if 'A' <= c && c <= 'Z' {
-				c |= 0x20
-			}
-			if c != lower[j] {
-				break
-			}
-			j++
+		if nextUp != -1 && nextUp < pos {
+			nextUp = indexFrom(s[:n], other, pos)
 		}
-		if j == len(lower) {
+		i := nextLo
+		if i < 0 || (nextUp >= 0 && nextUp < i) {
+			i = nextUp
+		}
+		if i < 0 {
+			return false
+		}
+		if equalFoldLower(s[i+1:i+len(lower)], lower[1:]) {
 			return true
 		}
+		pos = i + 1
 	}
 	return false
 }
 
-// Record scrubs the record's request, response and user agent in place.
+// indexFrom is the index of the first c in s at or after from, or -1.
+func indexFrom(s string, c byte, from int) int {
+	if k := strings.IndexByte(s[from:], c); k >= 0 {
+		return from + k
+	}
+	return -1
+}
+
+// equalFoldLower reports whether s equals lower (ASCII lower case) in any
+// ASCII case.
+func equalFoldLower(s, lower string) bool {
+	for j := 0; j < len(lower); j++ {
+		c := s[j]
+		if 'A' <= c && c <= 'Z' {
+			c |= 0x20
+		}
+		if c != lower[j] {
+			return false
+		}
+	}
+	return true
+}
+
 func (r *Redactor) Record(rec *Record) {
 	if r == nil || len(r.rules) == 0 {
 		return

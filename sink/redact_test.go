@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"math/rand/v2"
 	"strings"
 	"testing"
 )
@@ -105,5 +106,28 @@ func BenchmarkRedactClean(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		_ = r.String(s)
+	}
+}
+
+// TestContainsFoldMatchesLowerContains compares containsFold with
+// strings.Contains over lower-cased text, for random ASCII strings built
+// from a small alphabet (so that near-misses are common).
+func TestContainsFoldMatchesLowerContains(t *testing.T) {
+	const alphabet = "sSkK-aAbB x"
+	r := rand.New(rand.NewPCG(1, 2))
+	rnd := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = alphabet[r.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	for range 20000 {
+		s := rnd(r.IntN(40))
+		sub := strings.ToLower(rnd(1 + r.IntN(4)))
+		want := strings.Contains(strings.ToLower(s), sub)
+		if got := containsFold(s, sub); got != want {
+			t.Fatalf("containsFold(%q, %q) = %v, want %v", s, sub, got, want)
+		}
 	}
 }
