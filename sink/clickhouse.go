@@ -62,6 +62,31 @@ type ClickHouse struct {
 	mu      sync.Mutex
 	ready   bool
 	version string
+
+	// wmu serialises Write, which reuses cols between batches.
+	wmu  sync.Mutex
+	cols columnBufs
+}
+
+// columnBufs are one batch's columns, kept between batches so that a
+// steady stream of batches does not allocate (and fault in) them anew.
+type columnBufs struct {
+	str  [16][]string
+	tm   [3][]time.Time
+	u8   [2][]uint8
+	i64  [4][]int64
+	u16  [2][]uint16
+	f64  [3][]float64
+	list []any
+}
+
+// resize returns *p with length n, reallocated only when it is too small.
+func resize[T any](p *[]T, n int) []T {
+	if cap(*p) < n {
+		*p = make([]T, n)
+	}
+	*p = (*p)[:n]
+	return *p
 }
 
 // NewClickHouse prepares a connection pool; it does not connect yet, so
@@ -258,14 +283,25 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	// Column by column: one Append per column instead of 29 boxed values
 	// per row (about 3x the rows per second).
 	n := len(recs)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := &c.cols
+	defer func() {
+		for i := range b.str {
+			clear(b.str[i]) // let the batch's strings go
+		}
+	}()
 	var (
-		ids, upIDs, keys, users, teams, tiers, eps, asked, models, ups = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		reqs, resps, finishes, errTypes, caches, agents                = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		starts, firsts, ends                                           = make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
-		streams, gones                                                 = make([]uint8, n), make([]uint8, n)
-		prompt, completion, total, estimated                           = make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
-		statuses, retries                                              = make([]uint16, n), make([]uint16, n)
-		lat, ttft, wait                                                = make([]float64, n), make([]float64, n), make([]float64, n)
+		ids, upIDs, keys, users, teams = resize(&b.str[0], n), resize(&b.str[1], n), resize(&b.str[2], n), resize(&b.str[3], n), resize(&b.str[4], n)
+		tiers, eps, asked, models, ups = resize(&b.str[5], n), resize(&b.str[6], n), resize(&b.str[7], n), resize(&b.str[8], n), resize(&b.str[9], n)
+		reqs, resps, finishes          = resize(&b.str[10], n), resize(&b.str[11], n), resize(&b.str[12], n)
+		errTypes, caches, agents       = resize(&b.str[13], n), resize(&b.str[14], n), resize(&b.str[15], n)
+		starts, firsts, ends           = resize(&b.tm[0], n), resize(&b.tm[1], n), resize(&b.tm[2], n)
+		streams, gones                 = resize(&b.u8[0], n), resize(&b.u8[1], n)
+		prompt, completion             = resize(&b.i64[0], n), resize(&b.i64[1], n)
+		total, estimated               = resize(&b.i64[2], n), resize(&b.i64[3], n)
+		statuses, retries              = resize(&b.u16[0], n), resize(&b.u16[1], n)
+		lat, ttft, wait                = resize(&b.f64[0], n), resize(&b.f64[1], n), resize(&b.f64[2], n)
 	)
 	for i, r := range recs {
 		ids[i], upIDs[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.UpstreamRequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
@@ -280,8 +316,9 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 		statuses[i], retries[i] = uint16(r.Status), uint16(r.Retries)
 		lat[i], ttft[i], wait[i] = r.LatencyMs, r.TTFTMs, r.QueueWaitMs
 	}
-	cols := []any{ids, upIDs, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
-		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents}
+	cols := append(b.list[:0], ids, upIDs, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
+		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents)
+	b.list = cols
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
 			_ = batch.Abort()
