@@ -63,3 +63,7 @@ func (e endpoint) parsesBody() bool { return e <= epResponses }
 
 // streams reports the endpoints that may answer with an SSE stream.
 func (e endpoint) streams() bool { return e == epChat || e == epCompletions || e == epResponses }
+
+// compressible reports the endpoints whose answers Sluice compresses for
+// the client itself (it reads them uncompressed from the upstream).
+func (e endpoint) compressible() bool { return e.parsesBody() }

@@ -17,6 +17,7 @@ const (
 	errModelNotFound                      // no route for the model
 	errMethodNotAllowed                   // wrong method for a known endpoint
 	errBodyTooLarge                       // request body over server.max_body_bytes
+	errUnsupportedEncoding                // a request Content-Encoding other than gzip, zstd, identity
 	errHeaderTooLarge                     // request headers over server.max_header_bytes
 	errUpstreamUnreachable                // dial failed, connection reset, pool exhausted
 	errUpstreamTimeout                    // first byte, idle or total timeout
@@ -48,6 +49,7 @@ var statusTable = [errKindCount]errRow{
 	errModelNotFound:       {fasthttp.StatusNotFound, "invalid_request_error", "model_not_found"},
 	errMethodNotAllowed:    {fasthttp.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed"},
 	errBodyTooLarge:        {fasthttp.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large"},
+	errUnsupportedEncoding: {fasthttp.StatusUnsupportedMediaType, "invalid_request_error", "unsupported_content_encoding"},
 	errHeaderTooLarge:      {fasthttp.StatusRequestHeaderFieldsTooLarge, "invalid_request_error", "headers_too_large"},
 	errUpstreamUnreachable: {fasthttp.StatusBadGateway, "server_error", "upstream_unreachable"},
 	errUpstreamTimeout:     {fasthttp.StatusGatewayTimeout, "server_error", "upstream_timeout"},

@@ -22,6 +22,7 @@ func TestStatusTable(t *testing.T) {
 		errUpstreamUnreachable: {502, "server_error", "upstream_unreachable"},
 		errUpstreamTimeout:     {504, "server_error", "upstream_timeout"},
 		errShuttingDown:        {503, "server_error", "shutting_down"},
+		errUnsupportedEncoding: {415, "invalid_request_error", "unsupported_content_encoding"},
 		errUpstreamUnavailable: {503, "server_error", "upstream_unavailable"},
 		errClientClosed:        {499, "invalid_request_error", "client_closed_request"},
 		errProviderBusy:        {429, "requests", "provider_capacity"},

@@ -25,6 +25,10 @@ type metrics struct {
 	disconnects [epCount]prometheus.Counter
 	// inFlight is the number of requests being served, streams included.
 	inFlight prometheus.Gauge
+	// answerBytes counts the JSON endpoints' answer bytes before
+	// compression; wireBytes the same answers as sent, by coding.
+	answerBytes [epCount]prometheus.Counter
+	wireBytes   [epCount][encCount]prometheus.Counter
 
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
@@ -86,6 +90,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_retries_total",
 		Help: "Upstream calls repeated after a 429/503 answer, within the request's max wait.",
 	}, []string{"upstream"})
+	answerBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_answer_bytes_total",
+		Help: "Bytes of the JSON endpoints' answers before compression (streams: the events relayed).",
+	}, []string{"route"})
+	wireBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_answer_wire_bytes_total",
+		Help: "Bytes of the JSON endpoints' answers as sent to clients, by content coding (identity, gzip, zstd).",
+	}, []string{"route", "encoding"})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -101,12 +113,18 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		m.duration[ep] = duration.WithLabelValues(route)
 		m.overhead[ep] = overhead.WithLabelValues(route)
 		m.disconnects[ep] = disconnects.WithLabelValues(route)
+		if ep.compressible() {
+			m.answerBytes[ep] = answerBytes.WithLabelValues(route)
+			for enc := range encCount {
+				m.wireBytes[ep][enc] = wireBytes.WithLabelValues(route, encodingNames[enc])
+			}
+		}
 		if ep.streams() {
 			m.firstByte[ep] = firstByte.WithLabelValues(route)
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, buildInfo)
+		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, buildInfo)
 	return m
 }
 

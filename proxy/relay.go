@@ -26,6 +26,8 @@ type relay struct {
 	br    *bufio.Reader
 	sse   bool
 	reqID []byte
+	// enc compresses the client's stream (SSE only), each event flushed.
+	enc encoding
 
 	// ev holds the event being assembled; pending is the part of the last
 	// event or read not yet handed to Read's caller.
@@ -81,23 +83,62 @@ func (r *relay) SupportsBodyWriteTo() bool { return true }
 // WriteTo relays the answer to w, one write per event (SSE) or per read.
 func (r *relay) WriteTo(w io.Writer) (int64, error) {
 	var total int64
+	out := w
+	var ze streamEncoder
+	cw := countingWriter{w: w}
+	if r.enc != encIdentity {
+		ze = newStreamEncoder(r.enc, &cw)
+		out = ze
+	}
+	defer func() {
+		if ze != nil {
+			putStreamEncoder(ze)
+		}
+		if r.sse && r.x.ep.compressible() {
+			r.s.m.answerBytes[r.x.ep].Add(float64(total))
+			if ze == nil {
+				cw.n = total
+			}
+			r.s.m.wireBytes[r.x.ep][r.enc].Add(float64(cw.n))
+		}
+	}()
 	for {
 		chunk, err := r.next()
 		if len(chunk) > 0 {
 			r.markFirst()
-			n, werr := w.Write(chunk)
+			n, werr := out.Write(chunk)
 			total += int64(n)
+			if werr == nil && ze != nil {
+				werr = ze.Flush() // one event, one flushed chunk: no added latency
+			}
 			if werr != nil {
 				return total, werr
 			}
 		}
 		if err != nil {
 			if err == io.EOF {
+				if ze != nil {
+					if cerr := ze.Close(); cerr != nil {
+						return total, cerr
+					}
+				}
 				return total, nil
 			}
 			return total, err
 		}
 	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Read implements io.Reader for fasthttp's fixed-size body path.

@@ -243,6 +243,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	x.status = ctx.Response.StatusCode()
 	x.tr.answer(x.ep, x.status, ctx.Response.Body())
+	s.compressAnswer(ctx, &x)
 	end := time.Now()
 	if !x.upFirst.IsZero() {
 		// The answer was read whole: the upstream's share ends with it;
@@ -349,7 +350,10 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return s.forward(ctx, x, up, body, "", false)
 	}
 
-	// The JSON endpoints: scan once, identify the end user, route.
+	// The JSON endpoints: decompress, scan once, identify the end user, route.
+	if !decodeRequestBody(ctx, s.cfg.Server.MaxBodyBytes) {
+		return false
+	}
 	body := ctx.PostBody()
 	var f reqFields
 	if err := scanRequest(body, &f); err != nil {
@@ -834,6 +838,12 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.R
 	if r.sse {
 		ctx.Response.ImmediateHeaderFlush = true
 		r.watch(ctx.Conn())
+		if len(resp.Header.ContentEncoding()) == 0 {
+			if r.enc = negotiate(ctx.Request.Header.Peek("Accept-Encoding")); r.enc != encIdentity {
+				ctx.Response.Header.Set("Content-Encoding", encodingNames[r.enc])
+				ctx.Response.Header.Add("Vary", "Accept-Encoding")
+			}
+		}
 	}
 	size := resp.Header.ContentLength()
 	if r.sse || size < 0 {
