@@ -5,6 +5,8 @@ import (
 	"errors"
 	"hash/crc32"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Entry is one stored answer. Whether it came from a stream or not, it holds
@@ -22,13 +24,38 @@ type Entry struct {
 	PromptTokens, CompletionTokens int64
 }
 
-// entryMagic starts every encoded entry: "SLC" and the format version.
-// Entries of another version are treated as corrupt (a miss), never misread.
-var entryMagic = [4]byte{'S', 'L', 'C', 1}
+// entryMagic starts every encoded entry: "SLC" and the format version:
+// 1, the body stored as it is; 2, the body stored zstd-compressed, followed
+// in the header by its decompressed length. Entries of another version are
+// treated as corrupt (a miss), never misread.
+var (
+	entryMagic  = [4]byte{'S', 'L', 'C', 1}
+	entryMagicZ = [4]byte{'S', 'L', 'C', 2}
+	zstdEncoder *zstd.Encoder // EncodeAll and DecodeAll are safe for concurrent use
+	zstdDecoder *zstd.Decoder
+	errTooLarge = errors.New("cache: entry body over the size bound")
+)
+
+func init() {
+	zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxBodyBytes))
+}
 
 // entryHeader is magic, created and expires (Unix ms), prompt and completion
-// tokens, CRC-32 (Castagnoli) of the body, body length.
-const entryHeader = 4 + 8 + 8 + 8 + 8 + 4 + 4
+// tokens, CRC-32 (Castagnoli) of the stored body, stored body length;
+// version 2 adds the body's decompressed length (entryHeaderZ).
+const (
+	entryHeader  = 4 + 8 + 8 + 8 + 8 + 4 + 4
+	entryHeaderZ = entryHeader + 4
+)
+
+// compressMinBytes is the smallest body stored compressed: below it zstd's
+// frame costs more than it saves.
+const compressMinBytes = 256
+
+// maxBodyBytes bounds a decompressed body (a corrupt length cannot make a
+// hit allocate more).
+const maxBodyBytes = 64 << 20
 
 // ErrCorrupt means a stored entry could not be read: wrong version,
 // truncated, or its checksum does not match.
@@ -36,28 +63,65 @@ var ErrCorrupt = errors.New("cache: corrupt entry")
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// Encode returns the entry in its stored form.
+// Encode returns the entry in its stored form: zstd-compressed (version 2)
+// when the body is large enough and compression pays, else as it is.
 func (e *Entry) Encode() []byte {
+	if len(e.Body) >= compressMinBytes && len(e.Body) <= maxBodyBytes {
+		b := make([]byte, entryHeaderZ, entryHeaderZ+len(e.Body)/2)
+		b = zstdEncoder.EncodeAll(e.Body, b)
+		if stored := len(b) - entryHeaderZ; stored < len(e.Body) {
+			e.putHeader(b, entryMagicZ, b[entryHeaderZ:])
+			binary.BigEndian.PutUint32(b[entryHeader:], uint32(len(e.Body)))
+			return b
+		}
+	}
 	b := make([]byte, entryHeader, entryHeader+len(e.Body))
-	copy(b, entryMagic[:])
+	b = append(b, e.Body...)
+	e.putHeader(b, entryMagic, b[entryHeader:])
+	return b
+}
+
+func (e *Entry) putHeader(b []byte, magic [4]byte, stored []byte) {
+	copy(b, magic[:])
 	binary.BigEndian.PutUint64(b[4:], uint64(e.Created.UnixMilli()))
 	binary.BigEndian.PutUint64(b[12:], uint64(e.Expires.UnixMilli()))
 	binary.BigEndian.PutUint64(b[20:], uint64(e.PromptTokens))
 	binary.BigEndian.PutUint64(b[28:], uint64(e.CompletionTokens))
-	binary.BigEndian.PutUint32(b[36:], crc32.Checksum(e.Body, crcTable))
-	binary.BigEndian.PutUint32(b[40:], uint32(len(e.Body)))
-	return append(b, e.Body...)
+	binary.BigEndian.PutUint32(b[36:], crc32.Checksum(stored, crcTable))
+	binary.BigEndian.PutUint32(b[40:], uint32(len(stored)))
 }
 
-// Decode reads an entry in its stored form. The entry's Body aliases b.
+// Decode reads an entry in its stored form. The entry's Body aliases b for
+// an uncompressed entry.
 func Decode(b []byte) (*Entry, error) {
-	if len(b) < entryHeader || [4]byte(b[:4]) != entryMagic {
+	if len(b) < entryHeader {
+		return nil, ErrCorrupt
+	}
+	head := entryHeader
+	compressed := [4]byte(b[:4]) == entryMagicZ
+	if compressed {
+		head = entryHeaderZ
+	} else if [4]byte(b[:4]) != entryMagic {
+		return nil, ErrCorrupt
+	}
+	if len(b) < head {
 		return nil, ErrCorrupt
 	}
 	n := binary.BigEndian.Uint32(b[40:])
-	body := b[entryHeader:]
+	body := b[head:]
 	if uint64(len(body)) != uint64(n) || crc32.Checksum(body, crcTable) != binary.BigEndian.Uint32(b[36:]) {
 		return nil, ErrCorrupt
+	}
+	if compressed {
+		raw := binary.BigEndian.Uint32(b[entryHeader:])
+		if raw > maxBodyBytes {
+			return nil, ErrCorrupt
+		}
+		out, err := zstdDecoder.DecodeAll(body, make([]byte, 0, raw))
+		if err != nil || uint32(len(out)) != raw {
+			return nil, ErrCorrupt
+		}
+		body = out
 	}
 	return &Entry{
 		Created:          time.UnixMilli(int64(binary.BigEndian.Uint64(b[4:]))),
