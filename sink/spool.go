@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // SpoolOptions configure a Spool.
@@ -46,10 +48,28 @@ var errCorrupt = errors.New("sink: corrupt spool frame")
 // per batch, appended in order:
 //
 //	payload length  uint32 little endian
-//	rows            uint32 little endian
+//	rows            uint32 little endian; the top bit set: the payload is
+//	                zstd-compressed (frames written before compression
+//	                existed have it clear and still read)
 //	checksum        uint32, CRC-32C of rows (4 bytes) then payload
 //	payload         the batch's records as JSON lines
 const frameHeader = 12
+
+// frameZstd flags a compressed payload in the rows field; rowsMask takes it
+// off.
+const (
+	frameZstd = 1 << 31
+	rowsMask  = frameZstd - 1
+)
+
+// maxPayloadBytes bounds a decompressed payload (a corrupt frame cannot make
+// a replay allocate more).
+const maxPayloadBytes = 1 << 30
+
+var (
+	spoolEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	spoolDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPayloadBytes))
+)
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -143,25 +163,29 @@ func (g *segment) index() error {
 		if off+frameHeader+n > g.size {
 			break
 		}
-		g.rows += int64(binary.LittleEndian.Uint32(h[4:]))
+		g.rows += int64(binary.LittleEndian.Uint32(h[4:]) & rowsMask)
 		off += frameHeader + n
 	}
 	return nil
 }
 
-// encodeFrame builds one frame for recs.
+// encodeFrame builds one frame for recs, its payload zstd-compressed
+// (transcripts' JSON shrinks several times; the spool holds that many more
+// rows and writes that much less).
 func encodeFrame(recs []*Record) ([]byte, error) {
-	buf := make([]byte, frameHeader, frameHeader+len(recs)*512)
+	lines := make([]byte, 0, len(recs)*512)
 	for _, r := range recs {
 		b, err := json.Marshal(r)
 		if err != nil {
 			return nil, err
 		}
-		buf = append(buf, b...)
-		buf = append(buf, '\n')
+		lines = append(lines, b...)
+		lines = append(lines, '\n')
 	}
+	buf := make([]byte, frameHeader, frameHeader+len(lines)/3)
+	buf = spoolEncoder.EncodeAll(lines, buf)
 	binary.LittleEndian.PutUint32(buf[0:], uint32(len(buf)-frameHeader))
-	binary.LittleEndian.PutUint32(buf[4:], uint32(len(recs)))
+	binary.LittleEndian.PutUint32(buf[4:], uint32(len(recs))|frameZstd)
 	crc := crc32.Update(0, crcTable, buf[4:8])
 	crc = crc32.Update(crc, crcTable, buf[frameHeader:])
 	binary.LittleEndian.PutUint32(buf[8:], crc)
@@ -326,7 +350,7 @@ func (s *Spool) nextPayload() ([]byte, error) {
 			return nil, fmt.Errorf("sink: spool read: %w", err)
 		}
 		n := int64(binary.LittleEndian.Uint32(h[0:]))
-		rows := int64(binary.LittleEndian.Uint32(h[4:]))
+		rows := int64(binary.LittleEndian.Uint32(h[4:]) & rowsMask)
 		if s.rdOff+frameHeader+n > seg.size {
 			s.corruptRest()
 			continue
@@ -340,6 +364,12 @@ func (s *Spool) nextPayload() ([]byte, error) {
 		if crc != binary.LittleEndian.Uint32(h[8:]) {
 			s.corruptRest()
 			continue
+		}
+		if binary.LittleEndian.Uint32(h[4:])&frameZstd != 0 {
+			if payload, err = spoolDecoder.DecodeAll(payload, nil); err != nil {
+				s.corruptRest()
+				continue
+			}
 		}
 		s.rdNext, s.rdRows = s.rdOff+frameHeader+n, rows
 		return payload, nil
