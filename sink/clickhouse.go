@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,8 +35,31 @@ type ClickHouseOptions struct {
 	// servers keep everything (drop daily partitions to expire). Default 0:
 	// no TTL.
 	TTLDays int
+	// Compression of inserts on the wire: "lz4", "none", or "" / "auto":
+	// lz4 unless Addr is a loopback address (there it costs more CPU than
+	// it saves bandwidth).
+	Compression string
 	// Logger receives the driver's incidents. Default: none.
 	Logger *slog.Logger
+}
+
+// useLZ4 decides ClickHouseOptions.Compression.
+func useLZ4(mode, addr string) bool {
+	switch mode {
+	case "lz4":
+		return true
+	case "none":
+		return false
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // ModernMajor is the first server major version that gets the modern DDL
@@ -111,7 +135,7 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 	if user == "" {
 		user = "default"
 	}
-	conn, err := clickhouse.Open(&clickhouse.Options{
+	copts := &clickhouse.Options{
 		Addr:            []string{opts.Addr},
 		Protocol:        clickhouse.Native,
 		Auth:            clickhouse.Auth{Database: "default", Username: user, Password: opts.Password},
@@ -120,7 +144,11 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 		MaxIdleConns:    2,
 		ConnMaxLifetime: time.Hour,
 		Logger:          opts.Logger,
-	})
+	}
+	if useLZ4(opts.Compression, opts.Addr) {
+		copts.Compression = &clickhouse.Compression{Method: clickhouse.CompressionLZ4}
+	}
+	conn, err := clickhouse.Open(copts)
 	if err != nil {
 		return nil, fmt.Errorf("sink: clickhouse: %w", err)
 	}

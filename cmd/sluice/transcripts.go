@@ -42,7 +42,7 @@ func newSink(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 		ch, err := sink.NewClickHouse(sink.ClickHouseOptions{
 			Addr: t.ClickHouse.Addr, Database: t.ClickHouse.Database, Table: t.ClickHouse.Table,
 			Username: t.ClickHouse.Username, Password: t.ClickHouse.Password,
-			DialTimeout: t.ClickHouse.DialTimeout, TTLDays: t.ClickHouse.TTLDays,
+			DialTimeout: t.ClickHouse.DialTimeout, TTLDays: t.ClickHouse.TTLDays, Compression: t.ClickHouse.Compression,
 		})
 		if err != nil {
 			return nil, nil, err
