@@ -163,10 +163,13 @@ var errDecodedTooLarge = errors.New("decompressed body over the limit")
 // decodeRequestBody replaces a gzip or zstd request body with its
 // decompressed bytes, at most limit of them. It answers 415 for another
 // coding, 400 for a corrupt body and 413 past the limit, and reports
-// whether the request goes on.
-func decodeRequestBody(ctx *fasthttp.RequestCtx, limit int) bool {
+// whether the request goes on. It counts the body's bytes.
+func (s *Server) decodeRequestBody(ctx *fasthttp.RequestCtx, ep endpoint, limit int) bool {
 	ce := bytes.TrimSpace(ctx.Request.Header.ContentEncoding())
+	wire := len(ctx.Request.Body())
 	if len(ce) == 0 || bytes.EqualFold(ce, []byte("identity")) {
+		s.m.requestWire[ep][encIdentity].Add(float64(wire))
+		s.m.requestBytes[ep].Add(float64(wire))
 		return true
 	}
 	var r io.Reader
@@ -204,6 +207,12 @@ func decodeRequestBody(ctx *fasthttp.RequestCtx, limit int) bool {
 	}
 	ctx.Request.SetBodyRaw(out)
 	ctx.Request.Header.Del("Content-Encoding")
+	enc := encGzip
+	if encodingNameOf(ce) == "zstd" {
+		enc = encZstd
+	}
+	s.m.requestWire[ep][enc].Add(float64(wire))
+	s.m.requestBytes[ep].Add(float64(len(out)))
 	return true
 }
 

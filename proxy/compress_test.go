@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -92,3 +93,41 @@ func benchmarkFirstEvent(b *testing.B, enc encoding) {
 func BenchmarkFirstEventIdentity(b *testing.B) { benchmarkFirstEvent(b, encIdentity) }
 func BenchmarkFirstEventGzip(b *testing.B)     { benchmarkFirstEvent(b, encGzip) }
 func BenchmarkFirstEventZstd(b *testing.B)     { benchmarkFirstEvent(b, encZstd) }
+
+// benchmarkCompressAnswer measures compressing a buffered answer of n
+// bytes of JSON (a chat answer or an embedding's float list).
+func benchmarkCompressAnswer(b *testing.B, enc encoding, body []byte) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	var dst []byte
+	for b.Loop() {
+		dst = compressBody(dst[:0], enc, body)
+	}
+}
+
+var (
+	benchChat      = []byte(`{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("The committee reviewed revenue, costs and bookings for the winter. ", 30) + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":400,"total_tokens":440}}`)
+	benchEmbedding = func() []byte {
+		var sb strings.Builder
+		sb.WriteString(`{"object":"list","data":[{"object":"embedding","index":0,"embedding":[`)
+		x := uint32(7)
+		for i := range 1536 {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			x = x*1664525 + 1013904223
+			sb.WriteString("-0.0" + strconv.Itoa(int(x%100000000)))
+		}
+		sb.WriteString(`]}],"model":"text-embedding-3-small"}`)
+		return []byte(sb.String())
+	}()
+)
+
+func BenchmarkCompressChatGzip(b *testing.B) { benchmarkCompressAnswer(b, encGzip, benchChat) }
+func BenchmarkCompressChatZstd(b *testing.B) { benchmarkCompressAnswer(b, encZstd, benchChat) }
+func BenchmarkCompressEmbeddingGzip(b *testing.B) {
+	benchmarkCompressAnswer(b, encGzip, benchEmbedding)
+}
+func BenchmarkCompressEmbeddingZstd(b *testing.B) {
+	benchmarkCompressAnswer(b, encZstd, benchEmbedding)
+}

@@ -29,6 +29,10 @@ type metrics struct {
 	// compression; wireBytes the same answers as sent, by coding.
 	answerBytes [epCount]prometheus.Counter
 	wireBytes   [epCount][encCount]prometheus.Counter
+	// requestBytes counts the JSON endpoints' request bodies as read
+	// (decompressed); requestWire the same bodies as received, by coding.
+	requestBytes [epCount]prometheus.Counter
+	requestWire  [epCount][encCount]prometheus.Counter
 
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
@@ -98,6 +102,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_answer_wire_bytes_total",
 		Help: "Bytes of the JSON endpoints' answers as sent to clients, by content coding (identity, gzip, zstd).",
 	}, []string{"route", "encoding"})
+	requestBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_request_bytes_total",
+		Help: "Bytes of the JSON endpoints' request bodies as read (after decompression).",
+	}, []string{"route"})
+	requestWire := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_request_wire_bytes_total",
+		Help: "Bytes of the JSON endpoints' request bodies as received, by content coding (identity, gzip, zstd).",
+	}, []string{"route", "encoding"})
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -115,8 +127,10 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		m.disconnects[ep] = disconnects.WithLabelValues(route)
 		if ep.compressible() {
 			m.answerBytes[ep] = answerBytes.WithLabelValues(route)
+			m.requestBytes[ep] = requestBytes.WithLabelValues(route)
 			for enc := range encCount {
 				m.wireBytes[ep][enc] = wireBytes.WithLabelValues(route, encodingNames[enc])
+				m.requestWire[ep][enc] = requestWire.WithLabelValues(route, encodingNames[enc])
 			}
 		}
 		if ep.streams() {
@@ -124,7 +138,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, buildInfo)
+		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo)
 	return m
 }
 

@@ -351,7 +351,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 
 	// The JSON endpoints: decompress, scan once, identify the end user, route.
-	if !decodeRequestBody(ctx, s.cfg.Server.MaxBodyBytes) {
+	if !s.decodeRequestBody(ctx, x.ep, s.cfg.Server.MaxBodyBytes) {
 		return false
 	}
 	body := ctx.PostBody()
