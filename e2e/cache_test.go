@@ -593,6 +593,15 @@ func TestCacheLeaderLeaves(t *testing.T) {
 			t.Errorf("follower %d after the leader left: %v %q %q", i, f.err, f.header.Get("X-Sluice-Cache"), f.acc.Choices[0].Message.Content)
 		}
 	}
+	// A follower's client is done at [DONE]; the leader's relay stores the
+	// answer a moment later, when the upstream body ends. A request in
+	// between would rightly be coalesced, so wait for the store.
+	if !waitFor(5*time.Second, func() bool {
+		v, _ := e.s.metric(t, "sluice_cache_stores_total")
+		return v >= 1
+	}) {
+		t.Fatal("the drained stream was not stored")
+	}
 	if _, h, err := chat(ctx, c, p); err != nil || h.Get("X-Sluice-Cache") != "hit" {
 		t.Errorf("after the stream: %v %q; want a hit (the drained stream was stored)", err, h.Get("X-Sluice-Cache"))
 	}

@@ -35,8 +35,10 @@ type relay struct {
 	// eof reports that the upstream body was read to its end, so its
 	// connection can go back to the pool.
 	eof bool
-	// sentFirst reports that the first event reached the writer.
-	sentFirst bool
+	// sentFirst reports that the first event reached the writer; sentAll
+	// that every byte of the upstream's answer did (only the framing, or a
+	// compressor's trailer, may be missing).
+	sentFirst, sentAll bool
 	// readErr is the upstream read error that ended the relay, if any.
 	readErr error
 	// usage is the last usage an event reported; generated counts the bytes
@@ -117,6 +119,7 @@ func (r *relay) WriteTo(w io.Writer) (int64, error) {
 		}
 		if err != nil {
 			if err == io.EOF {
+				r.sentAll = true
 				if ze != nil {
 					if cerr := ze.Close(); cerr != nil {
 						return total, cerr
@@ -247,7 +250,10 @@ func (r *relay) CloseWithError(err error) error {
 	} else {
 		_ = r.body.CloseWithError(errClientGone)
 	}
-	clientGone := r.gone.Load() || (err != nil && r.readErr == nil)
+	// A client that closed after the whole answer reached it (an SDK stops
+	// reading at [DONE], before a compressor's trailer or the last chunk's
+	// framing) did not leave early.
+	clientGone := !r.sentAll && (r.gone.Load() || (err != nil && r.readErr == nil))
 	if r.readErr != nil && !r.gone.Load() {
 		r.s.log.Warn("upstream stream failed", "request_id", string(r.reqID), "upstream", r.x.up.name,
 			"route", endpointLabels[r.x.ep], "error", r.readErr)
