@@ -135,32 +135,99 @@ func TestDashboardsUseExportedMetrics(t *testing.T) {
 	}
 }
 
-func TestAlertRulesUseExportedMetrics(t *testing.T) {
+// rule is one Prometheus rule of alerts.yaml.
+type rule struct {
+	Alert  string `yaml:"alert"`
+	Record string `yaml:"record"`
+	Expr   string `yaml:"expr"`
+}
+
+// readRules returns the rules of alerts.yaml in file order.
+func readRules(t *testing.T) []rule {
+	t.Helper()
 	data, err := os.ReadFile("alerts.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rules struct {
+	var file struct {
 		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
+			Rules []rule `yaml:"rules"`
 		} `yaml:"groups"`
 	}
-	if err := yaml.Unmarshal(data, &rules); err != nil {
+	if err := yaml.Unmarshal(data, &file); err != nil {
 		t.Fatal(err)
 	}
+	var out []rule
+	for _, g := range file.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out
+}
+
+// recordedName matches the level:metric:operations names of recording rules.
+var recordedName = regexp.MustCompile(`\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b`)
+
+func TestAlertRulesUseExportedMetrics(t *testing.T) {
+	names := exported(t)
+	recorded := map[string]bool{}
 	var exprs []string
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			if r.Alert == "" || r.Expr == "" {
-				t.Errorf("rule without a name or expression: %+v", r)
+	for _, r := range readRules(t) {
+		if (r.Alert == "") == (r.Record == "") || r.Expr == "" {
+			t.Errorf("rule needs exactly one of alert and record, and an expression: %+v", r)
+		}
+		if r.Record != "" {
+			recorded[r.Record] = true
+		}
+		// A recorded series a rule reads must be recorded by an earlier rule.
+		for _, n := range recordedName.FindAllString(r.Expr, -1) {
+			if !recorded[n] {
+				t.Errorf("rule %s%s reads %s, which no earlier recording rule records", r.Alert, r.Record, n)
 			}
-			exprs = append(exprs, r.Expr)
+		}
+		exprs = append(exprs, recordedName.ReplaceAllString(r.Expr, ""))
+	}
+	checkExprs(t, "alerts.yaml", exprs, names)
+}
+
+// TestEveryAlertUnitTested: alerts_test.yaml (run by promtool test rules in
+// scripts/test.sh) has a firing case for every alert of alerts.yaml.
+func TestEveryAlertUnitTested(t *testing.T) {
+	data, err := os.ReadFile("alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tests struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(data, &tests); err != nil {
+		t.Fatal(err)
+	}
+	fires := map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			}
 		}
 	}
-	checkExprs(t, "alerts.yaml", exprs, exported(t))
+	n := 0
+	for _, r := range readRules(t) {
+		if r.Alert == "" {
+			continue
+		}
+		n++
+		if !fires[r.Alert] {
+			t.Errorf("alert %s has no firing case in alerts_test.yaml", r.Alert)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alerts in alerts.yaml")
+	}
 }
 
 // discard is a sink writer that drops batches.
