@@ -251,6 +251,12 @@ func mixedLoad(t *testing.T, s *sluiceProc) {
 	if v, _ := s.metric(t, "sluice_sink_enqueued_total"); v == 0 {
 		t.Fatal("no transcript enqueued")
 	}
+	// Tokens by direction, tier and model group (the routes[].model pattern).
+	for _, dir := range []string{"prompt", "completion"} {
+		if v, _ := s.metric(t, "sluice_tokens_total", `direction="`+dir+`"`, `tier="users"`, `model_group="*"`); v == 0 {
+			t.Errorf(`sluice_tokens_total{direction=%q,tier="users",model_group="*"} is 0 after the load`, dir)
+		}
+	}
 }
 
 // promExpr is one PromQL expression and where it comes from.

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -32,7 +34,23 @@ type metrics struct {
 	// upstreamRetries the calls Sluice repeated after them.
 	upstreamThrottled *prometheus.CounterVec
 	upstreamRetries   *prometheus.CounterVec
+
+	// streamDuration observes a stream from arrival to its last event,
+	// seconds.
+	streamDuration [epCount]prometheus.Observer
+	// tokens counts the tokens answers reported in their usage, by
+	// direction, tier and model group; children resolved once per tier and
+	// group (both from configuration) in tokenPairs.
+	tokens     *prometheus.CounterVec
+	tokenMu    sync.RWMutex
+	tokenPairs map[tokenKey]*tokenPair
 }
+
+// tokenKey names one tier and model group.
+type tokenKey struct{ tier, group string }
+
+// tokenPair is the prompt and completion counters of one tier and group.
+type tokenPair struct{ prompt, completion prometheus.Counter }
 
 // overheadBuckets resolve what a gateway adds: 25 µs to 50 ms.
 var overheadBuckets = []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3}
@@ -86,6 +104,16 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_retries_total",
 		Help: "Upstream calls repeated after a 429/503 answer, within the request's max wait.",
 	}, []string{"upstream"})
+	streamDuration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_stream_duration_seconds",
+		Help:    "Time from a stream request's arrival to its last event sent (or the client gone).",
+		Buckets: latencyBuckets,
+	}, []string{"route"})
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_tokens_total",
+		Help: "Tokens the upstreams' answers reported in their usage, by direction (prompt, completion), tier and model group (the matching routes[].model pattern).",
+	}, []string{"direction", "tier", "model_group"})
+	m.tokenPairs = map[tokenKey]*tokenPair{}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -103,10 +131,12 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		m.disconnects[ep] = disconnects.WithLabelValues(route)
 		if ep.streams() {
 			m.firstByte[ep] = firstByte.WithLabelValues(route)
+			m.streamDuration[ep] = streamDuration.WithLabelValues(route)
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, buildInfo)
+		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, buildInfo,
+		streamDuration, m.tokens)
 	return m
 }
 
@@ -131,3 +161,23 @@ func (m *metrics) throttled(upstream string, status int) {
 
 // retry counts a call repeated after a 429/503.
 func (m *metrics) retry(upstream string) { m.upstreamRetries.WithLabelValues(upstream).Inc() }
+
+// usedTokens counts the prompt and completion tokens of an answer's usage.
+// Tiers and groups come from the configuration, so the children stay
+// bounded; each pair is created once.
+func (m *metrics) usedTokens(tier, group string, u usage) {
+	k := tokenKey{tier, group}
+	m.tokenMu.RLock()
+	p := m.tokenPairs[k]
+	m.tokenMu.RUnlock()
+	if p == nil {
+		m.tokenMu.Lock()
+		if p = m.tokenPairs[k]; p == nil {
+			p = &tokenPair{m.tokens.WithLabelValues("prompt", tier, group), m.tokens.WithLabelValues("completion", tier, group)}
+			m.tokenPairs[k] = p
+		}
+		m.tokenMu.Unlock()
+	}
+	p.prompt.Add(float64(u.prompt))
+	p.completion.Add(float64(u.completion))
+}

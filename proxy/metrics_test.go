@@ -1,0 +1,28 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// TestUsedTokens: usage is counted by direction, tier and model group, one
+// pair of children per tier and group.
+func TestUsedTokens(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), "test")
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 10, completion: 3, ok: true})
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 5, completion: 2, ok: true})
+	m.usedTokens("pro", "*", usage{prompt: 1, completion: 1, ok: true})
+	for _, c := range []struct {
+		dir, tier, group string
+		want             float64
+	}{{"prompt", "free", "gpt-4o*", 15}, {"completion", "free", "gpt-4o*", 5}, {"prompt", "pro", "*", 1}} {
+		if got := testutil.ToFloat64(m.tokens.WithLabelValues(c.dir, c.tier, c.group)); got != c.want {
+			t.Errorf("sluice_tokens_total{%s,%s,%s} = %v; want %v", c.dir, c.tier, c.group, got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.tokens); n != 4 {
+		t.Errorf("%d children; want 4 (two directions × two tier/group pairs)", n)
+	}
+}
