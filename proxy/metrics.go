@@ -44,7 +44,16 @@ type metrics struct {
 	tokens     *prometheus.CounterVec
 	tokenMu    sync.RWMutex
 	tokenPairs map[tokenKey]*tokenPair
+
+	// routed counts routed requests by tier, model group, cache status and
+	// status class; children resolved once per combination in routedBy.
+	routed   *prometheus.CounterVec
+	routedMu sync.RWMutex
+	routedBy map[routedKey]prometheus.Counter
 }
+
+// routedKey is one child of sluice_routed_requests_total.
+type routedKey struct{ tier, group, cache, class string }
 
 // tokenKey names one tier and model group.
 type tokenKey struct{ tier, group string }
@@ -114,6 +123,11 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Help: "Tokens the upstreams' answers reported in their usage, by direction (prompt, completion), tier and model group (the matching routes[].model pattern).",
 	}, []string{"direction", "tier", "model_group"})
 	m.tokenPairs = map[tokenKey]*tokenPair{}
+	m.routed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_routed_requests_total",
+		Help: "Requests routed to a model group, by tier, model group (the matching routes[].model pattern), cache status (hit, coalesced, miss, bypass, none) and status class.",
+	}, []string{"tier", "model_group", "cache_status", "status_class"})
+	m.routedBy = map[routedKey]prometheus.Counter{}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -136,7 +150,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
 		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, buildInfo,
-		streamDuration, m.tokens)
+		streamDuration, m.tokens, m.routed)
 	return m
 }
 
@@ -180,4 +194,30 @@ func (m *metrics) usedTokens(tier, group string, u usage) {
 	}
 	p.prompt.Add(float64(u.prompt))
 	p.completion.Add(float64(u.completion))
+}
+
+// routedRequest counts a routed request. Every label value comes from the
+// configuration (tier, group) or a fixed list (cache status, status class),
+// so the children stay bounded; each is created once.
+func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
+	if cacheStatus == "" {
+		cacheStatus = "none"
+	}
+	class := status / 100
+	if class < 1 || class > 5 {
+		class = 0
+	}
+	k := routedKey{tier, group, cacheStatus, statusClasses[class]}
+	m.routedMu.RLock()
+	c := m.routedBy[k]
+	m.routedMu.RUnlock()
+	if c == nil {
+		m.routedMu.Lock()
+		if c = m.routedBy[k]; c == nil {
+			c = m.routed.WithLabelValues(k.tier, k.group, k.cache, k.class)
+			m.routedBy[k] = c
+		}
+		m.routedMu.Unlock()
+	}
+	c.Inc()
 }

@@ -26,3 +26,19 @@ func TestUsedTokens(t *testing.T) {
 		t.Errorf("%d children; want 4 (two directions × two tier/group pairs)", n)
 	}
 }
+
+func TestRoutedRequest(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), "test")
+	m.routedRequest("free", "gpt-4o*", "hit", 200)
+	m.routedRequest("free", "gpt-4o*", "hit", 200)
+	m.routedRequest("free", "gpt-4o*", "", 502)
+	if got := testutil.ToFloat64(m.routed.WithLabelValues("free", "gpt-4o*", "hit", "2xx")); got != 2 {
+		t.Errorf("hits = %v; want 2", got)
+	}
+	if got := testutil.ToFloat64(m.routed.WithLabelValues("free", "gpt-4o*", "none", "5xx")); got != 1 {
+		t.Errorf("uncached 5xx = %v; want 1", got)
+	}
+	if n := testing.AllocsPerRun(50, func() { m.routedRequest("free", "gpt-4o*", "hit", 200) }); n != 0 && !raceEnabled {
+		t.Errorf("routedRequest allocates %v times per call; want 0", n)
+	}
+}

@@ -287,6 +287,9 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	if clientGone {
 		s.m.disconnects[x.ep].Inc()
 	}
+	if x.route.Group != "" {
+		s.m.routedRequest(x.tier, x.route.Group, x.cacheStatus, x.status)
+	}
 	if x.usage.ok {
 		s.m.usedTokens(x.tier, x.route.Group, x.usage)
 	}
