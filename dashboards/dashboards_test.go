@@ -1,5 +1,9 @@
-// Package dashboards holds Sluice's Grafana dashboards and Prometheus alert
-// rules. Its test checks that every metric they query is one Sluice exports.
+// Package dashboards holds Sluice's Grafana dashboards and Prometheus rules.
+// Its tests check the dashboards' structure, that every metric a query or
+// rule names is one Sluice exports, and that every alert has a promtool unit
+// test (alerts_test.yaml, run by scripts/test.sh). e2e's
+// TestPrometheusEvaluatesDashboardsAndRules evaluates them on a real
+// Prometheus.
 package dashboards
 
 import (
