@@ -164,7 +164,7 @@ func TestPrometheusEvaluatesDashboardsAndRules(t *testing.T) {
 			t.Errorf("rule %s: Prometheus reports %s", name, h)
 		}
 	}
-	t.Logf("evaluated %d panel queries of %d dashboards and %d rule expressions (%d rules evaluated by Prometheus itself, all healthy); %d gave only NaN",
+	t.Logf("evaluated %d panel and variable queries of %d dashboards and %d rule expressions (%d rules evaluated by Prometheus itself, all healthy); %d gave only NaN",
 		panelExprs, len(files), len(rules), len(health), nan)
 }
 
@@ -294,6 +294,17 @@ func dashboardExprs(t *testing.T, file string) []promExpr {
 	}
 	var out []promExpr
 	base := filepath.Base(file)
+	// Grafana's label_values(metric, label) variable queries, as PromQL.
+	for _, v := range d.Templating.List {
+		q, _ := v.Query.(map[string]any)
+		s, _ := q["query"].(string)
+		if m := labelValues.FindStringSubmatch(s); m != nil {
+			out = append(out, promExpr{where: fmt.Sprintf("%s: variable %s", base, v.Name),
+				expr: fmt.Sprintf("count by (%s) (%s)", m[2], m[1])})
+		} else if s != "" {
+			t.Errorf("%s: variable %s: query %q is not label_values(metric, label)", base, v.Name, s)
+		}
+	}
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {
 			out = append(out, promExpr{where: fmt.Sprintf("%s: panel %q %s", base, p.Title, tg.RefID), expr: tg.Expr})
@@ -301,6 +312,9 @@ func dashboardExprs(t *testing.T, file string) []promExpr {
 	}
 	return out
 }
+
+// labelValues matches a Grafana variable query label_values(metric, label).
+var labelValues = regexp.MustCompile(`^label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)$`)
 
 // threshold is an alert expression's final comparison with a number.
 var threshold = regexp.MustCompile(`\s*(==|!=|>=|<=|>|<)\s*[0-9.e+-]+\s*$`)
