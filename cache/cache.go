@@ -66,6 +66,15 @@ func New(o Options) (*Cache, error) {
 	}
 	c := &Cache{opts: o, flights: NewGroup()}
 	c.m = newMetrics(o.Registry, o.Memory)
+	o.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_cache_store_up",
+		Help: "1 while the cache store answers; 0 from a failed call until the next one succeeds (Redis health of the cache).",
+	}, func() float64 {
+		if c.storeDown.Load() {
+			return 0
+		}
+		return 1
+	}))
 	return c, nil
 }
 

@@ -1,14 +1,20 @@
-// Package dashboards holds Sluice's Grafana dashboards and Prometheus alert
-// rules. Its test checks that every metric they query is one Sluice exports.
+// Package dashboards holds Sluice's Grafana dashboards and Prometheus rules.
+// Its tests check the dashboards' structure, that every metric a query or
+// rule names is one Sluice exports, and that every alert has a promtool unit
+// test (alerts_test.yaml, run by scripts/test.sh). e2e's
+// TestPrometheusEvaluatesDashboardsAndRules evaluates them on a real
+// Prometheus.
 package dashboards
 
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,32 +139,99 @@ func TestDashboardsUseExportedMetrics(t *testing.T) {
 	}
 }
 
-func TestAlertRulesUseExportedMetrics(t *testing.T) {
+// rule is one Prometheus rule of alerts.yaml.
+type rule struct {
+	Alert  string `yaml:"alert"`
+	Record string `yaml:"record"`
+	Expr   string `yaml:"expr"`
+}
+
+// readRules returns the rules of alerts.yaml in file order.
+func readRules(t *testing.T) []rule {
+	t.Helper()
 	data, err := os.ReadFile("alerts.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rules struct {
+	var file struct {
 		Groups []struct {
-			Rules []struct {
-				Alert string `yaml:"alert"`
-				Expr  string `yaml:"expr"`
-			} `yaml:"rules"`
+			Rules []rule `yaml:"rules"`
 		} `yaml:"groups"`
 	}
-	if err := yaml.Unmarshal(data, &rules); err != nil {
+	if err := yaml.Unmarshal(data, &file); err != nil {
 		t.Fatal(err)
 	}
+	var out []rule
+	for _, g := range file.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out
+}
+
+// recordedName matches the level:metric:operations names of recording rules.
+var recordedName = regexp.MustCompile(`\b[a-z_]+:[a-z0-9_]+:[a-z0-9_]+\b`)
+
+func TestAlertRulesUseExportedMetrics(t *testing.T) {
+	names := exported(t)
+	recorded := map[string]bool{}
 	var exprs []string
-	for _, g := range rules.Groups {
-		for _, r := range g.Rules {
-			if r.Alert == "" || r.Expr == "" {
-				t.Errorf("rule without a name or expression: %+v", r)
+	for _, r := range readRules(t) {
+		if (r.Alert == "") == (r.Record == "") || r.Expr == "" {
+			t.Errorf("rule needs exactly one of alert and record, and an expression: %+v", r)
+		}
+		if r.Record != "" {
+			recorded[r.Record] = true
+		}
+		// A recorded series a rule reads must be recorded by an earlier rule.
+		for _, n := range recordedName.FindAllString(r.Expr, -1) {
+			if !recorded[n] {
+				t.Errorf("rule %s%s reads %s, which no earlier recording rule records", r.Alert, r.Record, n)
 			}
-			exprs = append(exprs, r.Expr)
+		}
+		exprs = append(exprs, recordedName.ReplaceAllString(r.Expr, ""))
+	}
+	checkExprs(t, "alerts.yaml", exprs, names)
+}
+
+// TestEveryAlertUnitTested: alerts_test.yaml (run by promtool test rules in
+// scripts/test.sh) has a firing case for every alert of alerts.yaml.
+func TestEveryAlertUnitTested(t *testing.T) {
+	data, err := os.ReadFile("alerts_test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tests struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(data, &tests); err != nil {
+		t.Fatal(err)
+	}
+	fires := map[string]bool{}
+	for _, tc := range tests.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			}
 		}
 	}
-	checkExprs(t, "alerts.yaml", exprs, exported(t))
+	n := 0
+	for _, r := range readRules(t) {
+		if r.Alert == "" {
+			continue
+		}
+		n++
+		if !fires[r.Alert] {
+			t.Errorf("alert %s has no firing case in alerts_test.yaml", r.Alert)
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alerts in alerts.yaml")
+	}
 }
 
 // discard is a sink writer that drops batches.
@@ -166,3 +239,123 @@ type discard struct{}
 
 func (discard) Write(context.Context, []*sink.Record) error { return nil }
 func (discard) Close() error                                { return nil }
+
+// board is the part of a Grafana dashboard the structure test reads.
+type board struct {
+	UID        string `json:"uid"`
+	Title      string `json:"title"`
+	Templating struct {
+		List []struct {
+			Name  string `json:"name"`
+			Type  string `json:"type"`
+			Query any    `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []struct {
+		ID         int    `json:"id"`
+		Type       string `json:"type"`
+		Title      string `json:"title"`
+		Datasource struct {
+			Type string `json:"type"`
+			UID  string `json:"uid"`
+		} `json:"datasource"`
+		GridPos *struct {
+			X, Y, W, H int
+		} `json:"gridPos"`
+		FieldConfig struct {
+			Defaults struct {
+				Unit string `json:"unit"`
+			} `json:"defaults"`
+		} `json:"fieldConfig"`
+		Targets []struct {
+			RefID      string `json:"refId"`
+			Expr       string `json:"expr"`
+			Datasource struct {
+				UID string `json:"uid"`
+			} `json:"datasource"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
+
+// wantBoards are the dashboards the SRE view is made of.
+var wantBoards = []string{"sluice-overview.json", "sluice-limits-queue.json", "sluice-cache.json",
+	"sluice-transcripts.json", "sluice-upstreams.json"}
+
+// TestDashboardStructure: every dashboard has a uid and title of its own, a
+// Prometheus datasource variable that every panel and query uses, unique
+// panel ids, a unit, a grid position and at least one query on every panel,
+// and unique refIds within a panel.
+func TestDashboardStructure(t *testing.T) {
+	files, _ := filepath.Glob("*.json")
+	for _, w := range wantBoards {
+		if !slices.Contains(files, w) {
+			t.Errorf("dashboard %s is missing", w)
+		}
+	}
+	uids := map[string]string{}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d board
+		if err := json.Unmarshal(data, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if d.UID == "" || d.Title == "" {
+			t.Errorf("%s: uid %q, title %q: both are required", f, d.UID, d.Title)
+		}
+		if prev, ok := uids[d.UID]; ok {
+			t.Errorf("%s: uid %q already used by %s", f, d.UID, prev)
+		}
+		uids[d.UID] = f
+		hasDS := false
+		for _, v := range d.Templating.List {
+			if v.Name == "datasource" && v.Type == "datasource" && v.Query == "prometheus" {
+				hasDS = true
+			}
+		}
+		if !hasDS {
+			t.Errorf("%s: no datasource variable (name datasource, type datasource, query prometheus)", f)
+		}
+		if len(d.Panels) == 0 {
+			t.Errorf("%s: no panels", f)
+		}
+		ids := map[int]string{}
+		for _, p := range d.Panels {
+			where := fmt.Sprintf("%s: panel %d %q", f, p.ID, p.Title)
+			if p.ID <= 0 {
+				t.Errorf("%s: id must be positive", where)
+			}
+			if prev, ok := ids[p.ID]; ok {
+				t.Errorf("%s: id already used by %q", where, prev)
+			}
+			ids[p.ID] = p.Title
+			if p.Title == "" || p.Type == "" {
+				t.Errorf("%s: title and type are required", where)
+			}
+			if p.FieldConfig.Defaults.Unit == "" {
+				t.Errorf("%s: no unit (fieldConfig.defaults.unit)", where)
+			}
+			if p.GridPos == nil || p.GridPos.W <= 0 || p.GridPos.H <= 0 || p.GridPos.X+p.GridPos.W > 24 {
+				t.Errorf("%s: bad or missing gridPos %+v", where, p.GridPos)
+			}
+			if p.Datasource.Type != "prometheus" || p.Datasource.UID != "${datasource}" {
+				t.Errorf("%s: datasource %+v, want the ${datasource} variable", where, p.Datasource)
+			}
+			if len(p.Targets) == 0 {
+				t.Errorf("%s: no queries", where)
+			}
+			refs := map[string]bool{}
+			for _, tg := range p.Targets {
+				if tg.Expr == "" || tg.RefID == "" || refs[tg.RefID] {
+					t.Errorf("%s: query %q with refId %q (empty or repeated)", where, tg.Expr, tg.RefID)
+				}
+				refs[tg.RefID] = true
+				if tg.Datasource.UID != "" && tg.Datasource.UID != "${datasource}" {
+					t.Errorf("%s: query datasource %q, want ${datasource}", where, tg.Datasource.UID)
+				}
+			}
+		}
+	}
+}

@@ -267,6 +267,8 @@ func launch(t *testing.T, cfgPath, polPath string, o sluiceOptions) (*sluiceProc
 		// Transcripts go to this test's own directory, never the source tree.
 		"SLUICE_TRANSCRIPTS_DIR": t.TempDir(),
 		"SLUICE_SPOOL_DIR":       t.TempDir(),
+		// The suite reads slog's text lines (msg=…); JSON is the default.
+		"SLUICE_LOG_FORMAT": "text",
 	}
 	for k, v := range o.Env {
 		env[k] = v

@@ -211,7 +211,16 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		Help: "Bucket store calls that failed (Redis unreachable or slow).",
 	})
 	l.storeErrors = storeErrors
-	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors)
+	storeUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_limiter_store_up",
+		Help: "1 while the bucket store answers; 0 from a failed call until the next one succeeds (Redis health of the limits).",
+	}, func() float64 {
+		if l.failing.Load() {
+			return 0
+		}
+		return 1
+	})
+	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors, storeUp)
 	l.pool.New = func() any { return new(Admission) }
 	return l
 }

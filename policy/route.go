@@ -17,6 +17,8 @@ type RouteRule struct {
 	// Fallbacks are upstream indexes tried in order when Upstream cannot
 	// serve.
 	Fallbacks []int
+	// group is Pattern as written in the configuration, set by NewRouter.
+	group string
 }
 
 // Route is where one model goes.
@@ -33,6 +35,10 @@ type Route struct {
 	Rewritten bool
 	// Fallbacks are the upstreams to try when Upstream cannot serve.
 	Fallbacks []int
+	// Group is the pattern of the rule that matched, as written in
+	// sluice.yaml's routes ("gpt-4o*", "*"): the model group of metrics,
+	// bounded by the configuration whatever the client asks for.
+	Group string
 }
 
 // Router resolves model names to upstreams. Rules are tried in order: exact
@@ -54,6 +60,7 @@ func NewRouter(rules []RouteRule, aliases map[string]string) (*Router, error) {
 		r.first = rules[0].Upstream
 	}
 	for _, rule := range rules {
+		rule.group = rule.Pattern
 		switch {
 		case rule.Pattern == "*":
 			if r.catchAll == nil {
@@ -89,7 +96,7 @@ func (r *Router) Resolve(model string) (route Route, ok bool) {
 		return Route{}, false
 	}
 	return Route{Upstream: rule.Upstream, Model: target, Deployment: rule.Deployment, Rewritten: target != model,
-		Fallbacks: rule.Fallbacks}, true
+		Fallbacks: rule.Fallbacks, Group: rule.group}, true
 }
 
 // Default is the route for requests that name no model (GET /v1/models,

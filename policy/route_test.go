@@ -23,12 +23,13 @@ func TestRouter(t *testing.T) {
 			t.Fatalf("Resolve(%q) = %+v, %v; want %+v", model, got, ok, want)
 		}
 	}
-	f("gpt-4o", Route{Upstream: 1, Model: "gpt-4o"})
-	f("gpt-4o-mini", Route{Upstream: 2, Model: "gpt-4o-mini"})
-	f("gpt-3.5-turbo", Route{Upstream: 3, Model: "gpt-3.5-turbo", Deployment: "dep", Fallbacks: []int{4, 1}})
-	f("llama3", Route{Upstream: 4, Model: "llama3"})
-	f("fast", Route{Upstream: 2, Model: "gpt-4o-mini", Rewritten: true})
-	f("smart", Route{Upstream: 1, Model: "gpt-4o", Rewritten: true})
+	// Group is the matching rule's pattern as written: the model group label.
+	f("gpt-4o", Route{Upstream: 1, Model: "gpt-4o", Group: "gpt-4o"})
+	f("gpt-4o-mini", Route{Upstream: 2, Model: "gpt-4o-mini", Group: "gpt-4o*"})
+	f("gpt-3.5-turbo", Route{Upstream: 3, Model: "gpt-3.5-turbo", Deployment: "dep", Fallbacks: []int{4, 1}, Group: "gpt-*"})
+	f("llama3", Route{Upstream: 4, Model: "llama3", Group: "*"})
+	f("fast", Route{Upstream: 2, Model: "gpt-4o-mini", Rewritten: true, Group: "gpt-4o*"})
+	f("smart", Route{Upstream: 1, Model: "gpt-4o", Rewritten: true, Group: "gpt-4o"})
 	if r.Default() != 4 {
 		t.Fatalf("Default() = %d; want the catch-all's 4", r.Default())
 	}

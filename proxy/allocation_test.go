@@ -2,7 +2,11 @@
 
 package proxy
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // TestScanRequestNoAllocs keeps the scanner off the heap: it runs on every
 // request.
@@ -15,5 +19,16 @@ func TestScanRequestNoAllocs(t *testing.T) {
 	})
 	if n != 0 {
 		t.Fatalf("scanRequest allocates %v times per call; want 0", n)
+	}
+}
+
+// TestUsedTokensNoAllocs: counting a known tier and group's tokens, done
+// for every answer, stays off the heap.
+func TestUsedTokensNoAllocs(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), "test")
+	u := usage{prompt: 10, completion: 3, ok: true}
+	m.usedTokens("free", "gpt-4o*", u)
+	if n := testing.AllocsPerRun(100, func() { m.usedTokens("free", "gpt-4o*", u) }); n != 0 {
+		t.Fatalf("usedTokens allocates %v times per call; want 0", n)
 	}
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -40,7 +42,32 @@ type metrics struct {
 	// upstreamRetries the calls Sluice repeated after them.
 	upstreamThrottled *prometheus.CounterVec
 	upstreamRetries   *prometheus.CounterVec
+
+	// streamDuration observes a stream from arrival to its last event,
+	// seconds.
+	streamDuration [epCount]prometheus.Observer
+	// tokens counts the tokens answers reported in their usage, by
+	// direction, tier and model group; children resolved once per tier and
+	// group (both from configuration) in tokenPairs.
+	tokens     *prometheus.CounterVec
+	tokenMu    sync.RWMutex
+	tokenPairs map[tokenKey]*tokenPair
+
+	// routed counts routed requests by tier, model group, cache status and
+	// status class; children resolved once per combination in routedBy.
+	routed   *prometheus.CounterVec
+	routedMu sync.RWMutex
+	routedBy map[routedKey]prometheus.Counter
 }
+
+// routedKey is one child of sluice_routed_requests_total.
+type routedKey struct{ tier, group, cache, class string }
+
+// tokenKey names one tier and model group.
+type tokenKey struct{ tier, group string }
+
+// tokenPair is the prompt and completion counters of one tier and group.
+type tokenPair struct{ prompt, completion prometheus.Counter }
 
 // overheadBuckets resolve what a gateway adds: 25 µs to 50 ms.
 var overheadBuckets = []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3}
@@ -110,6 +137,21 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_request_wire_bytes_total",
 		Help: "Bytes of the JSON endpoints' request bodies as received, by content coding (identity, gzip, zstd).",
 	}, []string{"route", "encoding"})
+	streamDuration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_stream_duration_seconds",
+		Help:    "Time from a stream request's arrival to its last event sent (or the client gone).",
+		Buckets: latencyBuckets,
+	}, []string{"route"})
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_tokens_total",
+		Help: "Tokens the upstreams' answers reported in their usage, by direction (prompt, completion), tier and model group (the matching routes[].model pattern).",
+	}, []string{"direction", "tier", "model_group"})
+	m.tokenPairs = map[tokenKey]*tokenPair{}
+	m.routed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_routed_requests_total",
+		Help: "Requests routed to a model group, by tier, model group (the matching routes[].model pattern), cache status (hit, coalesced, miss, bypass, none) and status class.",
+	}, []string{"tier", "model_group", "cache_status", "status_class"})
+	m.routedBy = map[routedKey]prometheus.Counter{}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "sluice_build_info",
 		Help:        "Always 1; the version label names the running build.",
@@ -135,10 +177,12 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 		if ep.streams() {
 			m.firstByte[ep] = firstByte.WithLabelValues(route)
+			m.streamDuration[ep] = streamDuration.WithLabelValues(route)
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo)
+		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
+		streamDuration, m.tokens, m.routed)
 	return m
 }
 
@@ -163,3 +207,49 @@ func (m *metrics) throttled(upstream string, status int) {
 
 // retry counts a call repeated after a 429/503.
 func (m *metrics) retry(upstream string) { m.upstreamRetries.WithLabelValues(upstream).Inc() }
+
+// usedTokens counts the prompt and completion tokens of an answer's usage.
+// Tiers and groups come from the configuration, so the children stay
+// bounded; each pair is created once.
+func (m *metrics) usedTokens(tier, group string, u usage) {
+	k := tokenKey{tier, group}
+	m.tokenMu.RLock()
+	p := m.tokenPairs[k]
+	m.tokenMu.RUnlock()
+	if p == nil {
+		m.tokenMu.Lock()
+		if p = m.tokenPairs[k]; p == nil {
+			p = &tokenPair{m.tokens.WithLabelValues("prompt", tier, group), m.tokens.WithLabelValues("completion", tier, group)}
+			m.tokenPairs[k] = p
+		}
+		m.tokenMu.Unlock()
+	}
+	p.prompt.Add(float64(u.prompt))
+	p.completion.Add(float64(u.completion))
+}
+
+// routedRequest counts a routed request. Every label value comes from the
+// configuration (tier, group) or a fixed list (cache status, status class),
+// so the children stay bounded; each is created once.
+func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
+	if cacheStatus == "" {
+		cacheStatus = "none"
+	}
+	class := status / 100
+	if class < 1 || class > 5 {
+		class = 0
+	}
+	k := routedKey{tier, group, cacheStatus, statusClasses[class]}
+	m.routedMu.RLock()
+	c := m.routedBy[k]
+	m.routedMu.RUnlock()
+	if c == nil {
+		m.routedMu.Lock()
+		if c = m.routedBy[k]; c == nil {
+			c = m.routed.WithLabelValues(k.tier, k.group, k.cache, k.class)
+			m.routedBy[k] = c
+		}
+		m.routedMu.Unlock()
+	}
+	c.Inc()
+}

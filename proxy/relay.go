@@ -270,6 +270,12 @@ func (r *relay) CloseWithError(err error) error {
 	if r.x.adm != nil || r.x.ticket != nil {
 		actual = r.streamUsage()
 	}
+	if r.usage.ok {
+		r.x.usage = r.usage
+	}
+	if r.sse && r.s.m.streamDuration[r.x.ep] != nil {
+		r.s.m.streamDuration[r.x.ep].Observe(time.Since(r.x.start).Seconds())
+	}
 	if r.x.cache != nil {
 		// cache: store the answer of a complete stream, end the flight.
 		r.x.cache.streamEnd(r.sse && r.eof && r.readErr == nil && r.x.status == fasthttp.StatusOK)

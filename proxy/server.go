@@ -207,6 +207,9 @@ type exchange struct {
 	retries int
 	// cacheStatus is "", "hit", "miss", "bypass" or "coalesced".
 	cacheStatus string
+	// usage is what the upstream's answer reported (metrics); zero for
+	// answers from the cache.
+	usage usage
 	// adm is the request's admission, settled when the exchange finishes;
 	// nil without limits.
 	adm *policy.Admission
@@ -254,6 +257,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if x.adm != nil || x.ticket != nil {
 		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero() && !x.cacheFree)
 	}
+	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
+		x.usage = findUsage(ctx.Response.Body())
+	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
 }
 
@@ -281,6 +287,12 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	}
 	if clientGone {
 		s.m.disconnects[x.ep].Inc()
+	}
+	if x.route.Group != "" {
+		s.m.routedRequest(x.tier, x.route.Group, x.cacheStatus, x.status)
+	}
+	if x.usage.ok {
+		s.m.usedTokens(x.tier, x.route.Group, x.usage)
 	}
 	if x.adm != nil {
 		s.limiter.Settle(x.adm, actual)

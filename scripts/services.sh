@@ -6,6 +6,8 @@
 #   trap stop_services EXIT
 #   start_redis            # exports SLUICE_TEST_REDIS_ADDR=127.0.0.1:PORT
 #   start_clickhouse       # exports SLUICE_TEST_CLICKHOUSE_ADDR=127.0.0.1:NATIVEPORT
+#   start_prometheus       # exports SLUICE_TEST_PROMETHEUS=http://127.0.0.1:PORT and
+#                          #   SLUICE_TEST_PROMETHEUS_TARGETS=DIR (file_sd: tests drop targets there)
 #
 # Debian's packages are installed only when the binary is missing. Nothing is
 # killed by name: stop_services ends exactly the PIDs recorded here.
@@ -164,6 +166,69 @@ start_clickhouse() {
   return 1
 }
 
+# ensure_promtool installs Debian's prometheus package (prometheus and
+# promtool) when either binary is missing.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    echo "services.sh: installing prometheus (Debian package, brings promtool)" >&2
+    _apt_install prometheus || { echo "services.sh: cannot install prometheus" >&2; return 1; }
+  fi
+}
+
+# start_prometheus starts a throwaway Prometheus (Debian's 2.42) on a free
+# loopback port that scrapes, every second, the targets tests write as file_sd
+# JSON into SLUICE_TEST_PROMETHEUS_TARGETS (job "sluice"), and evaluates
+# dashboards/alerts.yaml every second. Exports SLUICE_TEST_PROMETHEUS (its
+# base URL). Idempotent within one shell.
+start_prometheus() {
+  if [ -n "${SLUICE_TEST_PROMETHEUS:-}" ] && [ -n "${SERVICE_PROMETHEUS_PID:-}" ]; then
+    return 0
+  fi
+  ensure_promtool || return 1
+  _services_tmpdir
+  local rules attempt port pid i dir
+  rules="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/dashboards/alerts.yaml"
+  for attempt in 1 2 3; do
+    port="$(_free_port)" || return 1
+    dir="$SERVICE_TMPDIR/prometheus-$port"
+    mkdir -p "$dir/data" "$dir/targets"
+    cat >"$dir/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $rules
+scrape_configs:
+  - job_name: sluice
+    file_sd_configs:
+      - files: ['$dir/targets/*.json']
+        refresh_interval: 1s
+EOF
+    prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+      --web.listen-address="127.0.0.1:$port" --log.level=warn >"$dir/prometheus.log" 2>&1 &
+    pid=$!
+    for i in $(seq 1 150); do # up to 15 s
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
+        { ! command -v curl >/dev/null || curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null; }; then
+        SERVICE_PIDS+=("$pid")
+        SERVICE_PROMETHEUS_PID="$pid"
+        export SLUICE_TEST_PROMETHEUS="http://127.0.0.1:$port"
+        export SLUICE_TEST_PROMETHEUS_TARGETS="$dir/targets"
+        echo "services.sh: prometheus pid $pid on $SLUICE_TEST_PROMETHEUS" >&2
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "services.sh: prometheus on port $port did not start (attempt $attempt):" >&2
+    tail -n 5 "$dir/prometheus.log" >&2
+  done
+  return 1
+}
+
 # stop_services ends the recorded PIDs (and only those) and removes the
 # scratch directory. Safe to call twice, e.g. from an EXIT trap.
 stop_services() {
@@ -177,5 +242,6 @@ stop_services() {
   SERVICE_PIDS=()
   unset SERVICE_REDIS_PID SLUICE_TEST_REDIS_ADDR
   unset SERVICE_CLICKHOUSE_PID SLUICE_TEST_CLICKHOUSE_ADDR SLUICE_TEST_CLICKHOUSE_HTTP
+  unset SERVICE_PROMETHEUS_PID SLUICE_TEST_PROMETHEUS SLUICE_TEST_PROMETHEUS_TARGETS
   if [ -n "$SERVICE_TMPDIR" ]; then rm -rf "$SERVICE_TMPDIR"; SERVICE_TMPDIR=""; fi
 }

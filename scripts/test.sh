@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh clone: formatting, vet, unit,
 # integration and end-to-end tests (with the race detector), and short fuzz
 # runs of the parsers. It installs and starts whatever the tests need: Redis
-# and ClickHouse from Debian's packages (scripts/services.sh), on a free loopback port, ended
+# and ClickHouse from Debian's packages (scripts/services.sh), and Prometheus (promtool, the dashboards' queries), on a free loopback port, ended
 # by its PID when the script exits. The fake upstream runs inside the tests.
 #
 # Usage: scripts/test.sh   (FUZZTIME=30000x by default: an exec count, not a duration, which
@@ -40,6 +40,12 @@ start_redis
 echo "redis at $SLUICE_TEST_REDIS_ADDR"
 start_clickhouse
 echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
+start_prometheus
+echo "prometheus at $SLUICE_TEST_PROMETHEUS"
+
+step "alert rules: promtool check rules, promtool test rules"
+promtool check rules dashboards/alerts.yaml
+(cd dashboards && promtool test rules alerts_test.yaml)
 
 step "tests (race detector on)"
 go test -race -count=1 ./...

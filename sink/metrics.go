@@ -37,7 +37,7 @@ type metrics struct {
 	dropped      map[string]prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, queueLen, writerUp func() float64) *metrics {
 	m := &metrics{
 		enqueued: prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_sink_enqueued_total",
 			Help: "Transcript records the proxy handed to the sink."}),
@@ -73,7 +73,10 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.enqueued, m.written, m.batches, m.batchRows, m.writeSeconds, m.writeErrors,
-			m.spooled, m.replayed, m.spoolBytes, m.spoolSegs, m.queueLen, dropped)
+			m.spooled, m.replayed, m.spoolBytes, m.spoolSegs, m.queueLen, dropped,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_sink_writer_up",
+				Help: "1 while the transcript destination (ClickHouse or JSONL) takes batches; 0 from a failed write until the next one succeeds."},
+				writerUp))
 	}
 	return m
 }

@@ -98,6 +98,8 @@ type Sink struct {
 	batches chan []*Record
 	// queued is the bytes of the records in in.
 	queued atomic.Int64
+	// writerDown is set from a failed write until the next one succeeds.
+	writerDown atomic.Bool
 	// base is the parent of every write; Stop cancels it at its deadline so
 	// no write outlives Stop's context.
 	base       context.Context
@@ -147,7 +149,12 @@ func New(opts Options) (*Sink, error) {
 		batches: make(chan []*Record, 1),
 	}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
-	s.m = newMetrics(opts.Registry, func() float64 { return float64(len(s.in)) })
+	s.m = newMetrics(opts.Registry, func() float64 { return float64(len(s.in)) }, func() float64 {
+		if s.writerDown.Load() {
+			return 0
+		}
+		return 1
+	})
 	s.updateSpoolGauges()
 	s.wg.Add(2)
 	go s.batchLoop()
@@ -325,10 +332,14 @@ func (s *Sink) shipLoop() {
 		backoff = minBackoff
 	)
 	fail := func() {
+		s.writerDown.Store(true)
 		retryAt = time.Now().Add(backoff)
 		backoff = min(backoff*2, maxBackoff)
 	}
-	ok := func() { retryAt, backoff = time.Time{}, minBackoff }
+	ok := func() {
+		s.writerDown.Store(false)
+		retryAt, backoff = time.Time{}, minBackoff
+	}
 	poll := time.NewTimer(time.Hour)
 	defer poll.Stop()
 	for {

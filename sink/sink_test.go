@@ -131,8 +131,12 @@ func TestFailedBatchesSpoolAndReplayInOrder(t *testing.T) {
 	if counter(s.m.spoolBytes) == 0 || counter(s.m.spoolSegs) == 0 {
 		t.Fatal("spool gauges are zero while the spool holds rows")
 	}
+	if s.writerDown.Load() != true {
+		t.Fatal("sluice_sink_writer_up reads 1 while the writer fails")
+	}
 	w.setFail(func() bool { return false })
 	eventually(t, 10*time.Second, "the spool replayed", func() bool { return len(w.rows()) == 100 })
+	eventually(t, 5*time.Second, "sluice_sink_writer_up back to 1", func() bool { return !s.writerDown.Load() })
 	wantIDs(t, w.rows(), 100)
 	if got := counter(s.m.replayed); got != 100 {
 		t.Fatalf("replayed metric %v, want 100", got)

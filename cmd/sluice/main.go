@@ -80,7 +80,7 @@ func main() {
 }
 
 const usage = `usage:
-  sluice [serve] [-config FILE] [-policies FILE] [-log-json]
+  sluice [serve] [-config FILE] [-policies FILE] [-log-format json|text] [-log-level LEVEL]
   sluice validate [-config FILE] [-policies FILE]
   sluice hash-key [KEY]     print the sha256 policies.yaml stores for KEY (stdin when absent)
   sluice gen-key            print a new random key and its sha256
@@ -92,7 +92,10 @@ Without -config or -policies the embedded example files are used.
 // files are the two configuration files a command reads.
 type files struct {
 	config, policies string
-	logJSON          bool
+	// logFormat is json (default) or text; logLevel debug, info (default),
+	// warn or error.
+	logFormat, logLevel string
+	logJSON             bool
 }
 
 func parseFlags(name string, args []string) (*files, error) {
@@ -100,7 +103,9 @@ func parseFlags(name string, args []string) (*files, error) {
 	f := &files{}
 	fs.StringVar(&f.config, "config", os.Getenv("SLUICE_CONFIG"), "sluice.yaml to read (env SLUICE_CONFIG); empty: the embedded example")
 	fs.StringVar(&f.policies, "policies", os.Getenv("SLUICE_POLICIES"), "policies.yaml to read (env SLUICE_POLICIES); empty: the embedded example")
-	fs.BoolVar(&f.logJSON, "log-json", os.Getenv("SLUICE_LOG_JSON") != "", "log JSON lines instead of text (env SLUICE_LOG_JSON)")
+	fs.StringVar(&f.logFormat, "log-format", envOr("SLUICE_LOG_FORMAT", defaultLogFormat), "log lines as json or text (env SLUICE_LOG_FORMAT)")
+	fs.StringVar(&f.logLevel, "log-level", envOr("SLUICE_LOG_LEVEL", defaultLogLevel), "least severe level logged: debug, info, warn or error (env SLUICE_LOG_LEVEL)")
+	fs.BoolVar(&f.logJSON, "log-json", os.Getenv("SLUICE_LOG_JSON") != "", "same as -log-format json, kept for existing scripts (env SLUICE_LOG_JSON)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -154,11 +159,13 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	var handler slog.Handler = slog.NewTextHandler(os.Stderr, nil)
 	if f.logJSON {
-		handler = slog.NewJSONHandler(os.Stderr, nil)
+		f.logFormat = "json"
 	}
-	log := slog.New(handler)
+	log, err := newLogger(os.Stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
 	slog.SetDefault(log)
 
 	cfg, pol, err := f.load()
