@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +40,11 @@ type Cache struct {
 	m       *Metrics
 	// storeDown is set while the store fails, so an outage is logged once.
 	storeDown atomic.Bool
+	// purged is set once any namespace was purged (purge.go); genMu guards
+	// gens, the generation of each purged namespace.
+	purged atomic.Bool
+	genMu  sync.Mutex
+	gens   map[string]uint64
 }
 
 // Defaults of Options.

@@ -199,14 +199,16 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	return pl
 }
 
-// Limited reports whether the plan limits anything.
+// Limited reports whether the plan limits anything (shadow limits
+// included: they are evaluated at admission too).
 func (p *Plan) Limited() bool {
-	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero())
+	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero()) ||
+		(p.Tier != nil && !p.Tier.Shadow.IsZero())
 }
 
 // CountsTokens reports whether any of the plan's budgets is in tokens, so
 // the request's tokens must be estimated.
 func (p *Plan) CountsTokens() bool {
 	tok := func(l Limits) bool { return l.TPM.Limit > 0 || l.TPD.Limit > 0 }
-	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits))
+	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits)) || (p.Tier != nil && tok(p.Tier.Shadow))
 }

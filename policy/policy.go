@@ -55,6 +55,10 @@ type TierSpec struct {
 	// CacheHitsCountTokens makes cache hits count against token budgets too.
 	// Default false: hits count against request budgets only.
 	CacheHitsCountTokens bool `yaml:"cache_hits_count_tokens"`
+	// Shadow are candidate limits (rpm, tpm, tpd) evaluated beside the real
+	// ones in buckets of their own and only counted, never enforced (see
+	// shadow.go). Default none.
+	Shadow Limits `yaml:"shadow"`
 }
 
 // Queue is a tier's waiting rules.
@@ -148,6 +152,8 @@ type Tier struct {
 	Queue Queue
 	// Cache is the tier's response cache rule.
 	Cache CacheRule
+	// Shadow are the tier's counted-only candidate limits.
+	Shadow Limits
 }
 
 // DefaultMaxQueue is a tier's per-user queue depth when it sets none.
@@ -242,11 +248,8 @@ func HashKey(secret string) string {
 
 // LoadFile reads and compiles a policies.yaml file.
 func LoadFile(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read policies: %w", err)
-	}
-	return Parse(path, data, nil)
+	p, _, err := Load(path, nil)
+	return p, err
 }
 
 // Parse decodes, validates and compiles a policies.yaml document. name is
@@ -315,6 +318,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		sortModelLimits(t.Models)
 		t.Cache = compileCache(path, &ts, add)
+		t.Shadow = compileShadow(path, ts.Shadow, add)
 		p.Tiers[name] = t
 	}
 	for name, u := range f.Users {
