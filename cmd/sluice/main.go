@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -467,10 +468,8 @@ func diff(args []string) error {
 		return err
 	}
 	changes := policy.Diff(old, cur)
-	for _, p := range []*policy.Policy{old, cur} {
-		if len(p.Skipped) > 0 {
-			fmt.Printf("note: keys whose key_env is unset here are left out: %s\n", strings.Join(p.Skipped, ", "))
-		}
+	if skipped := slices.Compact(slices.Sorted(slices.Values(append(old.Skipped, cur.Skipped...)))); len(skipped) > 0 {
+		fmt.Printf("note: keys whose key_env is unset here are left out: %s\n", strings.Join(skipped, ", "))
 	}
 	if len(changes) == 0 {
 		fmt.Println("no effective changes")
