@@ -414,3 +414,80 @@ func TestValidateAndDiff(t *testing.T) {
 		t.Fatalf("sluice validate of a broken file: %v\n%s", err, out)
 	}
 }
+
+// TestAdminCachePurge: a namespace purge and a purge of one request make
+// the next identical request a miss; other entries stay.
+func TestAdminCachePurge(t *testing.T) {
+	f := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Policies: reloadPolicies(1000, 100, ""), BaseURL: f.URL,
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}})
+	body := func(tag string) string {
+		return `{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"purge ` + tag + `"}]}`
+	}
+	one, two := body("one "+nonce()), body("two "+nonce())
+	cacheStatus := func(b string) string {
+		t.Helper()
+		req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions", strings.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+demoKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return resp.Header.Get("X-Sluice-Cache")
+	}
+	for _, b := range []string{one, two} {
+		if got := cacheStatus(b); got != "miss" {
+			t.Fatalf("first call: %q", got)
+		}
+		if got := cacheStatus(b); got != "hit" {
+			t.Fatalf("second call: %q", got)
+		}
+	}
+	// One entry, by the request that stored it.
+	purge := `{"namespace":"team:demo","endpoint":"chat","model":"gpt-4o-mini","request":` + one + `}`
+	if status, resp := s.admin(t, "POST", "/admin/cache/purge", adminToken, purge); status != 200 {
+		t.Fatalf("purge by request: %d %s", status, resp)
+	}
+	if got, other := cacheStatus(one), cacheStatus(two); got != "miss" || other != "hit" {
+		t.Fatalf("after purging one entry: %q and %q; want miss and hit", got, other)
+	}
+	// The whole namespace.
+	if status, resp := s.admin(t, "POST", "/admin/cache/purge", adminToken, `{"namespace":"team:demo"}`); status != 200 {
+		t.Fatalf("purge namespace: %d %s", status, resp)
+	}
+	if got, other := cacheStatus(one), cacheStatus(two); got != "miss" || other != "miss" {
+		t.Fatalf("after purging the namespace: %q and %q; want two misses", got, other)
+	}
+	if got := cacheStatus(two); got != "hit" {
+		t.Fatalf("the cache no longer stores after a purge: %q", got)
+	}
+	if status, _ := s.admin(t, "POST", "/admin/cache/purge", adminToken, `{"key":"zz"}`); status != 400 {
+		t.Fatalf("a bad key: %d; want 400", status)
+	}
+}
+
+// TestAdminUsageAndQueues: usage reports what a user spent without
+// spending; queues lists every upstream.
+func TestAdminUsageAndQueues(t *testing.T) {
+	f := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Policies: reloadPolicies(1000, 8, ""), BaseURL: f.URL,
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}})
+	if ok, _ := probe(t, s, 3); ok != 3 {
+		t.Fatal("probe failed")
+	}
+	for i := 0; i < 3; i++ {
+		if rem, burst := probeRemaining(t, s); rem != 5 || burst != 8 {
+			t.Fatalf("usage read %d: %d of %d left; want 5 of 8", i, rem, burst)
+		}
+	}
+	status, body := s.admin(t, "GET", "/admin/queues", adminToken, "")
+	if status != 200 || !bytes.Contains(body, []byte(`"upstream": "openai"`)) || !bytes.Contains(body, []byte(`"waiting": 0`)) {
+		t.Fatalf("queues: %d %s", status, body)
+	}
+}
