@@ -25,6 +25,9 @@ func Load(path string, lookupEnv func(string) (string, bool)) (*Policy, [sha256.
 	return p, sum, err
 }
 
+// maxLoggedChanges bounds the changes a reload logs one per line.
+const maxLoggedChanges = 50
+
 // Reload results, the values of sluice_policy_reloads_total's result label.
 const (
 	ReloadSuccess   = "success"
@@ -183,12 +186,20 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 		r.o.Logger.Debug("policy unchanged", "file", r.o.Path, "trigger", trigger)
 		return false, nil
 	}
+	changes := Diff(r.current, p)
 	r.o.Apply(p)
 	r.sum, r.current, r.lastErr = sum, p, nil
 	r.reloads.WithLabelValues(ReloadSuccess).Inc()
 	r.succeeded()
 	r.o.Logger.Info("policy reloaded", "file", r.o.Path, "trigger", trigger, "sha256", fmt.Sprintf("%.12x", sum),
-		"tiers", len(p.Tiers), "keys", len(p.keys))
+		"tiers", len(p.Tiers), "keys", len(p.keys), "changes", len(changes))
+	for i, c := range changes {
+		if i == maxLoggedChanges {
+			r.o.Logger.Info("policy change", "change", fmt.Sprintf("… and %d more (sluice diff OLD NEW lists them all)", len(changes)-i))
+			break
+		}
+		r.o.Logger.Info("policy change", "change", c)
+	}
 	if len(p.Skipped) > 0 {
 		r.o.Logger.Warn("keys skipped: their key_env variable is unset", "keys", p.Skipped)
 	}

@@ -153,6 +153,9 @@ func TestReloadBrokenFileKeepsLastGood(t *testing.T) {
 	if changed, err := f.r.Reload("test"); !changed || err != nil {
 		t.Fatalf("fixed file: changed %v, err %v", changed, err)
 	}
+	if !strings.Contains(f.log.String(), `change="~ tier t rpm: 10 -> 20"`) {
+		t.Fatalf("the reload did not log its change:\n%s", f.log.String())
+	}
 	if rpmOf(f.last()) != 20 || testutil.ToFloat64(f.r.ok) != 1 || f.metric(t, ReloadSuccess) != 1 || f.metric(t, ReloadFailure) != 1 {
 		t.Fatalf("the fixed file was not applied or counted")
 	}
