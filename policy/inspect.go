@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"time"
@@ -108,3 +109,15 @@ func (l *Limiter) Usage(ctx context.Context, pl *Plan) ([]BucketUsage, error) {
 
 // Store returns the limiter's primary bucket store.
 func (l *Limiter) Store() limit.Store { return l.store }
+
+// MarshalJSON writes a rate as {"limit": N, "burst": B}, the burst's
+// default applied; a rate without a limit is null.
+func (r Rate) MarshalJSON() ([]byte, error) {
+	if r.Limit == 0 {
+		return []byte("null"), nil
+	}
+	return json.Marshal(struct {
+		Limit int64 `json:"limit"`
+		Burst int64 `json:"burst"`
+	}{r.Limit, r.burst()})
+}

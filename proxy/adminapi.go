@@ -120,7 +120,8 @@ func (s *Server) resolve(w http.ResponseWriter, r *http.Request) (*policy.Policy
 	pol := s.policy.Load()
 	k, p, err := pol.Resolve(keyID, user)
 	if err != nil {
-		adminError(w, http.StatusNotFound, "no key serves key="+keyID+" user="+user)
+		adminError(w, http.StatusNotFound, "no key serves key="+keyID+" user="+user+
+			" (an end user of a trusted app key has no key of its own: ask with key=APP&user=NAME)")
 		return nil, nil, policy.Principal{}, policy.Plan{}, false
 	}
 	return pol, k, p, pol.Plan(p, k, q.Get("model")), true
