@@ -131,6 +131,10 @@ type Limiter struct {
 	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
 	keys  sync.Map // string → *bucketKeys
 	keysN atomic.Int64
+	// shadowKeys caches shadow bucket keys by user scope (shadow.go);
+	// shadowN counts its entries.
+	shadowKeys sync.Map // string → *bucketKeys
+	shadowN    atomic.Int64
 
 	// waiting counts each user's requests waiting for a reserved slot, by
 	// user scope; entries are dropped when they fall to zero.

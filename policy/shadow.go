@@ -46,7 +46,7 @@ func (l *Limiter) shadow(ctx context.Context, a *Ask) {
 	ad := l.pool.Get().(*Admission)
 	ad.reset()
 	defer l.pool.Put(ad)
-	keys := l.keysFor(shadowScope+a.Plan.UserScope, "")
+	keys := l.shadowKeysFor(a.Plan.UserScope)
 	l.addRate(ad, "user", keys.rpm, LimitRPM, t.Shadow.RPM, usPerMinute, 1, 1)
 	l.addRate(ad, "user", keys.tpm, LimitTPM, t.Shadow.TPM, usPerMinute, a.Tokens, 1)
 	l.addRate(ad, "user", keys.tpd, LimitTPD, t.Shadow.TPD, usPerDay, a.Tokens, 1)
@@ -83,4 +83,20 @@ func (l *Limiter) shadowCount(tier, lim, outcome string) {
 	c := l.shadowDecisions.WithLabelValues(tier, lim, outcome)
 	l.counters.Store(string(key), c)
 	c.Inc()
+}
+
+// shadowKeysFor returns the shadow bucket keys of a user scope, cached like
+// keysFor's so a known user's shadow check builds no string.
+func (l *Limiter) shadowKeysFor(scope string) *bucketKeys {
+	if k, ok := l.shadowKeys.Load(scope); ok {
+		return k.(*bucketKeys)
+	}
+	base := shadowScope + scope
+	k := &bucketKeys{rpm: base + ":rpm", tpm: base + ":tpm", tpd: base + ":tpd"}
+	if l.shadowN.Add(1) > maxCachedScopes {
+		l.shadowKeys.Clear()
+		l.shadowN.Store(1)
+	}
+	l.shadowKeys.Store(scope, k)
+	return k
 }
