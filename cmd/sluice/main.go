@@ -242,6 +242,9 @@ func serve(args []string) error {
 	if reloader != nil {
 		admin.Reload, admin.Status = reloader.Reload, reloader.Status
 		reloader.Start()
+		// Every return stops the watch; the shutdown path stops it earlier,
+		// after the drain (Stop is idempotent).
+		defer reloader.Stop()
 		log.Info("policies hot reload", "file", f.policies, "poll", f.watch)
 	}
 	srv.SetAdmin(admin)
@@ -275,9 +278,6 @@ wait:
 	for {
 		select {
 		case err := <-served:
-			if reloader != nil {
-				reloader.Stop()
-			}
 			return fmt.Errorf("server stopped: %w", err)
 		case <-hup:
 			if reloader == nil {
