@@ -491,3 +491,43 @@ func TestAdminUsageAndQueues(t *testing.T) {
 		t.Fatalf("queues: %d %s", status, body)
 	}
 }
+
+// TestAdminCachePurgeAcrossReplicas: two replicas share a tiered cache on
+// Redis; a namespace purged through one replica's admin API turns the
+// other's hits into misses within about a second.
+func TestAdminCachePurgeAcrossReplicas(t *testing.T) {
+	addr, prefix, _ := testRedisAddr(t)
+	f := startFake(t, fakeai.Config{})
+	cfg := strings.Replace(cacheConfig("tiered", addr, prefix), "  admin_listen: ${SLUICE_ADMIN_ADDR}\n",
+		"  admin_listen: ${SLUICE_ADMIN_ADDR}\n  admin_token: ${SLUICE_ADMIN_TOKEN}\n", 1)
+	env := map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}
+	s1 := startSluice(t, sluiceOptions{Config: cfg, Policies: cachePolicies(), BaseURL: f.URL, Env: env})
+	s2 := startSluice(t, sluiceOptions{Config: cfg, Policies: cachePolicies(), BaseURL: f.URL, Env: env})
+	ctx := testContext(t, 30*time.Second)
+	p := deterministic("purge replicas " + nonce())
+	status := func(s *sluiceProc) string {
+		t.Helper()
+		_, h, err := chat(ctx, s.client(demoKey), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.Get("X-Sluice-Cache")
+	}
+	if a, b := status(s1), status(s2); a != "miss" || b != "hit" {
+		t.Fatalf("before the purge: %q, %q; want miss, hit", a, b)
+	}
+	if code, body := s1.admin(t, "POST", "/admin/cache/purge", adminToken, `{"namespace":"team:red"}`); code != 200 {
+		t.Fatalf("purge: %d %s", code, body)
+	}
+	start := time.Now()
+	for status(s2) == "hit" {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("replica 2 still answers from the purged namespace after 5 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("replica 2 took the purge up after %v", time.Since(start).Round(time.Millisecond))
+	if got := status(s1); got != "hit" {
+		t.Fatalf("replica 1 after replica 2 stored the new entry: %q; want hit (both use the new generation)", got)
+	}
+}

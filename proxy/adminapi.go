@@ -238,7 +238,14 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	case pr.Namespace != "":
-		g := s.cache.PurgeNamespace(pr.Namespace)
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		g, err := s.cache.PurgeNamespace(ctx, pr.Namespace)
+		if err != nil {
+			s.log.Warn("admin cache purge failed", "namespace", pr.Namespace, "error", err)
+			adminError(w, http.StatusServiceUnavailable, "the shared cache store did not answer; nothing purged")
+			return
+		}
 		adminJSON(w, http.StatusOK, map[string]any{"purged": "namespace", "namespace": pr.Namespace, "generation": g})
 		return
 	default:

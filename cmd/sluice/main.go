@@ -219,6 +219,9 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	if respCache != nil {
+		defer respCache.Close()
+	}
 	// The upstreams' budgets live in the users' bucket store: shared by the
 	// replicas when it is Redis.
 	budgets, fallback := limiter.Stores()
@@ -360,7 +363,10 @@ func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 // for store: off.
 func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*cache.Cache, error) {
 	c := cfg.Cache
-	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log}
+	// Namespace purges made through other replicas are taken up within a
+	// second (shared stores only).
+	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log,
+		GenerationSync: time.Second}
 	var mem *cache.Memory
 	if c.Store == "memory" || c.Store == "tiered" {
 		mem = cache.NewMemory(cache.MemoryOptions{MaxBytes: c.MaxBytes})
