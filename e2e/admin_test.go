@@ -155,6 +155,12 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 		t.Fatalf("probe bucket under A: %d of %d left; want 20 of 30", rem, burst)
 	}
 
+	// The cache survives the reloads too.
+	cached := `{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"kept ` + nonce() + `"}]}`
+	if got := appCacheStatus(t, s, cached); got != "miss" {
+		t.Fatalf("first deterministic request: %q", got)
+	}
+
 	const rate, seconds = 1000, 4
 	done := make(chan *loadResult, 1)
 	start := time.Now()
@@ -192,6 +198,9 @@ func TestPolicyReloadUnderLoad(t *testing.T) {
 		float64(total)/took.Seconds(), res.percentile(0.5), res.percentile(0.99))
 	if v, _ := s.metric(t, "sluice_policy_reloads_total", `result="failure"`); v != 0 {
 		t.Fatalf("%v reloads failed", v)
+	}
+	if got := appCacheStatus(t, s, cached); got != "hit" {
+		t.Fatalf("the cached answer did not survive 20 reloads: %q", got)
 	}
 	// Back on A after an even number of swaps: the 10 requests spent before
 	// the load are still in the bucket.
@@ -530,4 +539,24 @@ func TestAdminCachePurgeAcrossReplicas(t *testing.T) {
 	if got := status(s1); got != "hit" {
 		t.Fatalf("replica 1 after replica 2 stored the new entry: %q; want hit (both use the new generation)", got)
 	}
+}
+
+// appCacheStatus sends body as an end user of the app key and returns the
+// X-Sluice-Cache header.
+func appCacheStatus(t *testing.T, s *sluiceProc, body string) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+appKey)
+	req.Header.Set("X-Sluice-User", "cache-check")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	return resp.Header.Get("X-Sluice-Cache")
 }
