@@ -51,7 +51,9 @@ func field[T comparable](out []string, where, name string, a, b T) []string {
 // Diff lists the effective changes from old to new, one line each, sorted
 // by section: "+" added, "-" removed, "~" changed. Defaults are applied
 // first, so spelling out a default is no change. Keys are compared by id
-// (a changed secret shows as "~ key ID: secret changed").
+// (a changed secret shows as "~ key ID: secret changed"). The last section
+// lists, for each key kept, how its own user's limits changed once tier,
+// key and user overrides are applied.
 func Diff(old, new *Policy) []string {
 	var out []string
 	for _, name := range union(old.Tiers, new.Tiers) {
@@ -126,6 +128,19 @@ func Diff(old, new *Policy) []string {
 		}
 		out = field(out, where, "tier", a.Tier, b.Tier)
 		out = limitChanges(out, where, a.Limits, b.Limits)
+	}
+	// What each key's own user ends up with, tier and overrides applied: a
+	// tier change shows here once per user it reaches.
+	for _, id := range union(ak, bk) {
+		a, b := ak[id], bk[id]
+		if a == nil || b == nil {
+			continue
+		}
+		pa, pb := old.Principal(a.key, ""), new.Principal(b.key, "")
+		la, lb := old.Plan(pa, a.key, "").User, new.Plan(pb, b.key, "").User
+		where := fmt.Sprintf("effective user %s (key %s)", pb.User, id)
+		out = field(out, where, "tier", pa.Tier, pb.Tier)
+		out = limitChanges(out, where, la, lb)
 	}
 	out = field(out, "policy", "on_store_error", old.OnStoreError, new.OnStoreError)
 	out = field(out, "policy", "replicas", old.Replicas, new.Replicas)

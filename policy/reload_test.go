@@ -270,6 +270,9 @@ users:
 		"+ key c: user cid, tier free",
 		"~ user carol rpm: 5 -> 7",
 		`+ user dave: tier "team", unlimited`,
+		"~ effective user alice (key a) tier: free -> team",
+		"~ effective user alice (key a) rpm: 20 -> 100",
+		"~ effective user alice (key a) tpm: 40000 (burst 20000) -> -",
 	}, "\n")
 	if got != want {
 		t.Fatalf("Diff:\n%s\nwant:\n%s", got, want)
