@@ -329,3 +329,41 @@ func TestShadowConcurrencyRejected(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestShadowWouldQueue: within the tier's max wait, a shadow limit counts
+// the requests it would have queued; beyond it, the ones it would reject.
+func TestShadowWouldQueue(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`
+tiers:
+  t: {shadow: {rpm: 60}}
+keys:
+  - {id: k, sha256: `+HashKey("k")+`, user: u, tier: t}
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := limit.NewMemory(limit.MemoryOptions{})
+	defer mem.Close()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
+	defer l.Close()
+	k, _ := p.KeyByID("k")
+	pl := p.Plan(p.Principal(k, ""), k, "m")
+	if !pl.Limited() {
+		t.Fatal("a plan with shadow limits only is not evaluated")
+	}
+	// 60 fit the burst; each further one waits a second more: with 2.5 s of
+	// max wait, two more would queue and the rest would be rejected.
+	for i := 0; i < 65; i++ {
+		ad := l.Admit(context.Background(), p, &Ask{Plan: pl, RequestID: "r", MaxWait: 2500 * time.Millisecond})
+		if ad.Outcome != Admitted || ad.Wait != 0 {
+			t.Fatalf("request %d: outcome %d, wait %v: the shadow had an effect", i, ad.Outcome, ad.Wait)
+		}
+		l.Finish(context.Background(), ad, -1)
+	}
+	got := func(lim, outcome string) float64 {
+		return testutil.ToFloat64(l.shadowDecisions.WithLabelValues("t", lim, outcome))
+	}
+	if got("none", ShadowAdmit) != 60 || got("rpm", ShadowQueue) != 2 || got("rpm", ShadowReject) != 3 {
+		t.Fatalf("admit %v, queue %v, reject %v; want 60, 2, 3", got("none", ShadowAdmit), got("rpm", ShadowQueue), got("rpm", ShadowReject))
+	}
+}
