@@ -413,7 +413,7 @@ func TestValidateAndDiff(t *testing.T) {
 	cmd := exec.Command(sluiceBin, "diff", a, b)
 	cmd.Env = childEnv(map[string]string{"SLUICE_DEMO_KEY": demoKey})
 	out, err := cmd.CombinedOutput()
-	if err != nil || string(out) != "~ tier load rpm: 1000 -> 2000\n~ tier probe shadow rpm: - -> 3\n~ effective user app (key app) rpm: 1000 -> 2000\n" {
+	if err != nil || string(out) != "~ tier load rpm: 1000 -> 2000\n~ tier probe shadow rpm: - -> 3\n~ effective user app (key app) rpm: 1000 -> 2000\n~ effective user demo (key demo) shadow rpm: - -> 3\n" {
 		t.Fatalf("sluice diff: %v\n%s", err, out)
 	}
 	cmd = exec.Command(sluiceBin, "validate", "-policies", bad)

@@ -42,9 +42,7 @@ func TestShadowNoAllocs(t *testing.T) {
 	defer mem.Close()
 	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
 	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
-	tier := *pl.Tier
-	tier.Shadow = Limits{RPM: Rate{Limit: 1 << 40}, TPM: Rate{Limit: 1 << 40}}
-	pl.Tier = &tier
+	pl.Shadow = Limits{RPM: Rate{Limit: 1 << 40}, TPM: Rate{Limit: 1 << 40}}
 	pl.User = Limits{RPM: Rate{Limit: 1 << 40}}
 	ask := &Ask{Plan: pl, RequestID: "r", Tokens: 500}
 	ctx := context.Background()

@@ -112,6 +112,7 @@ func Diff(old, new *Policy) []string {
 		out = field(out, where, "user_tier", a.key.UserTier, b.key.UserTier)
 		out = limitChanges(out, where+" limits", a.key.Limits, b.key.Limits)
 		out = limitChanges(out, where+" app_limits", a.key.AppLimits, b.key.AppLimits)
+		out = limitChanges(out, where+" shadow", a.key.Shadow, b.key.Shadow)
 		out = field(out, where, "cache_namespaces", strings.Join(a.key.CacheNamespaces, ","), strings.Join(b.key.CacheNamespaces, ","))
 	}
 	for _, name := range union(old.users, new.users) {
@@ -128,6 +129,7 @@ func Diff(old, new *Policy) []string {
 		}
 		out = field(out, where, "tier", a.Tier, b.Tier)
 		out = limitChanges(out, where, a.Limits, b.Limits)
+		out = limitChanges(out, where+" shadow", a.Shadow, b.Shadow)
 	}
 	// What each key's own user ends up with, tier and overrides applied: a
 	// tier change shows here once per user it reaches.
@@ -137,10 +139,11 @@ func Diff(old, new *Policy) []string {
 			continue
 		}
 		pa, pb := old.Principal(a.key, ""), new.Principal(b.key, "")
-		la, lb := old.Plan(pa, a.key, "").User, new.Plan(pb, b.key, "").User
+		la, lb := old.Plan(pa, a.key, ""), new.Plan(pb, b.key, "")
 		where := fmt.Sprintf("effective user %s (key %s)", pb.User, id)
 		out = field(out, where, "tier", pa.Tier, pb.Tier)
-		out = limitChanges(out, where, la, lb)
+		out = limitChanges(out, where, la.User, lb.User)
+		out = limitChanges(out, where+" shadow", la.Shadow, lb.Shadow)
 	}
 	out = field(out, "policy", "on_store_error", old.OnStoreError, new.OnStoreError)
 	out = field(out, "policy", "replicas", old.Replicas, new.Replicas)

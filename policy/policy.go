@@ -87,6 +87,8 @@ type UserSpec struct {
 	Tier string `yaml:"tier"`
 	// Limits replace the tier's where set.
 	Limits `yaml:",inline"`
+	// Shadow replaces the tier's shadow limits where set (see TierSpec).
+	Shadow Limits `yaml:"shadow"`
 }
 
 // KeySpec is one virtual key. Exactly one of SHA256 and KeyEnv is set: the
@@ -116,6 +118,9 @@ type KeySpec struct {
 	Limits Limits `yaml:"limits"`
 	// AppLimits is one budget shared by all of this key's users together.
 	AppLimits Limits `yaml:"app_limits"`
+	// Shadow replaces the tier's shadow limits, per user, for requests made
+	// with this key (see TierSpec).
+	Shadow Limits `yaml:"shadow"`
 	// CacheNamespaces are the shared cache namespaces this key may name with
 	// X-Sluice-Cache-Namespace, besides its team's own. Default none.
 	CacheNamespaces []string `yaml:"cache_namespaces"`
@@ -187,6 +192,8 @@ type Key struct {
 	Limits Limits
 	// AppLimits is one budget for all of this key's users together.
 	AppLimits Limits
+	// Shadow replaces the tier's shadow limits for this key's requests.
+	Shadow Limits
 	// CacheNamespaces are the shared cache namespaces the key may use.
 	CacheNamespaces []string
 }
@@ -329,6 +336,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			}
 		}
 		u.Limits.validate(path, add)
+		compileShadow(path, u.Shadow, add)
 	}
 	ids := make(map[string]bool, len(f.Keys))
 	for i, ks := range f.Keys {
@@ -360,6 +368,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		ks.Limits.validate(path+".limits.", add)
 		ks.AppLimits.validate(path+".app_limits.", add)
+		compileShadow(path+".", ks.Shadow, add)
 		checkNamespaces(path, ks.CacheNamespaces, add)
 		var sum [sha256.Size]byte
 		switch {
@@ -389,7 +398,8 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			continue
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
-			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces}
+			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
+			Shadow: ks.Shadow}
 		if k.User == "" {
 			k.User = k.ID
 		}

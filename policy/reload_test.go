@@ -367,3 +367,41 @@ keys:
 		t.Fatalf("admit %v, queue %v, reject %v; want 60, 2, 3", got("none", ShadowAdmit), got("rpm", ShadowQueue), got("rpm", ShadowReject))
 	}
 }
+
+// TestShadowOverrides: a key's and a user's shadow limits replace the
+// tier's field by field, like real limits; diff shows them.
+func TestShadowOverrides(t *testing.T) {
+	src := `
+tiers:
+  t: {rpm: 100, shadow: {rpm: 50, tpm: 1000}}
+keys:
+  - {id: k, sha256: ` + HashKey("k") + `, user: u, tier: t, shadow: {rpm: 20}}
+  - {id: v, sha256: ` + HashKey("v") + `, user: vip, tier: t}
+users:
+  vip: {shadow: {tpm: 9000}}
+`
+	p, err := Parse("p.yaml", []byte(src), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := p.KeyByID("k")
+	if sh := p.Plan(p.Principal(k, ""), k, "").Shadow; sh.RPM.Limit != 20 || sh.TPM.Limit != 1000 {
+		t.Fatalf("key override: %+v", sh)
+	}
+	v, _ := p.KeyByID("v")
+	if sh := p.Plan(p.Principal(v, ""), v, "").Shadow; sh.RPM.Limit != 50 || sh.TPM.Limit != 9000 {
+		t.Fatalf("user override: %+v", sh)
+	}
+	p2, err := Parse("p.yaml", []byte(strings.Replace(src, "shadow: {rpm: 20}", "shadow: {rpm: 30}", 1)), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(Diff(p, p2), "\n")
+	if want := "~ key k shadow rpm: 20 -> 30\n~ effective user u (key k) shadow rpm: 20 -> 30"; got != want {
+		t.Fatalf("diff:\n%s\nwant:\n%s", got, want)
+	}
+	if _, err := Parse("p.yaml", []byte("tiers:\n  t: {}\nusers:\n  x:\n    shadow: {concurrent: 1}\n"), env(nil)); err == nil ||
+		!strings.Contains(err.Error(), "p.yaml:5: users.x.shadow.concurrent") {
+		t.Fatalf("user shadow concurrency: %v", err)
+	}
+}

@@ -33,39 +33,44 @@ func shadowChanges(out []string, where string, a, b *Tier) []string {
 // real buckets.
 const shadowScope = "shadow:"
 
-// shadow evaluates the tier's shadow limits for a request the real limits
+// shadow evaluates the plan's shadow limits (the tier's, with key and user
+// overrides) for a request the real limits
 // saw, in buckets of their own (a would-be admitted request takes its
 // shadow slot, so the shadow buckets follow the traffic as the limits
 // would), and counts the outcome. It never changes the request's fate. Token
 // costs are the reservation; shadow buckets are not settled from usage.
 func (l *Limiter) shadow(ctx context.Context, a *Ask) {
-	t := a.Plan.Tier
-	if t == nil || t.Shadow.IsZero() {
+	sh := &a.Plan.Shadow
+	if sh.IsZero() {
 		return
+	}
+	tier := "unknown"
+	if a.Plan.Tier != nil {
+		tier = a.Plan.Tier.Name
 	}
 	ad := l.pool.Get().(*Admission)
 	ad.reset()
 	defer l.pool.Put(ad)
 	keys := l.shadowKeysFor(a.Plan.UserScope)
-	l.addRate(ad, "user", keys.rpm, LimitRPM, t.Shadow.RPM, usPerMinute, 1, 1)
-	l.addRate(ad, "user", keys.tpm, LimitTPM, t.Shadow.TPM, usPerMinute, a.Tokens, 1)
-	l.addRate(ad, "user", keys.tpd, LimitTPD, t.Shadow.TPD, usPerDay, a.Tokens, 1)
+	l.addRate(ad, "user", keys.rpm, LimitRPM, sh.RPM, usPerMinute, 1, 1)
+	l.addRate(ad, "user", keys.tpm, LimitTPM, sh.TPM, usPerMinute, a.Tokens, 1)
+	l.addRate(ad, "user", keys.tpd, LimitTPD, sh.TPD, usPerDay, a.Tokens, 1)
 	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if err := l.store.Reserve(ctx, &ad.req, &ad.dec); err != nil {
-		l.shadowCount(t.Name, "none", "store_error")
+		l.shadowCount(tier, "none", "store_error")
 		return
 	}
 	switch d := &ad.dec; {
 	case d.Allowed && d.Wait > 0:
-		l.shadowCount(t.Name, ad.kinds[max(d.Limiting, 0)].kind, ShadowQueue)
+		l.shadowCount(tier, ad.kinds[max(d.Limiting, 0)].kind, ShadowQueue)
 	case d.Allowed:
-		l.shadowCount(t.Name, "none", ShadowAdmit)
+		l.shadowCount(tier, "none", ShadowAdmit)
 	default:
 		kind := "none"
 		if d.Limiting >= 0 && d.Limiting < len(ad.kinds) {
 			kind = ad.kinds[d.Limiting].kind
 		}
-		l.shadowCount(t.Name, kind, ShadowReject)
+		l.shadowCount(tier, kind, ShadowReject)
 	}
 }
 
