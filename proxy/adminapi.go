@@ -135,7 +135,7 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
 	}
 	out := map[string]any{
 		"key_id": k.ID, "user": p.User, "team": p.Team, "tier": p.Tier, "end_user": p.EndUser,
-		"trusted": k.Trusted, "limits": toLimits(pl.User), "app_limits": toLimits(pl.App),
+		"trusted": k.Trusted, "limits": toLimits(pl.User), "app_limits": toLimits(pl.App), "shadow": toLimits(pl.Shadow),
 		"cache_namespaces": k.CacheNamespaces,
 	}
 	if pl.Model != nil {
