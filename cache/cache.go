@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// GenerationSync is how often namespace purges made through other
+	// replicas are fetched from a shared store (purge.go); 0: never. Only
+	// used when Store keeps generations (Redis, or Tiered over Redis); Close
+	// stops the loop.
+	GenerationSync time.Duration
 }
 
 // Cache is the response cache: a store of encoded entries, the flights of
@@ -39,6 +45,14 @@ type Cache struct {
 	m       *Metrics
 	// storeDown is set while the store fails, so an outage is logged once.
 	storeDown atomic.Bool
+	// gens holds the generation of each purged namespace (purge.go), an
+	// immutable map replaced whole under genMu; nil until a first purge.
+	gens  atomic.Pointer[map[string]generation]
+	genMu sync.Mutex
+	// stop ends the generation sync loop, wg waits for it.
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
 }
 
 // Defaults of Options.
@@ -64,7 +78,7 @@ func New(o Options) (*Cache, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Cache{opts: o, flights: NewGroup()}
+	c := &Cache{opts: o, flights: NewGroup(), stop: make(chan struct{})}
 	c.m = newMetrics(o.Registry, o.Memory)
 	o.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sluice_cache_store_up",
@@ -75,6 +89,7 @@ func New(o Options) (*Cache, error) {
 		}
 		return 1
 	}))
+	c.startGenerationSync()
 	return c, nil
 }
 

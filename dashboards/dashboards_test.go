@@ -40,11 +40,21 @@ func exported(t *testing.T) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol, err := policy.Parse("policies.yaml", configs.Policies, func(string) (string, bool) { return "", false })
+	reg := prometheus.NewRegistry()
+	// The policy comes through a reloader, as with serve -policies FILE.
+	polPath := filepath.Join(t.TempDir(), "policies.yaml")
+	if err := os.WriteFile(polPath, configs.Policies, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reloader, err := policy.NewReloader(policy.ReloaderOptions{Path: polPath, Apply: func(*policy.Policy) {},
+		Registry: reg, Logger: slog.New(slog.DiscardHandler), LookupEnv: func(string) (string, bool) { return "", false }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
+	pol, err := reloader.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
 	defer mem.Close()

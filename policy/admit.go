@@ -114,10 +114,12 @@ type Limiter struct {
 	// settling tracks Settle's goroutines; Close waits for them.
 	settling sync.WaitGroup
 
-	decisions     *prometheus.CounterVec
-	tokens        *prometheus.CounterVec
-	storeDuration prometheus.Observer
-	storeErrors   prometheus.Counter
+	decisions *prometheus.CounterVec
+	// shadowDecisions counts shadow limits' would-be decisions (shadow.go).
+	shadowDecisions *prometheus.CounterVec
+	tokens          *prometheus.CounterVec
+	storeDuration   prometheus.Observer
+	storeErrors     prometheus.Counter
 
 	pool sync.Pool
 	// counters caches metric children by label values (tier names come
@@ -129,6 +131,10 @@ type Limiter struct {
 	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
 	keys  sync.Map // string → *bucketKeys
 	keysN atomic.Int64
+	// shadowKeys caches shadow bucket keys by user scope (shadow.go);
+	// shadowN counts its entries.
+	shadowKeys sync.Map // string → *bucketKeys
+	shadowN    atomic.Int64
 
 	// waiting counts each user's requests waiting for a reserved slot, by
 	// user scope; entries are dropped when they fall to zero.
@@ -220,7 +226,12 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		}
 		return 1
 	})
-	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors, storeUp)
+
+	l.shadowDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_shadow_decisions_total",
+		Help: "Decisions of tiers' shadow limits, counted and never enforced, by tier, deciding limit (none when admitted) and outcome (would_admit, would_queue, would_reject, store_error).",
+	}, []string{"tier", "limit", "outcome"})
+	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors, storeUp, l.shadowDecisions)
 	l.pool.New = func() any { return new(Admission) }
 	return l
 }
@@ -256,6 +267,7 @@ type Ask struct {
 // Admit decides a request. The Admission must be given back with Finish,
 // whatever the outcome.
 func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
+	l.shadow(ctx, a)
 	ad := l.pool.Get().(*Admission)
 	ad.reset()
 	if a.Plan.Tier != nil {

@@ -33,3 +33,23 @@ func TestLimiterNoAllocs(t *testing.T) {
 		t.Fatalf("admission allocates %v times per request; want 0", n)
 	}
 }
+
+// TestShadowNoAllocs: a tier's shadow limits add no allocation for a known
+// user.
+func TestShadowNoAllocs(t *testing.T) {
+	p, k := admitFixture(t, "local")
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
+	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
+	pl.Shadow = Limits{RPM: Rate{Limit: 1 << 40}, TPM: Rate{Limit: 1 << 40}}
+	pl.User = Limits{RPM: Rate{Limit: 1 << 40}}
+	ask := &Ask{Plan: pl, RequestID: "r", Tokens: 500}
+	ctx := context.Background()
+	n := testing.AllocsPerRun(200, func() {
+		l.Finish(ctx, l.Admit(ctx, p, ask), 300)
+	})
+	if n != 0 {
+		t.Fatalf("admission with shadow limits allocates %v times per request; want 0", n)
+	}
+}

@@ -172,6 +172,9 @@ type Plan struct {
 	App Limits
 	// AppScope prefixes the app budget's bucket keys: "k:KEY".
 	AppScope string
+	// Shadow are the effective shadow limits (tier, then key and user
+	// overrides): evaluated and counted, never enforced (shadow.go).
+	Shadow Limits
 }
 
 // Plan resolves the budgets a request by pr with key k for model draws from.
@@ -180,6 +183,7 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + k.ID}
 	if t != nil {
 		pl.User = t.Limits
+		pl.Shadow = t.Shadow
 		for i := range t.Models {
 			if t.Models[i].Match(model) {
 				pl.Model = &t.Models[i]
@@ -188,8 +192,10 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 		}
 	}
 	pl.User = pl.User.override(k.Limits)
+	pl.Shadow = pl.Shadow.override(k.Shadow)
 	if u, ok := p.users[pr.User]; ok {
 		pl.User = pl.User.override(u.Limits)
+		pl.Shadow = pl.Shadow.override(u.Shadow)
 	}
 	if pr.EndUser {
 		pl.UserScope = "k:" + k.ID + ":u:" + pr.User
@@ -199,14 +205,16 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	return pl
 }
 
-// Limited reports whether the plan limits anything.
+// Limited reports whether the plan limits anything (shadow limits
+// included: they are evaluated at admission too).
 func (p *Plan) Limited() bool {
-	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero())
+	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero()) ||
+		!p.Shadow.IsZero()
 }
 
 // CountsTokens reports whether any of the plan's budgets is in tokens, so
 // the request's tokens must be estimated.
 func (p *Plan) CountsTokens() bool {
 	tok := func(l Limits) bool { return l.TPM.Limit > 0 || l.TPD.Limit > 0 }
-	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits))
+	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits)) || tok(p.Shadow)
 }

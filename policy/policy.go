@@ -55,6 +55,10 @@ type TierSpec struct {
 	// CacheHitsCountTokens makes cache hits count against token budgets too.
 	// Default false: hits count against request budgets only.
 	CacheHitsCountTokens bool `yaml:"cache_hits_count_tokens"`
+	// Shadow are candidate limits (rpm, tpm, tpd) evaluated beside the real
+	// ones in buckets of their own and only counted, never enforced (see
+	// shadow.go). Default none.
+	Shadow Limits `yaml:"shadow"`
 }
 
 // Queue is a tier's waiting rules.
@@ -83,6 +87,8 @@ type UserSpec struct {
 	Tier string `yaml:"tier"`
 	// Limits replace the tier's where set.
 	Limits `yaml:",inline"`
+	// Shadow replaces the tier's shadow limits where set (see TierSpec).
+	Shadow Limits `yaml:"shadow"`
 }
 
 // KeySpec is one virtual key. Exactly one of SHA256 and KeyEnv is set: the
@@ -112,6 +118,9 @@ type KeySpec struct {
 	Limits Limits `yaml:"limits"`
 	// AppLimits is one budget shared by all of this key's users together.
 	AppLimits Limits `yaml:"app_limits"`
+	// Shadow replaces the tier's shadow limits, per user, for requests made
+	// with this key (see TierSpec).
+	Shadow Limits `yaml:"shadow"`
 	// CacheNamespaces are the shared cache namespaces this key may name with
 	// X-Sluice-Cache-Namespace, besides its team's own. Default none.
 	CacheNamespaces []string `yaml:"cache_namespaces"`
@@ -148,6 +157,8 @@ type Tier struct {
 	Queue Queue
 	// Cache is the tier's response cache rule.
 	Cache CacheRule
+	// Shadow are the tier's counted-only candidate limits.
+	Shadow Limits
 }
 
 // DefaultMaxQueue is a tier's per-user queue depth when it sets none.
@@ -181,6 +192,8 @@ type Key struct {
 	Limits Limits
 	// AppLimits is one budget for all of this key's users together.
 	AppLimits Limits
+	// Shadow replaces the tier's shadow limits for this key's requests.
+	Shadow Limits
 	// CacheNamespaces are the shared cache namespaces the key may use.
 	CacheNamespaces []string
 }
@@ -242,11 +255,8 @@ func HashKey(secret string) string {
 
 // LoadFile reads and compiles a policies.yaml file.
 func LoadFile(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read policies: %w", err)
-	}
-	return Parse(path, data, nil)
+	p, _, err := Load(path, nil)
+	return p, err
 }
 
 // Parse decodes, validates and compiles a policies.yaml document. name is
@@ -315,6 +325,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		sortModelLimits(t.Models)
 		t.Cache = compileCache(path, &ts, add)
+		t.Shadow = compileShadow(path, ts.Shadow, add)
 		p.Tiers[name] = t
 	}
 	for name, u := range f.Users {
@@ -325,6 +336,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			}
 		}
 		u.Limits.validate(path, add)
+		compileShadow(path, u.Shadow, add)
 	}
 	ids := make(map[string]bool, len(f.Keys))
 	for i, ks := range f.Keys {
@@ -356,6 +368,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		ks.Limits.validate(path+".limits.", add)
 		ks.AppLimits.validate(path+".app_limits.", add)
+		compileShadow(path+".", ks.Shadow, add)
 		checkNamespaces(path, ks.CacheNamespaces, add)
 		var sum [sha256.Size]byte
 		switch {
@@ -385,7 +398,8 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			continue
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
-			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces}
+			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
+			Shadow: ks.Shadow}
 		if k.User == "" {
 			k.User = k.ID
 		}

@@ -9,7 +9,9 @@ import (
 
 // AdminHandler serves the admin listener: /metrics (Prometheus), /healthz
 // (the process is up), /readyz (it takes traffic: 503 while draining) and
-// /admin/transcripts (a user's recent transcripts; needs the admin token).
+// /admin/transcripts (a user's recent transcripts; needs the admin token)
+// and the /admin/ API of adminapi.go (policy, usage, queues, cache purge,
+// reload).
 func AdminHandler(g prometheus.Gatherer, s *Server) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
@@ -17,6 +19,7 @@ func AdminHandler(g prometheus.Gatherer, s *Server) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /admin/transcripts", s.handleTranscripts)
+	s.adminRoutes(mux)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.Ready() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)

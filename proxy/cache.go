@@ -92,7 +92,7 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	if rule.Mode == policy.CacheOff {
 		return nil, s.cacheBypass(ctx, x, m, cache.BypassPolicy)
 	}
-	k, info, err := cache.NewKey(ns, cacheEndpoints[x.ep], x.model, *body)
+	k, info, err := cache.NewKey(s.cache.Namespace(ns), cacheEndpoints[x.ep], x.model, *body)
 	if err != nil {
 		return nil, s.cacheBypass(ctx, x, m, cache.BypassUnkeyable)
 	}

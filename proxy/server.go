@@ -75,6 +75,8 @@ type Server struct {
 	qm        *queue.Metrics
 	// tr records transcripts (transcript.go); nil: off.
 	tr *transcripts
+	// admin is the /admin/ API (adminapi.go); nil: 404.
+	admin *adminAPI
 }
 
 // New builds a Server from its configuration. It opens no socket.

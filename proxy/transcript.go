@@ -3,11 +3,9 @@ package proxy
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -388,13 +386,5 @@ func (s *Server) handleTranscripts(w http.ResponseWriter, r *http.Request) {
 
 // authorized compares a bearer token with the admin token in constant time.
 func (t *transcripts) authorized(header string) bool {
-	if !t.hasToken {
-		return false
-	}
-	tok, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok {
-		return false
-	}
-	h := sha256.Sum256([]byte(tok))
-	return subtle.ConstantTimeCompare(h[:], t.tokenHash[:]) == 1
+	return t.hasToken && tokenOK(header, t.tokenHash)
 }

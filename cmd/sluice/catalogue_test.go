@@ -107,13 +107,23 @@ func registered(t *testing.T) map[string]family {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol, err := policy.Parse("policies.yaml", configs.Policies, lookup)
+	log := slog.New(slog.DiscardHandler)
+	rec := &recorder{reg: prometheus.NewRegistry(), families: map[string]family{}}
+	// What serve does, in its order: the policy through a reloader (serve
+	// -policies FILE), then the rest.
+	polPath := filepath.Join(t.TempDir(), "policies.yaml")
+	if err := os.WriteFile(polPath, configs.Policies, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reloader, err := policy.NewReloader(policy.ReloaderOptions{Path: polPath, Apply: func(*policy.Policy) {},
+		Registry: rec, Logger: log, LookupEnv: lookup})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.DiscardHandler)
-	rec := &recorder{reg: prometheus.NewRegistry(), families: map[string]family{}}
-	// What serve does, in its order.
+	pol, err := reloader.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
 	rec.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rc := newRedisClient(cfg, log)
 	if rc != nil {

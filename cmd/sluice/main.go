@@ -2,6 +2,7 @@
 //
 //	sluice [serve] [-config sluice.yaml] [-policies policies.yaml]
 //	sluice validate [-config sluice.yaml] [-policies policies.yaml]
+//	sluice diff OLD.yaml NEW.yaml
 //	sluice hash-key [KEY]     (reads the key from stdin when not given)
 //	sluice gen-key
 //	sluice healthcheck [-addr 127.0.0.1:9090]
@@ -26,6 +27,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +62,8 @@ func main() {
 		err = serve(args)
 	case "validate":
 		err = validate(args)
+	case "diff":
+		err = diff(args)
 	case "hash-key":
 		err = hashKey(args)
 	case "gen-key":
@@ -82,6 +86,7 @@ func main() {
 const usage = `usage:
   sluice [serve] [-config FILE] [-policies FILE] [-log-format json|text] [-log-level LEVEL]
   sluice validate [-config FILE] [-policies FILE]
+  sluice diff OLD NEW       print the effective changes between two policies files
   sluice hash-key [KEY]     print the sha256 policies.yaml stores for KEY (stdin when absent)
   sluice gen-key            print a new random key and its sha256
   sluice healthcheck [-addr HOST:PORT]  exit 0 when the admin listener's /readyz answers 200
@@ -96,6 +101,8 @@ type files struct {
 	// warn or error.
 	logFormat, logLevel string
 	logJSON             bool
+	// watch is how often serve polls policies.yaml for a change; 0: never.
+	watch time.Duration
 }
 
 func parseFlags(name string, args []string) (*files, error) {
@@ -106,6 +113,15 @@ func parseFlags(name string, args []string) (*files, error) {
 	fs.StringVar(&f.logFormat, "log-format", envOr("SLUICE_LOG_FORMAT", defaultLogFormat), "log lines as json or text (env SLUICE_LOG_FORMAT)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("SLUICE_LOG_LEVEL", defaultLogLevel), "least severe level logged: debug, info, warn or error (env SLUICE_LOG_LEVEL)")
 	fs.BoolVar(&f.logJSON, "log-json", os.Getenv("SLUICE_LOG_JSON") != "", "same as -log-format json, kept for existing scripts (env SLUICE_LOG_JSON)")
+	watch := time.Second
+	if v := os.Getenv("SLUICE_POLICY_WATCH"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("SLUICE_POLICY_WATCH=%q: %w", v, err)
+		}
+		watch = d
+	}
+	fs.DurationVar(&f.watch, "policy-watch", watch, "how often serve polls the policies file for a change; 0: only SIGHUP and POST /admin/reload (env SLUICE_POLICY_WATCH)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -168,14 +184,33 @@ func serve(args []string) error {
 	}
 	slog.SetDefault(log)
 
+	// SIGHUP is registered before the first load, so a reload asked for
+	// while starting is not lost (it is served once the server runs).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	cfg, pol, err := f.load()
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	// The policy in force: srv is set below, before any reload can run.
+	var srv *proxy.Server
+	var reloader *policy.Reloader
+	if f.policies != "" {
+		reloader, err = policy.NewReloader(policy.ReloaderOptions{Path: f.policies, Interval: f.watch,
+			Registry: reg, Logger: log, Apply: func(p *policy.Policy) { srv.SetPolicy(p) }})
+		if err != nil {
+			return err
+		}
+		if pol, err = reloader.Load(); err != nil {
+			return err
+		}
+	}
 	if len(pol.Skipped) > 0 {
 		log.Warn("keys skipped: their key_env variable is unset", "keys", strings.Join(pol.Skipped, ","))
 	}
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// One Redis client serves the limiter and the cache; closed last.
 	rc := newRedisClient(cfg, log)
@@ -191,10 +226,13 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	if respCache != nil {
+		defer respCache.Close()
+	}
 	// The upstreams' budgets live in the users' bucket store: shared by the
 	// replicas when it is Redis.
 	budgets, fallback := limiter.Stores()
-	srv, err := proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion(),
+	srv, err = proxy.New(proxy.Options{Config: cfg, Policy: pol, Registry: reg, Logger: log, Version: buildVersion(),
 		Limiter: limiter, Tokens: tokens.NewCounter(tokens.Options{}), Cache: respCache,
 		BudgetStore: budgets, BudgetFallback: fallback, Replicas: pol.Replicas, QueueMetrics: queue.NewMetrics(reg)})
 	if err != nil {
@@ -210,19 +248,30 @@ func serve(args []string) error {
 			AdminToken: cfg.Server.AdminToken})
 	}
 
+	admin := proxy.AdminOptions{Token: cfg.Server.AdminToken}
+	if reloader != nil {
+		admin.Reload, admin.Status = reloader.Reload, reloader.Status
+		reloader.Start()
+		// Every return stops the watch; the shutdown path stops it earlier,
+		// after the drain (Stop is idempotent).
+		defer reloader.Stop()
+		log.Info("policies hot reload", "file", f.policies, "poll", f.watch)
+	}
+	srv.SetAdmin(admin)
+
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on server.listen=%q: %w", cfg.Server.Listen, err)
 	}
-	var admin *http.Server
+	var adminSrv *http.Server
 	if cfg.Server.AdminListen != "off" {
 		aln, err := net.Listen("tcp", cfg.Server.AdminListen)
 		if err != nil {
 			return fmt.Errorf("cannot listen on server.admin_listen=%q: %w", cfg.Server.AdminListen, err)
 		}
-		admin = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second}
+		adminSrv = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed", "error", err)
 			}
 		}()
@@ -235,11 +284,21 @@ func serve(args []string) error {
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("sluice listening", "addr", ln.Addr().String(), "version", buildVersion(), "upstreams", len(cfg.Upstreams))
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("server stopped: %w", err)
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
+wait:
+	for {
+		select {
+		case err := <-served:
+			return fmt.Errorf("server stopped: %w", err)
+		case <-hup:
+			if reloader == nil {
+				log.Warn("SIGHUP ignored: the embedded example policy is in use (start with -policies FILE)")
+				continue
+			}
+			_, _ = reloader.Reload("sighup") // logged and counted by Reload
+		case s := <-sig:
+			log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
+			break wait
+		}
 	}
 
 	// Shutdown order: stop accepting and drain the API listener (queued
@@ -254,14 +313,18 @@ func serve(args []string) error {
 		log.Warn("drain deadline passed; exiting with requests in flight", "error", err)
 	}
 	log.Info("api listener drained", "took", time.Since(start))
+	// No reload after the drain: the watch stops (SIGHUP is no longer read).
+	if reloader != nil {
+		reloader.Stop()
+	}
 	// Pending token settlements reach the store before it closes (deferred).
 	limiter.Close()
 	// Transcripts: the queue is closed only now that no handler can enqueue;
 	// what is queued is written within transcripts.write_timeout, else
 	// spooled to disk for the next start.
 	stopSink(transcripts, cfg.Transcripts.WriteTimeout, log)
-	if admin != nil {
-		_ = admin.Close()
+	if adminSrv != nil {
+		_ = adminSrv.Close()
 	}
 	log.Info("stopped")
 	return nil
@@ -307,7 +370,10 @@ func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 // for store: off.
 func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*cache.Cache, error) {
 	c := cfg.Cache
-	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log}
+	// Namespace purges made through other replicas are taken up within a
+	// second (shared stores only).
+	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log,
+		GenerationSync: time.Second}
 	var mem *cache.Memory
 	if c.Store == "memory" || c.Store == "tiered" {
 		mem = cache.NewMemory(cache.MemoryOptions{MaxBytes: c.MaxBytes})
@@ -399,6 +465,31 @@ func healthcheck(args []string) error {
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("not ready: %s", resp.Status)
+	}
+	return nil
+}
+
+// diff prints the effective changes between two policies files, after both
+// compiled with the code a reload runs; it fails when either does not.
+func diff(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: sluice diff OLD.yaml NEW.yaml")
+	}
+	old, _, oerr := policy.Load(args[0], nil)
+	cur, _, nerr := policy.Load(args[1], nil)
+	if err := errors.Join(oerr, nerr); err != nil {
+		return err
+	}
+	changes := policy.Diff(old, cur)
+	if skipped := slices.Compact(slices.Sorted(slices.Values(append(old.Skipped, cur.Skipped...)))); len(skipped) > 0 {
+		fmt.Printf("note: keys whose key_env is unset here are left out: %s\n", strings.Join(skipped, ", "))
+	}
+	if len(changes) == 0 {
+		fmt.Println("no effective changes")
+		return nil
+	}
+	for _, c := range changes {
+		fmt.Println(c)
 	}
 	return nil
 }

@@ -1,0 +1,208 @@
+package policy
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// String formats a rate as the YAML would: "60" or "60 (burst 10)"; "-"
+// for no limit.
+func (r Rate) String() string {
+	switch {
+	case r.Limit == 0:
+		return "-"
+	case r.Burst == 0 || r.Burst == r.Limit:
+		return fmt.Sprint(r.Limit)
+	}
+	return fmt.Sprintf("%d (burst %d)", r.Limit, r.Burst)
+}
+
+// limitChanges appends one line per limit that differs between a and b.
+func limitChanges(out []string, where string, a, b Limits) []string {
+	for _, f := range []struct {
+		name string
+		a, b Rate
+	}{{"rpm", a.RPM, b.RPM}, {"tpm", a.TPM, b.TPM}, {"tpd", a.TPD, b.TPD}} {
+		if f.a != f.b {
+			out = append(out, fmt.Sprintf("~ %s %s: %s -> %s", where, f.name, f.a, f.b))
+		}
+	}
+	if a.Concurrent != b.Concurrent {
+		c := func(n int64) string {
+			if n == 0 {
+				return "-"
+			}
+			return fmt.Sprint(n)
+		}
+		out = append(out, fmt.Sprintf("~ %s concurrent: %s -> %s", where, c(a.Concurrent), c(b.Concurrent)))
+	}
+	return out
+}
+
+func field[T comparable](out []string, where, name string, a, b T) []string {
+	if a != b {
+		out = append(out, fmt.Sprintf("~ %s %s: %v -> %v", where, name, a, b))
+	}
+	return out
+}
+
+// Diff lists the effective changes from old to new, one line each, sorted
+// by section: "+" added, "-" removed, "~" changed. Defaults are applied
+// first, so spelling out a default is no change. Keys are compared by id
+// (a changed secret shows as "~ key ID: secret changed"). The last section
+// lists, for each key kept, how its own user's limits changed once tier,
+// key and user overrides are applied.
+func Diff(old, new *Policy) []string {
+	var out []string
+	for _, name := range union(old.Tiers, new.Tiers) {
+		a, b := old.Tiers[name], new.Tiers[name]
+		where := "tier " + name
+		switch {
+		case a == nil:
+			out = append(out, fmt.Sprintf("+ %s: %s", where, limitsText(b.Limits)))
+			continue
+		case b == nil:
+			out = append(out, "- "+where)
+			continue
+		}
+		out = limitChanges(out, where, a.Limits, b.Limits)
+		am, bm := modelMap(a.Models), modelMap(b.Models)
+		for _, pat := range union(am, bm) {
+			mw := where + " model " + pat
+			switch x, ok := am[pat]; {
+			case !ok:
+				out = append(out, fmt.Sprintf("+ %s: %s", mw, limitsText(bm[pat])))
+			case !hasKey(bm, pat):
+				out = append(out, "- "+mw)
+			default:
+				out = limitChanges(out, mw, x, bm[pat])
+			}
+		}
+		out = field(out, where, "default_max_tokens", a.DefaultMaxTokens, b.DefaultMaxTokens)
+		out = field(out, where, "max_wait", a.Queue.MaxWait, b.Queue.MaxWait)
+		out = field(out, where, "max_queue", a.Queue.MaxQueue, b.Queue.MaxQueue)
+		out = field(out, where, "weight", a.Queue.Weight, b.Queue.Weight)
+		out = field(out, where, "priority", a.Queue.Priority, b.Queue.Priority)
+		out = field(out, where, "cache", a.Cache.Mode, b.Cache.Mode)
+		out = field(out, where, "cache_ttl", a.Cache.TTL, b.Cache.TTL)
+		out = field(out, where, "cache_hits_count_tokens", a.Cache.HitsCountTokens, b.Cache.HitsCountTokens)
+		out = shadowChanges(out, where, a, b)
+	}
+	ak, bk := keysByID(old), keysByID(new)
+	for _, id := range union(ak, bk) {
+		a, b := ak[id], bk[id]
+		where := "key " + id
+		switch {
+		case a == nil:
+			out = append(out, fmt.Sprintf("+ %s: user %s, tier %s", where, b.key.User, b.key.Tier))
+			continue
+		case b == nil:
+			out = append(out, "- "+where)
+			continue
+		}
+		if a.sum != b.sum {
+			out = append(out, "~ "+where+": secret changed")
+		}
+		out = field(out, where, "user", a.key.User, b.key.User)
+		out = field(out, where, "team", a.key.Team, b.key.Team)
+		out = field(out, where, "tier", a.key.Tier, b.key.Tier)
+		out = field(out, where, "trusted", a.key.Trusted, b.key.Trusted)
+		out = field(out, where, "user_tier", a.key.UserTier, b.key.UserTier)
+		out = limitChanges(out, where+" limits", a.key.Limits, b.key.Limits)
+		out = limitChanges(out, where+" app_limits", a.key.AppLimits, b.key.AppLimits)
+		out = limitChanges(out, where+" shadow", a.key.Shadow, b.key.Shadow)
+		out = field(out, where, "cache_namespaces", strings.Join(a.key.CacheNamespaces, ","), strings.Join(b.key.CacheNamespaces, ","))
+	}
+	for _, name := range union(old.users, new.users) {
+		a, aok := old.users[name]
+		b, bok := new.users[name]
+		where := "user " + name
+		switch {
+		case !aok:
+			out = append(out, fmt.Sprintf("+ %s: tier %q, %s", where, b.Tier, limitsText(b.Limits)))
+			continue
+		case !bok:
+			out = append(out, "- "+where)
+			continue
+		}
+		out = field(out, where, "tier", a.Tier, b.Tier)
+		out = limitChanges(out, where, a.Limits, b.Limits)
+		out = limitChanges(out, where+" shadow", a.Shadow, b.Shadow)
+	}
+	// What each key's own user ends up with, tier and overrides applied: a
+	// tier change shows here once per user it reaches.
+	for _, id := range union(ak, bk) {
+		a, b := ak[id], bk[id]
+		if a == nil || b == nil {
+			continue
+		}
+		pa, pb := old.Principal(a.key, ""), new.Principal(b.key, "")
+		la, lb := old.Plan(pa, a.key, ""), new.Plan(pb, b.key, "")
+		where := fmt.Sprintf("effective user %s (key %s)", pb.User, id)
+		out = field(out, where, "tier", pa.Tier, pb.Tier)
+		out = limitChanges(out, where, la.User, lb.User)
+		out = limitChanges(out, where+" shadow", la.Shadow, lb.Shadow)
+	}
+	out = field(out, "policy", "on_store_error", old.OnStoreError, new.OnStoreError)
+	out = field(out, "policy", "replicas", old.Replicas, new.Replicas)
+	return out
+}
+
+// limitsText formats limits on one line: "rpm 60, tpm 40000 (burst 20000)".
+func limitsText(l Limits) string {
+	var parts []string
+	for _, f := range []struct {
+		name string
+		r    Rate
+	}{{"rpm", l.RPM}, {"tpm", l.TPM}, {"tpd", l.TPD}} {
+		if f.r.Limit != 0 {
+			parts = append(parts, f.name+" "+f.r.String())
+		}
+	}
+	if l.Concurrent != 0 {
+		parts = append(parts, fmt.Sprintf("concurrent %d", l.Concurrent))
+	}
+	if len(parts) == 0 {
+		return "unlimited"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func union[V any](a, b map[string]V) []string {
+	keys := slices.Collect(maps.Keys(a))
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func hasKey[V any](m map[string]V, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
+func modelMap(ms []ModelLimits) map[string]Limits {
+	m := make(map[string]Limits, len(ms))
+	for _, x := range ms {
+		m[x.Pattern] = x.Limits
+	}
+	return m
+}
+
+type keyWithSum struct {
+	key *Key
+	sum [32]byte
+}
+
+func keysByID(p *Policy) map[string]*keyWithSum {
+	m := make(map[string]*keyWithSum, len(p.keys))
+	for sum, k := range p.keys {
+		m[k.ID] = &keyWithSum{key: k, sum: sum}
+	}
+	return m
+}

@@ -1,0 +1,257 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Load reads and compiles a policies.yaml file and returns the policy with
+// the SHA-256 of the bytes it was compiled from. It is the one code path of
+// `sluice validate`, the first load and every reload.
+func Load(path string, lookupEnv func(string) (string, bool)) (*Policy, [sha256.Size]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, [sha256.Size]byte{}, fmt.Errorf("cannot read policies %s: %w", path, err)
+	}
+	sum := sha256.Sum256(data)
+	p, err := Parse(path, data, lookupEnv)
+	return p, sum, err
+}
+
+// maxLoggedChanges bounds the changes a reload logs one per line.
+const maxLoggedChanges = 50
+
+// Reload results, the values of sluice_policy_reloads_total's result label.
+const (
+	ReloadSuccess   = "success"
+	ReloadFailure   = "failure"
+	ReloadUnchanged = "unchanged"
+)
+
+// ReloaderOptions configure a Reloader.
+type ReloaderOptions struct {
+	// Path is the policies.yaml to watch and reload. Required.
+	Path string
+	// Apply receives every newly compiled policy (the server's atomic
+	// swap). Required.
+	Apply func(*Policy)
+	// Interval is how often the file's identity is polled; 0 disables
+	// watching (SIGHUP and the admin call still reload). Default 0.
+	Interval time.Duration
+	// Registry receives the reload metrics. Required.
+	Registry prometheus.Registerer
+	// Logger receives one line per reload. Default slog.Default().
+	Logger *slog.Logger
+	// LookupEnv resolves key_env and ${VAR}; nil: the process environment.
+	LookupEnv func(string) (string, bool)
+}
+
+// Reloader reloads policies.yaml all or nothing: the file is read, parsed,
+// validated and compiled, and only a policy that compiled whole is applied,
+// in one call to Apply. Bytes equal to the last good policy's are skipped.
+// On an error the last good policy stays in force.
+//
+// Watching polls the file's identity (os.Stat, which follows symlinks:
+// device, inode, size and modification time) every Interval. Polling sees an
+// editor's write-to-temp-then-rename, an in-place write and the Kubernetes
+// ConfigMap swap of the "..data" symlink alike, on every platform, for one
+// stat call per interval; the identity only decides when to read the file,
+// the bytes' hash decides whether anything changed.
+type Reloader struct {
+	o ReloaderOptions
+
+	// mu serialises reloads and guards the fields below.
+	mu       sync.Mutex
+	sum      [sha256.Size]byte // hash of the bytes of the policy in force
+	current  *Policy
+	lastErr  error
+	lastOK   time.Time
+	lastStat os.FileInfo
+
+	reloads   *prometheus.CounterVec
+	ok        prometheus.Gauge
+	okTime    prometheus.Gauge
+	stop      chan struct{}
+	stopOnce  sync.Once
+	wg        sync.WaitGroup
+	startOnce sync.Once
+}
+
+// NewReloader registers the reload metrics. Call Load before Start.
+func NewReloader(o ReloaderOptions) (*Reloader, error) {
+	if o.Path == "" || o.Apply == nil || o.Registry == nil {
+		return nil, errors.New("policy: Reloader needs Path, Apply and Registry")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	r := &Reloader{o: o, stop: make(chan struct{})}
+	r.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_policy_reloads_total",
+		Help: "Reloads of policies.yaml by result: success (a new policy applied), failure (the last good policy stays), unchanged (same bytes, skipped)."},
+		[]string{"result"})
+	r.ok = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sluice_policy_last_reload_successful",
+		Help: "1 when the last reload of policies.yaml succeeded (or was unchanged), 0 when it failed and the last good policy is in force."})
+	r.okTime = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sluice_policy_last_reload_success_timestamp_seconds",
+		Help: "Unix time of the last successful load of policies.yaml."})
+	for _, c := range []prometheus.Collector{r.reloads, r.ok, r.okTime} {
+		if err := o.Registry.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, res := range []string{ReloadSuccess, ReloadFailure, ReloadUnchanged} {
+		r.reloads.WithLabelValues(res)
+	}
+	return r, nil
+}
+
+// Load compiles the file for the first time and returns the policy; it does
+// not call Apply (the caller builds the server with it).
+func (r *Reloader) Load() (*Policy, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fi, _ := os.Stat(r.o.Path)
+	p, sum, err := Load(r.o.Path, r.o.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	r.lastStat, r.sum, r.current = fi, sum, p
+	r.succeeded()
+	return p, nil
+}
+
+// Policy returns the policy in force.
+func (r *Reloader) Policy() *Policy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current
+}
+
+// Status is what the last reload did.
+type Status struct {
+	// LastSuccess is when a policy was last loaded or found unchanged.
+	LastSuccess time.Time `json:"last_success"`
+	// LastError is the last reload's error, "" when it succeeded.
+	LastError string `json:"last_error,omitempty"`
+	// SHA256 is the hex hash of the bytes of the policy in force.
+	SHA256 string `json:"sha256"`
+}
+
+// Status returns the outcome of the last reload.
+func (r *Reloader) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := Status{LastSuccess: r.lastOK, SHA256: fmt.Sprintf("%x", r.sum)}
+	if r.lastErr != nil {
+		s.LastError = r.lastErr.Error()
+	}
+	return s
+}
+
+// Reload reads the file again and applies it when its bytes changed and it
+// compiles. It reports whether a new policy was applied; on an error the
+// policy in force stays. trigger ("watch", "sighup", "admin") is logged.
+func (r *Reloader) Reload(trigger string) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if fi, err := os.Stat(r.o.Path); err == nil {
+		r.lastStat = fi
+	}
+	data, err := os.ReadFile(r.o.Path)
+	var p *Policy
+	var sum [sha256.Size]byte
+	if err != nil {
+		err = fmt.Errorf("cannot read policies %s: %w", r.o.Path, err)
+	} else if sum = sha256.Sum256(data); sum != r.sum {
+		p, err = Parse(r.o.Path, data, r.o.LookupEnv)
+	}
+	switch {
+	case err != nil:
+		r.lastErr = err
+		r.reloads.WithLabelValues(ReloadFailure).Inc()
+		r.ok.Set(0)
+		r.o.Logger.Error("policy reload failed; the last good policy stays in force",
+			"file", r.o.Path, "trigger", trigger, "error", err)
+		return false, err
+	case p == nil:
+		r.reloads.WithLabelValues(ReloadUnchanged).Inc()
+		r.lastErr = nil
+		r.succeeded()
+		r.o.Logger.Debug("policy unchanged", "file", r.o.Path, "trigger", trigger)
+		return false, nil
+	}
+	changes := Diff(r.current, p)
+	r.o.Apply(p)
+	r.sum, r.current, r.lastErr = sum, p, nil
+	r.reloads.WithLabelValues(ReloadSuccess).Inc()
+	r.succeeded()
+	r.o.Logger.Info("policy reloaded", "file", r.o.Path, "trigger", trigger, "sha256", fmt.Sprintf("%.12x", sum),
+		"tiers", len(p.Tiers), "keys", len(p.keys), "changes", len(changes))
+	for i, c := range changes {
+		if i == maxLoggedChanges {
+			r.o.Logger.Info("policy change", "change", fmt.Sprintf("… and %d more (sluice diff OLD NEW lists them all)", len(changes)-i))
+			break
+		}
+		r.o.Logger.Info("policy change", "change", c)
+	}
+	if len(p.Skipped) > 0 {
+		r.o.Logger.Warn("keys skipped: their key_env variable is unset", "keys", p.Skipped)
+	}
+	return true, nil
+}
+
+func (r *Reloader) succeeded() {
+	r.lastOK = time.Now()
+	r.ok.Set(1)
+	r.okTime.Set(float64(r.lastOK.UnixNano()) / 1e9)
+}
+
+// Start begins watching the file when Interval is set. Stop ends it.
+func (r *Reloader) Start() {
+	if r.o.Interval <= 0 {
+		return
+	}
+	r.startOnce.Do(func() { r.wg.Go(r.watch) })
+}
+
+// Stop ends the watch and waits for it.
+func (r *Reloader) Stop() {
+	r.stopOnce.Do(func() { close(r.stop) })
+	r.wg.Wait()
+}
+
+func (r *Reloader) watch() {
+	t := time.NewTicker(r.o.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		if r.changed() {
+			_, _ = r.Reload("watch") // logged and counted by Reload
+		}
+	}
+}
+
+// changed reports whether the file's identity differs from the last one
+// seen. A file that vanished is not a change (a ConfigMap swap is atomic;
+// an editor's rename leaves a moment without the file): the next poll sees
+// the new one.
+func (r *Reloader) changed() bool {
+	fi, err := os.Stat(r.o.Path)
+	if err != nil {
+		return false
+	}
+	r.mu.Lock()
+	prev := r.lastStat
+	r.mu.Unlock()
+	return prev == nil || !os.SameFile(prev, fi) || prev.Size() != fi.Size() || !prev.ModTime().Equal(fi.ModTime())
+}
