@@ -46,13 +46,19 @@ func writeRejected(ctx *fasthttp.RequestCtx, ad *policy.Admission, user string) 
 			strconv.FormatInt(ad.Reserved, 10)+" tokens, more than the limit of "+limit+" allows at once. Lower max_tokens or shorten the prompt.")
 		return
 	}
-	ms := (ad.RetryAfter + time.Millisecond - 1) / time.Millisecond
-	secs := (ad.RetryAfter + time.Second - 1) / time.Second
-	var b [20]byte
-	ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(b[:0], int64(secs), 10))
-	ctx.Response.Header.SetBytesV("Retry-After-Ms", strconv.AppendInt(b[:0], int64(ms), 10))
+	setRetryAfter(&ctx.Response.Header, ad.RetryAfter)
 	writeError(ctx, kind, "", "Rate limit reached for "+name+" of "+owner+": limit "+limit+
 		". Please try again in "+ad.RetryAfter.Round(time.Millisecond).String()+".")
+}
+
+// setRetryAfter writes retry-after (whole seconds, rounded up) and
+// retry-after-ms (rounded up) for a wait of d.
+func setRetryAfter(h *fasthttp.ResponseHeader, d time.Duration) {
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	secs := (d + time.Second - 1) / time.Second
+	var b [20]byte
+	h.SetBytesV("Retry-After", strconv.AppendInt(b[:0], int64(secs), 10))
+	h.SetBytesV("Retry-After-Ms", strconv.AppendInt(b[:0], int64(ms), 10))
 }
 
 // setRateLimitHeaders writes OpenAI's x-ratelimit-* headers for the user's

@@ -152,14 +152,11 @@ func (f *failure) write(ctx *fasthttp.RequestCtx) {
 	if f.gone || f.kind == errShuttingDown {
 		ctx.SetConnectionClose()
 	}
-	var b [20]byte
 	if f.retry > 0 {
-		ms := (f.retry + time.Millisecond - 1) / time.Millisecond
-		secs := (f.retry + time.Second - 1) / time.Second
-		ctx.Response.Header.SetBytesV("Retry-After", strconv.AppendInt(b[:0], int64(secs), 10))
-		ctx.Response.Header.SetBytesV("Retry-After-Ms", strconv.AppendInt(b[:0], int64(ms), 10))
+		setRetryAfter(&ctx.Response.Header, f.retry)
 	}
 	if f.position >= 0 {
+		var b [20]byte
 		ctx.Response.Header.SetBytesV("X-Sluice-Queue-Position", strconv.AppendInt(b[:0], int64(f.position), 10))
 	}
 	writeError(ctx, f.kind, "", f.msg)
