@@ -358,7 +358,8 @@ func newScheduler(c *config.Upstream, o *Options) *queue.Scheduler {
 	}
 	store := o.BudgetStore
 	if store == nil {
-		store = limit.NewMemory(limit.MemoryOptions{})
+		// A budget has a fixed handful of keys: no sweeper goroutine needed.
+		store = limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
 	}
 	return queue.New(queue.Options{
 		Name: c.Name, Budget: budget(c.Budget), Keys: keys,

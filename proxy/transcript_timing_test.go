@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/valyala/fasthttp"
 
 	"sluice/sink"
 )
@@ -30,20 +29,5 @@ func BenchmarkProxyChatTranscripts(b *testing.B) {
 	defer sk.Stop(context.Background()) //nolint:errcheck // a discard writer
 	c, stop := benchProxy(b, func(s *Server) { s.SetTranscripts(TranscriptOptions{Sink: sk}) })
 	defer stop()
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	req.SetRequestURI("http://sluice/v1/chat/completions")
-	req.Header.SetMethod("POST")
-	req.Header.Set("Authorization", "Bearer sk-client")
-	req.Header.SetContentType("application/json")
-	req.SetBody(chatBody1K)
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := c.Do(req, resp); err != nil {
-			b.Fatal(err)
-		}
-		if resp.StatusCode() != 200 {
-			b.Fatalf("status %d: %s", resp.StatusCode(), resp.Body())
-		}
-	}
+	runChatBench(b, c)
 }
