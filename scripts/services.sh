@@ -43,6 +43,22 @@ _apt_install() {
     { apt-get update >/dev/null && apt-get install -y --no-install-recommends "$@" >/dev/null; }
 }
 
+# _wait_up PID CMD...: runs CMD every 0.1 s until it succeeds (status 0),
+# for up to 15 s; status 1 when PID exits first (its port was taken?) or
+# the time runs out.
+_wait_up() {
+  local pid="$1" i
+  shift
+  for i in $(seq 1 150); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+_redis_ping() { redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null | grep -q PONG; }
+
 # start_redis starts a throwaway Redis (no persistence) on a free loopback port
 # and exports SLUICE_TEST_REDIS_ADDR. Idempotent within one shell.
 start_redis() {
@@ -54,7 +70,7 @@ start_redis() {
     _apt_install redis-server || { echo "services.sh: cannot install redis-server" >&2; return 1; }
   fi
   _services_tmpdir
-  local attempt port pid i
+  local attempt port pid
   for attempt in 1 2 3; do
     port="$(_free_port)" || return 1
     mkdir -p "$SERVICE_TMPDIR/redis-$port"
@@ -62,17 +78,13 @@ start_redis() {
       --dir "$SERVICE_TMPDIR/redis-$port" --daemonize no \
       >"$SERVICE_TMPDIR/redis-$port.log" 2>&1 &
     pid=$!
-    for i in $(seq 1 100); do # up to 10 s
-      if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
-        SERVICE_PIDS+=("$pid")
-        SERVICE_REDIS_PID="$pid"
-        export SLUICE_TEST_REDIS_ADDR="127.0.0.1:$port"
-        echo "services.sh: redis-server pid $pid on $SLUICE_TEST_REDIS_ADDR" >&2
-        return 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break # exited (port taken?): try another port
-      sleep 0.1
-    done
+    if _wait_up "$pid" _redis_ping "$port"; then
+      SERVICE_PIDS+=("$pid")
+      SERVICE_REDIS_PID="$pid"
+      export SLUICE_TEST_REDIS_ADDR="127.0.0.1:$port"
+      echo "services.sh: redis-server pid $pid on $SLUICE_TEST_REDIS_ADDR" >&2
+      return 0
+    fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "services.sh: redis-server on port $port did not start (attempt $attempt):" >&2
@@ -137,7 +149,7 @@ start_clickhouse() {
     _apt_install clickhouse-server clickhouse-client || { echo "services.sh: cannot install clickhouse-server" >&2; return 1; }
   fi
   _services_tmpdir
-  local attempt tcp http pid i dir
+  local attempt tcp http pid dir
   for attempt in 1 2 3; do
     tcp="$(_free_port)" || return 1
     http="$(_free_port)" || return 1
@@ -146,18 +158,14 @@ start_clickhouse() {
     clickhouse_config "$dir" "$tcp" "$http"
     clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
     pid=$!
-    for i in $(seq 1 150); do # up to 15 s
-      if _clickhouse_ping "$tcp" "$http"; then
-        SERVICE_PIDS+=("$pid")
-        SERVICE_CLICKHOUSE_PID="$pid"
-        export SLUICE_TEST_CLICKHOUSE_ADDR="127.0.0.1:$tcp"
-        export SLUICE_TEST_CLICKHOUSE_HTTP="127.0.0.1:$http"
-        echo "services.sh: clickhouse-server pid $pid on $SLUICE_TEST_CLICKHOUSE_ADDR (http $http)" >&2
-        return 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if _wait_up "$pid" _clickhouse_ping "$tcp" "$http"; then
+      SERVICE_PIDS+=("$pid")
+      SERVICE_CLICKHOUSE_PID="$pid"
+      export SLUICE_TEST_CLICKHOUSE_ADDR="127.0.0.1:$tcp"
+      export SLUICE_TEST_CLICKHOUSE_HTTP="127.0.0.1:$http"
+      echo "services.sh: clickhouse-server pid $pid on $SLUICE_TEST_CLICKHOUSE_ADDR (http $http)" >&2
+      return 0
+    fi
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "services.sh: clickhouse-server on port $tcp did not start (attempt $attempt):" >&2
@@ -175,6 +183,11 @@ ensure_promtool() {
   fi
 }
 
+_prometheus_ready() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null &&
+    { ! command -v curl >/dev/null || curl -sf "http://127.0.0.1:$1/-/ready" >/dev/null; }
+}
+
 # start_prometheus starts a throwaway Prometheus (Debian's 2.42) on a free
 # loopback port that scrapes, every second, the targets tests write as file_sd
 # JSON into SLUICE_TEST_PROMETHEUS_TARGETS (job "sluice"), and evaluates
@@ -186,7 +199,7 @@ start_prometheus() {
   fi
   ensure_promtool || return 1
   _services_tmpdir
-  local rules attempt port pid i dir
+  local rules attempt port pid dir
   rules="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/dashboards/alerts.yaml"
   for attempt in 1 2 3; do
     port="$(_free_port)" || return 1
@@ -208,19 +221,14 @@ EOF
     prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
       --web.listen-address="127.0.0.1:$port" --log.level=warn >"$dir/prometheus.log" 2>&1 &
     pid=$!
-    for i in $(seq 1 150); do # up to 15 s
-      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
-        { ! command -v curl >/dev/null || curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null; }; then
-        SERVICE_PIDS+=("$pid")
-        SERVICE_PROMETHEUS_PID="$pid"
-        export SLUICE_TEST_PROMETHEUS="http://127.0.0.1:$port"
-        export SLUICE_TEST_PROMETHEUS_TARGETS="$dir/targets"
-        echo "services.sh: prometheus pid $pid on $SLUICE_TEST_PROMETHEUS" >&2
-        return 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if _wait_up "$pid" _prometheus_ready "$port"; then
+      SERVICE_PIDS+=("$pid")
+      SERVICE_PROMETHEUS_PID="$pid"
+      export SLUICE_TEST_PROMETHEUS="http://127.0.0.1:$port"
+      export SLUICE_TEST_PROMETHEUS_TARGETS="$dir/targets"
+      echo "services.sh: prometheus pid $pid on $SLUICE_TEST_PROMETHEUS" >&2
+      return 0
+    fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "services.sh: prometheus on port $port did not start (attempt $attempt):" >&2
