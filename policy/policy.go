@@ -277,6 +277,11 @@ func Parse(name string, data []byte, lookupEnv func(string) (string, bool)) (*Po
 func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) (*Policy, error) {
 	var errs yamlfile.Errors
 	add := func(path, format string, args ...any) { errs.Add(doc.Errorf(path, format, args...)) }
+	if len(f.Tiers) == 0 && len(f.Keys) == 0 {
+		// An empty file is a mistake or a write caught half way; applied,
+		// it would refuse every request.
+		add("", "no tiers and no keys: a policy must define at least one")
+	}
 
 	p := &Policy{
 		keys:         make(map[[sha256.Size]byte]*Key, len(f.Keys)),

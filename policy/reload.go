@@ -63,7 +63,9 @@ type ReloaderOptions struct {
 // editor's write-to-temp-then-rename, an in-place write and the Kubernetes
 // ConfigMap swap of the "..data" symlink alike, on every platform, for one
 // stat call per interval; the identity only decides when to read the file,
-// the bytes' hash decides whether anything changed.
+// the bytes' hash decides whether anything changed. A changed identity must
+// hold for one more poll before the file is read, so a reload follows an
+// edit within two intervals and never reads a write still in progress.
 type Reloader struct {
 	o ReloaderOptions
 
@@ -229,29 +231,49 @@ func (r *Reloader) Stop() {
 func (r *Reloader) watch() {
 	t := time.NewTicker(r.o.Interval)
 	defer t.Stop()
+	// seen is a changed identity waiting to settle: the file is read only
+	// when a poll finds the same changed identity again, one Interval
+	// later, so a file caught in the middle of an in-place write (truncated,
+	// half written) is never read.
+	var seen os.FileInfo
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
 		}
-		if r.changed() {
+		fi := r.changed()
+		switch {
+		case fi == nil:
+			seen = nil
+		case seen != nil && sameIdentity(seen, fi):
+			seen = nil
 			_, _ = r.Reload("watch") // logged and counted by Reload
+		default:
+			seen = fi
 		}
 	}
 }
 
-// changed reports whether the file's identity differs from the last one
-// seen. A file that vanished is not a change (a ConfigMap swap is atomic;
-// an editor's rename leaves a moment without the file): the next poll sees
-// the new one.
-func (r *Reloader) changed() bool {
+// changed returns the file's identity when it differs from the last one
+// read, nil otherwise. A file that vanished is not a change (a ConfigMap
+// swap is atomic; an editor's rename leaves a moment without the file):
+// a later poll sees the new one.
+func (r *Reloader) changed() os.FileInfo {
 	fi, err := os.Stat(r.o.Path)
 	if err != nil {
-		return false
+		return nil
 	}
 	r.mu.Lock()
 	prev := r.lastStat
 	r.mu.Unlock()
-	return prev == nil || !os.SameFile(prev, fi) || prev.Size() != fi.Size() || !prev.ModTime().Equal(fi.ModTime())
+	if prev != nil && sameIdentity(prev, fi) {
+		return nil
+	}
+	return fi
+}
+
+// sameIdentity compares device and inode, size and modification time.
+func sameIdentity(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }

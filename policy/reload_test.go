@@ -189,6 +189,38 @@ func TestReloadWatchRenameOver(t *testing.T) {
 	}
 }
 
+// TestReloadWatchWaitsForWrite: an in-place write in progress (the file
+// truncated, then half written, then whole) is read only once it has
+// settled, so no truncated policy is ever tried.
+func TestReloadWatchWaitsForWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.yaml")
+	writeAtomic(t, path, policyWithRPM(10))
+	f := newFixture(t, path, 50*time.Millisecond)
+	full := policyWithRPM(60)
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each step holds for less than one poll interval, as a slow writer's
+	// would; the settle rule sees the identity change at every poll.
+	for i := 0; i < len(full); i += 8 {
+		if _, err := fh.WriteString(full[i:min(i+8, len(full))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := fh.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the written file to load", func() bool { return f.count() == 2 })
+	if rpmOf(f.last()) != 60 {
+		t.Fatalf("rpm = %d; want 60", rpmOf(f.last()))
+	}
+	if n := f.metric(t, ReloadFailure); n != 0 {
+		t.Fatalf("%v reloads read the file mid-write:\n%s", n, f.log.String())
+	}
+}
+
 // TestReloadWatchSymlinkSwap mimics a Kubernetes ConfigMap volume:
 // policies.yaml -> ..data/policies.yaml, ..data -> ..2026_v1; an update
 // writes ..2026_v2 and swaps ..data by renaming a new symlink over it.
