@@ -19,9 +19,12 @@ import (
 
 // target is one way to reach the chat completions endpoint.
 type target struct {
-	name string // "direct" or "Sluice"
-	addr string // host:port
-	auth string // Authorization header value
+	name  string   // "direct", "Sluice" or "nginx"
+	addr  string   // host:port
+	auths []string // Authorization header values; worker i sends auths[i%len]
+	// stream makes the closed and open loops send streaming requests;
+	// same sends one unchanging body (cache hits) instead of unique ones.
+	stream, same bool
 	// plain is the keep-alive pool of the non-stream phases (MaxConns =
 	// -conns); streams has its own so stream connections are never mixed in.
 	plain, streams *fasthttp.HostClient
@@ -29,7 +32,7 @@ type target struct {
 
 const chatPath = "/v1/chat/completions"
 
-func newTarget(name, addr, key string, conns int) *target {
+func newTarget(name, addr string, keys []string, conns int) *target {
 	hc := func(n int) *fasthttp.HostClient {
 		return &fasthttp.HostClient{
 			Addr:                          addr,
@@ -43,13 +46,19 @@ func newTarget(name, addr, key string, conns int) *target {
 			DisablePathNormalizing:        true,
 		}
 	}
-	return &target{name: name, addr: addr, auth: "Bearer " + key, plain: hc(conns), streams: hc(conns)}
+	t := &target{name: name, addr: addr, plain: hc(conns), streams: hc(conns)}
+	for _, k := range keys {
+		t.auths = append(t.auths, "Bearer "+k)
+	}
+	return t
 }
 
 // The request body: a realistic ~1 KB chat conversation. The last user
-// message starts with a 16-hex-digit number unique to each request.
+// message starts with a 16-hex-digit number unique to each request; the
+// "user" field (an end user, for the trusted app key) is one of 100 by worker.
 const (
 	noncePlaceholder = "XXXXXXXXXXXXXXXX"
+	userPlaceholder  = "bench-user-17"
 	bodyTemplate     = `{"model":"gpt-4o-mini","messages":[` +
 		`{"role":"system","content":"You are Quill, the support assistant of Northwind Books, an online bookshop. Answer in at most three short sentences, in the customer's language. Never invent order details: if you need an order number or an email address, ask for it. Prices are in euros and include VAT. Shipping to the EU takes 2 to 4 working days; returns are free within 30 days when the book is unread."},` +
 		`{"role":"user","content":"Hi! I ordered two paperbacks last Tuesday, order NW-448213, and the tracking page still says the parcel is being prepared. Is something wrong with it?"},` +
@@ -70,37 +79,48 @@ func init() {
 
 // body is one worker's reusable request body.
 type body struct {
-	b   []byte
-	off int // where the nonce goes
+	b    []byte
+	off  int  // where the nonce goes
+	same bool // keep the nonce: every request identical
 }
 
-func newBody(stream bool) *body {
+func newBody(stream, same bool, worker int) *body {
 	s := bodyTemplate
 	if stream {
 		s = strings.Replace(s, `"temperature"`, `"stream":true,"temperature"`, 1)
 	}
-	return &body{b: []byte(s), off: strings.Index(s, noncePlaceholder)}
+	s = strings.Replace(s, userPlaceholder, fmt.Sprintf("bench-user-%02d", worker%100), 1)
+	b := &body{b: []byte(s), off: strings.Index(s, noncePlaceholder)}
+	b.set(0)
+	b.same = same
+	return b
 }
 
-// next writes a fresh nonce into the body and returns it.
+// next writes a fresh nonce into the body (unless same) and returns it.
 func (b *body) next() []byte {
+	if !b.same {
+		b.set(nonces.Add(1))
+	}
+	return b.b
+}
+
+func (b *body) set(n uint64) {
 	const digits = "0123456789abcdef"
-	n := nonces.Add(1)
 	d := b.b[b.off : b.off+len(noncePlaceholder)]
 	for i := len(d) - 1; i >= 0; i-- {
 		d[i] = digits[n&15]
 		n >>= 4
 	}
-	return b.b
 }
 
-// newRequest returns a chat request to t whose body will be set per call.
-func (t *target) newRequest() *fasthttp.Request {
+// newRequest returns worker's chat request to t whose body will be set per
+// call.
+func (t *target) newRequest(worker int) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI("http://" + t.addr + chatPath)
 	req.Header.SetContentType("application/json")
-	req.Header.Set("Authorization", t.auth)
+	req.Header.Set("Authorization", t.auths[worker%len(t.auths)])
 	return req
 }
 
@@ -114,7 +134,11 @@ type result struct {
 	elapsed time.Duration
 	sample  string // the first error, for the log
 
-	sluiceCPU, fakeCPU, selfCPU time.Duration
+	// serverCPU is the CPU of the process the path's requests end in (the
+	// fake, Sluice or nginx); fakeCPU the fake's, selfCPU the generator's.
+	serverCPU, fakeCPU, selfCPU time.Duration
+	mallocs                     int64 // Sluice's heap allocations (its path only)
+	redisCalls                  int64 // Redis commands (Sluice's path, -variant redis)
 	// otherCores is the CPU the rest of the machine used meanwhile, in
 	// cores (other processes, kernel threads): the noise of the phase.
 	otherCores float64
@@ -186,12 +210,12 @@ func closedLoop(ctx context.Context, t *target, conns int, d time.Duration) *res
 	start := time.Now()
 	deadline := start.Add(d)
 	expect := max(1024, int(d.Seconds()*50000)/conns)
-	for range conns {
+	for w := range conns {
 		wg.Go(func() {
-			req, resp := t.newRequest(), fasthttp.AcquireResponse()
+			req, resp := t.newRequest(w), fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
-			b := newBody(false)
+			b := newBody(t.stream, t.same, w)
 			lat := make([]time.Duration, 0, expect)
 			errs, sample := 0, ""
 			for ctx.Err() == nil {
@@ -230,12 +254,12 @@ func openLoop(ctx context.Context, t *target, rate, inflight int, d time.Duratio
 	jobs := make(chan time.Time, inflight)
 	var c collector
 	var wg sync.WaitGroup
-	for range inflight {
+	for w := range inflight {
 		wg.Go(func() {
-			req, resp := t.newRequest(), fasthttp.AcquireResponse()
+			req, resp := t.newRequest(w), fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
-			b := newBody(false)
+			b := newBody(t.stream, t.same, w)
 			lat := make([]time.Duration, 0, n/inflight+16)
 			lag := make([]time.Duration, 0, n/inflight+16)
 			errs, sample := 0, ""
@@ -284,13 +308,13 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 	jobs := make(chan time.Time, inflight)
 	var c collector
 	var wg sync.WaitGroup
-	for range inflight {
+	for w := range inflight {
 		wg.Go(func() {
-			req, resp := t.newRequest(), fasthttp.AcquireResponse()
+			req, resp := t.newRequest(w), fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
 			resp.StreamBody = true
-			b := newBody(true)
+			b := newBody(true, t.same, w)
 			var lat []time.Duration
 			errs, sample := 0, ""
 			fail := func(msg string) {
@@ -309,8 +333,10 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 					fail(err.Error())
 					continue
 				}
+				streamsOpen.Add(1)
 				bs := resp.BodyStream()
 				if resp.StatusCode() != fasthttp.StatusOK || bs == nil {
+					streamsOpen.Add(-1)
 					body, _ := io.ReadAll(io.LimitReader(orEmpty(bs, resp), 200))
 					_ = resp.CloseBodyStream()
 					fail(fmt.Sprintf("status %d: %s", resp.StatusCode(), body))
@@ -323,6 +349,7 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 				}
 				first := time.Since(t0)
 				if k == 0 {
+					streamsOpen.Add(-1)
 					_ = resp.CloseBodyStream()
 					fail(fmt.Sprintf("stream ended before any event: %v", err))
 					continue
@@ -336,6 +363,7 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 						tail = tail[len(tail)-64:]
 					}
 				}
+				streamsOpen.Add(-1)
 				_ = resp.CloseBodyStream()
 				switch {
 				case !errors.Is(err, io.EOF):
@@ -370,6 +398,10 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 	r.dropped = dropped
 	return r
 }
+
+// streamsOpen counts the streams whose answer headers have arrived and whose
+// body is still being read, across every streamLoop.
+var streamsOpen atomic.Int64
 
 func orEmpty(r io.Reader, resp *fasthttp.Response) io.Reader {
 	if r == nil {

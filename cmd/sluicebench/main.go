@@ -1,39 +1,57 @@
 // Command sluicebench measures what going through Sluice costs compared with
-// calling the upstream directly.
+// calling the upstream directly (and through a plain nginx reverse proxy,
+// when nginx is installed).
 //
-//	go run ./cmd/sluicebench [-duration 5s] [-rates 500,1000,2000] [-conns 64] [-out FILE]
+//	go run ./cmd/sluicebench [-duration 5s] [-rates 500,2000,5000,10000] [-pin on|off|both]
+//	                         [-variant redis|cache-hit|stream] [-detail] [-out FILE]
+//	go run ./cmd/sluicebench -streams 10000 -stream-duration 30s   # long streams: memory
 //
-// It builds bin/sluice and bin/fakeai (unless -no-build), starts the fake
-// upstream (latency 0) and Sluice with the example configs as subprocesses on
-// free loopback ports, pinned with taskset to CPU 1 and CPU 0 when it can,
-// and then measures, direct to the fake and through Sluice in the same run:
+// It builds bin/sluice and bin/fakeai (unless -no-build) and starts, as
+// subprocesses on free loopback ports, the fake upstream (latency 0), Sluice
+// with a realistic configuration written to a temporary directory (four keys
+// over several users, teams and tiers, one of them a trusted app key naming
+// its end users; in-memory buckets, or Redis with -variant redis; the memory
+// cache on for every tier, so each request is looked up and, the requests
+// being unique, misses; transcripts to JSONL files, or to ClickHouse when
+// SLUICE_BENCH_CLICKHOUSE_ADDR is set) and, when found (-nginx), nginx as a
+// keep-alive reverse proxy to the same fake. It then measures every path in
+// the same run:
 //
 //   - max throughput: a closed loop on -conns keep-alive connections;
 //   - fixed rates: an open loop per -rates value, requests sent on a fixed
 //     schedule whatever the answers do (in flight bounded by -conns), latency
 //     counted from the scheduled send time so a stall is not hidden
-//     (no coordinated omission);
-//   - stream first byte: -streams streaming chat requests at -stream-rate,
+//     (no coordinated omission). A path is saturated at a rate when it
+//     completes less than 95 % of it, drops or fails more than 1 % of the
+//     requests, or its p99 exceeds -sat-p99; its higher rates are skipped;
+//   - stream first chunk: -streams streaming chat requests at -stream-rate,
 //     time from send to the first byte of the first SSE event;
-//   - Sluice's CPU time per request (/proc/PID/stat utime+stime) and its RSS
-//     after the load (/proc/PID/status).
+//   - CPU per request of each gateway (/proc/PID/stat utime+stime), its RSS
+//     before the load (idle) and after it (/proc/PID/status), and Sluice's
+//     heap allocations per request (go_memstats_mallocs_total from its
+//     admin /metrics, delta over the closed loop).
 //
-// Other flags: -no-build, -warmup, -streams, -stream-rate, -stream-chunks,
-// -chunk-interval, -nice (run everything at a raised priority on a shared
-// machine) and -perf / -perf-rate (record Sluice with perf during one more
-// run and print its hottest symbols; the data stays in bin/sluice.perf.data).
-// Each table also shows "other CPU": what the rest of the machine used during
-// the phase, so a disturbed measurement can be told from a real one.
+// -pin on puts the gateways (Sluice, nginx) on CPU 0 and the fake upstream
+// and the load generator on CPU 1 (taskset); off leaves all of them to the
+// scheduler; both runs the whole lab once per mode. Each mode prints one
+// markdown table; -detail adds the per-phase tables.
 //
-// Every request is a non-stream (or stream) chat completion with a ~1 KB
-// messages array whose last user message carries a unique number, so no
-// answer could be served from a cache.
+// Variants: redis (buckets in Redis: a throwaway redis-server, or
+// SLUICE_BENCH_REDIS_ADDR; Redis commands per request from INFO
+// commandstats), cache-hit (every request the same, so after the first each
+// one is answered from Sluice's cache), stream (the closed and open loops
+// send streaming requests).
 //
-// The load generator runs in this process, unpinned: on a small machine it
-// competes for CPU with the fake and with Sluice, which inflates both the
-// direct and the through figures; the "added" rows subtract the two.
-// Everything runs on loopback and ends after a bounded time; both children
-// are killed by PID at the end, on error and on SIGINT.
+// With -stream-duration D, the run is instead the long-streams mode: -streams
+// concurrent streams through Sluice, each lasting about D (one event a
+// second), opened over about D/3, while Sluice's RSS, goroutines and open
+// descriptors are sampled; it reports their idle, peak and after values.
+//
+// Every non-stream request is a chat completion with a ~1 KB messages array
+// whose last user message carries a unique number (except for cache-hit).
+// The load generator runs in this process. Everything runs on loopback and
+// ends after a bounded time; every child is killed by PID at the end, on
+// error and on SIGINT.
 package main
 
 import (
@@ -42,6 +60,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -65,12 +84,19 @@ type options struct {
 	perf          bool
 	perfRate      int
 	nice          int
+
+	pin            string // on, off or both
+	variant        string // "", redis, cache-hit or stream
+	nginx          string // path of nginx; "" = none
+	detail         bool
+	satP99         time.Duration
+	streamDuration time.Duration // > 0: the long-streams mode
 }
 
 func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("sluicebench", flag.ContinueOnError)
 	o := &options{}
-	rates := fs.String("rates", "500,1000,2000", "open-loop request rates (req/s), comma-separated")
+	rates := fs.String("rates", "500,2000,5000,10000", "open-loop request rates (req/s), comma-separated")
 	fs.DurationVar(&o.duration, "duration", 5*time.Second, "length of each measured phase")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up per path before measuring")
 	fs.IntVar(&o.conns, "conns", 64, "keep-alive connections (closed loop) and in-flight bound (open loop)")
@@ -83,8 +109,25 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.perf, "perf", false, "after the measurements, profile Sluice with perf record during one more -duration run through it and print its top symbols")
 	fs.IntVar(&o.nice, "nice", 0, "run the fake, Sluice and the load generator at this nice value (e.g. -10; below 0 needs root), so other work on a shared machine disturbs the measurement less")
 	fs.IntVar(&o.perfRate, "perf-rate", 0, "load of the -perf run: open loop at this many req/s; 0 = closed loop on -conns connections")
+	fs.StringVar(&o.pin, "pin", "on", "on: gateways on CPU 0, fake upstream and load generator on CPU 1 (taskset); off: no pinning; both: one run per mode")
+	fs.StringVar(&o.variant, "variant", "", "redis (buckets in Redis), cache-hit (identical requests, answered from the cache) or stream (closed and open loops stream)")
+	nginx := fs.String("nginx", "auto", "nginx binary for the plain reverse proxy column; auto = nginx on PATH if any, off = none")
+	fs.BoolVar(&o.detail, "detail", false, "also print the per-phase tables (every path, generator lag, other CPU)")
+	fs.DurationVar(&o.satP99, "sat-p99", 100*time.Millisecond, "a fixed rate is saturated when a path's p99 exceeds this (or it completes < 95 %, or drops or fails > 1 %)")
+	fs.DurationVar(&o.streamDuration, "stream-duration", 0, "long-streams mode: hold -streams concurrent streams through Sluice, each this long, and report memory")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	switch *nginx {
+	case "off", "":
+	case "auto":
+		o.nginx, _ = exec.LookPath("nginx")
+	default:
+		p, err := exec.LookPath(*nginx)
+		if err != nil {
+			return nil, fmt.Errorf("-nginx: %w", err)
+		}
+		o.nginx = p
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -115,6 +158,16 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-perf-rate must be >= 0")
 	case o.warmup < 0:
 		return nil, errors.New("-warmup must be >= 0")
+	case o.pin != "on" && o.pin != "off" && o.pin != "both":
+		return nil, errors.New("-pin must be on, off or both")
+	case o.variant != "" && o.variant != "redis" && o.variant != "cache-hit" && o.variant != "stream":
+		return nil, errors.New("-variant must be redis, cache-hit or stream")
+	case o.satP99 <= 0:
+		return nil, errors.New("-sat-p99 must be > 0")
+	case o.streamDuration < 0 || o.streamDuration > 10*time.Minute:
+		return nil, errors.New("-stream-duration must be in [0, 10m]")
+	case o.streamDuration > 0 && (o.streams < 1 || o.streams > 50000):
+		return nil, errors.New("-streams must be in [1, 50000] with -stream-duration")
 	}
 	return o, nil
 }
@@ -142,36 +195,40 @@ func run(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	env := captureEnv()
+	rep := &report{opts: o, env: captureEnv()}
 	if !o.noBuild {
 		logf("building bin/sluice and bin/fakeai")
 		if err := build(ctx, root); err != nil {
 			return err
 		}
 	}
-	pinned := canPin()
 	if o.nice != 0 {
 		if err := reniceSelf(o.nice); err != nil {
 			return fmt.Errorf("-nice %d: %w", o.nice, err)
 		}
 	}
+	modes := map[string][]bool{"on": {true}, "off": {false}, "both": {true, false}}[o.pin]
+	if modes[0] && !canPin() {
+		logf("cannot pin (taskset missing or fewer than 2 CPUs): running unpinned")
+		modes = []bool{false}
+	}
 
-	lab, err := startLab(ctx, root, o, pinned)
-	if lab != nil {
-		defer lab.stop()
+	if o.streamDuration > 0 {
+		rep.long, err = runLong(ctx, root, o, modes[0])
+	} else {
+		for _, pinned := range modes {
+			var m *modeReport
+			m, err = runMode(ctx, root, o, pinned)
+			if err != nil {
+				break
+			}
+			rep.modes = append(rep.modes, m)
+		}
 	}
 	if err != nil {
 		return err
 	}
-
-	rep, err := measure(ctx, lab, o)
-	if err != nil {
-		return err
-	}
-	rep.env = env
 	rep.env.loadEnd = loadAvg()
-	rep.pinned = pinned
-	rep.opts = o
 
 	text := rep.markdown()
 	fmt.Print(text)
@@ -182,6 +239,23 @@ func run(ctx context.Context, o *options) error {
 		logf("report written to %s", o.out)
 	}
 	return nil
+}
+
+// runMode starts a lab, measures it and stops it. Pinned, this process (the
+// load generator) runs on otherCPU with one P for the time of the mode.
+func runMode(ctx context.Context, root string, o *options, pinned bool) (*modeReport, error) {
+	logf("mode: %s", map[bool]string{true: "pinned", false: "unpinned"}[pinned])
+	l, err := startLab(ctx, root, labSpec{pinned: pinned, variant: o.variant, chunks: o.streamChunks,
+		chunkInterval: o.chunkInterval, maxConns: 512, nginx: o.nginx})
+	if l != nil {
+		defer l.stop()
+	}
+	if err != nil {
+		return nil, err
+	}
+	undo := pinSelf(pinned)
+	defer undo()
+	return measure(ctx, l, o)
 }
 
 // findRoot returns the directory of the sluice module's go.mod, searching up

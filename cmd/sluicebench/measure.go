@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,32 +17,48 @@ import (
 
 // report is everything one run measured.
 type report struct {
-	opts   *options
-	env    envInfo
-	pinned bool
-	// fakeCPUs and sluiceCPUs are the children's Cpus_allowed_list.
-	fakeCPUs, sluiceCPUs string
-	bodyBytes            int
-
-	closed [2]*result // direct, through Sluice
-	open   []openPair
-	stream [2]*result
-
-	rss, peak int64
-	perfTop   string
+	opts  *options
+	env   envInfo
+	modes []*modeReport
+	long  *longReport // the long-streams mode instead
 }
 
-type openPair struct {
+// modeReport is one lab, pinned or not, measured on every path.
+type modeReport struct {
+	pinned    bool
+	paths     []string // direct, Sluice[, nginx]
+	cpus      []string // each path's server's Cpus_allowed_list
+	bodyBytes int
+	loadStart string // load average when the mode began, and ended
+	loadEnd   string
+
+	closed []*result // per path
+	open   []openSet
+	stream []*result // per path; nil when -streams 0
+
+	// idle and after: each path's server's RSS before the load and after
+	// it, and its peak (VmHWM); the direct path's server is the fake.
+	idle, after, peak []int64
+	transcripts       string // where Sluice wrote them
+	redisCalls        bool   // result.redisCalls was measured
+	perfTop           string
+}
+
+// openSet is one fixed rate on every path; a path's result is nil when a
+// lower rate already saturated it.
+type openSet struct {
 	rate int
-	r    [2]*result
+	r    []*result
+	sat  []string // why each path saturated at this rate, "" if it did not
 }
 
 type envInfo struct {
-	date               time.Time
-	cpus               int
-	goVersion, osArch  string
-	cpuModel           string
-	loadStart, loadEnd string
+	date              time.Time
+	cpus              int
+	goVersion, osArch string
+	cpuModel          string
+	loadStart         string
+	loadEnd           string
 }
 
 func captureEnv() envInfo {
@@ -98,15 +115,48 @@ func loadAvg() string {
 	return f[0]
 }
 
-// measure runs every phase, direct then through Sluice, phase by phase.
-func measure(ctx context.Context, l *lab, o *options) (*report, error) {
-	direct := newTarget("direct", l.fakeAddr, upstreamKey, o.conns)
-	through := newTarget("Sluice", l.sluiceAddr, demoKey, o.conns)
-	targets := [2]*target{direct, through}
-	rep := &report{
-		fakeCPUs:   cpusAllowed(l.fake.pid()),
-		sluiceCPUs: cpusAllowed(l.sluice.pid()),
-		bodyBytes:  len(newBody(false).b),
+// saturated says why a fixed-rate phase shows the path could not keep up
+// with rate, "" when it kept up: it completed less than 95 % of the rate,
+// dropped or failed more than 1 % of the requests, or its p99 exceeded
+// p99Bound.
+func saturated(rate int, r *result, p99Bound time.Duration) string {
+	sent := r.ok + r.errs + r.dropped
+	switch {
+	case sent > 0 && float64(r.dropped+r.errs) > 0.01*float64(sent):
+		return fmt.Sprintf("%d of %d dropped or failed", r.dropped+r.errs, sent)
+	case r.rate() < 0.95*float64(rate):
+		return fmt.Sprintf("completed %s req/s", fmtRate(r.rate()))
+	case pct(r.lat, .99) > p99Bound:
+		return fmt.Sprintf("p99 %s > %s", fmtMs(pct(r.lat, .99)), fmtMs(p99Bound))
+	}
+	return ""
+}
+
+// measure runs every phase, path after path, phase by phase.
+func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
+	direct := newTarget("direct", l.fakeAddr, []string{upstreamKey}, o.conns)
+	through := newTarget("Sluice", l.sluiceAddr, benchKeys, o.conns)
+	targets := []*target{direct, through}
+	servers := []*child{l.fake, l.sluice} // the process each path's request ends in
+	if l.nginx != nil {
+		targets = append(targets, newTarget("nginx", l.nginxAddr, []string{upstreamKey}, o.conns))
+		servers = append(servers, l.nginx)
+	}
+	m := &modeReport{
+		pinned:      l.spec.pinned,
+		bodyBytes:   len(newBody(false, false, 0).b),
+		loadStart:   loadAvg(),
+		transcripts: "JSONL files",
+		redisCalls:  l.redisAddr != "",
+	}
+	if l.clickhouseAddr != "" {
+		m.transcripts = "ClickHouse at " + l.clickhouseAddr
+	}
+	for i, t := range targets {
+		t.stream = o.variant == "stream"
+		t.same = o.variant == "cache-hit"
+		m.paths = append(m.paths, t.name)
+		m.cpus = append(m.cpus, cpusAllowed(servers[i].pid()))
 	}
 
 	for _, t := range targets {
@@ -114,28 +164,66 @@ func measure(ctx context.Context, l *lab, o *options) (*report, error) {
 			return nil, fmt.Errorf("%w\nsluice log:\n%s", err, l.sluice.log.String())
 		}
 	}
+	for _, c := range servers {
+		rss, _, _ := procMem(c.pid())
+		m.idle = append(m.idle, rss)
+	}
 	if o.warmup > 0 {
 		logf("warming up %v per path", o.warmup)
 		for _, t := range targets {
 			closedLoop(ctx, t, o.conns, o.warmup)
 		}
 	}
+	metricsURL := "http://" + l.adminAddr + "/metrics"
 
-	// phase runs one measurement and charges the CPU each process used.
-	phase := func(what string, t *target, f func() *result) (*result, error) {
+	// phase runs one measurement on path i and charges it the CPU of its
+	// server, Sluice's allocations and Redis commands.
+	phase := func(what string, i int, f func() *result) (*result, error) {
+		t := targets[i]
 		logf("%s, %s", what, t.name)
-		s0, _ := procCPU(l.sluice.pid())
-		f0, _ := procCPU(l.fake.pid())
+		cs := l.children()
+		cpu0 := make([]time.Duration, len(cs))
+		for k, c := range cs {
+			cpu0[k], _ = procCPU(c.pid())
+		}
 		g0 := selfCPU()
+		var mal0, red0 int64 = -1, -1
+		if t == through {
+			if v, err := scrapeMetrics(metricsURL, mallocsMetric); err == nil {
+				mal0 = int64(v[mallocsMetric])
+			}
+			if l.redisAddr != "" {
+				red0, _ = redisCalls(l.redisAddr)
+			}
+		}
 		m0, w0 := machineBusy(), time.Now()
 		r := f()
 		m1, wall := machineBusy(), time.Since(w0)
-		s1, _ := procCPU(l.sluice.pid())
-		f1, _ := procCPU(l.fake.pid())
-		r.sluiceCPU, r.fakeCPU, r.selfCPU = s1-s0, f1-f0, selfCPU()-g0
+		r.selfCPU = selfCPU() - g0
+		ours := r.selfCPU
+		for k, c := range cs {
+			c1, _ := procCPU(c.pid())
+			d := c1 - cpu0[k]
+			ours += d
+			switch c {
+			case servers[i]:
+				r.serverCPU = d
+			case l.fake:
+				r.fakeCPU = d
+			}
+		}
+		if mal0 >= 0 {
+			if v, err := scrapeMetrics(metricsURL, mallocsMetric); err == nil {
+				r.mallocs = int64(v[mallocsMetric]) - mal0
+			}
+		}
+		if red0 >= 0 {
+			if n, err := redisCalls(l.redisAddr); err == nil {
+				r.redisCalls = n - red0
+			}
+		}
 		if m0 > 0 && m1 > 0 {
-			other := m1 - m0 - r.sluiceCPU - r.fakeCPU - r.selfCPU
-			r.otherCores = max(0, other.Seconds()/wall.Seconds())
+			r.otherCores = max(0, (m1-m0-ours).Seconds()/wall.Seconds())
 		}
 		if r.sample != "" {
 			logf("  %d errors, first: %s", r.errs, r.sample)
@@ -143,57 +231,78 @@ func measure(ctx context.Context, l *lab, o *options) (*report, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("interrupted: %w", err)
 		}
-		for _, c := range []*child{l.fake, l.sluice} {
+		for _, c := range cs {
 			if c.exited() {
 				return nil, fmt.Errorf("%s exited during the run (%v):\n%s", c.name, c.err, c.log.String())
 			}
 		}
-		time.Sleep(200 * time.Millisecond) // let both sides settle
+		time.Sleep(200 * time.Millisecond) // let every side settle
 		return r, nil
 	}
 
-	var err error
-	for i, t := range targets {
-		rep.closed[i], err = phase(fmt.Sprintf("closed loop, %d conns, %v", o.conns, o.duration), t, func() *result {
-			return closedLoop(ctx, t, o.conns, o.duration)
+	for i := range targets {
+		r, err := phase(fmt.Sprintf("closed loop, %d conns, %v", o.conns, o.duration), i, func() *result {
+			return closedLoop(ctx, targets[i], o.conns, o.duration)
 		})
 		if err != nil {
 			return nil, err
 		}
+		m.closed = append(m.closed, r)
 	}
+	done := make([]bool, len(targets)) // saturated at a lower rate
 	for _, rate := range o.rates {
-		p := openPair{rate: rate}
-		for i, t := range targets {
-			p.r[i], err = phase(fmt.Sprintf("open loop, %d req/s, %v", rate, o.duration), t, func() *result {
-				return openLoop(ctx, t, rate, o.conns, o.duration)
+		p := openSet{rate: rate, r: make([]*result, len(targets)), sat: make([]string, len(targets))}
+		for i := range targets {
+			if done[i] {
+				continue
+			}
+			r, err := phase(fmt.Sprintf("open loop, %d req/s, %v", rate, o.duration), i, func() *result {
+				return openLoop(ctx, targets[i], rate, o.conns, o.duration)
 			})
 			if err != nil {
 				return nil, err
 			}
+			p.r[i] = r
+			if why := saturated(rate, r, o.satP99); why != "" {
+				p.sat[i], done[i] = why, true
+				logf("  %s saturated at %d req/s: %s", targets[i].name, rate, why)
+			}
 		}
-		rep.open = append(rep.open, p)
+		m.open = append(m.open, p)
+		if !slices.Contains(done, false) {
+			break
+		}
 	}
 	if o.streams > 0 {
-		for i, t := range targets {
-			rep.stream[i], err = phase(fmt.Sprintf("%d streams at %d/s", o.streams, o.streamRate), t, func() *result {
-				return streamLoop(ctx, t, o.streams, o.streamRate, min(o.conns, 16))
+		for i := range targets {
+			r, err := phase(fmt.Sprintf("%d streams at %d/s", o.streams, o.streamRate), i, func() *result {
+				return streamLoop(ctx, targets[i], o.streams, o.streamRate, min(o.conns, 16))
 			})
 			if err != nil {
 				return nil, err
 			}
+			m.stream = append(m.stream, r)
 		}
 	}
-	rep.rss, rep.peak, _ = procMem(l.sluice.pid())
+	for _, c := range servers {
+		rss, peak, _ := procMem(c.pid())
+		m.after, m.peak = append(m.after, rss), append(m.peak, peak)
+	}
+	m.loadEnd = loadAvg()
 
 	if o.perf {
-		rep.perfTop, err = perfProfile(ctx, l, through, o)
+		var err error
+		m.perfTop, err = perfProfile(ctx, l, through, o)
 		if err != nil {
 			logf("perf: %v", err)
-			rep.perfTop = "perf failed: " + err.Error()
+			m.perfTop = "perf failed: " + err.Error()
 		}
 	}
-	return rep, nil
+	return m, nil
 }
+
+// mallocsMetric counts the heap objects Sluice has allocated (Go collector).
+const mallocsMetric = "go_memstats_mallocs_total"
 
 // perfProfile records Sluice with perf during an extra closed-loop run and
 // returns its hottest symbols.

@@ -19,13 +19,9 @@ import (
 	"time"
 )
 
-// The credentials of the lab: clients call Sluice with demoKey (policies.yaml's
-// demo key, read from SLUICE_DEMO_KEY) and the fake with upstreamKey, which
-// Sluice sends in their place.
-var (
-	demoKey     = "sk-sluice-bench-" + randHex(12)
-	upstreamKey = "sk-upstream-bench-" + randHex(12)
-)
+// upstreamKey is the fake upstream's key: the direct and nginx paths send it,
+// and Sluice sends it in place of its own keys (benchKeys, lab.go).
+var upstreamKey = "sk-upstream-bench-" + randHex(12)
 
 func randHex(n int) string {
 	b := make([]byte, n)
@@ -158,78 +154,6 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
-}
-
-// lab is the fake upstream and Sluice, running.
-type lab struct {
-	root         string
-	fake, sluice *child
-	fakeAddr     string
-	sluiceAddr   string
-	adminAddr    string
-}
-
-func (l *lab) stop() {
-	// Sluice first, so it does not log the fake going away.
-	l.sluice.stop()
-	l.fake.stop()
-}
-
-func startLab(ctx context.Context, root string, o *options, pinned bool) (*lab, error) {
-	fakeCPU, sluiceCPU := -1, -1
-	if pinned {
-		fakeCPU, sluiceCPU = 1, 0
-	}
-	l := &lab{root: root}
-	out := &tailBuffer{max: 64 << 10, watch: "listening on ", found: make(chan string, 1)}
-	found := out.found
-	fake, err := start("fakeai", root, fakeCPU, os.Environ(), out,
-		filepath.Join(root, "bin", "fakeai"), "-addr", "127.0.0.1:0", "-latency", "0",
-		"-chunks", strconv.Itoa(o.streamChunks), "-chunk-interval", o.chunkInterval.String(),
-		"-api-key", upstreamKey)
-	if err != nil {
-		return nil, err
-	}
-	l.fake = fake
-	select {
-	case addr := <-found:
-		l.fakeAddr = addr
-	case <-fake.done:
-		return l, fmt.Errorf("fakeai exited at start (%v):\n%s%s", fake.err, out.String(), fake.log.String())
-	case <-time.After(10 * time.Second):
-		return l, fmt.Errorf("fakeai did not say where it listens within 10s:\n%s", out.String())
-	case <-ctx.Done():
-		return l, ctx.Err()
-	}
-
-	l.sluiceAddr, err = freePort()
-	if err != nil {
-		return l, err
-	}
-	l.adminAddr, err = freePort()
-	if err != nil {
-		return l, err
-	}
-	env := append(os.Environ(),
-		"OPENAI_BASE_URL=http://"+l.fakeAddr+"/v1",
-		"OPENAI_API_KEY="+upstreamKey,
-		"SLUICE_ADDR="+l.sluiceAddr,
-		"SLUICE_ADMIN_ADDR="+l.adminAddr,
-		"SLUICE_DEMO_KEY="+demoKey,
-	)
-	sl, err := start("sluice", root, sluiceCPU, env, nil,
-		filepath.Join(root, "bin", "sluice"), "serve",
-		"-config", filepath.Join(root, "configs", "sluice.yaml"),
-		"-policies", filepath.Join(root, "configs", "policies.yaml"))
-	if err != nil {
-		return l, err
-	}
-	l.sluice = sl
-	if err := waitReady(ctx, sl, "http://"+l.adminAddr+"/readyz"); err != nil {
-		return l, err
-	}
-	logf("fakeai pid %d on %s, sluice pid %d on %s (admin %s)", fake.pid(), l.fakeAddr, sl.pid(), l.sluiceAddr, l.adminAddr)
-	return l, nil
 }
 
 // freePort returns a loopback address nothing listens on right now.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -56,4 +57,30 @@ func reniceSelf(nice int) error {
 		}
 	}
 	return nil
+}
+
+// pinSelf puts every thread of this process on otherCPU and the Go runtime
+// on one P when pinned, else on every CPU; the returned func restores every
+// CPU and the previous GOMAXPROCS. Threads created later inherit the
+// affinity of the thread that creates them.
+func pinSelf(pinned bool) func() {
+	procs := runtime.GOMAXPROCS(0)
+	all := fmt.Sprintf("0-%d", numCPU()-1)
+	set := func(cpus string) {
+		if err := exec.Command("taskset", "-a", "-p", "-c", cpus, strconv.Itoa(os.Getpid())).Run(); err != nil {
+			logf("taskset -a -p -c %s (this process): %v", cpus, err)
+		}
+	}
+	if !pinned {
+		if _, err := exec.LookPath("taskset"); err == nil {
+			set(all)
+		}
+		return func() {}
+	}
+	set(strconv.Itoa(otherCPU))
+	runtime.GOMAXPROCS(1)
+	return func() {
+		set(all)
+		runtime.GOMAXPROCS(procs)
+	}
 }

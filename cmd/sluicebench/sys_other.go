@@ -18,3 +18,5 @@ func selfCPU() time.Duration { return 0 }
 func numCPU() int { return runtime.NumCPU() }
 
 func reniceSelf(int) error { return errors.New("only supported on Linux") }
+
+func pinSelf(bool) func() { return func() {} }

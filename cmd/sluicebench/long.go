@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// longReport is what the long-streams mode measured: Sluice holding many
+// slow streams at once.
+type longReport struct {
+	pinned     bool
+	requested  int    // -streams
+	streams    int    // streams run: requested, or fewer to fit Sluice's descriptors
+	capped     string // why streams < requested
+	nofile     int    // Sluice's open-file limit (soft)
+	events     int    // stream events per stream, one per interval
+	interval   time.Duration
+	rampRate   int // streams opened per second
+	loadStart  string
+	loadEnd    string
+	res        *result
+	sluiceCPU  time.Duration
+	peakOpen   int64 // streams open at once, seen by the client
+	idle, peak sample
+	after      sample // after the streams ended and the client closed its connections
+	peakHWM    int64  // VmHWM at the end
+}
+
+// sample is one reading of Sluice's memory, goroutines and descriptors.
+type sample struct {
+	rss        int64
+	goroutines int
+	fds        int
+}
+
+// fdBudget is what Sluice needs besides two descriptors per stream (one to
+// the client, one to the upstream): listeners, files, epoll, the admin
+// listener's connections.
+const fdBudget = 64
+
+// maxStreams returns how many streams fit into an open-file limit of nofile
+// descriptors, two per stream plus fdBudget.
+func maxStreams(nofile int) int {
+	return max(0, (nofile-fdBudget)/2)
+}
+
+// runLong starts a lab whose fake streams for -stream-duration, one event a
+// second, holds -streams streams through Sluice at once and samples Sluice's
+// RSS, goroutines and descriptors.
+func runLong(ctx context.Context, root string, o *options, pinned bool) (*longReport, error) {
+	interval := time.Second
+	if o.streamDuration < interval {
+		interval = o.streamDuration
+	}
+	events := max(1, int(o.streamDuration/interval))
+	lr := &longReport{pinned: pinned, requested: o.streams, streams: o.streams, events: events, interval: interval, loadStart: loadAvg()}
+	l, err := startLab(ctx, root, labSpec{pinned: pinned, chunks: events, chunkInterval: interval,
+		maxConns: o.streams + fdBudget})
+	if l != nil {
+		defer l.stop()
+	}
+	if err != nil {
+		return nil, err
+	}
+	undo := pinSelf(pinned)
+	defer undo()
+	pid := l.sluice.pid()
+	lr.nofile = openFileLimit(pid)
+	if n := maxStreams(lr.nofile); lr.nofile > 0 && n < lr.streams {
+		lr.streams = n
+		lr.capped = fmt.Sprintf("Sluice's open-file limit is %d (ulimit -n; not raised): %d streams need 2 descriptors each plus ~%d", lr.nofile, o.streams, fdBudget)
+		logf("%s; running %d streams", lr.capped, n)
+	}
+	if self := openFileLimit(os.Getpid()); self > 0 && lr.streams+fdBudget > self {
+		return nil, fmt.Errorf("this process's open-file limit %d is below %d streams", self, lr.streams)
+	}
+
+	t := newTarget("Sluice", l.sluiceAddr, benchKeys, o.conns)
+	t.streams.MaxConns = lr.streams
+	t.streams.ReadTimeout = 2*o.streamDuration + time.Minute // one deadline for the whole stream
+	metricsURL := "http://" + l.adminAddr + "/metrics"
+	read := func() sample {
+		s := sample{fds: countFDs(pid)}
+		s.rss, _, _ = procMem(pid)
+		if v, err := scrapeMetrics(metricsURL, "go_goroutines"); err == nil {
+			s.goroutines = int(v["go_goroutines"])
+		}
+		return s
+	}
+	lr.idle = read()
+
+	// Open them over about a third of their length, so all are open at once
+	// for the last two thirds of the first one.
+	lr.rampRate = max(o.streamRate, int(float64(lr.streams)/max(o.streamDuration.Seconds()/3, 1)))
+	logf("%d streams of %d events %v apart through Sluice, opened at %d/s", lr.streams, events, interval, lr.rampRate)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wg.Go(func() {
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			s := read()
+			open := streamsOpen.Load()
+			mu.Lock()
+			lr.peak.rss = max(lr.peak.rss, s.rss)
+			lr.peak.goroutines = max(lr.peak.goroutines, s.goroutines)
+			lr.peak.fds = max(lr.peak.fds, s.fds)
+			lr.peakOpen = max(lr.peakOpen, open)
+			mu.Unlock()
+			if time.Since(last) >= 5*time.Second {
+				logf("  %d streams open; Sluice RSS %s, %d goroutines, %d descriptors", open, fmtMiB(s.rss), s.goroutines, s.fds)
+				last = time.Now()
+			}
+		}
+	})
+	c0, _ := procCPU(pid)
+	lr.res = streamLoop(ctx, t, lr.streams, lr.rampRate, lr.streams)
+	c1, _ := procCPU(pid)
+	close(stop)
+	wg.Wait()
+	lr.sluiceCPU = c1 - c0
+	if lr.res.sample != "" {
+		logf("  %d errors, first: %s", lr.res.errs, lr.res.sample)
+	}
+	if l.sluice.exited() {
+		return nil, fmt.Errorf("sluice exited during the run (%v):\n%s", l.sluice.err, l.sluice.log.String())
+	}
+	t.streams.CloseIdleConnections()
+	time.Sleep(2 * time.Second)
+	lr.after = read()
+	_, lr.peakHWM, _ = procMem(pid)
+	lr.loadEnd = loadAvg()
+	return lr, ctx.Err()
+}
+
+func (lr *longReport) markdown(w func(string, ...any), o *options) {
+	if lr.pinned {
+		w("- Pinning: Sluice on CPU %d, the fake upstream and the load generator (separate processes) on CPU %d.\n", gatewayCPU, otherCPU)
+	} else {
+		w("- Pinning: none.\n")
+	}
+	w("- Load average %s at the start of the streams, %s at the end.\n\n", lr.loadStart, lr.loadEnd)
+	w("| measure | value |\n|---|---:|\n")
+	req := ""
+	if lr.streams != lr.requested {
+		req = fmt.Sprintf(" (%s requested)", fmtRate(float64(lr.requested)))
+	}
+	w("| streams run%s | %s, opened at %s/s |\n", req, fmtRate(float64(lr.streams)), fmtRate(float64(lr.rampRate)))
+	w("| each stream | %d events %v apart (~%v) |\n", lr.events, lr.interval, time.Duration(lr.events)*lr.interval)
+	w("| streams open at once, peak (client side) | %s |\n", fmtRate(float64(lr.peakOpen)))
+	w("| completed / errors + dropped | %s / %d |\n", fmtRate(float64(lr.res.ok)), lr.res.errs+lr.res.dropped)
+	w("| first chunk p50 / p99 / p99.9 | %s |\n", fmtLat(lr.res.lat, false))
+	w("| Sluice RSS idle / peak sampled / VmHWM / after | %s / %s / %s / %s |\n", fmtMiB(lr.idle.rss), fmtMiB(lr.peak.rss), fmtMiB(lr.peakHWM), fmtMiB(lr.after.rss))
+	if lr.peakOpen > 0 {
+		w("| RSS per open stream ((VmHWM − idle) / peak open) | %.1f KiB |\n", float64(lr.peakHWM-lr.idle.rss)/1024/float64(lr.peakOpen))
+	}
+	w("| Sluice goroutines idle / peak / after | %d / %s / %d |\n", lr.idle.goroutines, fmtRate(float64(lr.peak.goroutines)), lr.after.goroutines)
+	w("| Sluice descriptors idle / peak / limit | %d / %s / %s |\n", lr.idle.fds, fmtRate(float64(lr.peak.fds)), fmtRate(float64(lr.nofile)))
+	w("| Sluice CPU over the run | %.1f s (%s per stream) |\n", lr.sluiceCPU.Seconds(), fmtMicros(lr.sluiceCPU, max(lr.res.ok, 1)))
+	verdict := "**not met**"
+	if lr.peakHWM > 0 && lr.peakHWM <= 1<<30 {
+		verdict = "met"
+	}
+	if lr.peakOpen < 10000 {
+		verdict += fmt.Sprintf(" for %s streams open at once (10,000 not reached)", fmtRate(float64(lr.peakOpen)))
+	}
+	w("| target: 10,000 concurrent streams in ≤ 1 GiB | %s |\n", verdict)
+	if lr.capped != "" {
+		w("\nStreams capped: %s.\n", lr.capped)
+	}
+	w("\n*After* is 2 s after the last stream ended and the load generator closed its idle connections. The load generator and the fake upstream are separate processes, each with its own open-file limit.\n")
+}
+
+// openFileLimit returns the soft open-file limit of pid, 0 when unknown.
+func openFileLimit(pid int) int {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/limits")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Max open files"); ok {
+			fs := strings.Fields(rest)
+			if len(fs) > 0 {
+				n, _ := strconv.Atoi(fs[0])
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// countFDs returns how many descriptors pid has open, 0 when unknown.
+func countFDs(pid int) int {
+	es, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		return 0
+	}
+	return len(es)
+}
