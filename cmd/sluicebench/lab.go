@@ -325,38 +325,43 @@ func waitUp(ctx context.Context, c *child, up func() bool) error {
 	return nil
 }
 
-// redisCalls returns the commands a Redis server has run since it started,
-// from INFO commandstats, leaving out INFO itself.
-func redisCalls(addr string) (int64, error) {
+// redisCount is what a Redis server has run since it started.
+type redisCount struct {
+	scripts  int64 // EVAL, EVALSHA and FCALL calls: one round trip each
+	commands int64 // every command, those a script calls included
+}
+
+// redisCalls reads INFO commandstats, leaving out INFO itself.
+func redisCalls(addr string) (redisCount, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
-		return 0, err
+		return redisCount{}, err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := c.Write([]byte("*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")); err != nil {
-		return 0, err
+		return redisCount{}, err
 	}
 	r := bufio.NewReader(c)
 	head, err := r.ReadString('\n')
 	if err != nil {
-		return 0, err
+		return redisCount{}, err
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(head, "$")))
 	if !strings.HasPrefix(head, "$") || err != nil || n < 0 {
-		return 0, fmt.Errorf("redis INFO: unexpected reply %q", head)
+		return redisCount{}, fmt.Errorf("redis INFO: unexpected reply %q", head)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return 0, err
+		return redisCount{}, err
 	}
 	return parseCommandStats(string(b)), nil
 }
 
-// parseCommandStats sums the calls= of every cmdstat_ line of INFO
-// commandstats except cmdstat_info.
-func parseCommandStats(s string) int64 {
-	var total int64
+// parseCommandStats sums the calls= of the cmdstat_ lines of INFO
+// commandstats, except cmdstat_info.
+func parseCommandStats(s string) redisCount {
+	var rc redisCount
 	for _, line := range strings.Split(s, "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok || !strings.HasPrefix(name, "cmdstat_") || name == "cmdstat_info" {
@@ -365,11 +370,15 @@ func parseCommandStats(s string) int64 {
 		for _, f := range strings.Split(rest, ",") {
 			if v, ok := strings.CutPrefix(f, "calls="); ok {
 				n, _ := strconv.ParseInt(v, 10, 64)
-				total += n
+				rc.commands += n
+				switch name {
+				case "cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall", "cmdstat_fcall_ro":
+					rc.scripts += n
+				}
 			}
 		}
 	}
-	return total
+	return rc
 }
 
 // scrapeMetrics reads the unlabelled samples named in want from a Prometheus

@@ -137,8 +137,8 @@ type result struct {
 	// serverCPU is the CPU of the process the path's requests end in (the
 	// fake, Sluice or nginx); fakeCPU the fake's, selfCPU the generator's.
 	serverCPU, fakeCPU, selfCPU time.Duration
-	mallocs                     int64 // Sluice's heap allocations (its path only)
-	redisCalls                  int64 // Redis commands (Sluice's path, -variant redis)
+	mallocs                     int64      // Sluice's heap allocations (its path only)
+	redis                       redisCount // Redis calls meanwhile (Sluice's path, -variant redis)
 	// otherCores is the CPU the rest of the machine used meanwhile, in
 	// cores (other processes, kernel threads): the noise of the phase.
 	otherCores float64

@@ -187,13 +187,17 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 			cpu0[k], _ = procCPU(c.pid())
 		}
 		g0 := selfCPU()
-		var mal0, red0 int64 = -1, -1
+		var mal0 int64 = -1
+		var red0 redisCount
+		redisOK := false
 		if t == through {
 			if v, err := scrapeMetrics(metricsURL, mallocsMetric); err == nil {
 				mal0 = int64(v[mallocsMetric])
 			}
 			if l.redisAddr != "" {
-				red0, _ = redisCalls(l.redisAddr)
+				var err error
+				red0, err = redisCalls(l.redisAddr)
+				redisOK = err == nil
 			}
 		}
 		m0, w0 := machineBusy(), time.Now()
@@ -217,9 +221,9 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 				r.mallocs = int64(v[mallocsMetric]) - mal0
 			}
 		}
-		if red0 >= 0 {
+		if redisOK {
 			if n, err := redisCalls(l.redisAddr); err == nil {
-				r.redisCalls = n - red0
+				r.redis = redisCount{n.scripts - red0.scripts, n.commands - red0.commands}
 			}
 		}
 		if m0 > 0 && m1 > 0 {

@@ -131,11 +131,12 @@ func (m *modeReport) summary(w func(string, ...any), o *options) {
 		return fmt.Sprintf("%.1f", float64(m.closed[i].mallocs)/float64(m.closed[i].ok))
 	}, nil)
 	if m.redisCalls {
-		row("Redis commands per request (closed loop)", func(i int) string {
-			if m.paths[i] != "Sluice" || m.closed[i].ok == 0 {
+		row("Redis per request: scripts (round trips) / commands incl. inside scripts (closed loop)", func(i int) string {
+			r := m.closed[i]
+			if m.paths[i] != "Sluice" || r.ok == 0 {
 				return ""
 			}
-			return fmt.Sprintf("%.2f", float64(m.closed[i].redisCalls)/float64(m.closed[i].ok))
+			return fmt.Sprintf("%.2f / %.2f", float64(r.redis.scripts)/float64(r.ok), float64(r.redis.commands)/float64(r.ok))
 		}, nil)
 	}
 	row("errors + dropped, all phases", func(i int) string {
