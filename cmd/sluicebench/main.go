@@ -44,8 +44,11 @@
 //
 // With -stream-duration D, the run is instead the long-streams mode: -streams
 // concurrent streams through Sluice, each lasting about D (one event a
-// second), opened over about D/3, while Sluice's RSS, goroutines and open
-// descriptors are sampled; it reports their idle, peak and after values.
+// second), opened evenly over -stream-ramp (default D/3), while Sluice's RSS,
+// goroutines and open descriptors are sampled; it reports their idle, peak
+// and after values. Sluice needs two descriptors per stream: under an
+// open-file limit (ulimit -n) too low for -streams, it runs as many as fit
+// and says so; nothing is raised.
 //
 // Every non-stream request is a chat completion with a ~1 KB messages array
 // whose last user message carries a unique number (except for cache-hit).
@@ -91,6 +94,7 @@ type options struct {
 	detail         bool
 	satP99         time.Duration
 	streamDuration time.Duration // > 0: the long-streams mode
+	streamRamp     time.Duration // long streams: opened over this long
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -115,6 +119,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.detail, "detail", false, "also print the per-phase tables (every path, generator lag, other CPU)")
 	fs.DurationVar(&o.satP99, "sat-p99", 100*time.Millisecond, "a fixed rate is saturated when a path's p99 exceeds this (or it completes < 95 %, or drops or fails > 1 %)")
 	fs.DurationVar(&o.streamDuration, "stream-duration", 0, "long-streams mode: hold -streams concurrent streams through Sluice, each this long, and report memory")
+	fs.DurationVar(&o.streamRamp, "stream-ramp", 0, "long-streams mode: open the streams evenly over this long (default a third of -stream-duration)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -166,6 +171,8 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-sat-p99 must be > 0")
 	case o.streamDuration < 0 || o.streamDuration > 10*time.Minute:
 		return nil, errors.New("-stream-duration must be in [0, 10m]")
+	case o.streamRamp < 0 || (o.streamDuration > 0 && o.streamRamp >= o.streamDuration):
+		return nil, errors.New("-stream-ramp must be >= 0 and below -stream-duration")
 	case o.streamDuration > 0 && (o.streams < 1 || o.streams > 50000):
 		return nil, errors.New("-streams must be in [1, 50000] with -stream-duration")
 	}

@@ -94,8 +94,8 @@ func TestMaxStreams(t *testing.T) {
 			t.Fatalf("maxStreams(%d) = %d, want %d", nofile, got, want)
 		}
 	}
-	f(20000, 9968) // 10,000 streams do not fit under ulimit -n 20000
-	f(20064+64, 10032)
+	f(20000, 9984) // 10,000 streams do not fit under ulimit -n 20000
+	f(20032+32, 10016)
 	f(10, 0)
 }
 
