@@ -35,15 +35,25 @@ type longReport struct {
 	peakInSluice int
 	idle, peak   sample
 	after        sample // after the streams ended and the client closed its connections
-	peakHWM      int64  // VmHWM at the end
+	atPeak       sample // the sample of the highest RSS
+	settled      sample // once goroutines are back near idle, or after settleMax
+	settleTook   time.Duration
+	peakHWM      int64 // VmHWM at the end
 }
 
 // sample is one reading of Sluice's memory, goroutines and descriptors.
 type sample struct {
-	rss        int64
-	goroutines int
-	fds        int
+	rss          int64
+	heap, stacks int64 // go_memstats_heap_inuse_bytes, go_memstats_stack_inuse_bytes
+	goroutines   int
+	fds          int
 }
+
+const (
+	heapMetric  = "go_memstats_heap_inuse_bytes"
+	stackMetric = "go_memstats_stack_inuse_bytes"
+	settleMax   = 40 * time.Second
+)
 
 // fdBudget is what Sluice needs besides two descriptors per stream (one to
 // the client, one to the upstream): listeners, files, epoll, the admin
@@ -97,8 +107,8 @@ func runLong(ctx context.Context, root string, o *options, pinned bool) (*longRe
 	read := func() sample {
 		s := sample{fds: countFDs(pid)}
 		s.rss, _, _ = procMem(pid)
-		if v, err := scrapeMetrics(metricsURL, "go_goroutines"); err == nil {
-			s.goroutines = int(v["go_goroutines"])
+		if v, err := scrapeMetrics(metricsURL, "go_goroutines", heapMetric, stackMetric); err == nil {
+			s.goroutines, s.heap, s.stacks = int(v["go_goroutines"]), int64(v[heapMetric]), int64(v[stackMetric])
 		}
 		return s
 	}
@@ -128,6 +138,9 @@ func runLong(ctx context.Context, root string, o *options, pinned bool) (*longRe
 			s := read()
 			open := streamsOpen.Load()
 			mu.Lock()
+			if s.rss > lr.peak.rss {
+				lr.atPeak = s
+			}
 			lr.peak.rss = max(lr.peak.rss, s.rss)
 			lr.peak.goroutines = max(lr.peak.goroutines, s.goroutines)
 			lr.peak.fds = max(lr.peak.fds, s.fds)
@@ -155,6 +168,14 @@ func runLong(ctx context.Context, root string, o *options, pinned bool) (*longRe
 	t.streams.CloseIdleConnections()
 	time.Sleep(2 * time.Second)
 	lr.after = read()
+	// fasthttp keeps an idle server worker goroutine for 10 s and idle
+	// upstream connections longer: wait for the goroutines to come back.
+	t0 := time.Now()
+	for lr.settled = lr.after; lr.settled.goroutines > lr.idle.goroutines+20 && time.Since(t0) < settleMax && ctx.Err() == nil; {
+		time.Sleep(time.Second)
+		lr.settled = read()
+	}
+	lr.settleTook = time.Since(t0).Round(time.Second) + 2*time.Second
 	_, lr.peakHWM, _ = procMem(pid)
 	lr.loadEnd = loadAvg()
 	return lr, ctx.Err()
@@ -185,7 +206,14 @@ func (lr *longReport) markdown(w func(string, ...any), o *options) {
 			w("| RSS for 10,000 streams, extrapolated (idle + 10,000 × per stream) | %s |\n", fmtMiB(lr.idle.rss+int64(per*10000)))
 		}
 	}
-	w("| Sluice goroutines idle / peak / after | %d / %s / %d |\n", lr.idle.goroutines, fmtRate(float64(lr.peak.goroutines)), lr.after.goroutines)
+	w("| Sluice at the RSS peak: heap in use / goroutine stacks | %s / %s |\n", fmtMiB(lr.atPeak.heap), fmtMiB(lr.atPeak.stacks))
+	if n := lr.peakInSluice; n > 0 && lr.atPeak.heap > 0 {
+		w("| per stream: heap in use / stacks (beyond idle, / peak in Sluice) | %.1f / %.1f KiB |\n",
+			float64(lr.atPeak.heap-lr.idle.heap)/1024/float64(n), float64(lr.atPeak.stacks-lr.idle.stacks)/1024/float64(n))
+	}
+	w("| Sluice goroutines idle / peak / after / %v after | %d / %s / %s / %s |\n", lr.settleTook, lr.idle.goroutines, fmtRate(float64(lr.peak.goroutines)),
+		fmtRate(float64(lr.after.goroutines)), fmtRate(float64(lr.settled.goroutines)))
+	w("| Sluice descriptors and RSS %v after | %d, %s |\n", lr.settleTook, lr.settled.fds, fmtMiB(lr.settled.rss))
 	w("| Sluice descriptors idle / peak / limit | %d / %s / %s |\n", lr.idle.fds, fmtRate(float64(lr.peak.fds)), fmtRate(float64(lr.nofile)))
 	w("| Sluice CPU over the run | %.1f s (%s per stream) |\n", lr.sluiceCPU.Seconds(), fmtMicros(lr.sluiceCPU, max(lr.res.ok, 1)))
 	verdict := "**not met**"
