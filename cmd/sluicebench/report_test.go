@@ -138,3 +138,18 @@ func TestSummaryTable(t *testing.T) {
 		t.Fatalf("summary shows rows that were not measured:\n%s", out)
 	}
 }
+
+func TestLongVerdict(t *testing.T) {
+	f := func(idle, hwm int64, inSluice int, want string) {
+		t.Helper()
+		lr := &longReport{idle: sample{rss: idle << 20}, peakHWM: hwm << 20, peakInSluice: inSluice}
+		if got := lr.verdict(); !strings.HasPrefix(got, want) {
+			t.Fatalf("verdict(idle %d MiB, VmHWM %d MiB, %d streams) = %q, want prefix %q", idle, hwm, inSluice, got, want)
+		}
+	}
+	f(20, 900, 10000, "met")
+	f(20, 1100, 10000, "**not met**")
+	f(20, 500, 5000, "likely met")         // 20 + 480 × 2 = 980 MiB
+	f(20, 600, 5000, "likely **not met**") // 20 + 580 × 2 = 1,180 MiB
+	f(20, 0, 0, "not measured")
+}
