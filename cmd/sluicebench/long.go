@@ -29,6 +29,7 @@ type longReport struct {
 	loadEnd   string
 	res       *result
 	sluiceCPU time.Duration
+	overflows int64         // TcpExt ListenOverflows over the run (the whole network namespace)
 	fakeCPU   time.Duration // the fake upstream's, over the run
 	selfCPU   time.Duration // the load generator's, over the run
 	peakOpen  int64         // streams open at once, seen by the client
@@ -157,7 +158,9 @@ func runLong(ctx context.Context, root string, o *options, pinned bool) (*longRe
 	c0, _ := procCPU(pid)
 	f0, _ := procCPU(l.fake.pid())
 	g0 := selfCPU()
+	o0 := listenOverflows()
 	lr.res = streamLoop(ctx, t, lr.streams, lr.rampRate, lr.streams)
+	lr.overflows = listenOverflows() - o0
 	c1, _ := procCPU(pid)
 	f1, _ := procCPU(l.fake.pid())
 	lr.fakeCPU, lr.selfCPU = f1-f0, selfCPU()-g0
@@ -223,6 +226,7 @@ func (lr *longReport) markdown(w func(string, ...any), o *options) {
 	w("| Sluice descriptors idle / peak / limit | %d / %s / %s |\n", lr.idle.fds, fmtRate(float64(lr.peak.fds)), fmtRate(float64(lr.nofile)))
 	w("| CPU over the run: Sluice (per stream) / fake upstream / load generator | %.1f s (%s) / %.1f s / %.1f s |\n",
 		lr.sluiceCPU.Seconds(), fmtMicros(lr.sluiceCPU, max(lr.res.ok, 1)), lr.fakeCPU.Seconds(), lr.selfCPU.Seconds())
+	w("| accept queue overflows during the run (TcpExt ListenOverflows; each costs the client a SYN retransmit, 1 s and more) | %s |\n", fmtRate(float64(lr.overflows)))
 	w("| target: 10,000 concurrent streams in ≤ 1 GiB | %s |\n", lr.verdict())
 	if lr.capped != "" {
 		w("\nStreams capped: %s.\n", lr.capped)
@@ -249,6 +253,35 @@ func (lr *longReport) verdict() string {
 		v = "likely **not met**"
 	}
 	return fmt.Sprintf("%s: %s streams at once used %s; 10,000 extrapolate to %s", v, fmtRate(float64(lr.peakInSluice)), fmtMiB(lr.peakHWM), fmtMiB(est))
+}
+
+// listenOverflows returns TcpExt ListenOverflows from /proc/net/netstat:
+// connections dropped because a listener's accept queue was full.
+func listenOverflows() int64 {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return 0
+	}
+	return netstatField(string(b), "TcpExt", "ListenOverflows")
+}
+
+// netstatField returns one counter of /proc/net/netstat, whose sections are
+// pairs of lines: "Group: name name ..." then "Group: value value ...".
+func netstatField(text, group, name string) int64 {
+	lines := strings.Split(text, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(keys) == 0 || keys[0] != group+":" || len(vals) != len(keys) || vals[0] != keys[0] {
+			continue
+		}
+		for j, k := range keys {
+			if k == name {
+				n, _ := strconv.ParseInt(vals[j], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }
 
 // openFileLimit returns the soft open-file limit of pid, 0 when unknown.

@@ -153,3 +153,16 @@ func TestLongVerdict(t *testing.T) {
 	f(20, 600, 5000, "likely **not met**") // 20 + 580 × 2 = 1,180 MiB
 	f(20, 0, 0, "not measured")
 }
+
+func TestNetstatField(t *testing.T) {
+	text := "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 3 26375 26380\nIpExt: InNoRoutes ListenOverflows\nIpExt: 0 9\n"
+	if got := netstatField(text, "TcpExt", "ListenOverflows"); got != 26375 {
+		t.Fatalf("TcpExt ListenOverflows = %d, want 26375", got)
+	}
+	if got := netstatField(text, "IpExt", "ListenOverflows"); got != 9 {
+		t.Fatalf("IpExt ListenOverflows = %d, want 9", got)
+	}
+	if got := netstatField(text, "TcpExt", "Missing"); got != 0 {
+		t.Fatalf("missing field = %d, want 0", got)
+	}
+}
