@@ -410,6 +410,29 @@ func orEmpty(r io.Reader, resp *fasthttp.Response) io.Reader {
 	return r
 }
 
+// cacheStatus sends two requests to t as worker 0 would and returns the
+// x-sluice-cache header of the second: "miss" for unique requests, "hit"
+// when t.same.
+func cacheStatus(t *target) (string, error) {
+	req, resp := t.newRequest(0), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	b := newBody(t.stream, t.same, 0)
+	for range 2 {
+		req.SetBodyRaw(b.next())
+		if msg := check(t.plain.Do(req, resp), resp); msg != "" {
+			return "", fmt.Errorf("%s: %s", t.name, msg)
+		}
+	}
+	// Header names are not normalized by this client: compare them folded.
+	for k, v := range resp.Header.All() {
+		if strings.EqualFold(string(k), "x-sluice-cache") {
+			return string(v), nil
+		}
+	}
+	return "", nil
+}
+
 // probe sends one non-stream and one stream request to t and fails unless
 // both succeed, so a broken lab is reported before any measurement.
 func probe(ctx context.Context, t *target) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -164,6 +165,12 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 			return nil, fmt.Errorf("%w\nsluice log:\n%s", err, l.sluice.log.String())
 		}
 	}
+	// The lab's claim about the cache holds: unique requests are looked up
+	// and miss, identical ones hit.
+	want := map[bool]string{false: "miss", true: "hit"}[through.same]
+	if got, err := cacheStatus(through); err != nil || got != want {
+		return nil, fmt.Errorf("Sluice's cache: x-sluice-cache %q on a repeated probe, want %q (%v)", got, want, err)
+	}
 	for _, c := range servers {
 		rss, _, _ := procMem(c.pid())
 		m.idle = append(m.idle, rss)
@@ -293,6 +300,10 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 		m.after, m.peak = append(m.after, rss), append(m.peak, peak)
 	}
 	m.loadEnd = loadAvg()
+	if l.clickhouseAddr == "" {
+		time.Sleep(1500 * time.Millisecond) // past the batcher's 1 s flush
+		m.transcripts = fmt.Sprintf("JSONL files (%s rows by the end)", fmtRate(float64(countLines(filepath.Join(l.dir, "transcripts")))))
+	}
 
 	if o.perf {
 		var err error
@@ -303,6 +314,19 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 		}
 	}
 	return m, nil
+}
+
+// countLines returns the newlines in the files of dir.
+func countLines(dir string) int {
+	es, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range es {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err == nil {
+			n += bytes.Count(b, []byte{'\n'})
+		}
+	}
+	return n
 }
 
 // mallocsMetric counts the heap objects Sluice has allocated (Go collector).
