@@ -253,3 +253,29 @@ func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
 	}
 	c.Inc()
 }
+
+// connCollector reports open connections at scrape time: the clients'
+// (fasthttp's count of accepted, not yet closed connections) and each
+// upstream's pool (busy and idle). Nothing on the request path updates it.
+type connCollector struct {
+	s              *Server
+	clients, upstr *prometheus.Desc
+}
+
+func newConnCollector(s *Server) *connCollector {
+	return &connCollector{s: s,
+		clients: prometheus.NewDesc("sluice_client_connections",
+			"Client connections open on the API listener, idle keep-alive ones included.", nil, nil),
+		upstr: prometheus.NewDesc("sluice_upstream_connections",
+			"Connections open to an upstream, in use or idle in its pool (idle ones close after 30 s).", []string{"upstream"}, nil),
+	}
+}
+
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.clients; ch <- c.upstr }
+
+func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(c.s.srv.GetOpenConnectionsCount()))
+	for _, up := range c.s.upstreams {
+		ch <- prometheus.MustNewConstMetric(c.upstr, prometheus.GaugeValue, float64(up.client.ConnsCount()), up.name)
+	}
+}

@@ -153,6 +153,9 @@ func New(opts Options) (*Server, error) {
 		WriteTimeout: 0,
 		Logger:       fasthttpLogger{s.log},
 	}
+	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
