@@ -8,9 +8,7 @@ package e2e
 // panic in its output (checkSettled). Select them with -run 'TestFault'.
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -604,7 +602,141 @@ func TestFaultUpstreamUnreachable(t *testing.T) {
 	}
 }
 
-// keep imports used while the Redis scenario is written.
-var _ = bufio.NewReader
-var _ = context.Background
-var _ atomic.Int64
+// TestFaultRedisKilledUnderLoad: the limits' Redis is SIGKILLed (by PID)
+// under steady load and restarted 2 s later on the same port. While it is
+// down every request is answered by the tier's on_store_error — allow: 200,
+// deny: 503 limiter_unavailable — and counted as a store error; once it is
+// back the store answers again within a second and requests are limited
+// through it; every request has its transcript record; nothing leaks.
+func TestFaultRedisKilledUnderLoad(t *testing.T) {
+	testRedis(t) // the suite runs with Redis; this test starts its own to kill
+	for _, mode := range []string{"allow", "deny"} {
+		t.Run(mode, func(t *testing.T) {
+			r := startRedis(t)
+			pol := "on_store_error: " + mode + "\n" + fmt.Sprintf(limitsPolicy, 100000, 100000, 100_000_000, 100_000_000)
+			cfg := limitsConfig(r.addr, "fault-"+nonce()+":")
+			cfg = strings.Replace(cfg, "timeout: 2s", "timeout: 200ms", 1)
+			e := newFaultEnv(t, configOptions{}, cfg, pol)
+
+			// Phases: 0 Redis up, 1 killed, 2 restarted.
+			var phase atomic.Int32
+			type result struct {
+				phase  int32 // -1: the request straddled a change
+				status int
+				code   string
+				took   time.Duration
+			}
+			var mu sync.Mutex
+			var results []result
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						case <-time.After(20 * time.Millisecond):
+						}
+						p0, start := phase.Load(), time.Now()
+						_, err := e.client().Chat.Completions.New(testContext(t, 10*time.Second),
+							chatParams(fmt.Sprintf("load %d %d", w, i)))
+						res := result{phase: p0, status: 200, took: time.Since(start)}
+						if phase.Load() != p0 {
+							res.phase = -1
+						}
+						var ae *openai.Error
+						if errors.As(release(err), &ae) {
+							res.status, res.code = ae.StatusCode, ae.Code
+						} else if err != nil {
+							t.Errorf("request: %v", err)
+							res.status = -1
+						}
+						mu.Lock()
+						results = append(results, res)
+						mu.Unlock()
+					}
+				})
+			}
+			time.Sleep(time.Second)
+			phase.Store(1)
+			r.kill(t)
+			time.Sleep(time.Second)
+			downUp := metricValue(t, e.s, "sluice_limiter_store_up")
+			time.Sleep(time.Second)
+			phase.Store(2)
+			restarted := time.Now()
+			r.start(t)
+			var recovery time.Duration
+			if !waitFor(5*time.Second, func() bool {
+				return e.s.waitLogLine(0, "bucket store answers again") != "" && metricValue(t, e.s, "sluice_limiter_store_up") == 1
+			}) {
+				t.Fatalf("the store was not used again within 5 s of Redis coming back")
+			}
+			recovery = time.Since(restarted)
+			phase.Store(3)
+			time.Sleep(time.Second)
+			close(stop)
+			wg.Wait()
+
+			count := map[int32]map[string]int{}
+			var slowest time.Duration
+			for _, res := range results {
+				if count[res.phase] == nil {
+					count[res.phase] = map[string]int{}
+				}
+				count[res.phase][fmt.Sprint(res.status, res.code)]++
+				slowest = max(slowest, res.took)
+			}
+			storeErrs := metricValue(t, e.s, "sluice_limiter_store_errors_total")
+			outcome := metricValue(t, e.s, "sluice_limiter_decisions_total", `outcome="store_error_`+map[string]string{"allow": "allowed", "deny": "denied"}[mode]+`"`)
+			t.Logf("%s: %d requests; by phase (0 up, 1 killed, 2 restarting, 3 back, -1 straddling): %v; store up while down %v, "+
+				"store errors %v, %s decisions %v; store used again %v after the restart; slowest answer %v",
+				mode, len(results), count, downUp, storeErrs, mode, outcome, recovery.Round(time.Millisecond), slowest.Round(time.Millisecond))
+
+			for _, p := range []int32{0, 3} {
+				if n := count[p]["200"]; n == 0 || n != sum(count[p]) {
+					t.Fatalf("phase %d (Redis up): %v; want every request answered 200", p, count[p])
+				}
+			}
+			down := count[1]
+			want := "200"
+			if mode == "deny" {
+				want = "503limiter_unavailable"
+			}
+			if down[want] == 0 || down[want] != sum(down) {
+				t.Fatalf("while Redis was down: %v; want every request answered %s", down, want)
+			}
+			if downUp != 0 {
+				t.Fatalf("sluice_limiter_store_up = %v while Redis was down, want 0", downUp)
+			}
+			if storeErrs < 1 || outcome < float64(down[want]) {
+				t.Fatalf("store errors %v, %s decisions %v; want >= 1 and >= the %d answered while down", storeErrs, mode, outcome, down[want])
+			}
+			if slowest > 2*time.Second {
+				t.Fatalf("a request took %v; the store's failure must not hold requests", slowest)
+			}
+			e.sent += len(results)
+			recs := jsonlRecords(t, e.dir)
+			if !waitFor(5*time.Second, func() bool { recs = jsonlRecords(t, e.dir); return len(recs) >= e.sent }) || len(recs) != e.sent {
+				t.Fatalf("%d transcript records for %d requests", len(recs), e.sent)
+			}
+			statuses := map[float64]int{}
+			for _, rec := range recs {
+				statuses[rec["status"].(float64)]++
+			}
+			if mode == "deny" && statuses[503] != down[want]+count[-1]["503limiter_unavailable"]+count[2]["503limiter_unavailable"] {
+				t.Fatalf("transcripts by status %v; the 503s answered were %v", statuses, count)
+			}
+			e.settle(t)
+		})
+	}
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
