@@ -154,7 +154,7 @@ func (e *faultEnv) settle(t *testing.T) {
 		time.Since(start).Round(100*time.Millisecond), e.base.goroutines, now.goroutines, after.goroutines, e.base.fds, now.fds, after.fds)
 }
 
-// metricDelta reads a counter (0 when absent).
+// metricValue reads a metric sample (0 when absent).
 func metricValue(t *testing.T, s *sluiceProc, name string, labels ...string) float64 {
 	t.Helper()
 	v, _ := s.metric(t, name, labels...)
