@@ -228,35 +228,18 @@ func TestUpstreamErrorsPassThrough(t *testing.T) {
 	})
 }
 
-// TestUpstreamUnreachable points Sluice at a closed port: 502.
-func TestUpstreamUnreachable(t *testing.T) {
-	s := startSluice(t, sluiceOptions{BaseURL: "http://" + freeAddr(t) + "/v1"})
-	ctx := testContext(t, 20*time.Second)
-	start := time.Now()
-	_, err := s.client(demoKey).Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
-		Model: openai.ChatModelGPT4oMini, Messages: userMessages("anyone there?"),
-	})
-	checkSluiceError(t, err, 502, "server_error", "upstream_unreachable", "")
-	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("a refused connection took %v to report", took)
-	}
-	if v, _ := s.metric(t, "sluice_upstream_errors_total", `reason="unreachable"`, `upstream="openai"`); v < 1 {
-		t.Fatalf("sluice_upstream_errors_total{reason=\"unreachable\"} = %v, want >= 1", v)
-	}
-	// The stream path fails the same way, before any event.
-	st := s.client(demoKey).Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
-		Model: openai.ChatModelGPT4oMini, Messages: userMessages("anyone there?"),
-	})
-	if st.Next() {
-		t.Fatalf("got a chunk from an unreachable upstream")
-	}
-	checkSluiceError(t, st.Err(), 502, "server_error", "upstream_unreachable", "")
-}
-
 // TestUpstreamTimeouts checks first_byte (504) and idle (stream cut) timeouts.
 func TestUpstreamTimeouts(t *testing.T) {
 	e := newEnv(t, envOptions{config: makeConfig(configOptions{firstByte: "500ms", idle: "500ms"})})
 	client := e.s.client(demoKey)
+	base := e.s.resources(t)
+	// Nothing the two timeouts cut outlives them (the fault suite's check).
+	defer func() {
+		if !t.Failed() {
+			http.DefaultClient.CloseIdleConnections()
+			e.s.checkSettled(t, base)
+		}
+	}()
 
 	t.Run("first_byte", func(t *testing.T) {
 		ctx := testContext(t, 10*time.Second)

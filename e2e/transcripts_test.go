@@ -357,6 +357,7 @@ func TestTranscriptsSurviveClickHouseKilled(t *testing.T) {
 	s := startSluice(t, sluiceOptions{Config: transcriptConfig(t.TempDir(), db, "2s"), Policies: trustedPolicies(), BaseURL: f.URL,
 		Env: map[string]string{"SLUICE_CLICKHOUSE_ADDR": ch.addr}})
 	n := rate * int((outage + 6*time.Second).Seconds())
+	baseRes := s.resources(t)
 	done := make(chan *loadResult, 1)
 	go func() {
 		done <- runLoad(testContext(t, 3*time.Minute), loadOptions{url: s.URL, n: n, conc: 8, rate: rate, tag: "kill " + nonce()})
@@ -402,6 +403,7 @@ func TestTranscriptsSurviveClickHouseKilled(t *testing.T) {
 	if v := droppedTotal(t, s); v != 0 {
 		t.Fatalf("sluice_sink_dropped_total = %v, want 0", v)
 	}
+	s.checkSettled(t, baseRes)
 }
 
 // TestTranscriptsSIGTERMWhileClickHouseDown stops sluice under load while
@@ -481,6 +483,7 @@ func TestSinkNeverSlowsRequests(t *testing.T) {
 		return r
 	}
 	load("warm-up")
+	res := s.resources(t)
 	base := load("baseline")
 	ch.signal(syscall.SIGSTOP)
 	frozen := load("frozen")
@@ -501,4 +504,5 @@ func TestSinkNeverSlowsRequests(t *testing.T) {
 	if got := waitRows(t, conn, table, 4*n, 60*time.Second); got != 4*n {
 		t.Fatalf("%d rows after the thaw, want %d", got, 4*n)
 	}
+	s.checkSettled(t, res)
 }

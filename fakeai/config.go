@@ -73,6 +73,21 @@ const (
 	// HeaderChunkSize makes every content delta N bytes of filler text, and
 	// the whole answer Chunks*N bytes (max_tokens is then ignored).
 	HeaderChunkSize = "X-Fake-Chunk-Size"
+	// HeaderTrickle (a Go duration, e.g. "10ms") sends the answer's body one
+	// byte per flushed write with this pause between bytes, after the
+	// headers: a non-stream body, or each event of a stream.
+	HeaderTrickle = "X-Fake-Trickle"
+	// HeaderMalformedSSE makes a stream send one malformed event right after
+	// its first event, then go on normally: "json" (a data line that is not
+	// complete JSON), "nodata" (an event with event: and id: lines and no
+	// data line) or "garbage" (lines that are no SSE field, a comment and a
+	// bad retry: line).
+	HeaderMalformedSSE = "X-Fake-Malformed-SSE"
+	// HeaderBody makes the answer a body that is not JSON, with the status of
+	// X-Fake-Status (200 without it), as a broken load balancer or proxy in
+	// front of a provider sends: "html" (text/html) or "text" (text/plain).
+	// Stream requests get the same non-SSE answer.
+	HeaderBody = "X-Fake-Body"
 )
 
 // options is the effective behaviour for one request: Config plus overrides.
@@ -84,8 +99,11 @@ type options struct {
 	status       int // injected status; 0 = none
 	retryAfterMs int // -1 = default
 	hang         bool
-	hangAfter    int // events before stalling; -1 = never
-	cutAfter     int // events (or bytes) before cutting; -1 = never
+	hangAfter    int           // events before stalling; -1 = never
+	cutAfter     int           // events (or bytes) before cutting; -1 = never
+	trickle      time.Duration // pause between body bytes; 0 = none
+	malformed    string        // malformed SSE event kind; "" = none
+	body         string        // non-JSON body kind; "" = none
 }
 
 // defaultOptions is the behaviour of a request without X-Fake-* headers.
@@ -106,6 +124,23 @@ func (s *Server) parseOptions(h http.Header) (options, error) {
 	o, err := s.parseHeaders(h)
 	if err != nil {
 		return s.defaultOptions(), err
+	}
+	if v := h.Get(HeaderTrickle); v != "" {
+		if o.trickle, err = time.ParseDuration(v); err != nil || o.trickle <= 0 {
+			return o, fmt.Errorf("%s must be a positive duration such as 10ms, got %q", HeaderTrickle, v)
+		}
+	}
+	if v := h.Get(HeaderMalformedSSE); v != "" {
+		if _, ok := malformedEvents[v]; !ok {
+			return o, fmt.Errorf("%s must be json, nodata or garbage, got %q", HeaderMalformedSSE, v)
+		}
+		o.malformed = v
+	}
+	if v := h.Get(HeaderBody); v != "" {
+		if v != "html" && v != "text" {
+			return o, fmt.Errorf("%s must be html or text, got %q", HeaderBody, v)
+		}
+		o.body = v
 	}
 	return o, nil
 }
@@ -160,6 +195,23 @@ func (s *Server) parseHeaders(h http.Header) (options, error) {
 		if int64(o.chunkSize)*int64(o.chunks) > MaxBodyBytes {
 			return o, fmt.Errorf("%s times chunks must stay within %d bytes", HeaderChunkSize, MaxBodyBytes)
 		}
+	}
+	if v := h.Get(HeaderTrickle); v != "" {
+		if o.trickle, err = time.ParseDuration(v); err != nil || o.trickle <= 0 {
+			return o, fmt.Errorf("%s must be a positive duration such as 10ms, got %q", HeaderTrickle, v)
+		}
+	}
+	if v := h.Get(HeaderMalformedSSE); v != "" {
+		if _, ok := malformedEvents[v]; !ok {
+			return o, fmt.Errorf("%s must be json, nodata or garbage, got %q", HeaderMalformedSSE, v)
+		}
+		o.malformed = v
+	}
+	if v := h.Get(HeaderBody); v != "" {
+		if v != "html" && v != "text" {
+			return o, fmt.Errorf("%s must be html or text, got %q", HeaderBody, v)
+		}
+		o.body = v
 	}
 	return o, nil
 }

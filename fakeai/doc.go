@@ -35,7 +35,8 @@
 // "data: [DONE]". Legacy completions stream the same way without the role chunk.
 // A Responses stream sends named events (event: response.created, ...) with
 // matching "type" and "sequence_number" fields and no [DONE]. X-Fake-Cut-After
-// and X-Fake-Hang-After count every event written, the role chunk included; a
+// and X-Fake-Hang-After count every event written, the role chunk and an
+// X-Fake-Malformed-SSE event included; a
 // stream asked to cut or hang never ends cleanly even if it has fewer events.
 //
 // # Fault injection
@@ -52,6 +53,14 @@
 //	X-Fake-Chunks: N                         overrides [Config.Chunks]
 //	X-Fake-Chunk-Interval: 50ms              overrides [Config.ChunkInterval]
 //	X-Fake-Chunk-Size: N                     each content delta is N bytes of filler text
+//	X-Fake-Trickle: 10ms                     after the headers, send the body (or each stream
+//	                                         event) one flushed byte at a time, this pause apart
+//	X-Fake-Malformed-SSE: json|nodata|garbage  after a stream's first event, send one bad event
+//	                                         (a data line of cut JSON; event:/id: lines and no
+//	                                         data; lines that are no SSE field), then go on to [DONE]
+//	X-Fake-Body: html|text                   answer X-Fake-Status's status (200 without it) with
+//	                                         an nginx-style HTML page or a line of plain text,
+//	                                         not JSON, stream requests included
 //
 // Server-wide faults are set with [Server.SetFault] and [Server.SetFaultCount].
 // A malformed X-Fake-* header is answered with a 400 so that test mistakes show.

@@ -76,9 +76,24 @@ func (c *call) writeBody(status int, contentType []string, body []byte) {
 	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	c.writeHeader(status)
 	if c.opts.cutAfter >= 0 {
-		_, _ = c.w.Write(body[:min(c.opts.cutAfter, len(body))])
-		_ = http.NewResponseController(c.w).Flush()
+		part := body[:min(c.opts.cutAfter, len(body))]
+		if c.opts.trickle > 0 {
+			if !c.trickle(part) {
+				c.s.aborted.Add(1)
+				return
+			}
+		} else {
+			_, _ = c.w.Write(part)
+			_ = http.NewResponseController(c.w).Flush()
+		}
 		c.cut()
+	}
+	if c.opts.trickle > 0 {
+		_ = http.NewResponseController(c.w).Flush() // the headers, before the first pause
+		if !c.trickle(body) {
+			c.s.aborted.Add(1)
+		}
+		return
 	}
 	_, _ = c.w.Write(body)
 }

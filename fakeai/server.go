@@ -191,6 +191,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if status == 0 {
 		status = s.takeFault()
 	}
+	if c.opts.body != "" {
+		c.nonJSON(status)
+		return
+	}
 	if status != 0 {
 		c.injected(status)
 		return

@@ -90,15 +90,25 @@ func (st *stream) end() bool {
 }
 
 func (st *stream) write(b []byte) bool {
-	if _, err := st.c.w.Write(b); err != nil {
-		st.abort()
-		return false
-	}
-	if err := st.rc.Flush(); err != nil {
-		st.abort()
-		return false
+	if st.c.opts.trickle > 0 {
+		if !st.c.trickle(b) {
+			st.abort()
+			return false
+		}
+	} else {
+		if _, err := st.c.w.Write(b); err != nil {
+			st.abort()
+			return false
+		}
+		if err := st.rc.Flush(); err != nil {
+			st.abort()
+			return false
+		}
 	}
 	st.sent++
+	if st.sent == 1 && st.c.opts.malformed != "" {
+		return st.write(malformedEvents[st.c.opts.malformed])
+	}
 	return true
 }
 

@@ -45,6 +45,9 @@ type relay struct {
 	// of text relayed, to estimate a cut stream's completion.
 	usage     usage
 	generated int64
+	// errBody keeps the start of an error answer relayed as bytes (a stream
+	// request the upstream refused), for the transcript's error type.
+	errBody []byte
 
 	// gone is set by the watcher when the client socket closed.
 	gone      atomic.Bool
@@ -54,6 +57,9 @@ type relay struct {
 
 // errClientGone interrupts the upstream read when the client went away.
 var errClientGone = errors.New("client went away")
+
+// maxErrBody bounds the error answer a relay keeps for the transcript.
+const maxErrBody = 4 << 10
 
 // relayBufSize is the read buffer per stream; longer lines are assembled
 // across reads.
@@ -170,6 +176,9 @@ func (r *relay) next() ([]byte, error) {
 			r.ev = make([]byte, relayBufSize)
 		}
 		n, err := r.br.Read(r.ev)
+		if r.x.tr != nil && n > 0 && len(r.errBody) < maxErrBody && r.resp.StatusCode() >= 400 {
+			r.errBody = append(r.errBody, r.ev[:min(n, maxErrBody-len(r.errBody))]...)
+		}
 		return r.ev[:n], r.noteErr(err)
 	}
 	r.ev = r.ev[:0]
@@ -272,6 +281,15 @@ func (r *relay) CloseWithError(err error) error {
 	}
 	if r.usage.ok {
 		r.x.usage = r.usage
+	}
+	if r.x.tr != nil {
+		if r.x.status >= 400 {
+			r.x.tr.answer(r.x.ep, r.x.status, r.errBody)
+		} else if r.readErr != nil && !clientGone && r.x.tr.errType == "" {
+			// The upstream cut or stalled the answer after its 200: the
+			// client saw an error, so does the record.
+			r.x.tr.errType = statusTable[errUpstreamUnreachable].typ
+		}
 	}
 	if r.sse && r.s.m.streamDuration[r.x.ep] != nil {
 		r.s.m.streamDuration[r.x.ep].Observe(time.Since(r.x.start).Seconds())

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"sluice/config"
+	"sluice/policy"
+	"sluice/sink"
+)
+
+// memWriter keeps the records a sink writes.
+type memWriter struct {
+	mu   sync.Mutex
+	recs []*sink.Record
+}
+
+func (w *memWriter) Write(_ context.Context, recs []*sink.Record) error {
+	w.mu.Lock()
+	w.recs = append(w.recs, recs...)
+	w.mu.Unlock()
+	return nil
+}
+
+func (w *memWriter) Close() error { return nil }
+
+// TestRelayedErrorsReachTheTranscript: a stream request the upstream
+// refuses (its error relayed as bytes) records the error's type, and a
+// stream the upstream cuts after its 200 records server_error, not a clean
+// answer.
+func TestRelayedErrorsReachTheTranscript(t *testing.T) {
+	upLn := fasthttputil.NewInmemoryListener()
+	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		if string(ctx.Request.Header.Peek("X-Test")) == "refuse" {
+			ctx.SetStatusCode(500)
+			ctx.SetContentType("application/json")
+			ctx.SetBodyString(`{"error":{"message":"boom","type":"server_error","param":null,"code":null}}`)
+			return
+		}
+		// A stream that ends before its end: the body is cut by closing
+		// the connection mid-chunk.
+		ctx.SetContentType("text/event-stream")
+		ctx.HijackSetNoResponse(true)
+		ctx.Hijack(func(c net.Conn) {
+			_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				fmt.Sprintf("%x\r\n", len(cutEvent)) + cutEvent + "\r\n"))
+			_ = c.Close()
+		})
+	}}
+	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
+	defer upLn.Close()
+
+	cfg, err := config.Parse("t.yaml", []byte("upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("p.yaml", []byte(fmt.Sprintf(
+		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &memWriter{}
+	sk, err := sink.New(sink.Options{Writer: w, FlushInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sk.Stop(context.Background()) //nolint:errcheck // test teardown
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetTranscripts(TranscriptOptions{Sink: sk})
+	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	ln := fasthttputil.NewInmemoryListener()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	defer ln.Close()
+	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+
+	for _, mode := range []string{"refuse", "cut"} {
+		req := chatRequest([]byte(`{"model":"m","stream":true,"messages":[{"role":"user","content":"` + mode + `"}]}`))
+		req.Header.Set("X-Test", mode)
+		resp := fasthttp.AcquireResponse()
+		err := client.DoTimeout(req, resp, 5*time.Second)
+		t.Logf("%s: status %d, err %v", mode, resp.StatusCode(), err)
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+	var recs []*sink.Record
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		w.mu.Lock()
+		recs = append(recs[:0], w.recs...)
+		w.mu.Unlock()
+		if len(recs) == 2 {
+			break
+		}
+	}
+	if len(recs) != 2 {
+		t.Fatalf("%d records, want 2", len(recs))
+	}
+	for _, r := range recs {
+		switch r.Request {
+		case `[{"role":"user","content":"refuse"}]`:
+			if r.Status != 500 || r.ErrorType != "server_error" {
+				t.Fatalf("refused stream: status %d error_type %q", r.Status, r.ErrorType)
+			}
+		case `[{"role":"user","content":"cut"}]`:
+			if r.Status != 200 || r.ErrorType != "server_error" || r.Response != "par" {
+				t.Fatalf("cut stream: status %d error_type %q response %q", r.Status, r.ErrorType, r.Response)
+			}
+		default:
+			t.Fatalf("record for %q", r.Request)
+		}
+	}
+}
+
+const cutEvent = `data: {"choices":[{"index":0,"delta":{"content":"par"},"finish_reason":null}]}` + "\n\n"
