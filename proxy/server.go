@@ -875,13 +875,17 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 	var te interface{ Timeout() bool }
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.m.protocol[protoBodyTooLarge].Inc()
 		writeError(ctx, errBodyTooLarge, "", fmt.Sprintf("The request body is larger than the limit of %d bytes.", s.cfg.Server.MaxBodyBytes))
 	case errors.Is(err, fasthttp.ErrSmallReadBuffer) || errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		s.m.protocol[protoHeadersTooLarge].Inc()
 		writeError(ctx, errHeaderTooLarge, "", fmt.Sprintf("The request headers are larger than the limit of %d bytes.", s.cfg.Server.MaxHeaderBytes))
 	case errors.As(err, &te) && te.Timeout():
+		s.m.protocol[protoTimeout].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request was not received in time.")
 		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
 	default:
+		s.m.protocol[protoMalformed].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request is not valid HTTP.")
 	}
 }
