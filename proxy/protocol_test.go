@@ -99,4 +99,3 @@ func reasonIndex(t *testing.T, reason string) protocolReason {
 	t.Fatalf("no reason %q", reason)
 	return 0
 }
-
