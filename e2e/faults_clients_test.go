@@ -1,0 +1,294 @@
+package e2e
+
+// Issue 10, item 2: clients that misbehave. Each test starts its own
+// Sluice, drives it with a raw connection where the SDK cannot misbehave
+// (slowloris, framing, HTTP/1.0, pipelining, idle connections) and with
+// openai-go elsewhere, asserts what Sluice answered and the metric that
+// counted it, and ends with checkSettled: no goroutine, descriptor or
+// panic left behind.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/fakeai"
+)
+
+// faultConfig is the sluice.yaml of the client fault tests: small limits
+// and a short read timeout so that every refusal comes within seconds, and
+// JSONL transcripts in dir flushed every 50 ms.
+func faultConfig(dir string) string {
+	return `server:
+  listen: ${SLUICE_ADDR}
+  admin_listen: ${SLUICE_ADMIN_ADDR}
+  max_body_bytes: 8192
+  max_header_bytes: 4096
+  read_timeout: 1s
+  idle_timeout: 3s
+  shutdown_timeout: 5s
+upstreams:
+  - name: openai
+    base_url: ${OPENAI_BASE_URL}
+    api_key: ${OPENAI_API_KEY}
+    timeouts:
+      connect: 2s
+      first_byte: 10s
+      idle: 10s
+transcripts:
+  mode: jsonl
+  flush_interval: 50ms
+  jsonl:
+    dir: ` + dir + `
+    no_fsync: true
+`
+}
+
+// faultEnv is a fake upstream and a Sluice with faultConfig.
+type faultEnv struct {
+	fake *fakeUpstream
+	s    *sluiceProc
+	// dir holds the JSONL transcripts.
+	dir string
+	// host is the API listener's host:port.
+	host string
+}
+
+func newFaultEnv(t *testing.T) *faultEnv {
+	t.Helper()
+	dir := t.TempDir()
+	f := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Config: faultConfig(dir), Policies: trustedPolicies(), BaseURL: f.URL})
+	return &faultEnv{fake: f, s: s, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
+}
+
+// dial opens a raw connection to the API listener.
+func (e *faultEnv) dial(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", e.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// chatRequest is a raw HTTP/1.1 chat request with the demo key and body.
+func (e *faultEnv) chatRequest(body string, extra ...string) string {
+	h := "POST /v1/chat/completions HTTP/1.1\r\nHost: " + e.host + "\r\nAuthorization: Bearer " + demoKey +
+		"\r\nContent-Type: application/json\r\n"
+	for _, x := range extra {
+		h += x + "\r\n"
+	}
+	return h + fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(body), body)
+}
+
+// chatBody is a small valid chat request whose answer is "echo: prompt".
+func chatBody(prompt string, stream bool) string {
+	return fmt.Sprintf(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":%q}],"stream":%t}`, prompt, stream)
+}
+
+// readResponse reads one answer from br within d, body included.
+func readResponse(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) (*http.Response, []byte) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("answer body: %v", err)
+	}
+	_ = resp.Body.Close()
+	return resp, body
+}
+
+// openAIError is the shape of every error Sluice answers itself.
+type openAIError struct {
+	Error *struct {
+		Message *string `json:"message"`
+		Type    *string `json:"type"`
+		Param   *string `json:"param"`
+		Code    *string `json:"code"`
+	} `json:"error"`
+}
+
+// checkErrorAnswer fails unless resp is status with an OpenAI-shaped body
+// (message, type, param and code all present) of type invalid_request_error,
+// the given code (or null) and param (or null), and an x-request-id.
+func checkErrorAnswer(t *testing.T, resp *http.Response, body []byte, status int, code, param string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, status)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("content type %q, want application/json", ct)
+	}
+	if !strings.HasPrefix(resp.Header.Get("X-Request-Id"), "req_") {
+		t.Fatalf("x-request-id %q", resp.Header.Get("X-Request-Id"))
+	}
+	var raw map[string]map[string]json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatalf("body %s is not JSON: %v", body, err)
+	}
+	for _, k := range []string{"message", "type", "param", "code"} {
+		if _, ok := raw["error"][k]; !ok {
+			t.Fatalf("body %s has no error.%s", body, k)
+		}
+	}
+	var e openAIError
+	_ = json.Unmarshal(body, &e)
+	if e.Error.Message == nil || *e.Error.Message == "" || e.Error.Type == nil || *e.Error.Type != "invalid_request_error" {
+		t.Fatalf("body %s: want a message and type invalid_request_error", body)
+	}
+	if (code == "") != (e.Error.Code == nil) || (code != "" && *e.Error.Code != code) {
+		t.Fatalf("body %s: want code %q", body, code)
+	}
+	if (param == "") != (e.Error.Param == nil) || (param != "" && *e.Error.Param != param) {
+		t.Fatalf("body %s: want param %q", body, param)
+	}
+}
+
+// checkClosed fails unless the server closes c within d without sending
+// anything more.
+func checkClosed(t *testing.T, c net.Conn, br *bufio.Reader, d time.Duration) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	b, err := br.ReadByte()
+	if err == nil {
+		rest, _ := br.Peek(br.Buffered())
+		t.Fatalf("the connection stayed open and sent %q", append([]byte{b}, rest...))
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the connection was still open %v later", d)
+	}
+}
+
+// counter reads a counter (0 when the series is absent).
+func (e *faultEnv) counter(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	v, _ := e.s.metric(t, name, labels...)
+	return v
+}
+
+// checkDelta fails unless the counter moved by want from before, waiting
+// up to 2 s for it.
+func (e *faultEnv) checkDelta(t *testing.T, before, want float64, name string, labels ...string) {
+	t.Helper()
+	var now float64
+	if waitFor(2*time.Second, func() bool { now = e.counter(t, name, labels...); return now-before >= want }) && now-before == want {
+		return
+	}
+	t.Fatalf("%s%v moved by %v, want %v", name, labels, now-before, want)
+}
+
+// TestFaultClientSlowloris: a client that sends its headers or its body a
+// byte at a time never holds a connection past server.read_timeout (1 s
+// here; the deadline covers the whole request, trickling does not extend
+// it). Sluice answers 408 with an OpenAI-shaped error, closes the
+// connection and counts sluice_protocol_errors_total{reason="timeout"}. A
+// connection that sends nothing is closed the same way; a keep-alive
+// connection idle after a complete request is closed silently after
+// server.idle_timeout. Nothing reaches the upstream.
+func TestFaultClientSlowloris(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	req := e.chatRequest(chatBody("slow", false))
+	split := strings.Index(req, "\r\n\r\n") + 4
+
+	trickle := func(t *testing.T, prefix, slow string) {
+		t.Helper()
+		before := e.counter(t, "sluice_protocol_errors_total", `reason="timeout"`)
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		start := time.Now()
+		if _, err := io.WriteString(c, prefix); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(slow); i++ {
+			if _, err := c.Write([]byte{slow[i]}); err != nil {
+				break // the server gave up on us: expected
+			}
+			time.Sleep(100 * time.Millisecond)
+			if time.Since(start) > 5*time.Second {
+				break
+			}
+		}
+		resp, body := readResponse(t, c, br, 5*time.Second)
+		took := time.Since(start)
+		checkErrorAnswer(t, resp, body, http.StatusRequestTimeout, "", "")
+		if !resp.Close {
+			t.Fatalf("408 without Connection: close")
+		}
+		if took < 900*time.Millisecond || took > 2500*time.Millisecond {
+			t.Fatalf("answered after %v; want about the 1 s read timeout", took)
+		}
+		checkClosed(t, c, br, 2*time.Second)
+		e.checkDelta(t, before, 1, "sluice_protocol_errors_total", `reason="timeout"`)
+	}
+	t.Run("slow_headers", func(t *testing.T) { trickle(t, req[:20], req[20:split]) })
+	t.Run("slow_body", func(t *testing.T) { trickle(t, req[:split], req[split:]) })
+	t.Run("silent_new_connection", func(t *testing.T) { trickle(t, "", "") })
+	t.Run("idle_keepalive", func(t *testing.T) {
+		before := e.counter(t, "sluice_protocol_errors_total", `reason="timeout"`)
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := readResponse(t, c, br, 5*time.Second)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "echo: slow") {
+			t.Fatalf("%d %s", resp.StatusCode, body)
+		}
+		start := time.Now()
+		checkClosed(t, c, br, 6*time.Second)
+		if took := time.Since(start); took < 2500*time.Millisecond || took > 5*time.Second {
+			t.Fatalf("idle keep-alive connection closed after %v; want about the 3 s idle timeout", took)
+		}
+		e.checkDelta(t, before, 0, "sluice_protocol_errors_total", `reason="timeout"`)
+	})
+	if n := e.fake.Stats().Requests; n != 1 {
+		t.Fatalf("the upstream saw %d requests, want 1 (the keep-alive one)", n)
+	}
+	e.s.checkSettled(t, base)
+}
+
+// TestFaultClientHugeHeaders: a header block over server.max_header_bytes
+// (4096 here), in one header or in many, is answered 431
+// headers_too_large and the connection closed; counted as
+// sluice_protocol_errors_total{reason="headers_too_large"}.
+func TestFaultClientHugeHeaders(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	f := func(extra ...string) {
+		t.Helper()
+		before := e.counter(t, "sluice_protocol_errors_total", `reason="headers_too_large"`)
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		if _, err := io.WriteString(c, e.chatRequest(chatBody("big", false), extra...)); err != nil {
+			t.Fatal(err)
+		}
+		resp, body := readResponse(t, c, br, 5*time.Second)
+		checkErrorAnswer(t, resp, body, http.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "")
+		checkClosed(t, c, br, 2*time.Second)
+		e.checkDelta(t, before, 1, "sluice_protocol_errors_total", `reason="headers_too_large"`)
+	}
+	f("X-Big: " + strings.Repeat("a", 8000))
+	var many []string
+	for i := range 300 {
+		many = append(many, fmt.Sprintf("X-H%d: %s", i, strings.Repeat("b", 20)))
+	}
+	f(many...)
+	f("X-Huge: " + strings.Repeat("c", 1<<20)) // 1 MiB: refused without reading it all
+	if n := e.fake.Stats().Requests; n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+	e.s.checkSettled(t, base)
+}
