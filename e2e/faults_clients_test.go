@@ -292,3 +292,104 @@ func TestFaultClientHugeHeaders(t *testing.T) {
 	}
 	e.s.checkSettled(t, base)
 }
+
+// TestFaultClientBodyOverLimit: a body over server.max_body_bytes (8192
+// here), announced by Content-Length or sent chunked, is answered 413
+// request_too_large before it is read whole, the connection closed; counted
+// as sluice_protocol_errors_total{reason="body_too_large"}. The SDK sees
+// the same 413 (TestClientErrors); nothing reaches the upstream.
+func TestFaultClientBodyOverLimit(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	big := chatBody(strings.Repeat("x", 9000), false)
+	f := func(raw string) {
+		t.Helper()
+		before := e.counter(t, "sluice_protocol_errors_total", `reason="body_too_large"`)
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		_, _ = io.WriteString(c, raw) // the server may close before it is all sent
+		resp, body := readResponse(t, c, br, 5*time.Second)
+		checkErrorAnswer(t, resp, body, http.StatusRequestEntityTooLarge, "request_too_large", "")
+		checkClosed(t, c, br, 2*time.Second)
+		e.checkDelta(t, before, 1, "sluice_protocol_errors_total", `reason="body_too_large"`)
+	}
+	t.Run("content_length", func(t *testing.T) { f(e.chatRequest(big)) })
+	t.Run("content_length_only", func(t *testing.T) {
+		// Announced, never sent: refused on the header alone.
+		req := e.chatRequest(big)
+		f(req[:strings.Index(req, "\r\n\r\n")+4])
+	})
+	t.Run("chunked", func(t *testing.T) {
+		h := "POST /v1/chat/completions HTTP/1.1\r\nHost: " + e.host + "\r\nAuthorization: Bearer " + demoKey +
+			"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+		for i := 0; i < len(big); i += 1000 {
+			part := big[i:min(i+1000, len(big))]
+			h += fmt.Sprintf("%x\r\n%s\r\n", len(part), part)
+		}
+		f(h + "0\r\n\r\n")
+	})
+	if n := e.fake.Stats().Requests; n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+	e.s.checkSettled(t, base)
+}
+
+// TestFaultClientBadJSON: bodies the scanner refuses (malformed JSON,
+// invalid UTF-8, nesting over 128, wrong types, no model) are answered 400
+// invalid_request_error naming the field in param, counted in
+// sluice_requests_total{route="chat_completions",status_class="4xx"}, and
+// never reach the upstream; the connection stays usable (keep-alive).
+func TestFaultClientBadJSON(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	c := e.dial(t)
+	br := bufio.NewReader(c)
+	send := func(body string) (*http.Response, []byte) {
+		t.Helper()
+		if _, err := io.WriteString(c, e.chatRequest(body)); err != nil {
+			t.Fatal(err)
+		}
+		return readResponse(t, c, br, 5*time.Second)
+	}
+	nested := func(depth int) string {
+		return `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"deep"}],"x_deep":` +
+			strings.Repeat("[", depth) + strings.Repeat("]", depth) + `}`
+	}
+	cases := []struct{ name, body, param string }{
+		{"malformed", `{"model":"gpt-4o-mini",`, ""},
+		{"not_an_object", `["gpt-4o-mini"]`, ""},
+		{"empty", ``, ""},
+		{"trailing_garbage", chatBody("hi", false) + `}`, ""},
+		{"invalid_utf8", "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", ""},
+		{"invalid_utf8_in_model", "{\"model\":\"gpt-\xc3\x28\",\"messages\":[]}", ""},
+		{"nested_129", nested(129), ""},
+		{"nested_3000", nested(3000), ""},
+		{"model_number", `{"model":4,"messages":[{"role":"user","content":"hi"}]}`, "model"},
+		{"stream_string", `{"model":"gpt-4o-mini","messages":[],"stream":"yes"}`, "stream"},
+		{"max_tokens_string", `{"model":"gpt-4o-mini","messages":[],"max_tokens":"5"}`, "max_tokens"},
+		{"n_object", `{"model":"gpt-4o-mini","messages":[],"n":{}}`, "n"},
+		{"user_number", `{"model":"gpt-4o-mini","messages":[],"user":7}`, "user"},
+		{"missing_model", `{"messages":[{"role":"user","content":"hi"}]}`, "model"},
+	}
+	before := e.counter(t, "sluice_requests_total", `route="chat_completions"`, `status_class="4xx"`)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := send(tc.body)
+			checkErrorAnswer(t, resp, body, http.StatusBadRequest, "", tc.param)
+			if resp.Close {
+				t.Fatalf("a bad body closed the connection")
+			}
+		})
+	}
+	e.checkDelta(t, before, float64(len(cases)), "sluice_requests_total", `route="chat_completions"`, `status_class="4xx"`)
+	if n := e.fake.Stats().Requests; n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+	// At the limit: 128 levels pass to the upstream, on the same connection.
+	resp, body := send(nested(128))
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "echo: deep") {
+		t.Fatalf("128 levels: %d %s", resp.StatusCode, body)
+	}
+	_ = c.Close()
+	e.s.checkSettled(t, base)
+}
