@@ -393,3 +393,192 @@ func TestFaultClientBadJSON(t *testing.T) {
 	_ = c.Close()
 	e.s.checkSettled(t, base)
 }
+
+// rawChunked frames s as one chunk and the last chunk.
+func rawChunked(s string) string { return fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(s), s) }
+
+// TestFaultClientFraming: requests whose framing is ambiguous or broken.
+// Both Content-Length and Transfer-Encoding: the body is read as chunked
+// (RFC 9112 §6.3: Transfer-Encoding wins), answered, and the connection
+// closed, so bytes after the chunked body (a smuggled request) are never
+// read as a request; the upstream gets the decoded body with Sluice's own
+// framing. Everything else (two Content-Lengths, a negative one, an
+// unknown or unsupported coding, a bad chunk size, a space before the
+// colon, a bare CR, a bad request line, HTTP/2's preface) is a 400 "not
+// valid HTTP" with a closed connection, counted as
+// sluice_protocol_errors_total{reason="malformed"}.
+func TestFaultClientFraming(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	body := chatBody("frame", false)
+	hdr := "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\nContent-Type: application/json\r\n"
+	smuggled := "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\n\r\n"
+
+	for _, tc := range []struct{ name, raw string }{
+		{"cl_then_te", hdr + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + rawChunked(body) + smuggled},
+		{"te_then_cl", hdr + "Transfer-Encoding: chunked\r\nContent-Length: 500\r\n\r\n" + rawChunked(body) + smuggled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.fake.Stats()
+			c := e.dial(t)
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, tc.raw); err != nil {
+				t.Fatal(err)
+			}
+			resp, got := readResponse(t, c, br, 5*time.Second)
+			if resp.StatusCode != 200 || !strings.Contains(string(got), "echo: frame") {
+				t.Fatalf("%d %s", resp.StatusCode, got)
+			}
+			if !resp.Close {
+				t.Fatal("the connection was kept open after a request with both Content-Length and Transfer-Encoding")
+			}
+			checkClosed(t, c, br, 2*time.Second) // the smuggled GET got no answer
+			after := e.fake.Stats()
+			if after.ByPath["/v1/chat/completions"]-before.ByPath["/v1/chat/completions"] != 1 ||
+				after.ByPath["/v1/models"] != before.ByPath["/v1/models"] {
+				t.Fatalf("upstream calls by path: before %v, after %v; want one chat and no models", before.ByPath, after.ByPath)
+			}
+			last := e.fake.LastRequest()
+			if string(last.Body) != body || len(last.TransferEncoding) != 0 || last.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
+				t.Fatalf("upstream got body %q, transfer-encoding %v, content-length %q", last.Body, last.TransferEncoding, last.Header.Get("Content-Length"))
+			}
+		})
+	}
+
+	bad := []struct{ name, raw string }{
+		{"two_content_lengths", hdr + "Content-Length: 3\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body},
+		{"negative_content_length", hdr + "Content-Length: -1\r\n\r\n" + body},
+		{"content_length_not_a_number", hdr + "Content-Length: 1e3\r\n\r\n" + body},
+		{"te_gzip_chunked", hdr + "Transfer-Encoding: gzip, chunked\r\n\r\n" + rawChunked(body)},
+		{"bad_chunk_size", hdr + "Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"},
+		{"space_before_colon", hdr + "Content-Length : " + fmt.Sprint(len(body)) + "\r\n\r\n" + body},
+		{"bare_cr_in_header", hdr + "X-A: a\rb\r\nContent-Length: " + fmt.Sprint(len(body)) + "\r\n\r\n" + body},
+		{"garbage_request_line", "GARBAGE\r\n\r\n"},
+		{"no_version", "GET /v1/models\r\n\r\n"},
+		{"http2_preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"},
+	}
+	before := e.counter(t, "sluice_protocol_errors_total", `reason="malformed"`)
+	calls := e.fake.Stats().Requests
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			c := e.dial(t)
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, tc.raw); err != nil {
+				t.Fatal(err)
+			}
+			resp, got := readResponse(t, c, br, 5*time.Second)
+			checkErrorAnswer(t, resp, got, http.StatusBadRequest, "", "")
+			checkClosed(t, c, br, 2*time.Second)
+		})
+	}
+	e.checkDelta(t, before, float64(len(bad)), "sluice_protocol_errors_total", `reason="malformed"`)
+	if n := e.fake.Stats().Requests - calls; n != 0 {
+		t.Fatalf("malformed requests made %d upstream calls", n)
+	}
+	e.s.checkSettled(t, base)
+}
+
+// TestFaultClientHTTP10: an HTTP/1.0 request (no Host header) is served;
+// the connection closes after the answer unless the client asked for
+// keep-alive. A stream to an HTTP/1.0 client arrives whole and the
+// connection closes after [DONE] (framed chunked by fasthttp: see the
+// README's reliability table).
+func TestFaultClientHTTP10(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	t.Run("close", func(t *testing.T) {
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		body := chatBody("old client", false)
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"+
+			"Content-Length: %d\r\n\r\n%s", demoKey, len(body), body)
+		resp, got := readResponse(t, c, br, 5*time.Second)
+		if resp.StatusCode != 200 || !strings.Contains(string(got), "echo: old client") || !resp.Close {
+			t.Fatalf("%d close=%t %s", resp.StatusCode, resp.Close, got)
+		}
+		checkClosed(t, c, br, 2*time.Second)
+	})
+	t.Run("keep_alive", func(t *testing.T) {
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		for i := range 2 {
+			fmt.Fprintf(c, "GET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\nAuthorization: Bearer %s\r\n\r\n", demoKey)
+			resp, got := readResponse(t, c, br, 5*time.Second)
+			if resp.StatusCode != 200 || resp.Close || !strings.Contains(string(got), "gpt-4o-mini") {
+				t.Fatalf("request %d: %d close=%t %s", i, resp.StatusCode, resp.Close, got)
+			}
+		}
+	})
+	t.Run("stream", func(t *testing.T) {
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		body := chatBody("old stream", true)
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\n"+
+			"Content-Length: %d\r\n\r\n%s", demoKey, len(body), body)
+		resp, got := readResponse(t, c, br, 5*time.Second)
+		if resp.StatusCode != 200 || !resp.Close || !strings.Contains(string(got), "data: [DONE]") {
+			t.Fatalf("%d close=%t %s", resp.StatusCode, resp.Close, got)
+		}
+		checkClosed(t, c, br, 2*time.Second)
+	})
+	e.s.checkSettled(t, base)
+}
+
+// TestFaultClientPipelining: requests written back to back on one
+// connection before any answer (a buffered one, a stream, a bad body, a
+// models list) are answered in order, each complete and each the answer to
+// its own request; a bad one in the middle does not break the others.
+func TestFaultClientPipelining(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	c := e.dial(t)
+	br := bufio.NewReader(c)
+	reqs := e.chatRequest(chatBody("first", false)) +
+		e.chatRequest(chatBody("second", true)) +
+		e.chatRequest(`{bad`) +
+		"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\n\r\n" +
+		e.chatRequest(chatBody("fifth", false))
+	if _, err := io.WriteString(c, reqs); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		status int
+		has    string
+	}{{200, "echo: first"}, {200, "data: [DONE]"}, {400, "invalid JSON"}, {200, `"object":"list"`}, {200, "echo: fifth"}}
+	for i, w := range want {
+		resp, got := readResponse(t, c, br, 5*time.Second)
+		if resp.StatusCode != w.status || !strings.Contains(string(got), w.has) || resp.Close {
+			t.Fatalf("answer %d: %d close=%t %.300s; want %d with %q", i, resp.StatusCode, resp.Close, got, w.status, w.has)
+		}
+		if i == 1 && streamText(got) != "echo: second" {
+			t.Fatalf("the stream is not the second request's: %s", got)
+		}
+	}
+	if n := e.fake.Stats().Requests; n != 4 {
+		t.Fatalf("the upstream saw %d requests, want 4", n)
+	}
+	_ = c.Close()
+	e.s.checkSettled(t, base)
+}
+
+// streamText joins the content deltas of a raw chat stream.
+func streamText(raw []byte) string {
+	var b strings.Builder
+	for _, line := range strings.Split(string(raw), "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok || data == "[DONE]" {
+			continue
+		}
+		var ev struct {
+			Choices []struct {
+				Delta struct {
+					Content string `json:"content"`
+				} `json:"delta"`
+			} `json:"choices"`
+		}
+		if json.Unmarshal([]byte(data), &ev) == nil && len(ev.Choices) > 0 {
+			b.WriteString(ev.Choices[0].Delta.Content)
+		}
+	}
+	return b.String()
+}
