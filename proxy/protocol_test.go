@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -98,4 +100,72 @@ func reasonIndex(t *testing.T, reason string) protocolReason {
 	}
 	t.Fatalf("no reason %q", reason)
 	return 0
+}
+
+// TestBufferedAnswerClientGone: a client that hangs up while the upstream
+// prepares a buffered (non-stream) answer is counted in
+// sluice_client_disconnects_total once the answer arrives; a client that
+// waits is not.
+func TestBufferedAnswerClientGone(t *testing.T) {
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(400 * time.Millisecond)
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"id":"x","object":"chat.completion","choices":[]}`)
+	}}
+	go up.Serve(upLn) //nolint:errcheck // ends when the listener closes
+	defer upLn.Close()
+	cfg, err := config.Parse("t.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("p.yaml", []byte("tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	defer ln.Close()
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+	send := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return c
+	}
+	gone := func() float64 { return testutil.ToFloat64(s.m.disconnects[epChat]) }
+	inFlight := func() float64 { return testutil.ToFloat64(s.m.inFlight) }
+
+	c := send()
+	var resp fasthttp.Response
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := resp.Read(bufio.NewReader(c)); err != nil || resp.StatusCode() != 200 {
+		t.Fatalf("waiting client: %v %d", err, resp.StatusCode())
+	}
+	_ = c.Close()
+	if gone() != 0 {
+		t.Fatalf("a client that got its answer was counted as gone")
+	}
+	c = send()
+	time.Sleep(100 * time.Millisecond)
+	_ = c.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for (gone() != 1 || inFlight() != 0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if gone() != 1 || inFlight() != 0 {
+		t.Fatalf("disconnects %v, in flight %v; want 1 and 0", gone(), inFlight())
+	}
 }

@@ -247,6 +247,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
+	if !x.gone && !x.upStart.IsZero() {
+		// A buffered answer: nothing watched the client while the upstream
+		// worked. A client gone meanwhile is counted and recorded as such
+		// (the answer, billed by the provider, is written to nobody).
+		if raw := rawConn(ctx.Conn()); raw != nil && peerClosed(raw) {
+			x.gone = true
+		}
+	}
 	x.tr.answer(x.ep, x.status, ctx.Response.Body())
 	s.compressAnswer(ctx, &x)
 	end := time.Now()
