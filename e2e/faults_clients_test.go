@@ -24,7 +24,7 @@ import (
 // faultConfig is the sluice.yaml of the client fault tests: small limits
 // and a short read timeout so that every refusal comes within seconds, and
 // JSONL transcripts in dir flushed every 50 ms.
-func faultConfig(dir string) string {
+func faultConfig(dir, budget string) string {
 	return `server:
   listen: ${SLUICE_ADDR}
   admin_listen: ${SLUICE_ADMIN_ADDR}
@@ -39,9 +39,9 @@ upstreams:
     api_key: ${OPENAI_API_KEY}
     timeouts:
       connect: 2s
-      first_byte: 10s
+      first_byte: 3s
       idle: 10s
-transcripts:
+` + budget + `transcripts:
   mode: jsonl
   flush_interval: 50ms
   jsonl:
@@ -60,11 +60,15 @@ type faultEnv struct {
 	host string
 }
 
-func newFaultEnv(t *testing.T) *faultEnv {
+func newFaultEnv(t *testing.T) *faultEnv { return newFaultEnvWith(t, "", trustedPolicies()) }
+
+// newFaultEnvWith starts a fault environment whose upstream has budget (a
+// YAML line under the upstream, "" for none) and the given policies.
+func newFaultEnvWith(t *testing.T, budget, policies string) *faultEnv {
 	t.Helper()
 	dir := t.TempDir()
 	f := startFake(t, fakeai.Config{})
-	s := startSluice(t, sluiceOptions{Config: faultConfig(dir), Policies: trustedPolicies(), BaseURL: f.URL})
+	s := startSluice(t, sluiceOptions{Config: faultConfig(dir, budget), Policies: policies, BaseURL: f.URL})
 	return &faultEnv{fake: f, s: s, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
 }
 
@@ -581,4 +585,119 @@ func streamText(raw []byte) string {
 		}
 	}
 	return b.String()
+}
+
+// records waits until user has n JSONL transcript records and returns
+// them in the order written.
+func (e *faultEnv) records(t *testing.T, user string, n int) []map[string]any {
+	t.Helper()
+	var found []map[string]any
+	waitFor(5*time.Second, func() bool {
+		found = found[:0]
+		for _, r := range jsonlRecords(t, e.dir) {
+			if r["user"] == user {
+				found = append(found, r)
+			}
+		}
+		return len(found) >= n
+	})
+	if len(found) != n {
+		t.Fatalf("%d transcript records for user %q, want %d", len(found), user, n)
+	}
+	return found
+}
+
+// checkRecord fails unless rec has the status and client_gone given.
+func checkRecord(t *testing.T, rec map[string]any, status int, gone bool) {
+	t.Helper()
+	if rec["status"] != float64(status) || rec["client_gone"] != gone {
+		raw, _ := json.Marshal(rec)
+		t.Fatalf("transcript record %s; want status %d, client_gone %t", raw, status, gone)
+	}
+}
+
+// appRequest is a raw chat request with the trusted app key on behalf of
+// user.
+func (e *faultEnv) appRequest(user, body string, extra ...string) string {
+	req := e.chatRequest(body, append([]string{"X-Sluice-User: " + user}, extra...)...)
+	return strings.Replace(req, "Bearer "+demoKey, "Bearer "+appKey, 1)
+}
+
+// TestFaultClientDisconnectQueued: a client that hangs up while its request
+// waits, for its user's budget (tier rpm 6, burst 1) or for the provider's
+// (budget rpm 20, burst 1), is dropped within ~100 ms: the wait ends as
+// sluice_queue_outcomes_total{outcome="abandoned"} of its stage, it counts
+// in sluice_client_disconnects_total, the upstream is never called for it,
+// its transcript says 499 and client_gone, and the queue is empty after.
+func TestFaultClientDisconnectQueued(t *testing.T) {
+	policies := `tiers:
+  slow:
+    rpm: {limit: 6, burst: 1}
+    max_wait: 30s
+keys:
+  - id: app
+    sha256: ` + sha256Hex(appKey) + `
+    trusted: true
+    tier: slow
+`
+	e := newFaultEnvWith(t, "    budget: {rpm: 20, rpm_burst: 1}\n", policies)
+	base := e.s.resources(t)
+	// served sends one request for user on a connection of its own and
+	// waits for its 200.
+	served := func(t *testing.T, user string) {
+		t.Helper()
+		c := e.dial(t)
+		br := bufio.NewReader(c)
+		if _, err := io.WriteString(c, e.appRequest(user, chatBody("served", false))); err != nil {
+			t.Fatal(err)
+		}
+		if resp, body := readResponse(t, c, br, 10*time.Second); resp.StatusCode != 200 {
+			t.Fatalf("request for %s: %d %s", user, resp.StatusCode, body)
+		}
+		_ = c.Close()
+	}
+	hangUp := func(t *testing.T, stage, user string, nrec int) {
+		t.Helper()
+		calls := e.fake.Stats().Requests
+		abandoned := e.counter(t, "sluice_queue_outcomes_total", `stage="`+stage+`"`, `outcome="abandoned"`)
+		gone := e.counter(t, "sluice_client_disconnects_total", `route="chat_completions"`)
+		c := e.dial(t)
+		if _, err := io.WriteString(c, e.appRequest(user, chatBody("waiting", false))); err != nil {
+			t.Fatal(err)
+		}
+		if !waitFor(2*time.Second, func() bool {
+			v, _ := e.s.metric(t, "sluice_queue_depth", `stage="`+stage+`"`)
+			return v == 1
+		}) {
+			t.Fatalf("the request did not queue at stage %s", stage)
+		}
+		_ = c.Close()
+		closed := time.Now()
+		e.checkDelta(t, abandoned, 1, "sluice_queue_outcomes_total", `stage="`+stage+`"`, `outcome="abandoned"`)
+		if d := time.Since(closed); d > time.Second {
+			t.Fatalf("the hang-up was noticed after %v", d)
+		}
+		e.checkDelta(t, gone, 1, "sluice_client_disconnects_total", `route="chat_completions"`)
+		if v, _ := e.s.metric(t, "sluice_queue_depth", `stage="`+stage+`"`); v != 0 {
+			t.Fatalf("queue depth %v after the hang-up", v)
+		}
+		recs := e.records(t, user, nrec)
+		checkRecord(t, recs[nrec-1], 499, true)
+		if n := e.fake.Stats().Requests - calls; n != 0 {
+			t.Fatalf("the upstream was called %d times for a request whose client left", n)
+		}
+	}
+	t.Run("user_stage", func(t *testing.T) {
+		// The user's one-request burst is spent; the next slot is 10 s away.
+		user := "queued-user-" + nonce()
+		served(t, user)
+		hangUp(t, "user", user, 2)
+	})
+	t.Run("provider_stage", func(t *testing.T) {
+		// A first user spends the provider's burst; a second user, within
+		// budget, waits up to 3 s for the provider's next slot.
+		served(t, "spender-"+nonce())
+		hangUp(t, "provider", "queued-provider-"+nonce(), 1)
+	})
+	e.s.checkSettled(t, base)
 }
