@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"sluice/fakeai"
 )
@@ -698,6 +702,79 @@ keys:
 		// budget, waits up to 3 s for the provider's next slot.
 		served(t, "spender-"+nonce())
 		hangUp(t, "provider", "queued-provider-"+nonce(), 1)
+	})
+	e.s.checkSettled(t, base)
+}
+
+// TestFaultClientDisconnectUpstream: a client (the SDK, its context
+// cancelled) that leaves while the upstream works. Streams: Sluice watches
+// the socket, so once the upstream's headers are in (a silent upstream, or
+// mid-stream) the upstream call is cancelled within ~1 s. Before the
+// upstream's headers (a buffered answer, or a stream whose upstream hangs)
+// nothing can cancel fasthttp's call: it runs to its answer or to
+// timeouts.first_byte (3 s here), and the gone client is noticed then.
+// Every case counts one sluice_client_disconnects_total, ends with nothing
+// in flight, and leaves a transcript record marked client_gone with the
+// status Sluice had for it.
+func TestFaultClientDisconnectUpstream(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	client := e.s.client(appKey)
+	params := openai.ChatCompletionNewParams{Model: openai.ChatModelGPT4oMini, Messages: userMessages("leave early")}
+
+	f := func(t *testing.T, stream bool, cancelAfter time.Duration, status int, upstreamCancelled bool, noticedWithin time.Duration, opts ...option.RequestOption) {
+		t.Helper()
+		user := "leaver-" + nonce()
+		opts = append(opts, option.WithHeader("X-Sluice-User", user))
+		gone := e.counter(t, "sluice_client_disconnects_total", `route="chat_completions"`)
+		aborted := e.fake.Stats().Aborted
+		ctx, cancel := context.WithCancel(testContext(t, 20*time.Second))
+		defer cancel()
+		time.AfterFunc(cancelAfter, cancel)
+		if stream {
+			st := client.Chat.Completions.NewStreaming(ctx, params, opts...)
+			for st.Next() {
+			}
+			_ = st.Close()
+		} else if _, err := client.Chat.Completions.New(ctx, params, opts...); err == nil {
+			t.Fatal("the call succeeded although its context was cancelled")
+		}
+		<-ctx.Done()
+		left := time.Now()
+		if !waitFor(noticedWithin, func() bool {
+			return e.counter(t, "sluice_client_disconnects_total", `route="chat_completions"`)-gone >= 1
+		}) {
+			t.Fatalf("the disconnect was not counted within %v", noticedWithin)
+		}
+		t.Logf("disconnect counted %v after the client left", time.Since(left).Round(10*time.Millisecond))
+		e.checkDelta(t, gone, 1, "sluice_client_disconnects_total", `route="chat_completions"`)
+		if !waitFor(2*time.Second, func() bool { v, _ := e.s.metric(t, "sluice_requests_in_flight"); return v == 0 }) {
+			t.Fatal("requests still in flight after the client left")
+		}
+		if upstreamCancelled {
+			if !waitFor(noticedWithin, func() bool { return e.fake.Stats().Aborted == aborted+1 }) {
+				t.Fatalf("the upstream call was not cancelled (aborted %d → %d)", aborted, e.fake.Stats().Aborted)
+			}
+		} else if n := e.fake.Stats().Aborted - aborted; n != 0 {
+			t.Fatalf("the upstream saw %d aborted calls; this stage runs the call to its end", n)
+		}
+		checkRecord(t, e.records(t, user, 1)[0], status, true)
+	}
+	t.Run("buffered_waiting_first_byte", func(t *testing.T) {
+		// The upstream answers after 1.5 s; the client left at 0.3 s.
+		f(t, false, 300*time.Millisecond, 200, false, 3*time.Second, option.WithHeader("X-Fake-Latency", "1500ms"))
+	})
+	t.Run("stream_upstream_hangs_before_headers", func(t *testing.T) {
+		timeouts := e.counter(t, "sluice_upstream_errors_total", `reason="timeout"`)
+		f(t, true, 300*time.Millisecond, 504, true, 4*time.Second, option.WithHeader("X-Fake-Hang", "1"))
+		e.checkDelta(t, timeouts, 1, "sluice_upstream_errors_total", `reason="timeout"`)
+	})
+	t.Run("stream_silent_after_headers", func(t *testing.T) {
+		f(t, true, 300*time.Millisecond, 200, true, 1200*time.Millisecond, option.WithHeader("X-Fake-Latency", "3s"))
+	})
+	t.Run("mid_stream", func(t *testing.T) {
+		f(t, true, 500*time.Millisecond, 200, true, 1200*time.Millisecond,
+			option.WithHeader("X-Fake-Chunks", "50"), option.WithHeader("X-Fake-Chunk-Interval", "100ms"))
 	})
 	e.s.checkSettled(t, base)
 }
