@@ -778,3 +778,109 @@ func TestFaultClientDisconnectUpstream(t *testing.T) {
 	})
 	e.s.checkSettled(t, base)
 }
+
+// TestFaultClientIdleConnections10k: 10,000 idle connections, half of
+// them keep-alive connections after one complete request (a 404 answered by
+// Sluice itself), half connected without sending a byte. With them open
+// Sluice still answers an SDK request promptly; the test reports the
+// process's RSS and goroutines, then closes them all and checks the process
+// settles back. The read and idle timeouts are 60 s here so that none is
+// closed by the server during the test.
+func TestFaultClientIdleConnections10k(t *testing.T) {
+	if testing.Short() {
+		t.Skip("10,000 connections; skipped with -short")
+	}
+	const n = 10000
+	dir := t.TempDir()
+	cfg := strings.Replace(strings.Replace(faultConfig(dir, ""), "read_timeout: 1s", "read_timeout: 60s", 1),
+		"idle_timeout: 3s", "idle_timeout: 60s", 1)
+	fake := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Config: cfg, Policies: trustedPolicies(), BaseURL: fake.URL})
+	e := &faultEnv{fake: fake, s: s, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
+	client := s.client(demoKey)
+	ask := func() time.Duration {
+		t.Helper()
+		start := time.Now()
+		c, err := client.Chat.Completions.New(testContext(t, 10*time.Second), openai.ChatCompletionNewParams{
+			Model: openai.ChatModelGPT4oMini, Messages: userMessages("still there?")})
+		if err != nil || c.Choices[0].Message.Content != "echo: still there?" {
+			t.Fatalf("request: %v", err)
+		}
+		return time.Since(start)
+	}
+	ask() // warm: the SDK's connection and the upstream's are open in the baseline
+	base := s.resources(t)
+	rss0, _ := s.metric(t, "process_resident_memory_bytes")
+
+	conns := make([]net.Conn, n)
+	errs := make(chan error, 16)
+	start := time.Now()
+	for w := range 16 {
+		go func() {
+			for i := w; i < n; i += 16 {
+				c, err := net.Dial("tcp", e.host)
+				if err != nil {
+					errs <- fmt.Errorf("connection %d: %w", i, err)
+					return
+				}
+				conns[i] = c
+				if i%2 == 1 {
+					continue // connected, silent
+				}
+				br := bufio.NewReader(c)
+				if _, err := io.WriteString(c, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+					errs <- err
+					return
+				}
+				_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- fmt.Errorf("connection %d: %w", i, err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != 404 || resp.Close {
+					errs <- fmt.Errorf("connection %d: %d, close %t", i, resp.StatusCode, resp.Close)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	opened := time.Since(start)
+	var open resources
+	if !waitFor(10*time.Second, func() bool { open = s.resources(t); return open.fds >= base.fds+n }) {
+		t.Fatalf("sluice holds %v descriptors, want at least %v with %d connections open", open.fds, base.fds+n, n)
+	}
+	rss, _ := s.metric(t, "process_resident_memory_bytes")
+	var worst time.Duration
+	for range 5 {
+		worst = max(worst, ask())
+	}
+	t.Logf("%d idle connections opened in %v: RSS %.0f MiB (%.0f MiB before, %.1f KiB per connection), goroutines %v (%v before), fds %v; slowest of 5 requests %v",
+		n, opened.Round(time.Millisecond), rss/(1<<20), rss0/(1<<20), (rss-rss0)/n/1024, open.goroutines, base.goroutines, open.fds, worst.Round(time.Millisecond))
+	if worst > time.Second {
+		t.Fatalf("a request took %v with %d idle connections open", worst, n)
+	}
+	for i, c := range conns {
+		_ = c.Close()
+		conns[i] = nil
+	}
+	if v, _ := s.metric(t, "sluice_protocol_errors_total", `reason="timeout"`); v != 0 {
+		t.Fatalf("%v connections timed out; the test's timeouts are 60 s", v)
+	}
+	s.checkSettled(t, base)
+}
