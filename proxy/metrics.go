@@ -72,6 +72,7 @@ const (
 	protoHeadersTooLarge
 	protoTimeout
 	protoMalformed
+	protoIncomplete
 	protoCount
 )
 
@@ -81,6 +82,7 @@ var protocolLabels = [protoCount]string{
 	protoHeadersTooLarge: "headers_too_large",
 	protoTimeout:         "timeout",
 	protoMalformed:       "malformed",
+	protoIncomplete:      "incomplete",
 }
 
 // routedKey is one child of sluice_routed_requests_total.
@@ -125,7 +127,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	}, []string{"route"})
 	protocol := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_protocol_errors_total",
-		Help: "Requests refused before routing because their HTTP was bad, by reason (body_too_large, headers_too_large, timeout, malformed).",
+		Help: "Requests refused before routing because their HTTP was bad, by reason (body_too_large, headers_too_large, timeout, malformed, incomplete).",
 	}, []string{"reason"})
 	for r := range protoCount {
 		m.protocol[r] = protocol.WithLabelValues(protocolLabels[r])

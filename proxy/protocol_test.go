@@ -89,6 +89,26 @@ upstreams:
 		"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 2048)+"\r\n\r\n")
 	f("timeout", 408, "", "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
 	f("malformed", 400, "", "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+
+	// A client that closes halfway through its headers or its body: no
+	// answer can reach it, the request counts as incomplete.
+	for _, raw := range []string{"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"a\""} {
+		before := testutil.ToFloat64(s.m.protocol[protoIncomplete])
+		c, err := ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Write([]byte(raw))
+		_ = c.Close()
+		deadline := time.Now().Add(2 * time.Second)
+		for testutil.ToFloat64(s.m.protocol[protoIncomplete]) == before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := testutil.ToFloat64(s.m.protocol[protoIncomplete]); got != before+1 {
+			t.Fatalf("%q then close: incomplete counted %v, want %v", raw, got, before+1)
+		}
+	}
 }
 
 func reasonIndex(t *testing.T, reason string) protocolReason {

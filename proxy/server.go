@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -892,6 +893,11 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 		s.m.protocol[protoTimeout].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request was not received in time.")
 		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		// The client closed the connection halfway through its request;
+		// the answer goes nowhere.
+		s.m.protocol[protoIncomplete].Inc()
+		writeError(ctx, errInvalidRequest, "", "The request ended before it was complete.")
 	default:
 		s.m.protocol[protoMalformed].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request is not valid HTTP.")
