@@ -186,10 +186,13 @@ func (e *faultEnv) counter(t *testing.T, name string, labels ...string) float64 
 	return v
 }
 
-// checkDelta fails unless the counter moved by want from before, waiting
-// up to 2 s for it.
+// checkDelta fails unless the counter moved by exactly want from before,
+// waiting up to 2 s for it (at least 300 ms when want is 0).
 func (e *faultEnv) checkDelta(t *testing.T, before, want float64, name string, labels ...string) {
 	t.Helper()
+	if want == 0 {
+		time.Sleep(300 * time.Millisecond) // a count that should not come
+	}
 	var now float64
 	if waitFor(2*time.Second, func() bool { now = e.counter(t, name, labels...); return now-before >= want }) && now-before == want {
 		return
@@ -883,4 +886,38 @@ func TestFaultClientIdleConnections10k(t *testing.T) {
 		t.Fatalf("%v connections timed out; the test's timeouts are 60 s", v)
 	}
 	s.checkSettled(t, base)
+}
+
+// TestFaultClientDisconnectSending: a client that closes its connection
+// while still sending its request (halfway through the headers or the body)
+// is counted as sluice_protocol_errors_total{reason="incomplete"}, never
+// reaches the upstream, and leaves nothing behind; a connection closed
+// before its first byte (a TCP health check) is counted nowhere.
+func TestFaultClientDisconnectSending(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	req := e.chatRequest(chatBody("cut off", false))
+	split := strings.Index(req, "\r\n\r\n") + 4
+	for _, tc := range []struct {
+		name string
+		cut  int
+		want float64
+	}{{"before_first_byte", 0, 0}, {"in_request_line", 10, 1}, {"in_headers", split - 10, 1}, {"in_body", split + 10, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			incomplete := e.counter(t, "sluice_protocol_errors_total", `reason="incomplete"`)
+			malformed := e.counter(t, "sluice_protocol_errors_total", `reason="malformed"`)
+			c := e.dial(t)
+			if _, err := io.WriteString(c, req[:tc.cut]); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			_ = c.Close()
+			e.checkDelta(t, incomplete, tc.want, "sluice_protocol_errors_total", `reason="incomplete"`)
+			e.checkDelta(t, malformed, 0, "sluice_protocol_errors_total", `reason="malformed"`)
+		})
+	}
+	if n := e.fake.Stats().Requests; n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+	e.s.checkSettled(t, base)
 }
