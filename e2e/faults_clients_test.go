@@ -368,6 +368,7 @@ func TestFaultClientBadJSON(t *testing.T) {
 	}
 	cases := []struct{ name, body, param string }{
 		{"malformed", `{"model":"gpt-4o-mini",`, ""},
+		{"truncated_after_key", `{"model":`, ""},
 		{"not_an_object", `["gpt-4o-mini"]`, ""},
 		{"empty", ``, ""},
 		{"trailing_garbage", chatBody("hi", false) + `}`, ""},
