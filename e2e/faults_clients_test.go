@@ -879,6 +879,15 @@ func TestFaultClientIdleConnections10k(t *testing.T) {
 	if worst > time.Second {
 		t.Fatalf("a request took %v with %d idle connections open", worst, n)
 	}
+	// Bounds well above what was measured (14.5 KiB and one goroutine per
+	// connection), so that a second goroutine or a buffer grown per idle
+	// connection fails here.
+	if per := (rss - rss0) / n; per > 48<<10 {
+		t.Fatalf("%.1f KiB of RSS per idle connection, want at most 48", per/1024)
+	}
+	if g := open.goroutines - base.goroutines; g > 1.2*n {
+		t.Fatalf("%v goroutines for %d idle connections, want at most one each", g, n)
+	}
 	for i, c := range conns {
 		_ = c.Close()
 		conns[i] = nil
