@@ -931,3 +931,48 @@ func TestFaultClientDisconnectSending(t *testing.T) {
 	}
 	e.s.checkSettled(t, base)
 }
+
+// TestFaultClientBadHeaderValues: an end-user name (X-Sluice-User, from a
+// trusted key) that is not valid UTF-8 or is over 256 bytes is a 400 naming
+// the header in param, the connection kept; a control byte (NUL, SOH) in a
+// header value is not valid HTTP: 400, closed, reason="malformed". None of
+// them reaches the upstream.
+func TestFaultClientBadHeaderValues(t *testing.T) {
+	e := newFaultEnv(t)
+	base := e.s.resources(t)
+	for _, tc := range []struct{ name, user string }{
+		{"invalid_utf8", "\xff\xfe"},
+		{"too_long", strings.Repeat("u", 257)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := e.dial(t)
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, e.appRequest(tc.user, chatBody("hdr", false))); err != nil {
+				t.Fatal(err)
+			}
+			resp, body := readResponse(t, c, br, 5*time.Second)
+			checkErrorAnswer(t, resp, body, http.StatusBadRequest, "", "X-Sluice-User")
+			if resp.Close {
+				t.Fatal("a bad end-user name closed the connection")
+			}
+		})
+	}
+	for _, tc := range []struct{ name, user string }{{"soh", "a\x01b"}, {"nul", "a\x00b"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.counter(t, "sluice_protocol_errors_total", `reason="malformed"`)
+			c := e.dial(t)
+			br := bufio.NewReader(c)
+			if _, err := io.WriteString(c, e.appRequest(tc.user, chatBody("hdr", false))); err != nil {
+				t.Fatal(err)
+			}
+			resp, body := readResponse(t, c, br, 5*time.Second)
+			checkErrorAnswer(t, resp, body, http.StatusBadRequest, "", "")
+			checkClosed(t, c, br, 2*time.Second)
+			e.checkDelta(t, before, 1, "sluice_protocol_errors_total", `reason="malformed"`)
+		})
+	}
+	if n := e.fake.Stats().Requests; n != 0 {
+		t.Fatalf("the upstream saw %d requests", n)
+	}
+	e.s.checkSettled(t, base)
+}
