@@ -146,6 +146,7 @@ func TestCompressedRequestBodies(t *testing.T) {
 	}
 	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
 	s := startSluice(t, sluiceOptions{BaseURL: fake.URL})
+	base := s.resources(t)
 	post := func(body []byte, enc string) (int, string) {
 		req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+demoKey)
@@ -194,6 +195,8 @@ func TestCompressedRequestBodies(t *testing.T) {
 	if rss1-rss0 > 200<<20 {
 		t.Fatalf("RSS grew by %d MiB for one bomb; want it bounded by the 32 MiB body limit", (rss1-rss0)>>20)
 	}
+	http.DefaultClient.CloseIdleConnections()
+	s.checkSettled(t, base)
 }
 
 // rssOf reads the sluice process's resident memory, bytes.

@@ -290,7 +290,7 @@ func TestChatStream(t *testing.T) {
 // TestClientDisconnect cancels streams mid-way and checks that Sluice stops
 // reading the upstream at once, counts the disconnect and frees the request.
 func TestClientDisconnect(t *testing.T) {
-	check := func(t *testing.T, e *env, cancelled time.Time) {
+	check := func(t *testing.T, e *env, base resources, cancelled time.Time) {
 		t.Helper()
 		if !waitFor(2*time.Second, func() bool { return e.fake.Stats().Aborted >= 1 }) {
 			t.Fatalf("the upstream request was not aborted within 2s of the client leaving (stats %+v)", e.fake.Stats())
@@ -311,10 +311,12 @@ func TestClientDisconnect(t *testing.T) {
 			v, _ := e.s.metric(t, "sluice_requests_in_flight")
 			t.Fatalf("sluice_requests_in_flight = %v after the client left, want 0", v)
 		}
+		e.s.checkSettled(t, base)
 	}
 
 	t.Run("mid_stream", func(t *testing.T) {
 		e := newEnv(t, envOptions{})
+		base := e.s.resources(t)
 		ctx, cancel := context.WithCancel(testContext(t, 20*time.Second))
 		defer cancel()
 		st := e.s.client(demoKey).Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
@@ -326,7 +328,7 @@ func TestClientDisconnect(t *testing.T) {
 		cancel()
 		cancelled := time.Now()
 		_ = st.Close()
-		check(t, e, cancelled)
+		check(t, e, base, cancelled)
 	})
 
 	t.Run("silent_upstream", func(t *testing.T) {
@@ -334,6 +336,7 @@ func TestClientDisconnect(t *testing.T) {
 		// the client can fail, so only Sluice's watch of the socket can
 		// notice that the client left.
 		e := newEnv(t, envOptions{})
+		base := e.s.resources(t)
 		ctx, cancel := context.WithCancel(testContext(t, 20*time.Second))
 		defer cancel()
 		st := e.s.client(demoKey).Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
@@ -352,7 +355,7 @@ func TestClientDisconnect(t *testing.T) {
 			t.Fatalf("cancel took %v to end the client read", cancelled.Sub(start))
 		}
 		_ = st.Close()
-		check(t, e, cancelled)
+		check(t, e, base, cancelled)
 	})
 }
 

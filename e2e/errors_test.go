@@ -38,6 +38,7 @@ func TestClientErrors(t *testing.T) {
 		maxBodyBytes: 4096,
 		routes:       []string{"gpt-*", "text-*"},
 	})})
+	base := e.s.resources(t)
 	client := e.s.client(demoKey)
 	chat := openai.ChatCompletionNewParams{Model: openai.ChatModelGPT4oMini, Messages: userMessages("hi")}
 
@@ -119,6 +120,7 @@ func TestClientErrors(t *testing.T) {
 	if st := e.fake.Stats(); st.Requests != 1 {
 		t.Fatalf("the upstream saw %d requests (%v), want only the last, valid one", st.Requests, st.ByPath)
 	}
+	e.s.checkSettled(t, base)
 }
 
 // TestAlias checks that an alias rewrites the model the upstream sees.

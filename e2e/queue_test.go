@@ -288,6 +288,7 @@ func TestQueueClientsHangUp(t *testing.T) {
 	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
 	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(60, 1, 0, 3, "", ""),
 		Policies: queuePolicy(1000, "300s")})
+	base := s.resources(t)
 	c := s.client(demoKey)
 	chat := func() error {
 		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
@@ -343,6 +344,7 @@ func TestQueueClientsHangUp(t *testing.T) {
 	if n := fake.Stats().Requests - before; n != 1 {
 		t.Fatalf("the provider saw %d requests after the first; want 1 (none for the 100 that hung up)", n)
 	}
+	s.checkSettled(t, base)
 }
 
 // TestQueueUpstream429Storm: the provider answers every call with 429

@@ -36,6 +36,10 @@ type metrics struct {
 	requestBytes [epCount]prometheus.Counter
 	requestWire  [epCount][encCount]prometheus.Counter
 
+	// protocol counts requests fasthttp refused before the handler ran,
+	// by protocolReason.
+	protocol [protoCount]prometheus.Counter
+
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
 	// upstreamThrottled counts 429/503 answers by upstream and status;
@@ -58,6 +62,27 @@ type metrics struct {
 	routed   *prometheus.CounterVec
 	routedMu sync.RWMutex
 	routedBy map[routedKey]prometheus.Counter
+}
+
+// protocolReason is why fasthttp refused a request before the handler ran.
+type protocolReason int
+
+const (
+	protoBodyTooLarge protocolReason = iota
+	protoHeadersTooLarge
+	protoTimeout
+	protoMalformed
+	protoIncomplete
+	protoCount
+)
+
+// protocolLabels are the values of sluice_protocol_errors_total's reason.
+var protocolLabels = [protoCount]string{
+	protoBodyTooLarge:    "body_too_large",
+	protoHeadersTooLarge: "headers_too_large",
+	protoTimeout:         "timeout",
+	protoMalformed:       "malformed",
+	protoIncomplete:      "incomplete",
 }
 
 // routedKey is one child of sluice_routed_requests_total.
@@ -100,6 +125,13 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_client_disconnects_total",
 		Help: "Clients that went away before their answer was complete.",
 	}, []string{"route"})
+	protocol := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_protocol_errors_total",
+		Help: "Requests refused before routing because their HTTP was bad, by reason (body_too_large, headers_too_large, timeout, malformed, incomplete).",
+	}, []string{"reason"})
+	for r := range protoCount {
+		m.protocol[r] = protocol.WithLabelValues(protocolLabels[r])
+	}
 	m.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "sluice_requests_in_flight",
 		Help: "Requests being served right now, open streams included.",
@@ -182,7 +214,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
 		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
-		streamDuration, m.tokens, m.routed)
+		streamDuration, m.tokens, m.routed, protocol)
 	return m
 }
 

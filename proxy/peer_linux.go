@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -18,4 +19,18 @@ func peerClosed(raw syscall.RawConn) bool {
 		closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
 	})
 	return closed
+}
+
+// rawConn is the socket under a client connection (plain, per-IP wrapped
+// or TLS), or nil when there is none to poll.
+func rawConn(c net.Conn) syscall.RawConn {
+	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = nc.NetConn()
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			return raw
+		}
+	}
+	return nil
 }

@@ -2,8 +2,14 @@
 
 package proxy
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
 // peerClosed is not available off Linux: a vanished client is noticed at
 // the next write instead.
 func peerClosed(syscall.RawConn) bool { return false }
+
+// rawConn has nothing to poll off Linux.
+func rawConn(net.Conn) syscall.RawConn { return nil }

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -70,14 +68,7 @@ func (k *keepalive) ping(now time.Time) bool {
 // passed), the client hangs up, or the server drains. With k it sends the
 // client keep-alive comments meanwhile.
 func (s *Server) await(ctx *fasthttp.RequestCtx, d time.Duration, ready <-chan struct{}, k *keepalive) waitEnd {
-	var raw syscall.RawConn
-	if sc, ok := ctx.Conn().(syscall.Conn); ok {
-		raw, _ = sc.SyscallConn()
-	} else if nc, ok := ctx.Conn().(interface{ NetConn() net.Conn }); ok {
-		if sc, ok := nc.NetConn().(syscall.Conn); ok {
-			raw, _ = sc.SyscallConn()
-		}
-	}
+	raw := rawConn(ctx.Conn())
 	var timeout <-chan time.Time
 	if ready == nil {
 		t := time.NewTimer(d)

@@ -513,8 +513,12 @@ func (s *scanner) syntaxError() *scanError {
 }
 
 func (s *scanner) typeError(param, want string) *scanError {
-	got := "an invalid value"
+	got := ""
 	switch s.kind() {
+	case 0:
+		// No JSON value starts here (the body ends, or a stray byte): the
+		// body is malformed, whatever the field.
+		return s.syntaxError()
 	case 's':
 		got = "a string"
 	case 'o':

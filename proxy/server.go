@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -250,6 +251,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
+	if !x.gone && !x.upStart.IsZero() {
+		// A buffered answer: nothing watched the client while the upstream
+		// worked. A client gone meanwhile is counted and recorded as such
+		// (the answer, billed by the provider, is written to nobody).
+		if raw := rawConn(ctx.Conn()); raw != nil && peerClosed(raw) {
+			x.gone = true
+		}
+	}
 	x.tr.answer(x.ep, x.status, ctx.Response.Body())
 	s.compressAnswer(ctx, &x)
 	end := time.Now()
@@ -878,13 +887,22 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 	var te interface{ Timeout() bool }
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.m.protocol[protoBodyTooLarge].Inc()
 		writeError(ctx, errBodyTooLarge, "", fmt.Sprintf("The request body is larger than the limit of %d bytes.", s.cfg.Server.MaxBodyBytes))
 	case errors.Is(err, fasthttp.ErrSmallReadBuffer) || errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		s.m.protocol[protoHeadersTooLarge].Inc()
 		writeError(ctx, errHeaderTooLarge, "", fmt.Sprintf("The request headers are larger than the limit of %d bytes.", s.cfg.Server.MaxHeaderBytes))
 	case errors.As(err, &te) && te.Timeout():
+		s.m.protocol[protoTimeout].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request was not received in time.")
 		ctx.SetStatusCode(fasthttp.StatusRequestTimeout)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		// The client closed the connection halfway through its request;
+		// the answer goes nowhere.
+		s.m.protocol[protoIncomplete].Inc()
+		writeError(ctx, errInvalidRequest, "", "The request ended before it was complete.")
 	default:
+		s.m.protocol[protoMalformed].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request is not valid HTTP.")
 	}
 }

@@ -1,0 +1,191 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"sluice/config"
+	"sluice/policy"
+)
+
+// TestProtocolErrors sends requests fasthttp refuses before the handler
+// runs and checks each gets an OpenAI-shaped error, a closed connection and
+// one count in sluice_protocol_errors_total under its reason.
+func TestProtocolErrors(t *testing.T) {
+	cfg, err := config.Parse("t.yaml", []byte(`server:
+  max_body_bytes: 64
+  max_header_bytes: 1024
+  read_timeout: 300ms
+upstreams:
+  - name: mem
+    base_url: http://upstream/v1
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("p.yaml", []byte("tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := fasthttputil.NewInmemoryListener()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	defer ln.Close()
+
+	f := func(reason string, status int, code, raw string) {
+		t.Helper()
+		before := testutil.ToFloat64(s.m.protocol[reasonIndex(t, reason)])
+		c, err := ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(raw)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		var resp fasthttp.Response
+		if err := resp.Read(bufio.NewReader(c)); err != nil {
+			t.Fatalf("%s: no answer: %v", reason, err)
+		}
+		if resp.StatusCode() != status || !resp.ConnectionClose() {
+			t.Fatalf("%s: status %d, connection close %t; want %d and close", reason, resp.StatusCode(), resp.ConnectionClose(), status)
+		}
+		var body struct {
+			Error struct {
+				Message string  `json:"message"`
+				Type    string  `json:"type"`
+				Code    *string `json:"code"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(resp.Body(), &body); err != nil || body.Error.Message == "" || body.Error.Type != "invalid_request_error" {
+			t.Fatalf("%s: body %s is not an OpenAI error (%v)", reason, resp.Body(), err)
+		}
+		if (code == "") != (body.Error.Code == nil) || (code != "" && *body.Error.Code != code) {
+			t.Fatalf("%s: code %v, want %q", reason, body.Error.Code, code)
+		}
+		if got := testutil.ToFloat64(s.m.protocol[reasonIndex(t, reason)]); got != before+1 {
+			t.Fatalf("%s: counted %v, want %v", reason, got, before+1)
+		}
+	}
+	f("body_too_large", 413, "request_too_large",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 65\r\n\r\n"+strings.Repeat("a", 65))
+	f("headers_too_large", 431, "headers_too_large",
+		"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 2048)+"\r\n\r\n")
+	f("timeout", 408, "", "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+	f("malformed", 400, "", "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+
+	// A client that closes halfway through its headers or its body: no
+	// answer can reach it, the request counts as incomplete.
+	for _, raw := range []string{"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Le",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{\"a\""} {
+		before := testutil.ToFloat64(s.m.protocol[protoIncomplete])
+		c, err := ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Write([]byte(raw))
+		_ = c.Close()
+		deadline := time.Now().Add(2 * time.Second)
+		for testutil.ToFloat64(s.m.protocol[protoIncomplete]) == before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := testutil.ToFloat64(s.m.protocol[protoIncomplete]); got != before+1 {
+			t.Fatalf("%q then close: incomplete counted %v, want %v", raw, got, before+1)
+		}
+	}
+}
+
+func reasonIndex(t *testing.T, reason string) protocolReason {
+	t.Helper()
+	for i, l := range protocolLabels {
+		if l == reason {
+			return protocolReason(i)
+		}
+	}
+	t.Fatalf("no reason %q", reason)
+	return 0
+}
+
+// TestBufferedAnswerClientGone: a client that hangs up while the upstream
+// prepares a buffered (non-stream) answer is counted in
+// sluice_client_disconnects_total once the answer arrives; a client that
+// waits is not.
+func TestBufferedAnswerClientGone(t *testing.T) {
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		time.Sleep(400 * time.Millisecond)
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"id":"x","object":"chat.completion","choices":[]}`)
+	}}
+	go up.Serve(upLn) //nolint:errcheck // ends when the listener closes
+	defer upLn.Close()
+	cfg, err := config.Parse("t.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("p.yaml", []byte("tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	defer ln.Close()
+	body := `{"model":"m","messages":[{"role":"user","content":"hi"}]}`
+	send := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return c
+	}
+	gone := func() float64 { return testutil.ToFloat64(s.m.disconnects[epChat]) }
+	inFlight := func() float64 { return testutil.ToFloat64(s.m.inFlight) }
+
+	c := send()
+	var resp fasthttp.Response
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := resp.Read(bufio.NewReader(c)); err != nil || resp.StatusCode() != 200 {
+		t.Fatalf("waiting client: %v %d", err, resp.StatusCode())
+	}
+	_ = c.Close()
+	if gone() != 0 {
+		t.Fatalf("a client that got its answer was counted as gone")
+	}
+	c = send()
+	time.Sleep(100 * time.Millisecond)
+	_ = c.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for (gone() != 1 || inFlight() != 0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if gone() != 1 || inFlight() != 0 {
+		t.Fatalf("disconnects %v, in flight %v; want 1 and 0", gone(), inFlight())
+	}
+}
