@@ -25,9 +25,9 @@ import (
 	"sluice/fakeai"
 )
 
-// faultEnv is a fake upstream and a sluice in front of it that writes its
+// depEnv (dependency faults) is a fake upstream and a sluice in front of it that writes its
 // transcripts as JSONL into dir, with the resources it held once warm.
-type faultEnv struct {
+type depEnv struct {
 	fake *fakeUpstream
 	s    *sluiceProc
 	dir  string
@@ -40,10 +40,10 @@ func transcriptsYAML(dir string) string {
 	return "transcripts:\n  flush_interval: 50ms\n  jsonl:\n    dir: " + dir + "\n"
 }
 
-// newFaultEnv starts the fake and sluice (config: makeConfig(co) plus the
+// newDepEnv starts the fake and sluice (config: makeConfig(co) plus the
 // transcripts section, or cfg when not ""), sends one good request so that
 // the pools are warm, and takes the resource baseline.
-func newFaultEnv(t *testing.T, co configOptions, cfg, policies string) *faultEnv {
+func newDepEnv(t *testing.T, co configOptions, cfg, policies string) *depEnv {
 	t.Helper()
 	f := startFake(t, fakeai.Config{})
 	dir := t.TempDir()
@@ -54,7 +54,7 @@ func newFaultEnv(t *testing.T, co configOptions, cfg, policies string) *faultEnv
 	if policies == "" {
 		policies = trustedPolicies()
 	}
-	e := &faultEnv{fake: f, dir: dir}
+	e := &depEnv{fake: f, dir: dir}
 	e.s = startSluice(t, sluiceOptions{Config: cfg, Policies: policies, BaseURL: f.URL})
 	if _, err := e.chat(t, "warm up"); err != nil {
 		t.Fatalf("warm-up request: %v", err)
@@ -71,12 +71,12 @@ func chatParams(prompt string) openai.ChatCompletionNewParams {
 // client is an SDK client for the demo key whose requests ask Sluice to
 // close their connection after the answer: a connection the test process
 // keeps open is not one Sluice leaked.
-func (e *faultEnv) client() *openai.Client {
+func (e *depEnv) client() *openai.Client {
 	return e.s.client(demoKey, option.WithHeader("Connection", "close"))
 }
 
 // chat sends one non-stream chat through sluice.
-func (e *faultEnv) chat(t *testing.T, prompt string, opts ...option.RequestOption) (*openai.ChatCompletion, error) {
+func (e *depEnv) chat(t *testing.T, prompt string, opts ...option.RequestOption) (*openai.ChatCompletion, error) {
 	t.Helper()
 	e.sent++
 	c, err := e.client().Chat.Completions.New(testContext(t, 20*time.Second), chatParams(prompt), opts...)
@@ -98,7 +98,7 @@ func release(err error) error {
 }
 
 // stream sends one stream chat through sluice and drains it.
-func (e *faultEnv) stream(t *testing.T, prompt string, opts ...option.RequestOption) streamResult {
+func (e *depEnv) stream(t *testing.T, prompt string, opts ...option.RequestOption) streamResult {
 	t.Helper()
 	e.sent++
 	r := readChatStream(time.Now(), e.client().Chat.Completions.NewStreaming(
@@ -109,7 +109,7 @@ func (e *faultEnv) stream(t *testing.T, prompt string, opts ...option.RequestOpt
 
 // records waits until the transcripts hold one record per request sent
 // (never more) and returns them by their request text.
-func (e *faultEnv) records(t *testing.T) map[string]map[string]any {
+func (e *depEnv) records(t *testing.T) map[string]map[string]any {
 	t.Helper()
 	var recs []map[string]any
 	if !waitFor(5*time.Second, func() bool { recs = jsonlRecords(t, e.dir); return len(recs) >= e.sent }) || len(recs) != e.sent {
@@ -124,7 +124,7 @@ func (e *faultEnv) records(t *testing.T) map[string]map[string]any {
 }
 
 // record returns the transcript record of the request whose prompt was p.
-func (e *faultEnv) record(t *testing.T, recs map[string]map[string]any, p string) map[string]any {
+func (e *depEnv) record(t *testing.T, recs map[string]map[string]any, p string) map[string]any {
 	t.Helper()
 	for req, r := range recs {
 		if strings.Contains(req, `"`+p+`"`) {
@@ -145,7 +145,7 @@ func wantRecord(t *testing.T, r map[string]any, status int, errType string) {
 
 // settle closes the test's idle client connections and checks that sluice
 // is back to its baseline with no panic in its output.
-func (e *faultEnv) settle(t *testing.T) {
+func (e *depEnv) settle(t *testing.T) {
 	t.Helper()
 	http.DefaultClient.CloseIdleConnections()
 	start, now := time.Now(), e.s.resources(t)
@@ -167,7 +167,7 @@ func metricValue(t *testing.T, s *sluiceProc, name string, labels ...string) flo
 // a retry-after; the provider sees at most two calls per request.
 func TestFaultUpstream429Storm(t *testing.T) {
 	cfg := queueConfig(600, 10, 0, 20, "", "")
-	e := newFaultEnv(t, configOptions{}, cfg, queuePolicy(1000, "2s"))
+	e := newDepEnv(t, configOptions{}, cfg, queuePolicy(1000, "2s"))
 	e.fake.SetFault(429)
 	before := e.fake.Stats().Requests
 	const n = 6
@@ -252,7 +252,7 @@ routes:
     upstream: primary
     fallbacks: [backup]
 `, backup.URL)
-	e := newFaultEnv(t, configOptions{}, cfg, "")
+	e := newDepEnv(t, configOptions{}, cfg, "")
 
 	t.Run("failover", func(t *testing.T) {
 		for _, status := range []int{500, 502, 503} {
@@ -321,7 +321,7 @@ routes:
 // a byte gets a 504 upstream_timeout after first_byte, stream or not, and
 // its call is released.
 func TestFaultUpstreamHang(t *testing.T) {
-	e := newFaultEnv(t, configOptions{firstByte: "500ms", idle: "500ms"}, "", "")
+	e := newDepEnv(t, configOptions{firstByte: "500ms", idle: "500ms"}, "", "")
 	hang := option.WithHeader(fakeai.HeaderHang, "1")
 	start := time.Now()
 	_, err := e.chat(t, "hang", hang)
@@ -353,7 +353,7 @@ func TestFaultUpstreamHang(t *testing.T) {
 // stream that ends with an error.
 func TestFaultUpstreamTrickle(t *testing.T) {
 	cfg := strings.Replace(makeConfig(configOptions{firstByte: "1s", idle: "300ms"}), "total: 5m", "total: 3s", 1)
-	e := newFaultEnv(t, configOptions{}, cfg, "")
+	e := newDepEnv(t, configOptions{}, cfg, "")
 
 	t.Run("slow_within_timeouts", func(t *testing.T) {
 		start := time.Now()
@@ -412,7 +412,7 @@ func TestFaultUpstreamTrickle(t *testing.T) {
 // The client gets the events sent before the cut, then an error (no [DONE],
 // no clean end); the transcript keeps the partial text.
 func TestFaultUpstreamStreamCut(t *testing.T) {
-	e := newFaultEnv(t, configOptions{}, "", "")
+	e := newDepEnv(t, configOptions{}, "", "")
 	before := metricValue(t, e.s, "sluice_upstream_errors_total", `reason="unreachable"`)
 	r := e.stream(t, "cut me please now", option.WithHeader(fakeai.HeaderCutAfter, "3"), option.WithHeader(fakeai.HeaderChunks, "5"))
 	if r.chunks != 3 || r.err == nil || r.finish != "" {
@@ -441,7 +441,7 @@ func TestFaultUpstreamStreamCut(t *testing.T) {
 // byte for byte (Sluice is no validator of the provider's events), the
 // events around it are counted and kept, and nothing in Sluice panics.
 func TestFaultUpstreamMalformedSSE(t *testing.T) {
-	e := newFaultEnv(t, configOptions{}, "", "")
+	e := newDepEnv(t, configOptions{}, "", "")
 	for _, kind := range []string{"json", "nodata", "garbage"} {
 		t.Run(kind, func(t *testing.T) {
 			prompt := "malformed " + kind
@@ -493,7 +493,7 @@ func TestFaultUpstreamMalformedSSE(t *testing.T) {
 // its status, content type and bytes unchanged; Sluice neither crashes nor
 // invents usage from it.
 func TestFaultUpstreamNonJSON(t *testing.T) {
-	e := newFaultEnv(t, configOptions{}, "", "")
+	e := newDepEnv(t, configOptions{}, "", "")
 	cases := []struct {
 		name, kind, status string
 		code               int
@@ -578,7 +578,7 @@ func TestFaultUpstreamUnreachable(t *testing.T) {
 			s := startSluice(t, sluiceOptions{BaseURL: baseURL, Config: makeConfig(configOptions{}) + transcriptsYAML(dir),
 				Policies: trustedPolicies()})
 			base := s.resources(t)
-			e := &faultEnv{s: s, dir: dir, base: base}
+			e := &depEnv{s: s, dir: dir, base: base}
 			start := time.Now()
 			_, err := e.chat(t, "anyone "+name)
 			checkSluiceError(t, err, 502, "server_error", "upstream_unreachable", "")
@@ -618,7 +618,7 @@ func TestFaultRedisKilledUnderLoad(t *testing.T) {
 			pol := "on_store_error: " + mode + "\n" + fmt.Sprintf(limitsPolicy, 100000, 100000, 100_000_000, 100_000_000)
 			cfg := limitsConfig(r.addr, "fault-"+nonce()+":")
 			cfg = strings.Replace(cfg, "timeout: 2s", "timeout: 200ms", 1)
-			e := newFaultEnv(t, configOptions{}, cfg, pol)
+			e := newDepEnv(t, configOptions{}, cfg, pol)
 
 			// Phases: 0 Redis up, 1 killed, 2 restarted.
 			var phase atomic.Int32
