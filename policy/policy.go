@@ -295,7 +295,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		p.OnStoreError = StoreErrorLocal
 	case StoreErrorAllow, StoreErrorDeny, StoreErrorLocal:
 	default:
-		add("on_store_error", "must be allow, deny or local, not %q", p.OnStoreError)
+		add("on_store_error", "must be allow, deny or local, not %s", yamlfile.ShowValue(p.OnStoreError))
 	}
 	if p.Replicas == 0 {
 		p.Replicas = 1
@@ -337,7 +337,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		path := "users." + name + "."
 		if u.Tier != "" {
 			if _, ok := p.Tiers[u.Tier]; !ok {
-				add(path+"tier", "unknown tier %q", u.Tier)
+				add(path+"tier", "unknown tier %s", yamlfile.ShowValue(u.Tier))
 			}
 		}
 		u.Limits.validate(path, add)
@@ -362,13 +362,13 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		if ks.Tier == "" {
 			add(path+".tier", "is required")
 		} else if _, ok := p.Tiers[ks.Tier]; !ok {
-			add(path+".tier", "unknown tier %q", ks.Tier)
+			add(path+".tier", "unknown tier %s", yamlfile.ShowValue(ks.Tier))
 		}
 		if ks.UserTier != "" {
 			if !ks.Trusted {
 				add(path+".user_tier", "only a trusted key names end users")
 			} else if _, ok := p.Tiers[ks.UserTier]; !ok {
-				add(path+".user_tier", "unknown tier %q", ks.UserTier)
+				add(path+".user_tier", "unknown tier %s", yamlfile.ShowValue(ks.UserTier))
 			}
 		}
 		ks.Limits.validate(path+".limits.", add)
