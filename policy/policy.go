@@ -135,6 +135,11 @@ type Policy struct {
 	Tiers map[string]*Tier
 	// Skipped lists the IDs of keys whose key_env variable was unset.
 	Skipped []string
+	// PlaintextKeys lists the IDs of keys whose key_env does not look like
+	// an environment variable's name but like a key: the file holds a
+	// plaintext key (see CheckFile). They are skipped too, unless a
+	// variable of that name is set.
+	PlaintextKeys []string
 	// OnStoreError is "allow", "deny" or "local" (see File).
 	OnStoreError string
 	// Replicas divides limits in "local" store-error mode.
@@ -388,6 +393,9 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			}
 			copy(sum[:], b)
 		case ks.KeyEnv != "":
+			if !envName.MatchString(ks.KeyEnv) {
+				p.PlaintextKeys = append(p.PlaintextKeys, ks.ID)
+			}
 			v, _ := lookupEnv(ks.KeyEnv)
 			if v == "" {
 				p.Skipped = append(p.Skipped, ks.ID)
