@@ -820,6 +820,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
+	up.scrubError(resp)
 	return resp, nil
 }
 

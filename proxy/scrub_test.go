@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/valyala/fasthttp"
+
+	"sluice/config"
+)
+
+const scrubKey = "sk-upstream-scrub-0123456789abcdef"
+
+func TestScrubUpstreamKeyFromErrors(t *testing.T) {
+	up := testUpstream(t, config.Upstream{Name: "u", BaseURL: "http://127.0.0.1:1/v1", APIKey: scrubKey,
+		Keys: []config.UpstreamKey{{ID: "b", APIKey: "sk-pool-second-key-xyz"}, {ID: "c", APIKey: "short"}}})
+	echo := `{"error":{"message":"Incorrect API key provided: ` + scrubKey + `. Also sk-pool-second-key-xyz.","code":"invalid_api_key"}}`
+	f := func(status int, enc string, streamed bool, body, want string) {
+		t.Helper()
+		resp := fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseResponse(resp)
+		resp.SetStatusCode(status)
+		raw := []byte(body)
+		switch enc {
+		case "gzip":
+			raw = fasthttp.AppendGzipBytes(nil, raw)
+		case "zstd":
+			raw = fasthttp.AppendZstdBytes(nil, raw)
+		}
+		if enc != "" {
+			resp.Header.Set("Content-Encoding", enc)
+		}
+		if streamed {
+			resp.SetBodyStream(bytes.NewReader(raw), len(raw))
+		} else {
+			resp.SetBody(raw)
+		}
+		up.scrubError(resp)
+		got := resp.Body()
+		if streamed && resp.BodyStream() != nil {
+			t.Fatalf("status %d: a streamed error answer was not read", status)
+		}
+		switch string(resp.Header.ContentEncoding()) {
+		case "gzip":
+			got, _ = fasthttp.AppendGunzipBytes(nil, got)
+		case "zstd":
+			got, _ = fasthttp.AppendUnzstdBytes(nil, got)
+		}
+		if string(got) != want {
+			t.Fatalf("status %d %s streamed=%v:\ngot  %s\nwant %s", status, enc, streamed, got, want)
+		}
+	}
+	scrubbed := strings.NewReplacer(scrubKey, "[REDACTED:upstream_key]", "sk-pool-second-key-xyz", "[REDACTED:upstream_key]").Replace(echo)
+	for _, streamed := range []bool{false, true} {
+		f(401, "", streamed, echo, scrubbed)
+		f(500, "gzip", streamed, echo, scrubbed)
+		f(400, "zstd", streamed, echo, scrubbed)
+		// Errors without a key, and successes, stay byte for byte.
+		f(429, "", streamed, `{"error":{"message":"slow down short"}}`, `{"error":{"message":"slow down short"}}`)
+		f(429, "gzip", streamed, `{"error":{"message":"slow down"}}`, `{"error":{"message":"slow down"}}`)
+		f(503, "zstd", streamed, `{"error":{"message":"busy"}}`, `{"error":{"message":"busy"}}`)
+		if !streamed {
+			f(200, "", streamed, echo, echo)
+		}
+	}
+	// Keys under 8 bytes are not scrubbed (they would mangle text).
+	if len(up.secrets) != 2 {
+		t.Fatalf("secrets %q; want the two long keys", up.secrets)
+	}
+}
