@@ -275,13 +275,26 @@ keys:
 // and suffix, and base64: Sluice's output, the transcript and spool files,
 // /metrics, every answer's headers and body. The fake upstream may see the
 // upstream key only. The upstream echoes its key in full in some error
-// answers; the client must get it scrubbed.
+// answers; the client must get it scrubbed. It runs with both log formats.
 func TestFaultSecretsNoLeak(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		t.Run(format, func(t *testing.T) { testNoLeak(t, format) })
+	}
+}
+
+func testNoLeak(t *testing.T, format string) {
+	// field is how a log line of the format shows key=value.
+	field := func(k, v string) string {
+		if format == "json" {
+			return `"` + k + `":"` + v + `"`
+		}
+		return k + "=" + v
+	}
 	fake := startSecretsFake(t)
 	trDir, spoolDir := t.TempDir(), t.TempDir()
 	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: secretsConfig("1s", trDir, spoolDir),
 		Policies: secretsPolicies("e2e"),
-		Env: map[string]string{"SLUICE_ADMIN_TOKEN": secretsToken, "SLUICE_LOG_LEVEL": "debug",
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": secretsToken, "SLUICE_LOG_LEVEL": "debug", "SLUICE_LOG_FORMAT": format,
 			"SLUICE_TRANSCRIPTS_DIR": trDir, "SLUICE_SPOOL_DIR": spoolDir}})
 	base := s.resources(t)
 	rec := newRecorder(t)
@@ -433,7 +446,7 @@ func TestFaultSecretsNoLeak(t *testing.T) {
 	st, _, b = rec.do("POST", s.AdminURL+"/admin/reload", bearer(secretsToken), "")
 	expect("reload back", st, 200, b)
 	s.signal(t, syscall.SIGHUP)
-	if s.waitLogLine(5*time.Second, "policy unchanged", "level=DEBUG") == "" {
+	if s.waitLogLine(5*time.Second, "policy unchanged", field("level", "DEBUG")) == "" {
 		t.Fatalf("no debug line for the unchanged reload: is the level debug?\n%s", s.Output())
 	}
 	st, _, b = rec.do("POST", api+"/chat/completions", demo, chat)
@@ -471,7 +484,7 @@ func TestFaultSecretsNoLeak(t *testing.T) {
 		t.Fatal("/metrics without sluice_requests_total")
 	}
 	out := s.Output()
-	if !strings.Contains(out, `msg=request`) || !strings.Contains(out, "key_id=tight") {
+	if s.waitLogLine(0, field("msg", "request"), field("key_id", "tight")) == "" {
 		t.Fatalf("no access log lines in the output:\n%s", out)
 	}
 
