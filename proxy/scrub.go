@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"io"
+	"regexp"
+	"strings"
 
 	"github.com/valyala/fasthttp"
 )
@@ -90,4 +92,38 @@ func (u *upstream) scrubError(resp *fasthttp.Response) {
 		resp.Header.Del("Content-Encoding")
 	}
 	resp.SetBody(plain)
+}
+
+// fasthttp's own messages (logged at debug level) quote the raw bytes of a
+// request it could not parse ("…, buffer size=129, contents: \"POST …
+// Authorization: Bearer sk-…\""), and a malformed header line whole. Before
+// such a message reaches the log the quoted request is dropped and any
+// credential left is masked.
+
+// authHeader matches an Authorization header's whole value (up to a quote,
+// a backslash of an escaped line end, or the line end); credential a bearer
+// token or an api-key value up to the next space, quote, backslash or comma.
+var (
+	authHeader = regexp.MustCompile(`(?i)(authorization:\s*)[^"\\\r\n]+`)
+	credential = regexp.MustCompile(`(?i)(bearer\s+|api-key:\s*)[^\s"\\,]+`)
+)
+
+// quoted matches a %q-quoted string in a message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// scrubLogMessage returns msg without the request bytes fasthttp quotes
+// (the buffer's contents, a request line with its query string, several
+// lines) and with credentials masked.
+func scrubLogMessage(msg string) string {
+	if i := strings.Index(msg, "contents: "); i >= 0 {
+		msg = msg[:i] + "contents: [not logged: may hold credentials]"
+	}
+	msg = quoted.ReplaceAllStringFunc(msg, func(q string) string {
+		if strings.Contains(q, `\r`) || strings.Contains(q, `\n`) || strings.Contains(q, " HTTP/") || strings.Contains(q, "?") {
+			return `"[request bytes not logged]"`
+		}
+		return q
+	})
+	msg = authHeader.ReplaceAllString(msg, "${1}[REDACTED]")
+	return credential.ReplaceAllString(msg, "${1}[REDACTED]")
 }

@@ -69,3 +69,22 @@ func TestScrubUpstreamKeyFromErrors(t *testing.T) {
 		t.Fatalf("secrets %q; want the two long keys", up.secrets)
 	}
 }
+
+func TestScrubLogMessage(t *testing.T) {
+	f := func(in, want string) {
+		t.Helper()
+		if got := scrubLogMessage(in); got != want {
+			t.Fatalf("scrubLogMessage(%q)\ngot  %q\nwant %q", in, got, want)
+		}
+	}
+	f(`error when reading request headers: malformed mime header: missing colon: "not a header line": buffer size=129, contents: "POST /v1/chat/completions HTTP/1.1\r\nAuthorization: Bearer sk-abc\r\n\r\n"`,
+		`error when reading request headers: malformed mime header: missing colon: "not a header line": buffer size=129, contents: [not logged: may hold credentials]`)
+	f(`malformed mime header: missing colon: "Authorization Bearer sk-abc-123"`, `malformed mime header: missing colon: "Authorization Bearer [REDACTED]"`)
+	f(`missing colon: "api-key:sk-abc"`, `missing colon: "api-key:[REDACTED]"`)
+	f(`bad line "Authorization: Basic dXNlcjpwYXNz\r\n"`, `bad line "[request bytes not logged]"`)
+	f(`"Authorization: Bearer sk-x"`, `"Authorization: [REDACTED]"`)
+	f(`error when serving connection "127.0.0.1:1"<->"127.0.0.1:2": error when reading request headers: unsupported http version "HTTP/9" in "POST /v1/x?k=sk-abc HTTP/9\r\nHost: x\r\n\r\n": buffer size=9, contents: "POST /v1/x?k=sk-abc"`,
+		`error when serving connection "127.0.0.1:1"<->"127.0.0.1:2": error when reading request headers: unsupported http version "HTTP/9" in "[request bytes not logged]": buffer size=9, contents: [not logged: may hold credentials]`)
+	f(`cannot parse "GET /v1/x?key=sk-abc"`, `cannot parse "[request bytes not logged]"`)
+	f("error when serving connection: read tcp: i/o timeout", "error when serving connection: read tcp: i/o timeout")
+}

@@ -896,5 +896,5 @@ func (s *Server) setRequestID(ctx *fasthttp.RequestCtx) {
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	f.l.Debug(scrubLogMessage(fmt.Sprintf(format, args...)), "component", "fasthttp")
 }
