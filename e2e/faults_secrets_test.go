@@ -168,6 +168,25 @@ func (r *recorder) do(method, url string, hdr map[string]string, body string) (i
 	return resp.StatusCode, resp.Header, string(b)
 }
 
+// raw writes bytes to the server at addr ("127.0.0.1:PORT") on a new
+// connection and keeps what comes back (until the server closes or 2 s
+// pass): for requests an HTTP client refuses to send.
+func (r *recorder) raw(addr, req string) string {
+	r.t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_, _ = io.WriteString(c, req)
+	out, _ := io.ReadAll(c)
+	r.mu.Lock()
+	fmt.Fprintf(&r.all, "raw %s\n%s\n\n", addr, out)
+	r.mu.Unlock()
+	return string(out)
+}
+
 func (r *recorder) String() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -363,6 +382,21 @@ func testNoLeak(t *testing.T, format string) {
 		st, _, b = rec.do("POST", api+"/chat/completions", h, chat)
 		expect("a wrong key", st, 401, b)
 	}
+	// Requests fasthttp itself refuses, each carrying a key: headers over
+	// the limit, a malformed header line, a bad Content-Length, a bad
+	// request line. Their parse errors must not quote the key anywhere.
+	host := strings.TrimPrefix(s.URL, "http://")
+	for _, req := range []string{
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\nnot a header line\r\n\r\n",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\nContent-Length: -5\r\n\r\n",
+		"POST /v1/chat/completions?k=" + demoKey + " HTTP/9\r\nHost: x\r\nAuthorization: Bearer " + demoKey + "\r\n\r\n",
+		"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + wrongKey + "\r\nContent-Length: 10\r\n\r\n{\"model\":",
+	} {
+		if out := rec.raw(host, req); !strings.HasPrefix(out, "HTTP/1.1 4") && out != "" {
+			t.Fatalf("a malformed request was answered %q", out[:min(len(out), 40)])
+		}
+	}
 	// Sluice's own errors.
 	st, _, b = rec.do("POST", api+"/chat/completions", demo, `{"model":`)
 	expect("malformed JSON", st, 400, b)
@@ -488,6 +522,9 @@ func testNoLeak(t *testing.T, format string) {
 		t.Fatalf("no access log lines in the output:\n%s", out)
 	}
 
+	if !strings.Contains(out, "not logged: may hold credentials") {
+		t.Fatalf("no fasthttp debug line about the malformed requests: was their path exercised?\n%s", out)
+	}
 	all := []string{demoKey, appKey, tightKey, wrongKey, secretsToken, upstreamKey}
 	noSecret(t, "sluice's output", out, all...)
 	noSecret(t, "the transcript files", trText, all...)
@@ -645,6 +682,24 @@ keys:
 	h, _ := ask(globexAppKey, secret)
 	if h.Get("X-Sluice-Cache") != "miss" || fake.Stats().ByPath["/v1/chat/completions"] != calls+1 {
 		t.Fatalf("globex got acme's answer: x-sluice-cache %q", h.Get("X-Sluice-Cache"))
+	}
+	// Identical requests in flight at once from the two teams are not
+	// coalesced: each team's is answered by the provider.
+	calls = fake.Stats().ByPath["/v1/chat/completions"]
+	var wg sync.WaitGroup
+	heads := make([]string, 2)
+	for i, key := range []string{acmeAppKey, globexAppKey} {
+		wg.Go(func() {
+			_, h, _ := rec.do("POST", s.URL+"/v1/chat/completions", map[string]string{"Authorization": "Bearer " + key,
+				"X-Sluice-User": "bob", "X-Fake-Latency": "300ms"},
+				`{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"together `+n+`"}]}`)
+			heads[i] = h.Get("X-Sluice-Cache")
+		})
+	}
+	wg.Wait()
+	if heads[0] != "miss" || heads[1] != "miss" || fake.Stats().ByPath["/v1/chat/completions"] != calls+2 {
+		t.Fatalf("concurrent identical requests of two teams: x-sluice-cache %q, upstream calls %d; want two misses, two calls",
+			heads, fake.Stats().ByPath["/v1/chat/completions"]-calls)
 	}
 	// Each alice has her own budget (10, refilled by one every 30 s):
 	// globex's first request leaves 9.
