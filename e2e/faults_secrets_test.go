@@ -545,6 +545,14 @@ func testNoLeak(t *testing.T, format string) {
 	noSecret(t, "what reached the upstream", view, demoKey, appKey, tightKey, wrongKey, secretsToken)
 
 	s.checkSettled(t, base)
+	// And what shutting down writes.
+	s.signal(t, syscall.SIGTERM)
+	if err := s.waitExit(t, 20*time.Second); err != nil {
+		t.Fatalf("sluice exited with %v", err)
+	}
+	noSecret(t, "sluice's output at shutdown", s.Output(), all...)
+	trText, _ = treeText(t, trDir)
+	noSecret(t, "the transcript files after shutdown", trText, all...)
 }
 
 // TestFaultSecretsPolicyWarnings: a world-writable policies.yaml and a
@@ -682,6 +690,15 @@ keys:
 	h, _ := ask(globexAppKey, secret)
 	if h.Get("X-Sluice-Cache") != "miss" || fake.Stats().ByPath["/v1/chat/completions"] != calls+1 {
 		t.Fatalf("globex got acme's answer: x-sluice-cache %q", h.Get("X-Sluice-Cache"))
+	}
+	// A key cannot name the other team's namespace.
+	for _, ns := range []string{"globex", "team:globex", "shared:globex"} {
+		st, _, b := rec.do("POST", s.URL+"/v1/chat/completions", map[string]string{"Authorization": "Bearer " + acmeAppKey,
+			"X-Sluice-User": "carol", "X-Sluice-Cache-Namespace": ns},
+			`{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"`+secret+`"}]}`)
+		if st != 403 || !strings.Contains(b, "cache_namespace_forbidden") {
+			t.Fatalf("acme naming namespace %q: %d %s", ns, st, b)
+		}
 	}
 	// Identical requests in flight at once from the two teams are not
 	// coalesced: each team's is answered by the provider.
