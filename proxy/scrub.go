@@ -48,6 +48,24 @@ func (u *upstream) scrubError(resp *fasthttp.Response) {
 	if len(u.secrets) == 0 || resp.StatusCode() < 400 {
 		return
 	}
+	// Headers too: a proxy in front of a provider may echo the credential
+	// in one (copyResponseHeaders relays every end-to-end header).
+	var echoed [][]byte
+	for k, v := range resp.Header.All() {
+		for _, key := range u.secrets {
+			if bytes.Contains(v, key) {
+				echoed = append(echoed, bytes.Clone(k))
+				break
+			}
+		}
+	}
+	for _, k := range echoed {
+		v := resp.Header.PeekBytes(k)
+		for _, key := range u.secrets {
+			v = bytes.ReplaceAll(v, key, scrubbedKey)
+		}
+		resp.Header.SetBytesKV(k, v)
+	}
 	if bs := resp.BodyStream(); bs != nil {
 		// SetBody closes the stream; fasthttp discards a connection whose
 		// body was not read to its end (an error, or a body over the bound).

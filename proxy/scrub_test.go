@@ -2,6 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"slices"
 	"strings"
 	"testing"
 
@@ -36,7 +41,11 @@ func TestScrubUpstreamKeyFromErrors(t *testing.T) {
 		} else {
 			resp.SetBody(raw)
 		}
+		resp.Header.Set("X-Echo", "key="+scrubKey)
 		up.scrubError(resp)
+		if h := string(resp.Header.Peek("X-Echo")); (status >= 400) != (h == "key=[REDACTED:upstream_key]") {
+			t.Fatalf("status %d: header X-Echo %q", status, h)
+		}
 		got := resp.Body()
 		if streamed && resp.BodyStream() != nil {
 			t.Fatalf("status %d: a streamed error answer was not read", status)
@@ -87,4 +96,79 @@ func TestScrubLogMessage(t *testing.T) {
 		`error when serving connection "127.0.0.1:1"<->"127.0.0.1:2": error when reading request headers: unsupported http version "HTTP/9" in "[request bytes not logged]": buffer size=9, contents: [not logged: may hold credentials]`)
 	f(`cannot parse "GET /v1/x?key=sk-abc"`, `cannot parse "[request bytes not logged]"`)
 	f("error when serving connection: read tcp: i/o timeout", "error when serving connection: read tcp: i/o timeout")
+}
+
+// TestAdminTokenCodePath reads the code of the admin token check: tokenOK
+// hashes the presented token and compares digests with
+// subtle.ConstantTimeCompare, nothing in the package compares the token
+// any other way, and both admin entry points (the /admin/ API guard and
+// /admin/transcripts) go through it.
+func TestAdminTokenCodePath(t *testing.T) {
+	fset := token.NewFileSet()
+	pkgs, err := parser.ParseDir(fset, ".", func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string][]string{} // function -> the calls in it, as "pkg.Name" or "Name"
+	var tokenUses []string
+	for _, pkg := range pkgs {
+		for _, f := range pkg.Files {
+			for _, d := range f.Decls {
+				fd, ok := d.(*ast.FuncDecl)
+				if !ok || fd.Body == nil {
+					continue
+				}
+				ast.Inspect(fd.Body, func(n ast.Node) bool {
+					switch n := n.(type) {
+					case *ast.CallExpr:
+						switch fn := n.Fun.(type) {
+						case *ast.Ident:
+							calls[fd.Name.Name] = append(calls[fd.Name.Name], fn.Name)
+						case *ast.SelectorExpr:
+							if x, ok := fn.X.(*ast.Ident); ok {
+								calls[fd.Name.Name] = append(calls[fd.Name.Name], x.Name+"."+fn.Sel.Name)
+							} else {
+								calls[fd.Name.Name] = append(calls[fd.Name.Name], fn.Sel.Name)
+							}
+						}
+					case *ast.BinaryExpr:
+						// No == or != on anything named like a token, except
+						// against "" or nil (is one configured?).
+						if n.Op == token.EQL || n.Op == token.NEQ {
+							tokenish := func(e ast.Expr) bool {
+								switch e := e.(type) {
+								case *ast.SelectorExpr:
+									return strings.Contains(strings.ToLower(e.Sel.Name), "token")
+								case *ast.Ident:
+									return strings.Contains(strings.ToLower(e.Name), "token") || e.Name == "tok"
+								}
+								return false
+							}
+							empty := func(e ast.Expr) bool {
+								if id, ok := e.(*ast.Ident); ok {
+									return id.Name == "nil"
+								}
+								l, ok := e.(*ast.BasicLit)
+								return ok && l.Value == `""`
+							}
+							if (tokenish(n.X) && !empty(n.Y)) || (tokenish(n.Y) && !empty(n.X)) {
+								tokenUses = append(tokenUses, fset.Position(n.Pos()).String())
+							}
+						}
+					}
+					return true
+				})
+			}
+		}
+	}
+	has := func(fn, call string) bool { return slices.Contains(calls[fn], call) }
+	if !has("tokenOK", "subtle.ConstantTimeCompare") || !has("tokenOK", "sha256.Sum256") {
+		t.Fatalf("tokenOK does not hash and compare in constant time: calls %v", calls["tokenOK"])
+	}
+	if !has("guard", "tokenOK") || !has("authorized", "tokenOK") {
+		t.Fatalf("an admin entry point does not use tokenOK: guard %v, authorized %v", calls["guard"], calls["authorized"])
+	}
+	if len(tokenUses) > 0 {
+		t.Fatalf("a token compared with == or != at %v", tokenUses)
+	}
 }
