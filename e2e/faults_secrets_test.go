@@ -40,8 +40,8 @@ const (
 
 // secretsFake is a fake upstream that records every request it receives
 // (method, path, headers, body) and, for a request carrying
-// X-Test-Echo-Key, answers 401 quoting the bearer key it got in full, as a
-// careless provider or proxy would ("gzip": gzip-compressed when the
+// X-Test-Echo-Key, answers 401 quoting the bearer key it got in full, in
+// its body and in a header, as a careless provider or proxy would ("gzip": gzip-compressed when the
 // request accepts it).
 type secretsFake struct {
 	*fakeai.Server
@@ -76,6 +76,7 @@ func startSecretsFake(t *testing.T) *secretsFake {
 				"message": "Incorrect API key provided: " + key + ". You can find your API key at https://platform.openai.com/account/api-keys.",
 				"type":    "invalid_request_error", "param": nil, "code": "invalid_api_key"}})
 			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
 			if mode == "gzip" && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 				var b bytes.Buffer
 				zw := gzip.NewWriter(&b)
@@ -432,7 +433,8 @@ func testNoLeak(t *testing.T, format string) {
 		}
 		st, hdr, b := rec.do(c.method, api+c.path, h, c.body)
 		expect("echoed key "+c.path, st, 401, b)
-		if !strings.Contains(b, "Incorrect API key provided: [REDACTED:upstream_key].") {
+		if !strings.Contains(b, "Incorrect API key provided: [REDACTED:upstream_key].") ||
+			hdr.Get("X-Echo-Authorization") != "Bearer [REDACTED:upstream_key]" {
 			t.Fatalf("%s %s: the echo was not scrubbed as expected (%v): %s", c.method, c.path, hdr, b)
 		}
 	}
