@@ -72,6 +72,23 @@ func TestCheckFileWorldWritable(t *testing.T) {
 	f(0o666, 1)
 	f(0o602, 1)
 	f(0o777, 1)
+
+	// A world-writable directory lets anyone rename a file over it, unless
+	// it is sticky.
+	dir := filepath.Dir(path)
+	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
+	for _, c := range []struct {
+		mode os.FileMode
+		want bool
+	}{{0o777, true}, {0o777 | os.ModeSticky, false}, {0o755, false}, {0o703, true}} {
+		if err := os.Chmod(dir, c.mode); err != nil {
+			t.Fatal(err)
+		}
+		f(0o600, map[bool]int{true: 1, false: 0}[c.want])
+		if ws := CheckFile(path, nil); c.want && (!ws[0].Dir || !strings.Contains(ws[0].String(), "directory")) {
+			t.Fatalf("dir mode %v: %+v", c.mode, ws)
+		}
+	}
 }
 
 // TestReloaderWarnsInsecure: at load and at every reload a world-writable
