@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"time"
+
+	"sluice/internal/yamlfile"
 )
 
 // Cache modes of a tier.
@@ -41,7 +43,7 @@ func compileCache(path string, ts *TierSpec, add func(path, format string, args 
 		r.Mode = CacheDeterministic
 	case CacheOff, CacheDeterministic, CacheAll:
 	default:
-		add(path+"cache", "must be off, deterministic or all, not %q", r.Mode)
+		add(path+"cache", "must be off, deterministic or all, not %s", yamlfile.ShowValue(r.Mode))
 	}
 	if r.TTL < 0 {
 		add(path+"cache_ttl", "must not be negative")

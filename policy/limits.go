@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"sluice/internal/yamlfile"
 )
 
 // Rate is a budget per period with a burst: Limit units per period, of
@@ -27,7 +29,7 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 	case yaml.ScalarNode:
 		v, err := strconv.ParseInt(n.Value, 10, 64)
 		if err != nil {
-			return fmt.Errorf("cannot decode %q as a limit: want a whole number or {limit, burst}", n.Value)
+			return fmt.Errorf("cannot decode %s as a limit: want a whole number or {limit, burst}", yamlfile.ShowValue(n.Value))
 		}
 		*r = Rate{Limit: v}
 		return nil
@@ -37,7 +39,7 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 			k, v := n.Content[i], n.Content[i+1]
 			x, err := strconv.ParseInt(v.Value, 10, 64)
 			if v.Kind != yaml.ScalarNode || err != nil {
-				return fmt.Errorf("line %d: %s: cannot decode %q as a whole number", v.Line, k.Value, v.Value)
+				return fmt.Errorf("line %d: %s: cannot decode %s as a whole number", v.Line, k.Value, yamlfile.ShowValue(v.Value))
 			}
 			switch k.Value {
 			case "limit":
@@ -45,7 +47,7 @@ func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 			case "burst":
 				r.Burst = x
 			default:
-				return fmt.Errorf("line %d: unknown key %q (want limit or burst)", k.Line, k.Value)
+				return fmt.Errorf("line %d: unknown key %s (want limit or burst)", k.Line, yamlfile.ShowValue(k.Value))
 			}
 		}
 		return nil

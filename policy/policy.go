@@ -135,6 +135,11 @@ type Policy struct {
 	Tiers map[string]*Tier
 	// Skipped lists the IDs of keys whose key_env variable was unset.
 	Skipped []string
+	// PlaintextKeys lists the IDs of keys whose key_env does not look like
+	// an environment variable's name but like a key: the file holds a
+	// plaintext key (see CheckFile). They are skipped too, unless a
+	// variable of that name is set.
+	PlaintextKeys []string
 	// OnStoreError is "allow", "deny" or "local" (see File).
 	OnStoreError string
 	// Replicas divides limits in "local" store-error mode.
@@ -295,7 +300,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		p.OnStoreError = StoreErrorLocal
 	case StoreErrorAllow, StoreErrorDeny, StoreErrorLocal:
 	default:
-		add("on_store_error", "must be allow, deny or local, not %q", p.OnStoreError)
+		add("on_store_error", "must be allow, deny or local, not %s", yamlfile.ShowValue(p.OnStoreError))
 	}
 	if p.Replicas == 0 {
 		p.Replicas = 1
@@ -337,7 +342,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		path := "users." + name + "."
 		if u.Tier != "" {
 			if _, ok := p.Tiers[u.Tier]; !ok {
-				add(path+"tier", "unknown tier %q", u.Tier)
+				add(path+"tier", "unknown tier %s", yamlfile.ShowValue(u.Tier))
 			}
 		}
 		u.Limits.validate(path, add)
@@ -362,13 +367,13 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		if ks.Tier == "" {
 			add(path+".tier", "is required")
 		} else if _, ok := p.Tiers[ks.Tier]; !ok {
-			add(path+".tier", "unknown tier %q", ks.Tier)
+			add(path+".tier", "unknown tier %s", yamlfile.ShowValue(ks.Tier))
 		}
 		if ks.UserTier != "" {
 			if !ks.Trusted {
 				add(path+".user_tier", "only a trusted key names end users")
 			} else if _, ok := p.Tiers[ks.UserTier]; !ok {
-				add(path+".user_tier", "unknown tier %q", ks.UserTier)
+				add(path+".user_tier", "unknown tier %s", yamlfile.ShowValue(ks.UserTier))
 			}
 		}
 		ks.Limits.validate(path+".limits.", add)
@@ -388,6 +393,9 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 			}
 			copy(sum[:], b)
 		case ks.KeyEnv != "":
+			if !envName.MatchString(ks.KeyEnv) {
+				p.PlaintextKeys = append(p.PlaintextKeys, ks.ID)
+			}
 			v, _ := lookupEnv(ks.KeyEnv)
 			if v == "" {
 				p.Skipped = append(p.Skipped, ks.ID)

@@ -78,6 +78,7 @@ type Reloader struct {
 	lastStat os.FileInfo
 
 	reloads   *prometheus.CounterVec
+	insecure  *prometheus.GaugeVec
 	ok        prometheus.Gauge
 	okTime    prometheus.Gauge
 	stop      chan struct{}
@@ -102,13 +103,19 @@ func NewReloader(o ReloaderOptions) (*Reloader, error) {
 		Help: "1 when the last reload of policies.yaml succeeded (or was unchanged), 0 when it failed and the last good policy is in force."})
 	r.okTime = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sluice_policy_last_reload_success_timestamp_seconds",
 		Help: "Unix time of the last successful load of policies.yaml."})
-	for _, c := range []prometheus.Collector{r.reloads, r.ok, r.okTime} {
+	r.insecure = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "sluice_policy_insecure",
+		Help: "1 when the policy file in force has the reason's problem (world_writable, plaintext_key), checked at load and at every reload; the log names the file and key ids."},
+		[]string{"reason"})
+	for _, c := range []prometheus.Collector{r.reloads, r.insecure, r.ok, r.okTime} {
 		if err := o.Registry.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	for _, res := range []string{ReloadSuccess, ReloadFailure, ReloadUnchanged} {
 		r.reloads.WithLabelValues(res)
+	}
+	for _, reason := range InsecureReasons {
+		r.insecure.WithLabelValues(reason)
 	}
 	return r, nil
 }
@@ -125,6 +132,7 @@ func (r *Reloader) Load() (*Policy, error) {
 	}
 	r.lastStat, r.sum, r.current = fi, sum, p
 	r.succeeded()
+	r.checkFile(p)
 	return p, nil
 }
 
@@ -186,6 +194,7 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 		r.lastErr = nil
 		r.succeeded()
 		r.o.Logger.Debug("policy unchanged", "file", r.o.Path, "trigger", trigger)
+		r.checkFile(r.current) // a chmod changes no byte
 		return false, nil
 	}
 	changes := Diff(r.current, p)
@@ -205,7 +214,24 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 	if len(p.Skipped) > 0 {
 		r.o.Logger.Warn("keys skipped: their key_env variable is unset", "keys", p.Skipped)
 	}
+	r.checkFile(p)
 	return true, nil
+}
+
+// checkFile logs the warnings about the file of policy p, the policy in
+// force, and sets sluice_policy_insecure to match. r.mu is held.
+func (r *Reloader) checkFile(p *Policy) {
+	ws := CheckFile(r.o.Path, p)
+	logWarnings(r.o.Logger, r.o.Path, ws)
+	for _, reason := range InsecureReasons {
+		v := 0.0
+		for _, w := range ws {
+			if w.Reason == reason {
+				v = 1
+			}
+		}
+		r.insecure.WithLabelValues(reason).Set(v)
+	}
 }
 
 func (r *Reloader) succeeded() {

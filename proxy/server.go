@@ -832,6 +832,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
+	up.scrubError(resp)
 	return resp, nil
 }
 
@@ -916,5 +917,5 @@ func (s *Server) setRequestID(ctx *fasthttp.RequestCtx) {
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	f.l.Debug(scrubLogMessage(fmt.Sprintf(format, args...)), "component", "fasthttp")
 }

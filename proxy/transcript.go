@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -367,11 +368,25 @@ func (s *Server) handleTranscripts(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = min(n, maxTranscripts)
 	}
-	recs, err := t.reader.Recent(r.Context(), user, since, limit)
+	// A user name is not unique across teams: trusted app keys of two teams
+	// may both name an end user "alice". team= and key= keep one tenant's
+	// records (applied to the user's newest maxTranscripts in the window).
+	team, keyID := q.Get("team"), q.Get("key")
+	fetch := limit
+	if team != "" || keyID != "" {
+		fetch = maxTranscripts
+	}
+	recs, err := t.reader.Recent(r.Context(), user, since, fetch)
 	if err != nil {
 		s.log.Warn("admin transcripts query failed", "user", user, "error", err)
 		http.Error(w, "transcript store unavailable", http.StatusServiceUnavailable)
 		return
+	}
+	if team != "" || keyID != "" {
+		recs = slices.DeleteFunc(recs, func(rec *sink.Record) bool {
+			return (team != "" && rec.Team != team) || (keyID != "" && rec.KeyID != keyID)
+		})
+		recs = recs[:min(len(recs), limit)]
 	}
 	if recs == nil {
 		recs = []*sink.Record{}

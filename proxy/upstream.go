@@ -31,7 +31,10 @@ type upstream struct {
 	authKey, authValue []byte
 	// keyValues are the credential values of a key pool, by the index the
 	// scheduler grants; nil without a pool (authValue is the key).
-	keyValues    [][]byte
+	keyValues [][]byte
+	// secrets are the raw keys of authValue and keyValues, scrubbed from
+	// the upstream's error answers (scrub.go).
+	secrets      [][]byte
 	org, project []byte
 	// sched is the upstream's fair queue and budget; breaker stops calls
 	// while the upstream keeps failing.
@@ -90,6 +93,7 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 		}
 		up.keyValues = append(up.keyValues, v)
 	}
+	up.secrets = secretsOf(append([][]byte{up.authValue}, up.keyValues...)...)
 	up.maxAttempts = c.MaxAttempts
 	if c.Organization != "" {
 		up.org = []byte(c.Organization)

@@ -167,6 +167,11 @@ func validate(args []string) error {
 		fmt.Printf("; keys skipped (key_env unset): %s", strings.Join(pol.Skipped, ", "))
 	}
 	fmt.Println()
+	if f.policies != "" {
+		for _, w := range policy.CheckFile(f.policies, pol) {
+			fmt.Printf("warning: %s: %s\n", f.policies, w)
+		}
+	}
 	return nil
 }
 

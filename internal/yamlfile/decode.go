@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -481,7 +482,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	}
 	if u, ok := v.Addr().Interface().(encoding.TextUnmarshaler); ok && n.Kind == yaml.ScalarNode {
 		if err := u.UnmarshalText([]byte(n.Value)); err != nil {
-			d.errorf(n, path, "cannot decode %q: %v", n.Value, err)
+			if len(n.Value) > maxShownValue {
+				// The parser's error quotes the value too.
+				d.errorf(n, path, "cannot decode %s", ShowValue(n.Value))
+			} else {
+				d.errorf(n, path, "cannot decode %q: %v", n.Value, err)
+			}
 		}
 		return
 	}
@@ -515,7 +521,26 @@ func describe(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	}
-	return strconv.Quote(n.Value)
+	return ShowValue(n.Value)
+}
+
+// maxShownValue is the longest value an error message quotes in full.
+const maxShownValue = 24
+
+// ShowValue quotes a value for an error message. A value longer than
+// maxShownValue bytes is shown as its first 4 bytes and its length: a
+// secret put in the wrong place (an API key where a number or a name
+// belongs, or a ${VAR} holding one) must not reach a log line or an admin
+// answer through the error that names it.
+func ShowValue(s string) string {
+	if len(s) <= maxShownValue {
+		return strconv.Quote(s)
+	}
+	end := 4
+	for end > 0 && !utf8.RuneStart(s[end]) {
+		end--
+	}
+	return strconv.Quote(s[:end]+"…") + fmt.Sprintf(" (%d bytes)", len(s))
 }
 
 func (d *decoder) mismatch(n *yaml.Node, path, want string) {
@@ -688,7 +713,7 @@ func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
 		detail = ": out of range"
 	}
 	if err != nil {
-		d.errorf(n, path, "cannot decode %q as %s%s", s, want, detail)
+		d.errorf(n, path, "cannot decode %s as %s%s", ShowValue(s), want, detail)
 	}
 }
 

@@ -192,6 +192,10 @@ func TestDecodeErrors(t *testing.T) {
 	f("- a\n", "c.yaml:1: cannot decode a list as a mapping")
 	f("by_id: {x: a}\n", `c.yaml:1: by_id.x: cannot decode "x" as int`)
 	f("level: medium\n", `c.yaml:1: level: unknown level "medium"`)
+	// A long value, maybe a secret in the wrong place, is not quoted whole.
+	f("port: sk-proj-0123456789abcdef0123456789\n", `c.yaml:1: port: cannot decode "sk-p…" (34 bytes) as int`)
+	f("ip: sk-proj-0123456789abcdef0123456789\n", `c.yaml:1: ip: cannot decode "sk-p…" (34 bytes)`)
+	f("port: €€€€€€€€€\n", `c.yaml:1: port: cannot decode "€…" (27 bytes) as int`)
 	f("ip: 300.1.1.1\n", `c.yaml:1: ip: cannot decode "300.1.1.1": ParseAddr("300.1.1.1"): IPv4 field has value >255`)
 
 	// Durations.
