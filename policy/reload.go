@@ -257,10 +257,6 @@ func (r *Reloader) Stop() {
 func (r *Reloader) watch() {
 	t := time.NewTicker(r.o.Interval)
 	defer t.Stop()
-	// seen is a changed identity waiting to settle: the file is read only
-	// when a poll finds the same changed identity again, one Interval
-	// later, so a file caught in the middle of an in-place write (truncated,
-	// half written) is never read.
 	var seen os.FileInfo
 	for {
 		select {
@@ -268,16 +264,25 @@ func (r *Reloader) watch() {
 			return
 		case <-t.C:
 		}
-		fi := r.changed()
-		switch {
-		case fi == nil:
-			seen = nil
-		case seen != nil && sameIdentity(seen, fi):
-			seen = nil
-			_, _ = r.Reload("watch") // logged and counted by Reload
-		default:
-			seen = fi
-		}
+		seen = r.poll(seen)
+	}
+}
+
+// poll is one look at the file. seen is a changed identity waiting to
+// settle: the file is read only when a poll finds the same changed
+// identity again, one Interval later, so a file caught in the middle of an
+// in-place write (truncated, half written) is never read. It returns the
+// identity to pass to the next poll.
+func (r *Reloader) poll(seen os.FileInfo) os.FileInfo {
+	fi := r.changed()
+	switch {
+	case fi == nil:
+		return nil
+	case seen != nil && sameIdentity(seen, fi):
+		_, _ = r.Reload("watch") // logged and counted by Reload
+		return nil
+	default:
+		return fi
 	}
 }
 

@@ -191,33 +191,45 @@ func TestReloadWatchRenameOver(t *testing.T) {
 
 // TestReloadWatchWaitsForWrite: an in-place write in progress (the file
 // truncated, then half written, then whole) is read only once it has
-// settled, so no truncated policy is ever tried.
+// settled, so no truncated policy is ever tried. The polls are driven by
+// hand, one per step, so the test does not depend on timing.
 func TestReloadWatchWaitsForWrite(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policies.yaml")
 	writeAtomic(t, path, policyWithRPM(10))
-	f := newFixture(t, path, 50*time.Millisecond)
+	f := newFixture(t, path, 0)
 	full := policyWithRPM(60)
 	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Each step holds for less than one poll interval, as a slow writer's
-	// would; the settle rule sees the identity change at every poll.
+	defer fh.Close()
+	var seen os.FileInfo
+	if seen = f.r.poll(seen); seen == nil {
+		t.Fatal("the truncated file was not seen as a change")
+	}
+	// Each step changes the size, as a slow writer's would: every poll
+	// sees a new identity and none reads the file.
 	for i := 0; i < len(full); i += 8 {
 		if _, err := fh.WriteString(full[i:min(i+8, len(full))]); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		if seen = f.r.poll(seen); seen == nil {
+			t.Fatalf("a poll after %d bytes read the file", min(i+8, len(full)))
+		}
 	}
-	if err := fh.Close(); err != nil {
-		t.Fatal(err)
+	if f.count() != 1 || f.metric(t, ReloadFailure) != 0 {
+		t.Fatalf("the file was read mid-write:\n%s", f.log.String())
 	}
-	waitFor(t, "the written file to load", func() bool { return f.count() == 2 })
-	if rpmOf(f.last()) != 60 {
-		t.Fatalf("rpm = %d; want 60", rpmOf(f.last()))
+	// The write is over: the next poll finds the same identity and reads.
+	if seen = f.r.poll(seen); seen != nil || f.count() != 2 {
+		t.Fatalf("the settled file was not read (seen %v, applied %d)", seen != nil, f.count())
 	}
-	if n := f.metric(t, ReloadFailure); n != 0 {
-		t.Fatalf("%v reloads read the file mid-write:\n%s", n, f.log.String())
+	if rpmOf(f.last()) != 60 || f.metric(t, ReloadFailure) != 0 {
+		t.Fatalf("rpm = %d, failures %v; want 60 and 0", rpmOf(f.last()), f.metric(t, ReloadFailure))
+	}
+	// Unchanged since: polls do nothing.
+	if seen = f.r.poll(seen); seen != nil || f.count() != 2 {
+		t.Fatal("an unchanged file was read again")
 	}
 }
 
