@@ -185,29 +185,50 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 	}
 }
 
+// TestWeightsShareByTier queues 200 requests of weight 1 and 200 of weight
+// 3 behind one held slot, then lets them through one at a time: counted in
+// grants, not wall time, the first 200 go 3 to 1.
 func TestWeightsShareByTier(t *testing.T) {
-	s := newTestScheduler(t, Budget{RPM: 60000, RPMBurst: 1})
+	s := newTestScheduler(t, Budget{Concurrent: 1})
+	blocker, err := take(s, "blocker", 1, 0, time.Second, "blocker")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var mu sync.Mutex
-	served := map[string]int{}
+	var order []string
 	var wg sync.WaitGroup
 	for _, w := range []int64{1, 3} {
 		for i := range 200 {
 			wg.Go(func() {
-				tk, err := take(s, fmt.Sprint("w", w), w, 0, 120*time.Millisecond, fmt.Sprint(w, "-", i))
-				if err == nil {
-					mu.Lock()
-					served[tk.Flow]++
-					mu.Unlock()
-					s.Done(tk, -1)
+				tk, err := take(s, fmt.Sprint("w", w), w, 0, 30*time.Second, fmt.Sprint(w, "-", i))
+				if err != nil {
+					t.Errorf("request of weight %d: %v", w, err)
+					return
 				}
+				mu.Lock()
+				order = append(order, tk.Flow)
+				mu.Unlock()
+				s.Done(tk, -1)
 			})
 		}
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Waiting() < 400 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 400 requests queued", s.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.Done(blocker, -1)
 	wg.Wait()
+	served := map[string]int{}
+	for _, f := range order[:200] {
+		served[f]++
+	}
 	ratio := float64(served["w3"]) / float64(max(served["w1"], 1))
-	t.Logf("served %v ratio %.2f", served, ratio)
-	if ratio < 2 || ratio > 4.5 {
-		t.Fatalf("weight 3 vs 1 served ratio %.2f, want about 3", ratio)
+	t.Logf("first 200 grants %v ratio %.2f", served, ratio)
+	if ratio < 2.5 || ratio > 3.5 {
+		t.Fatalf("weight 3 vs 1 served ratio %.2f in the first 200 grants, want 3", ratio)
 	}
 }
 
