@@ -2,6 +2,7 @@ package sink
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,6 +47,9 @@ type JSONL struct {
 	day  string
 	n    int
 	size int64
+	// buf and enc encode a batch (Write, under mu); reused across batches.
+	buf bytes.Buffer
+	enc *json.Encoder
 }
 
 // NewJSONL opens the directory; the first Write opens the day's file.
@@ -121,9 +125,8 @@ func (j *JSONL) files() ([]string, error) {
 	return out, nil
 }
 
-// open makes sure the file for now is open, rotating by day and size.
-func (j *JSONL) open() error {
-	day := j.opts.Now().UTC().Format("2006-01-02")
+// open makes sure the file for day is open, rotating by day and size.
+func (j *JSONL) open(day string) error {
 	if j.f != nil && j.day == day && j.size < j.opts.MaxFileBytes {
 		return nil
 	}
@@ -183,25 +186,66 @@ func (j *JSONL) prune() error {
 	return nil
 }
 
-// Write appends recs, one JSON object per line, then fsyncs.
+// jsonlChunk is how many encoded bytes Write gathers before one write
+// call: a batch goes to the file in a few large writes, not one per row.
+const jsonlChunk = 1 << 20
+
+// Write appends recs, one JSON object per line, then fsyncs. Rows are
+// encoded into one reused buffer and written in chunks of about
+// jsonlChunk bytes; a file that fills mid-batch gets its rows before the
+// next one opens. The day is the batch's write time.
 func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var buf []byte
-	for i, r := range recs {
-		if err := j.open(); err != nil {
+	day := j.opts.Now().UTC().Format("2006-01-02")
+	if j.enc == nil {
+		j.enc = json.NewEncoder(&j.buf) // same bytes as json.Marshal, plus the newline
+	}
+	defer func() {
+		if j.buf.Cap() > 4*jsonlChunk {
+			j.buf = bytes.Buffer{} // a huge batch does not pin its buffer
+			j.enc = nil
+		}
+		j.buf.Reset()
+	}()
+	j.buf.Reset()
+	written, pending := 0, 0 // rows in the file; rows in buf
+	flush := func() error {
+		if j.buf.Len() == 0 {
+			return nil
+		}
+		if _, err := j.f.Write(j.buf.Bytes()); err != nil {
+			return fmt.Errorf("sink: jsonl write (%d of %d rows written): %w", written, len(recs), err)
+		}
+		written += pending
+		pending = 0
+		j.buf.Reset()
+		return nil
+	}
+	for _, r := range recs {
+		if j.f == nil || j.day != day || j.size >= j.opts.MaxFileBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := j.open(day); err != nil {
+				return err
+			}
+		}
+		n := j.buf.Len()
+		if err := j.enc.Encode(r); err != nil {
+			j.buf.Truncate(n)
 			return err
 		}
-		b, err := json.Marshal(r)
-		if err != nil {
-			return err
+		j.size += int64(j.buf.Len() - n)
+		pending++
+		if j.buf.Len() >= jsonlChunk {
+			if err := flush(); err != nil {
+				return err
+			}
 		}
-		buf = append(buf[:0], b...)
-		buf = append(buf, '\n')
-		if _, err := j.f.Write(buf); err != nil {
-			return fmt.Errorf("sink: jsonl write (%d of %d rows written): %w", i, len(recs), err)
-		}
-		j.size += int64(len(buf))
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	if !j.opts.NoSync && j.f != nil {
 		if err := j.f.Sync(); err != nil {
