@@ -77,6 +77,8 @@ type Server struct {
 	tr *transcripts
 	// admin is the /admin/ API (adminapi.go); nil: 404.
 	admin *adminAPI
+	// models interns the model names requests name (intern.go).
+	models names
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -384,11 +386,15 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	p := pol.Principal(key, endUser)
 	x.user, x.team, x.tier = p.User, p.Team, p.Tier
-	x.modelAsked = string(f.model)
-	route, ok := s.router.Resolve(string(f.model))
+	model, known := s.models.get(f.model)
+	x.modelAsked = model
+	route, ok := s.router.Resolve(model)
 	if !ok {
-		writeModelNotFound(ctx, string(f.model))
+		writeModelNotFound(ctx, model)
 		return false
+	}
+	if !known {
+		s.models.add(model)
 	}
 	x.model = route.Model
 	if route.Rewritten {
