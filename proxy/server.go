@@ -249,7 +249,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		return // the relay finishes the exchange when the stream ends
 	}
 	x.status = ctx.Response.StatusCode()
-	x.tr.answer(x.ep, x.status, ctx.Response.Body())
+	// The answer's usage, found once for the transcript, the settlement and
+	// the token metrics (before compression changes the body).
+	var u usage
+	if x.status < 400 && (x.tr != nil || x.adm != nil || x.ticket != nil || !x.upFirst.IsZero()) {
+		u = findUsage(ctx.Response.Body())
+	}
+	x.tr.answerUsage(x.ep, x.status, ctx.Response.Body(), u)
 	s.compressAnswer(ctx, &x)
 	end := time.Now()
 	if !x.upFirst.IsZero() {
@@ -259,10 +265,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	actual := int64(-1)
 	if x.adm != nil || x.ticket != nil {
-		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero() && !x.cacheFree)
+		actual = bufferedUsage(x.status, u, !x.upFirst.IsZero() && !x.cacheFree)
 	}
 	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
-		x.usage = findUsage(ctx.Response.Body())
+		x.usage = u
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
 }
@@ -270,11 +276,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // bufferedUsage is the tokens a buffered answer used: its usage when it is a
 // success that reports one, none for an error or no answer at all (the
 // provider bills neither), else -1 (unknown: keep the reservation).
-func bufferedUsage(status int, body []byte, answered bool) int64 {
+func bufferedUsage(status int, u usage, answered bool) int64 {
 	if !answered || status >= 400 {
 		return 0
 	}
-	if u := findUsage(body); u.ok {
+	if u.ok {
 		return u.total()
 	}
 	return -1

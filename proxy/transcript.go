@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -37,6 +38,8 @@ type transcripts struct {
 	maxContent int
 	tokenHash  [32]byte
 	hasToken   bool
+	// agents interns User-Agent values (their first 256 bytes).
+	agents names
 }
 
 // SetTranscripts turns recording on; call it before Serve.
@@ -79,7 +82,34 @@ func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx) *txState {
 		return nil
 	}
 	ua := ctx.Request.Header.UserAgent()
-	return &txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata, userAgent: sink.TruncateBytes(ua[:min(len(ua), 256)], 0)}
+	t, _ := txPool.Get().(*txState)
+	if t == nil {
+		t = new(txState)
+	}
+	agent, known := s.tr.agents.get(ua[:min(len(ua), maxNameLen)])
+	if !known {
+		s.tr.agents.add(agent)
+	}
+	*t = txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata,
+		userAgent: agent, text: t.text[:0]}
+	return t
+}
+
+// txPool recycles txStates and their answer-text buffers: record returns
+// them once the record holds its own copies.
+var txPool sync.Pool
+
+// maxPooledText is the largest answer-text buffer kept for reuse.
+const maxPooledText = 64 << 10
+
+// release returns t to txPool; t must not be used afterwards.
+func (t *txState) release() {
+	text := t.text[:0]
+	if cap(text) > maxPooledText {
+		text = nil
+	}
+	*t = txState{text: text}
+	txPool.Put(t)
 }
 
 // requestKeys are the top-level fields that hold what the client sent the
@@ -205,12 +235,23 @@ func nextString(b, key []byte) (val, rest []byte, ok bool) {
 	}
 }
 
-// lastString returns the last string value of key in b, or "".
+// lastString returns the last string value of key in b, or "" (OpenAI's
+// finish reasons without allocating).
 func lastString(b, key []byte) string {
 	var last []byte
 	for {
 		v, rest, ok := nextString(b, key)
 		if !ok {
+			switch string(last) {
+			case "stop":
+				return "stop"
+			case "length":
+				return "length"
+			case "tool_calls":
+				return "tool_calls"
+			case "content_filter":
+				return "content_filter"
+			}
 			return string(last)
 		}
 		last, b = v, rest
@@ -243,6 +284,19 @@ func (t *txState) answer(ep endpoint, status int, body []byte) {
 	if t == nil {
 		return
 	}
+	var u usage
+	if status < 400 && ep.parsesBody() {
+		u = findUsage(body)
+	}
+	t.answerUsage(ep, status, body, u)
+}
+
+// answerUsage is answer with the body's usage already found (findUsage;
+// zero for an error or a body that is not parsed).
+func (t *txState) answerUsage(ep endpoint, status int, body []byte, u usage) {
+	if t == nil {
+		return
+	}
 	if status >= 400 {
 		t.errType = lastStringFirst(body, keyType)
 		return
@@ -250,7 +304,7 @@ func (t *txState) answer(ep endpoint, status int, body []byte) {
 	if !ep.parsesBody() {
 		return
 	}
-	t.usage = findUsage(body)
+	t.usage = u
 	t.finish = lastString(body, keyFinish)
 	t.appendText(body, textKey(ep, false))
 }
@@ -320,6 +374,7 @@ func (s *Server) record(reqID []byte, x *exchange, end time.Time, clientGone boo
 			r.Response += sink.TruncationMarker + strconv.Itoa(t.textCut) + " bytes]"
 		}
 	}
+	t.release()
 	s.tr.sink.Enqueue(r)
 }
 
