@@ -426,7 +426,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return false
 	}
 	// transcript: the request as the client sent it (proxy/transcript.go)
-	x.tr.noteRequest(body, f.stream)
+	x.tr.noteContent(f.content(body), f.stream)
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
 			cc.abandon()

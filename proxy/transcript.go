@@ -116,18 +116,26 @@ func (t *txState) release() {
 // model: chat messages, a Responses or embeddings input, a legacy prompt.
 var requestKeys = [...]string{"messages", "input", "prompt"}
 
-// noteRequest copies the request's messages out of the body.
+// noteRequest copies the request's messages out of the body (the proxy
+// has them from its scan already and calls noteContent).
 func (t *txState) noteRequest(body []byte, stream bool) {
 	if t == nil {
 		return
 	}
-	t.stream = stream
-	if t.metadata {
+	t.noteContent(topLevelValue(body, requestKeys[:]), stream)
+}
+
+// noteContent copies the request's messages (input, prompt): v is their
+// JSON value, found by scanRequest (reqFields.content), or nil.
+func (t *txState) noteContent(v []byte, stream bool) {
+	if t == nil {
 		return
 	}
-	if v := topLevelValue(body, requestKeys[:]); v != nil {
-		t.request = sink.TruncateBytes(v, t.max)
+	t.stream = stream
+	if t.metadata || v == nil {
+		return
 	}
+	t.request = sink.TruncateBytes(v, t.max)
 }
 
 // topLevelValue returns the raw JSON value of the first of keys found at
