@@ -96,11 +96,6 @@ type Sink struct {
 	closed  bool
 	in      chan *Record
 	batches chan []*Record
-	// wake tells batchLoop to drain in now: the queue holds a batch's worth
-	// (wakeRows, wakeBytes), or Stop closed it. Otherwise batchLoop drains
-	// on its ticker, so an Enqueue does not wake a goroutine per record.
-	wake                chan struct{}
-	wakeRows, wakeBytes int64
 	// queued is the bytes of the records in in.
 	queued atomic.Int64
 	// writerDown is set from a failed write until the next one succeeds.
@@ -152,10 +147,7 @@ func New(opts Options) (*Sink, error) {
 	s := &Sink{opts: opts, log: opts.Logger,
 		in:      make(chan *Record, opts.QueueSize),
 		batches: make(chan []*Record, 1),
-		wake:    make(chan struct{}, 1),
 	}
-	s.wakeRows = int64(max(min(opts.BatchRows, opts.QueueSize/2), 1))
-	s.wakeBytes = max(min(int64(opts.BatchBytes), opts.QueueBytes/2), 1)
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registry, func() float64 { return float64(len(s.in)) }, func() float64 {
 		if s.writerDown.Load() {
@@ -188,12 +180,9 @@ func (s *Sink) Enqueue(r *Record) bool {
 		return false
 	}
 	select {
-	case s.in <- r: // buffered: no goroutine is woken by the send itself
+	case s.in <- r:
 		s.mu.RUnlock()
 		s.m.enqueued.Inc()
-		if int64(len(s.in)) >= s.wakeRows || s.queued.Load() >= s.wakeBytes {
-			s.kick()
-		}
 		return true
 	default:
 		s.queued.Add(-size)
@@ -221,7 +210,6 @@ func (s *Sink) Stop(ctx context.Context) error {
 		close(s.in)
 	}
 	s.mu.Unlock()
-	s.kick()
 	s.wg.Wait()
 	var err error
 	if s.opts.Spool != nil {
@@ -238,19 +226,9 @@ func (s *Sink) stopping() context.Context {
 	return s.stopCtx
 }
 
-// kick wakes batchLoop unless a wake is already pending.
-func (s *Sink) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
 // batchLoop cuts batches by rows, bytes and interval and hands them to the
 // shipper; when the shipper is busy they go straight to the spool, so the
-// queue keeps draining whatever the writer does. It drains the queue when
-// kicked (a batch's worth queued, or Stop) and on its ticker, a quarter of
-// the flush interval, rather than waking for every record.
+// queue keeps draining whatever the writer does.
 func (s *Sink) batchLoop() {
 	defer s.wg.Done()
 	defer close(s.batches)
@@ -268,32 +246,17 @@ func (s *Sink) batchLoop() {
 		s.hand(batch)
 		batch, bytes = nil, 0
 	}
-	// last is when the queue was last found empty: records drained now
-	// were enqueued after it, so a batch they start is at least that old.
-	last := time.Now()
 	for {
 		select {
-		case <-s.wake:
-		case <-t.C:
-		}
-		now := time.Now()
-		for open := true; open; {
-			var r *Record
-			select {
-			case r, open = <-s.in:
-			default:
-			}
-			if r == nil {
-				if !open {
-					cut()
-					return
-				}
-				break
+		case r, ok := <-s.in:
+			if !ok {
+				cut()
+				return
 			}
 			s.queued.Add(-int64(r.size()))
 			s.prepare(r)
 			if len(batch) == 0 {
-				first = last
+				first = time.Now()
 				batch = make([]*Record, 0, min(s.opts.BatchRows, 4096))
 			}
 			batch = append(batch, r)
@@ -301,11 +264,11 @@ func (s *Sink) batchLoop() {
 			if len(batch) >= s.opts.BatchRows || bytes >= s.opts.BatchBytes {
 				cut()
 			}
+		case now := <-t.C:
+			if len(batch) > 0 && now.Sub(first) >= s.opts.FlushInterval {
+				cut()
+			}
 		}
-		if len(batch) > 0 && now.Sub(first) >= s.opts.FlushInterval {
-			cut()
-		}
-		last = now
 	}
 }
 
