@@ -2,7 +2,6 @@ package sink
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,9 +46,9 @@ type JSONL struct {
 	day  string
 	n    int
 	size int64
-	// buf and enc encode a batch (Write, under mu); reused across batches.
-	buf bytes.Buffer
-	enc *json.Encoder
+	// buf holds a batch's encoded rows (Write, under mu); reused across
+	// batches.
+	buf []byte
 }
 
 // NewJSONL opens the directory; the first Write opens the day's file.
@@ -198,28 +197,24 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	day := j.opts.Now().UTC().Format("2006-01-02")
-	if j.enc == nil {
-		j.enc = json.NewEncoder(&j.buf) // same bytes as json.Marshal, plus the newline
-	}
 	defer func() {
-		if j.buf.Cap() > 4*jsonlChunk {
-			j.buf = bytes.Buffer{} // a huge batch does not pin its buffer
-			j.enc = nil
+		if cap(j.buf) > 4*jsonlChunk {
+			j.buf = nil // a huge batch does not pin its buffer
 		}
-		j.buf.Reset()
+		j.buf = j.buf[:0]
 	}()
-	j.buf.Reset()
+	j.buf = j.buf[:0]
 	written, pending := 0, 0 // rows in the file; rows in buf
 	flush := func() error {
-		if j.buf.Len() == 0 {
+		if len(j.buf) == 0 {
 			return nil
 		}
-		if _, err := j.f.Write(j.buf.Bytes()); err != nil {
+		if _, err := j.f.Write(j.buf); err != nil {
 			return fmt.Errorf("sink: jsonl write (%d of %d rows written): %w", written, len(recs), err)
 		}
 		written += pending
 		pending = 0
-		j.buf.Reset()
+		j.buf = j.buf[:0]
 		return nil
 	}
 	for _, r := range recs {
@@ -231,14 +226,21 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 				return err
 			}
 		}
-		n := j.buf.Len()
-		if err := j.enc.Encode(r); err != nil {
-			j.buf.Truncate(n)
-			return err
+		n := len(j.buf)
+		b, ok := appendRecordJSON(j.buf, r) // json.Marshal's bytes, without reflection
+		if !ok {
+			// A value Marshal refuses (a NaN, a year past 9999): its error.
+			m, err := json.Marshal(r)
+			if err != nil {
+				j.buf = j.buf[:n]
+				return err
+			}
+			b = append(b[:n], m...)
 		}
-		j.size += int64(j.buf.Len() - n)
+		j.buf = append(b, '\n')
+		j.size += int64(len(j.buf) - n)
 		pending++
-		if j.buf.Len() >= jsonlChunk {
+		if len(j.buf) >= jsonlChunk {
 			if err := flush(); err != nil {
 				return err
 			}

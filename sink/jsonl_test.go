@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -144,5 +146,18 @@ func TestJSONLSameBytesAsMarshal(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("file differs from json.Marshal lines:\n got %.300s\nwant %.300s", got, want)
+	}
+}
+
+// TestJSONLRefusesWhatMarshalRefuses: a record json.Marshal cannot encode
+// (a NaN) fails the batch with Marshal's error, as before.
+func TestJSONLRefusesWhatMarshalRefuses(t *testing.T) {
+	j, _ := NewJSONL(JSONLOptions{Dir: t.TempDir(), NoSync: true})
+	defer j.Close()
+	bad := rec(1)
+	bad.LatencyMs = math.NaN()
+	var want *json.UnsupportedValueError
+	if err := j.Write(context.Background(), []*Record{rec(0), bad}); !errors.As(err, &want) {
+		t.Fatalf("Write = %v, want json.UnsupportedValueError", err)
 	}
 }
