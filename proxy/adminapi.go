@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -92,6 +93,13 @@ func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /admin/cache/purge", s.guard(s.handlePurge))
 	mux.HandleFunc("POST /admin/reload", s.guard(s.handleReload))
 	mux.HandleFunc("GET /admin/reload", s.guard(s.handleReloadStatus))
+	// Go's profiles, for tuning under load (docs/performance.md): the same
+	// token guards them, since a profile shows the process's internals.
+	mux.HandleFunc("GET /debug/pprof/", s.guard(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/cmdline", s.guard(pprof.Cmdline))
+	mux.HandleFunc("GET /debug/pprof/profile", s.guard(pprof.Profile))
+	mux.HandleFunc("GET /debug/pprof/symbol", s.guard(pprof.Symbol))
+	mux.HandleFunc("GET /debug/pprof/trace", s.guard(pprof.Trace))
 }
 
 // limitsJSON is a Limits as the admin API shows it.

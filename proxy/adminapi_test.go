@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestTokenOK(t *testing.T) {
@@ -51,6 +53,31 @@ func TestAdminGuard(t *testing.T) {
 	s := &Server{}
 	s.SetAdmin(AdminOptions{Token: "tok"})
 	for auth, want := range map[string]int{"": 401, "Bearer tok2": 401, "Bearer to": 401, "Bearer tok": http.StatusTeapot} {
+		if got := call(s, auth); got != want {
+			t.Errorf("Authorization %q: %d, want %d", auth, got, want)
+		}
+	}
+}
+
+// TestAdminPprof: the Go profiles are on the admin listener behind the
+// admin token (404 without one configured, 401 with a wrong one).
+func TestAdminPprof(t *testing.T) {
+	call := func(s *Server, auth string) int {
+		h := AdminHandler(prometheus.NewRegistry(), s)
+		req := httptest.NewRequest("GET", "/debug/pprof/cmdline", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	if got := call(&Server{}, "Bearer tok"); got != http.StatusNotFound {
+		t.Errorf("no admin API: %d, want 404", got)
+	}
+	s := &Server{}
+	s.SetAdmin(AdminOptions{Token: "tok"})
+	for auth, want := range map[string]int{"": 401, "Bearer nope": 401, "Bearer tok": 200} {
 		if got := call(s, auth); got != want {
 			t.Errorf("Authorization %q: %d, want %d", auth, got, want)
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 )
 
 // TestScanRequestNoAllocs keeps the scanner off the heap: it runs on every
@@ -30,5 +31,32 @@ func TestUsedTokensNoAllocs(t *testing.T) {
 	m.usedTokens("free", "gpt-4o*", u)
 	if n := testing.AllocsPerRun(100, func() { m.usedTokens("free", "gpt-4o*", u) }); n != 0 {
 		t.Fatalf("usedTokens allocates %v times per call; want 0", n)
+	}
+}
+
+// TestProxyChatNoAllocs: a non-stream chat request through the whole
+// handler (scan, identify, route, forward, relay) stays off the heap once
+// its model name has been seen; the in-memory client and upstream are
+// included.
+func TestProxyChatNoAllocs(t *testing.T) {
+	c, stop := benchProxy(t)
+	defer stop()
+	req := fasthttp.AcquireRequest()
+	resp := fasthttp.AcquireResponse()
+	req.SetRequestURI("http://sluice/v1/chat/completions")
+	req.Header.SetMethod("POST")
+	req.Header.Set("Authorization", "Bearer sk-client")
+	req.Header.SetContentType("application/json")
+	req.SetBody(chatBody1K)
+	do := func() {
+		if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+			t.Fatalf("status %d, error %v", resp.StatusCode(), err)
+		}
+	}
+	for range 100 {
+		do() // pools and the model name warm up
+	}
+	if n := testing.AllocsPerRun(500, do); n != 0 {
+		t.Fatalf("a chat request allocates %v times; want 0", n)
 	}
 }

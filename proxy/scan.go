@@ -33,6 +33,19 @@ type reqFields struct {
 	maxTokens int64
 	// n is the number of choices asked for; 1 when absent or null.
 	n int64
+	// contentStart and contentEnd delimit the value of the first of
+	// "messages", "input" and "prompt" (what the transcript keeps); both 0
+	// when none is present.
+	contentStart, contentEnd int
+}
+
+// content is the messages, input or prompt value of body (the body f was
+// scanned from), or nil.
+func (f *reqFields) content(body []byte) []byte {
+	if f.contentEnd == 0 || f.contentEnd > len(body) {
+		return nil
+	}
+	return body[f.contentStart:f.contentEnd]
 }
 
 func (f *reqFields) reset() {
@@ -174,8 +187,15 @@ func (s *scanner) field(key []byte, f *reqFields) *scanError {
 		}
 		return s.typeError(string(key), "an integer")
 	}
+	start := s.i
 	if !s.value(1) {
 		return s.syntaxError()
+	}
+	if f.contentEnd == 0 {
+		switch string(key) {
+		case "messages", "input", "prompt":
+			f.contentStart, f.contentEnd = start, s.i
+		}
 	}
 	return nil
 }

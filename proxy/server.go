@@ -78,6 +78,8 @@ type Server struct {
 	tr *transcripts
 	// admin is the /admin/ API (adminapi.go); nil: 404.
 	admin *adminAPI
+	// models interns the model names requests name (intern.go).
+	models names
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -259,7 +261,13 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 			x.gone = true
 		}
 	}
-	x.tr.answer(x.ep, x.status, ctx.Response.Body())
+	// The answer's usage, found once for the transcript, the settlement and
+	// the token metrics (before compression changes the body).
+	var u usage
+	if x.status < 400 && (x.tr != nil || x.adm != nil || x.ticket != nil || !x.upFirst.IsZero()) {
+		u = findUsage(ctx.Response.Body())
+	}
+	x.tr.answerUsage(x.ep, x.status, ctx.Response.Body(), u)
 	s.compressAnswer(ctx, &x)
 	end := time.Now()
 	if !x.upFirst.IsZero() {
@@ -269,10 +277,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	actual := int64(-1)
 	if x.adm != nil || x.ticket != nil {
-		actual = bufferedUsage(x.status, ctx.Response.Body(), !x.upFirst.IsZero() && !x.cacheFree)
+		actual = bufferedUsage(x.status, u, !x.upFirst.IsZero() && !x.cacheFree)
 	}
 	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
-		x.usage = findUsage(ctx.Response.Body())
+		x.usage = u
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
 }
@@ -280,11 +288,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 // bufferedUsage is the tokens a buffered answer used: its usage when it is a
 // success that reports one, none for an error or no answer at all (the
 // provider bills neither), else -1 (unknown: keep the reservation).
-func bufferedUsage(status int, body []byte, answered bool) int64 {
+func bufferedUsage(status int, u usage, answered bool) int64 {
 	if !answered || status >= 400 {
 		return 0
 	}
-	if u := findUsage(body); u.ok {
+	if u.ok {
 		return u.total()
 	}
 	return -1
@@ -396,11 +404,15 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	p := pol.Principal(key, endUser)
 	x.user, x.team, x.tier = p.User, p.Team, p.Tier
-	x.modelAsked = string(f.model)
-	route, ok := s.router.Resolve(string(f.model))
+	model, known := s.models.get(f.model)
+	x.modelAsked = model
+	route, ok := s.router.Resolve(model)
 	if !ok {
-		writeModelNotFound(ctx, string(f.model))
+		writeModelNotFound(ctx, model)
 		return false
+	}
+	if !known {
+		s.models.add(model)
 	}
 	x.model = route.Model
 	if route.Rewritten {
@@ -426,7 +438,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return false
 	}
 	// transcript: the request as the client sent it (proxy/transcript.go)
-	x.tr.noteRequest(body, f.stream)
+	x.tr.noteContent(f.content(body), f.stream)
 	if s.limiter != nil {
 		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
 			cc.abandon()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -38,6 +39,8 @@ type transcripts struct {
 	maxContent int
 	tokenHash  [32]byte
 	hasToken   bool
+	// agents interns User-Agent values (their first 256 bytes).
+	agents names
 }
 
 // SetTranscripts turns recording on; call it before Serve.
@@ -80,25 +83,60 @@ func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx) *txState {
 		return nil
 	}
 	ua := ctx.Request.Header.UserAgent()
-	return &txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata, userAgent: sink.TruncateBytes(ua[:min(len(ua), 256)], 0)}
+	t, _ := txPool.Get().(*txState)
+	if t == nil {
+		t = new(txState)
+	}
+	agent, known := s.tr.agents.get(ua[:min(len(ua), maxNameLen)])
+	if !known {
+		s.tr.agents.add(agent)
+	}
+	*t = txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata,
+		userAgent: agent, text: t.text[:0]}
+	return t
+}
+
+// txPool recycles txStates and their answer-text buffers: record returns
+// them once the record holds its own copies.
+var txPool sync.Pool
+
+// maxPooledText is the largest answer-text buffer kept for reuse.
+const maxPooledText = 64 << 10
+
+// release returns t to txPool; t must not be used afterwards.
+func (t *txState) release() {
+	text := t.text[:0]
+	if cap(text) > maxPooledText {
+		text = nil
+	}
+	*t = txState{text: text}
+	txPool.Put(t)
 }
 
 // requestKeys are the top-level fields that hold what the client sent the
 // model: chat messages, a Responses or embeddings input, a legacy prompt.
 var requestKeys = [...]string{"messages", "input", "prompt"}
 
-// noteRequest copies the request's messages out of the body.
+// noteRequest copies the request's messages out of the body (the proxy
+// has them from its scan already and calls noteContent).
 func (t *txState) noteRequest(body []byte, stream bool) {
 	if t == nil {
 		return
 	}
-	t.stream = stream
-	if t.metadata {
+	t.noteContent(topLevelValue(body, requestKeys[:]), stream)
+}
+
+// noteContent copies the request's messages (input, prompt): v is their
+// JSON value, found by scanRequest (reqFields.content), or nil.
+func (t *txState) noteContent(v []byte, stream bool) {
+	if t == nil {
 		return
 	}
-	if v := topLevelValue(body, requestKeys[:]); v != nil {
-		t.request = sink.TruncateBytes(v, t.max)
+	t.stream = stream
+	if t.metadata || v == nil {
+		return
 	}
+	t.request = sink.TruncateBytes(v, t.max)
 }
 
 // topLevelValue returns the raw JSON value of the first of keys found at
@@ -206,12 +244,23 @@ func nextString(b, key []byte) (val, rest []byte, ok bool) {
 	}
 }
 
-// lastString returns the last string value of key in b, or "".
+// lastString returns the last string value of key in b, or "" (OpenAI's
+// finish reasons without allocating).
 func lastString(b, key []byte) string {
 	var last []byte
 	for {
 		v, rest, ok := nextString(b, key)
 		if !ok {
+			switch string(last) {
+			case "stop":
+				return "stop"
+			case "length":
+				return "length"
+			case "tool_calls":
+				return "tool_calls"
+			case "content_filter":
+				return "content_filter"
+			}
 			return string(last)
 		}
 		last, b = v, rest
@@ -244,6 +293,19 @@ func (t *txState) answer(ep endpoint, status int, body []byte) {
 	if t == nil {
 		return
 	}
+	var u usage
+	if status < 400 && ep.parsesBody() {
+		u = findUsage(body)
+	}
+	t.answerUsage(ep, status, body, u)
+}
+
+// answerUsage is answer with the body's usage already found (findUsage;
+// zero for an error or a body that is not parsed).
+func (t *txState) answerUsage(ep endpoint, status int, body []byte, u usage) {
+	if t == nil {
+		return
+	}
 	if status >= 400 {
 		t.errType = lastStringFirst(body, keyType)
 		return
@@ -251,7 +313,7 @@ func (t *txState) answer(ep endpoint, status int, body []byte) {
 	if !ep.parsesBody() {
 		return
 	}
-	t.usage = findUsage(body)
+	t.usage = u
 	t.finish = lastString(body, keyFinish)
 	t.appendText(body, textKey(ep, false))
 }
@@ -321,6 +383,7 @@ func (s *Server) record(reqID []byte, x *exchange, end time.Time, clientGone boo
 			r.Response += sink.TruncationMarker + strconv.Itoa(t.textCut) + " bytes]"
 		}
 	}
+	t.release()
 	s.tr.sink.Enqueue(r)
 }
 

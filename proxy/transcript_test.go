@@ -23,6 +23,28 @@ func TestTopLevelValue(t *testing.T) {
 	f(`not json`, ``)
 }
 
+// TestScanFindsTranscriptContent: the request scan delimits the same value
+// topLevelValue finds, so the proxy does not walk the body again.
+func TestScanFindsTranscriptContent(t *testing.T) {
+	for _, body := range []string{
+		`{"model":"m","messages":[{"role":"user","content":"hi \"x\""}],"stream":true}`,
+		`{"input":"embed me","model":"e"}`,
+		`{"model":"m","prompt":["a","b"]}`,
+		`{"model":"m","metadata":{"messages":"nested, not top level"}}`,
+		`{"model":"m","input":[1,2],"messages":[]}`,
+		`{}`,
+		string(chatBody1K),
+	} {
+		var f reqFields
+		if err := scanRequest([]byte(body), &f); err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		if got, want := f.content([]byte(body)), topLevelValue([]byte(body), requestKeys[:]); string(got) != string(want) {
+			t.Fatalf("%s: scan found %q, topLevelValue %q", body, got, want)
+		}
+	}
+}
+
 func TestAnswerTextFromStreamEvents(t *testing.T) {
 	tx := &txState{max: 1 << 10}
 	for _, ev := range []string{

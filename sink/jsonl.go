@@ -46,6 +46,9 @@ type JSONL struct {
 	day  string
 	n    int
 	size int64
+	// buf holds a batch's encoded rows (Write, under mu); reused across
+	// batches.
+	buf []byte
 }
 
 // NewJSONL opens the directory; the first Write opens the day's file.
@@ -121,9 +124,8 @@ func (j *JSONL) files() ([]string, error) {
 	return out, nil
 }
 
-// open makes sure the file for now is open, rotating by day and size.
-func (j *JSONL) open() error {
-	day := j.opts.Now().UTC().Format("2006-01-02")
+// open makes sure the file for day is open, rotating by day and size.
+func (j *JSONL) open(day string) error {
 	if j.f != nil && j.day == day && j.size < j.opts.MaxFileBytes {
 		return nil
 	}
@@ -183,25 +185,69 @@ func (j *JSONL) prune() error {
 	return nil
 }
 
-// Write appends recs, one JSON object per line, then fsyncs.
+// jsonlChunk is how many encoded bytes Write gathers before one write
+// call: a batch goes to the file in a few large writes, not one per row.
+const jsonlChunk = 1 << 20
+
+// Write appends recs, one JSON object per line, then fsyncs. Rows are
+// encoded into one reused buffer and written in chunks of about
+// jsonlChunk bytes; a file that fills mid-batch gets its rows before the
+// next one opens. The day is the batch's write time.
 func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	var buf []byte
-	for i, r := range recs {
-		if err := j.open(); err != nil {
-			return err
+	day := j.opts.Now().UTC().Format("2006-01-02")
+	defer func() {
+		if cap(j.buf) > 4*jsonlChunk {
+			j.buf = nil // a huge batch does not pin its buffer
 		}
-		b, err := json.Marshal(r)
-		if err != nil {
-			return err
+		j.buf = j.buf[:0]
+	}()
+	j.buf = j.buf[:0]
+	written, pending := 0, 0 // rows in the file; rows in buf
+	flush := func() error {
+		if len(j.buf) == 0 {
+			return nil
 		}
-		buf = append(buf[:0], b...)
-		buf = append(buf, '\n')
-		if _, err := j.f.Write(buf); err != nil {
-			return fmt.Errorf("sink: jsonl write (%d of %d rows written): %w", i, len(recs), err)
+		if _, err := j.f.Write(j.buf); err != nil {
+			return fmt.Errorf("sink: jsonl write (%d of %d rows written): %w", written, len(recs), err)
 		}
-		j.size += int64(len(buf))
+		written += pending
+		pending = 0
+		j.buf = j.buf[:0]
+		return nil
+	}
+	for _, r := range recs {
+		if j.f == nil || j.day != day || j.size >= j.opts.MaxFileBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := j.open(day); err != nil {
+				return err
+			}
+		}
+		n := len(j.buf)
+		b, ok := appendRecordJSON(j.buf, r) // json.Marshal's bytes, without reflection
+		if !ok {
+			// A value Marshal refuses (a NaN, a year past 9999): its error.
+			m, err := json.Marshal(r)
+			if err != nil {
+				j.buf = j.buf[:n]
+				return err
+			}
+			b = append(b[:n], m...)
+		}
+		j.buf = append(b, '\n')
+		j.size += int64(len(j.buf) - n)
+		pending++
+		if len(j.buf) >= jsonlChunk {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	if !j.opts.NoSync && j.f != nil {
 		if err := j.f.Sync(); err != nil {

@@ -1,7 +1,11 @@
 package sink
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -107,5 +111,53 @@ func TestJSONLMaxFilesAndRecent(t *testing.T) {
 	none, _ := j.Recent(ctx, "u1", time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), 10)
 	if len(none) != 0 {
 		t.Fatalf("since tomorrow: %d transcripts", len(none))
+	}
+}
+
+// TestJSONLSameBytesAsMarshal: a batch written through the reused encoder
+// buffer is each record's json.Marshal, one per line, in order (HTML
+// characters escaped as Marshal does), and a second batch appends.
+func TestJSONLSameBytesAsMarshal(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)}
+	j, _ := NewJSONL(JSONLOptions{Dir: dir, NoSync: true, Now: c.now})
+	var want []byte
+	var batch []*Record
+	for i := 0; i < 50; i++ {
+		r := rec(i)
+		r.Response = "<b>a & b</b> \u2028 \xff"
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(append(want, b...), '\n')
+		batch = append(batch, r)
+	}
+	if err := j.Write(context.Background(), batch[:30]); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Write(context.Background(), batch[30:]); err != nil {
+		t.Fatal(err)
+	}
+	_ = j.Close()
+	got, err := os.ReadFile(filepath.Join(dir, "transcripts-2026-11-27.0.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("file differs from json.Marshal lines:\n got %.300s\nwant %.300s", got, want)
+	}
+}
+
+// TestJSONLRefusesWhatMarshalRefuses: a record json.Marshal cannot encode
+// (a NaN) fails the batch with Marshal's error, as before.
+func TestJSONLRefusesWhatMarshalRefuses(t *testing.T) {
+	j, _ := NewJSONL(JSONLOptions{Dir: t.TempDir(), NoSync: true})
+	defer j.Close()
+	bad := rec(1)
+	bad.LatencyMs = math.NaN()
+	var want *json.UnsupportedValueError
+	if err := j.Write(context.Background(), []*Record{rec(0), bad}); !errors.As(err, &want) {
+		t.Fatalf("Write = %v, want json.UnsupportedValueError", err)
 	}
 }

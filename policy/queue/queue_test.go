@@ -461,3 +461,22 @@ func BenchmarkAcquireFastPath(b *testing.B) {
 		s.Done(t, 80)
 	}
 }
+
+// BenchmarkAcquireFastPathConcurrent is the fast path with a concurrency
+// budget too: Done frees a slot, which wakes the dispatcher only when a
+// ticket waits for it.
+func BenchmarkAcquireFastPathConcurrent(b *testing.B) {
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	s := New(Options{Name: "bench", Budget: Budget{RPM: 1 << 40, TPM: 1 << 40, Concurrent: 1 << 20}, Store: mem})
+	defer s.Close()
+	deadline := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		t := NewTicket()
+		t.Flow, t.Tokens, t.Deadline, t.ID = "u", 100, deadline, "req"
+		if ok, err := s.Acquire(t); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+		s.Done(t, 80)
+	}
+}
