@@ -55,7 +55,12 @@ while read -r dir name; do
     last="$(grep -E '^fuzz: elapsed.*execs:' "$log" | tail -n 1 || true)"
     execs="$(sed -nE 's/.*execs: ([0-9]+).*/\1/p' <<<"$last")"
     new="$(sed -nE 's/.*new interesting: ([0-9]+).*/\1/p' <<<"$last")"
-    printf '%-22s %-22s ok   %8s execs, %s new, %3ds\n' "$dir" "$name" "${execs:-?}" "${new:-0}" $((SECONDS - t0))
+    note=""
+    if [ -z "$execs" ]; then # the time went on replaying the cached corpus
+      execs=0
+      note=" (budget spent replaying the corpus: $(grep -oE 'gathering baseline coverage: [0-9]+/[0-9]+' "$log" | tail -n 1 | cut -d' ' -f4))"
+    fi
+    printf '%-22s %-22s ok   %8s execs, %s new, %3ds%s\n' "$dir" "$name" "$execs" "${new:-0}" $((SECONDS - t0)) "$note"
     continue
   fi
   after="$(ls "$corpus" 2>/dev/null | sort || true)"

@@ -5,7 +5,7 @@
 # and ClickHouse from Debian's packages (scripts/services.sh), and Prometheus (promtool, the dashboards' queries), on a free loopback port, ended
 # by its PID when the script exits. The fake upstream runs inside the tests.
 #
-# Usage: scripts/test.sh   (FUZZTIME=8s: every fuzz target for that long, through
+# Usage: scripts/test.sh   (FUZZTIME=5s: every fuzz target for that long, through
 # scripts/fuzz.sh, which tells the time-limit flake of Go 1.26 from a failure;
 # FUZZTIME=0 skips fuzzing. SLUICE_SOAK=10m: the soak's duration; 0 skips it)
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "test.sh: Go 1.26 is required (https://go.dev/dl/)" >&2; exit 1; }
-export FUZZTIME="${FUZZTIME:-8s}"
+export FUZZTIME="${FUZZTIME:-5s}"
 SOAK="${SLUICE_SOAK:-10m}"
 
 step() { printf '\n== %s\n' "$*"; }
