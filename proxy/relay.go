@@ -182,6 +182,7 @@ func (r *relay) next() ([]byte, error) {
 		return r.ev[:n], r.noteErr(err)
 	}
 	r.ev = r.ev[:0]
+	lineStart := 0 // where the line being read starts in r.ev
 	for {
 		line, err := r.br.ReadSlice('\n')
 		r.ev = append(r.ev, line...)
@@ -191,7 +192,11 @@ func (r *relay) next() ([]byte, error) {
 		case err != nil:
 			return r.ev, r.noteErr(err)
 		}
-		// A blank line ends an event.
+		// A blank line ends an event. The whole line is checked, not the
+		// last read: a line of a multiple of relayBufSize bytes ends with a
+		// read of "\n" alone, and is no event boundary.
+		line = r.ev[lineStart:]
+		lineStart = len(r.ev)
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
 			if r.x.cache != nil {
 				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
@@ -205,7 +210,7 @@ func (r *relay) next() ([]byte, error) {
 					r.usage = u
 				}
 				if r.x.stripUsage && isUsageOnlyEvent(r.ev) {
-					r.ev = r.ev[:0] // asked on the client's behalf: not relayed
+					r.ev, lineStart = r.ev[:0], 0 // asked on the client's behalf: not relayed
 					continue
 				}
 			}
