@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/config"
+	"sluice/policy"
+)
+
+// streamHeap holds n streams through a Server on loopback TCP (so each has
+// its disconnect watcher, as in production) and returns the heap in use per
+// stream while they are held. The upstream and the clients are raw sockets
+// that allocate next to nothing, so the figure is the proxy's. With
+// SLUICE_STREAM_HEAP_PROFILE set it also writes a heap profile there.
+func streamHeap(tb testing.TB, n int, acceptEncoding string) (heap, stack float64) {
+	tb.Helper()
+	if os.Getenv("SLUICE_STREAM_HEAP_PROFILE") != "" {
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 512
+	}
+	release := make(chan struct{})
+	var held sync.WaitGroup
+
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer upLn.Close()
+	go func() {
+		for {
+			c, err := upLn.Accept()
+			if err != nil {
+				return
+			}
+			go fakeSlowStream(c, release)
+		}
+	}()
+
+	cfg, err := config.Parse("mem.yaml", []byte(fmt.Sprintf(
+		"upstreams:\n  - name: mem\n    base_url: http://%s/v1\n    api_key: sk-up\n    max_conns: %d\n", upLn.Addr(), n+16)), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pol, err := policy.Parse("mem-policies.yaml", []byte(fmt.Sprintf(
+		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Tell me a long story."}]}`
+	req := []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer sk-client\r\n" +
+		"Content-Type: application/json\r\n")
+	if acceptEncoding != "" {
+		req = append(req, "Accept-Encoding: "+acceptEncoding+"\r\n"...)
+	}
+	req = append(req, "Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body...)
+
+	// Warm the pools and the upstream connection path with one stream.
+	open := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := c.Write(req); err != nil {
+			tb.Fatal(err)
+		}
+		var buf [1024]byte
+		var got []byte
+		for !bytes.Contains(got, []byte("data: ")) {
+			m, err := c.Read(buf[:])
+			if err != nil {
+				tb.Fatalf("stream %s: %v", got, err)
+			}
+			got = append(got, buf[:m]...)
+		}
+		return c
+	}
+	conns := make([]net.Conn, 0, n)
+	conns = append(conns, open())
+
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for len(conns) < n+1 {
+		conns = append(conns, open())
+	}
+	var during runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&during)
+	if path := os.Getenv("SLUICE_STREAM_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			tb.Fatal(err)
+		}
+		f.Close()
+	}
+	close(release)
+	held.Add(len(conns))
+	for _, c := range conns {
+		go func() {
+			defer held.Done()
+			_, _ = io.Copy(io.Discard, c) // to [DONE] and the end of the chunked body
+			c.Close()
+		}()
+	}
+	// The server keeps the connections alive; close them once the answers end.
+	go func() {
+		time.Sleep(2 * time.Second)
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	held.Wait()
+	_ = s.Shutdown(tb.Context())
+	return float64(int64(during.HeapInuse)-int64(before.HeapInuse)) / float64(n),
+		float64(int64(during.StackInuse)-int64(before.StackInuse)) / float64(n)
+}
+
+// fakeSlowStream answers one streamed chat request on c: one event at once,
+// the rest once release closes.
+func fakeSlowStream(c net.Conn, release chan struct{}) {
+	defer c.Close()
+	var buf [1024]byte
+	var n int
+	for {
+		m, err := c.Read(buf[n:])
+		if err != nil {
+			return
+		}
+		n += m
+		if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
+			cl := 0
+			if j := bytes.Index(bytes.ToLower(buf[:i]), []byte("content-length: ")); j >= 0 {
+				k := j + len("content-length: ")
+				for k < i && buf[k] >= '0' && buf[k] <= '9' {
+					cl = cl*10 + int(buf[k]-'0')
+					k++
+				}
+			}
+			if n >= i+4+cl {
+				break
+			}
+		}
+	}
+	const event = `data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Once upon a time"}}]}` + "\n\n"
+	chunk := func(s string) string { return strconv.FormatInt(int64(len(s)), 16) + "\r\n" + s + "\r\n" }
+	if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+chunk(event)); err != nil {
+		return
+	}
+	<-release
+	usage := `data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14}}` + "\n\n"
+	_, _ = io.WriteString(c, chunk(event)+chunk(usage)+chunk("data: [DONE]\n\n")+"0\r\n\r\n")
+	_, _ = io.Copy(io.Discard, c) // until Sluice closes its pooled connection
+}
+
+// TestStreamHeapReport prints the heap each held stream costs. It is a
+// measuring tool: SLUICE_STREAM_HEAP_N streams (default 1000).
+func TestStreamHeapReport(t *testing.T) {
+	nStr := os.Getenv("SLUICE_STREAM_HEAP_N")
+	if nStr == "" {
+		t.Skip("set SLUICE_STREAM_HEAP_N to measure")
+	}
+	n, err := strconv.Atoi(nStr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heap, stack := streamHeap(t, n, os.Getenv("SLUICE_STREAM_HEAP_AE"))
+	t.Logf("%d streams: %.0f B heap and %.0f B stacks in use per stream (the test's clients and upstream included)", n, heap, stack)
+}
