@@ -55,11 +55,17 @@ type relay struct {
 // errClientGone interrupts the upstream read when the client went away.
 var errClientGone = errors.New("client went away")
 
-// relayBufSize is the read buffer per stream; longer lines are assembled
-// across reads.
+// relayBufSize is the buffer a raw (not SSE) answer is copied through.
 const relayBufSize = 16 << 10
 
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
+// lineBufSize is the line reader's buffer, held by every stream for as long
+// as it lasts. An SSE event is a few hundred bytes and longer lines are
+// assembled across reads, so a small buffer costs no extra reads for usual
+// events; a raw copy reads past it into its own buffer. 16 KiB here was a
+// third of a held stream's heap.
+const lineBufSize = 1 << 10
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineBufSize) }}
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
