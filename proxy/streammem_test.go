@@ -25,7 +25,7 @@ import (
 // stream while they are held. The upstream and the clients are raw sockets
 // that allocate next to nothing, so the figure is the proxy's. With
 // SLUICE_STREAM_HEAP_PROFILE set it also writes a heap profile there.
-func streamHeap(tb testing.TB, n int, acceptEncoding string) (heap, stack float64) {
+func streamHeap(tb testing.TB, n int, acceptEncoding string) streamCost {
 	tb.Helper()
 	if os.Getenv("SLUICE_STREAM_HEAP_PROFILE") != "" {
 		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
@@ -116,12 +116,14 @@ func streamHeap(tb testing.TB, n int, acceptEncoding string) (heap, stack float6
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
 	for len(conns) < n+1 {
 		conns = append(conns, open())
 	}
 	var during runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&during)
+	g1 := runtime.NumGoroutine()
 	if path := os.Getenv("SLUICE_STREAM_HEAP_PROFILE"); path != "" {
 		f, err := os.Create(path)
 		if err != nil {
@@ -153,8 +155,29 @@ func streamHeap(tb testing.TB, n int, acceptEncoding string) (heap, stack float6
 	}
 	held.Wait()
 	_ = s.Shutdown(tb.Context())
-	return float64(int64(during.HeapInuse)-int64(before.HeapInuse)) / float64(n),
-		float64(int64(during.StackInuse)-int64(before.StackInuse)) / float64(n)
+	// Every stream's relay has stopped being watched.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		clientWatch.mu.Lock()
+		left := len(clientWatch.relays)
+		clientWatch.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%d streams still watched after they ended", left)
+		}
+	}
+	return streamCost{
+		heap:       float64(int64(during.HeapInuse)-int64(before.HeapInuse)) / float64(n),
+		stack:      float64(int64(during.StackInuse)-int64(before.StackInuse)) / float64(n),
+		goroutines: float64(g1-g0) / float64(n),
+	}
+}
+
+// streamCost is what one held stream costs, the test's own sockets and
+// goroutines included: bytes of heap and stack, and goroutines.
+type streamCost struct {
+	heap, stack, goroutines float64
 }
 
 // fakeSlowStream answers one streamed chat request on c: one event at once,
@@ -205,22 +228,26 @@ func TestStreamHeapReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	heap, stack := streamHeap(t, n, os.Getenv("SLUICE_STREAM_HEAP_AE"))
-	t.Logf("%d streams: %.0f B heap and %.0f B stacks in use per stream (the test's clients and upstream included)", n, heap, stack)
+	c := streamHeap(t, n, os.Getenv("SLUICE_STREAM_HEAP_AE"))
+	t.Logf("%d streams: %.0f B heap, %.0f B stacks and %.2f goroutines per stream (the test's clients and upstream included)", n, c.heap, c.stack, c.goroutines)
 }
 
 // TestStreamHeapBound fails when a held stream gets heavier again: it was
 // ~51 KiB with a 16 KiB line reader and fasthttp's 16 KiB read buffer held
-// through every stream, ~20 KiB without them (the test's own sockets
-// included).
+// through every stream, ~19 KiB without them (the test's own sockets
+// included); and three goroutines (fasthttp's, a client watcher's, the
+// test upstream's), two with one watcher for all streams.
 func TestStreamHeapBound(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector adds its own heap")
 	}
 	const streams, bound = 100, 28 << 10
-	heap, _ := streamHeap(t, streams, "")
-	if heap > bound {
-		t.Fatalf("a held stream costs %.0f B of heap; want at most %d", heap, bound)
+	c := streamHeap(t, streams, "")
+	if c.heap > bound {
+		t.Errorf("a held stream costs %.0f B of heap; want at most %d", c.heap, bound)
 	}
-	t.Logf("a held stream costs %.0f B of heap", heap)
+	if c.goroutines > 2.1 {
+		t.Errorf("a held stream costs %.2f goroutines; want 2 (the server's and the test upstream's)", c.goroutines)
+	}
+	t.Logf("a held stream costs %.0f B of heap and %.2f goroutines", c.heap, c.goroutines)
 }
