@@ -853,6 +853,10 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.R
 		return false
 	}
 	r := newRelay(s, x, resp, stream && resp.StatusCode() == fasthttp.StatusOK)
+	// Nothing reads the request body from here on (x and the transcript
+	// hold copies): give it back rather than hold a chat's whole history
+	// through the stream.
+	ctx.Request.ResetBody()
 	r.reqID = append(r.reqID[:0], ctx.Response.Header.Peek("X-Request-Id")...)
 	if r.sse {
 		ctx.Response.ImmediateHeaderFlush = true

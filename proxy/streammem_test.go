@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ import (
 // stream while they are held. The upstream and the clients are raw sockets
 // that allocate next to nothing, so the figure is the proxy's. With
 // SLUICE_STREAM_HEAP_PROFILE set it also writes a heap profile there.
-func streamHeap(tb testing.TB, n int, acceptEncoding string) streamCost {
+func streamHeap(tb testing.TB, n int, acceptEncoding string, pad int) streamCost {
 	tb.Helper()
 	if os.Getenv("SLUICE_STREAM_HEAP_PROFILE") != "" {
 		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
@@ -82,7 +83,7 @@ func streamHeap(tb testing.TB, n int, acceptEncoding string) streamCost {
 	defer ln.Close()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
 
-	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Tell me a long story."}]}`
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Tell me a long story.` + strings.Repeat(" Go on.", pad/7) + `"}]}`
 	req := []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer sk-client\r\n" +
 		"Content-Type: application/json\r\n")
 	if acceptEncoding != "" {
@@ -185,26 +186,30 @@ type streamCost struct {
 func fakeSlowStream(c net.Conn, release chan struct{}) {
 	defer c.Close()
 	var buf [1024]byte
-	var n int
-	for {
-		m, err := c.Read(buf[n:])
+	var head []byte // the request up to its blank line
+	rest := -1      // body bytes still to read once the head is in
+	for rest != 0 {
+		m, err := c.Read(buf[:])
 		if err != nil {
 			return
 		}
-		n += m
-		if i := bytes.Index(buf[:n], []byte("\r\n\r\n")); i >= 0 {
-			cl := 0
-			if j := bytes.Index(bytes.ToLower(buf[:i]), []byte("content-length: ")); j >= 0 {
-				k := j + len("content-length: ")
-				for k < i && buf[k] >= '0' && buf[k] <= '9' {
-					cl = cl*10 + int(buf[k]-'0')
-					k++
-				}
-			}
-			if n >= i+4+cl {
-				break
+		if rest > 0 {
+			rest = max(0, rest-m)
+			continue
+		}
+		head = append(head, buf[:m]...)
+		i := bytes.Index(head, []byte("\r\n\r\n"))
+		if i < 0 {
+			continue
+		}
+		cl := 0
+		if j := bytes.Index(bytes.ToLower(head[:i]), []byte("content-length: ")); j >= 0 {
+			for k := j + len("content-length: "); k < i && head[k] >= '0' && head[k] <= '9'; k++ {
+				cl = cl*10 + int(head[k]-'0')
 			}
 		}
+		rest = max(0, cl-(len(head)-i-4))
+		head = nil
 	}
 	const event = `data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Once upon a time"}}]}` + "\n\n"
 	chunk := func(s string) string { return strconv.FormatInt(int64(len(s)), 16) + "\r\n" + s + "\r\n" }
@@ -228,7 +233,8 @@ func TestStreamHeapReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := streamHeap(t, n, os.Getenv("SLUICE_STREAM_HEAP_AE"))
+	pad, _ := strconv.Atoi(os.Getenv("SLUICE_STREAM_HEAP_PAD"))
+	c := streamHeap(t, n, os.Getenv("SLUICE_STREAM_HEAP_AE"), pad)
 	t.Logf("%d streams: %.0f B heap, %.0f B stacks and %.2f goroutines per stream (the test's clients and upstream included)", n, c.heap, c.stack, c.goroutines)
 }
 
@@ -236,13 +242,14 @@ func TestStreamHeapReport(t *testing.T) {
 // ~51 KiB with a 16 KiB line reader and fasthttp's 16 KiB read buffer held
 // through every stream, ~19 KiB without them (the test's own sockets
 // included); and three goroutines (fasthttp's, a client watcher's, the
-// test upstream's), two with one watcher for all streams.
+// test upstream's), two with one watcher for all streams. The request
+// bodies are 16 KiB, given back once the stream begins.
 func TestStreamHeapBound(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector adds its own heap")
 	}
 	const streams, bound = 100, 28 << 10
-	c := streamHeap(t, streams, "")
+	c := streamHeap(t, streams, "", 16<<10)
 	if c.heap > bound {
 		t.Errorf("a held stream costs %.0f B of heap; want at most %d", c.heap, bound)
 	}
