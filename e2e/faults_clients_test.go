@@ -205,9 +205,9 @@ func (e *faultEnv) checkDelta(t *testing.T, before, want float64, name string, l
 // here; the deadline covers the whole request, trickling does not extend
 // it). Sluice answers 408 with an OpenAI-shaped error, closes the
 // connection and counts sluice_protocol_errors_total{reason="timeout"}. A
-// connection that sends nothing is closed the same way; a keep-alive
-// connection idle after a complete request is closed silently after
-// server.idle_timeout. Nothing reaches the upstream.
+// connection that sends nothing is closed without an answer after the read
+// timeout; a keep-alive connection idle after a complete request is closed
+// silently after server.idle_timeout. Nothing reaches the upstream.
 func TestFaultClientSlowloris(t *testing.T) {
 	e := newFaultEnv(t)
 	base := e.s.resources(t)
@@ -246,7 +246,20 @@ func TestFaultClientSlowloris(t *testing.T) {
 	}
 	t.Run("slow_headers", func(t *testing.T) { trickle(t, req[:20], req[20:split]) })
 	t.Run("slow_body", func(t *testing.T) { trickle(t, req[:split], req[split:]) })
-	t.Run("silent_new_connection", func(t *testing.T) { trickle(t, "", "") })
+	// A connection that never sends a byte holds no buffer while it waits
+	// (the server reduces memory per connection) and is closed without an
+	// answer after the read timeout, like a TCP health check: nothing to
+	// count.
+	t.Run("silent_new_connection", func(t *testing.T) {
+		before := e.counter(t, "sluice_protocol_errors_total", `reason="timeout"`)
+		c := e.dial(t)
+		start := time.Now()
+		checkClosed(t, c, bufio.NewReader(c), 5*time.Second)
+		if took := time.Since(start); took < 900*time.Millisecond || took > 3*time.Second {
+			t.Fatalf("closed after %v; want about the 1 s read timeout", took)
+		}
+		e.checkDelta(t, before, 0, "sluice_protocol_errors_total", `reason="timeout"`)
+	})
 	t.Run("idle_keepalive", func(t *testing.T) {
 		before := e.counter(t, "sluice_protocol_errors_total", `reason="timeout"`)
 		c := e.dial(t)

@@ -50,9 +50,15 @@ type relay struct {
 	errBody []byte
 
 	// gone is set by the watcher when the client socket closed.
-	gone      atomic.Bool
-	stopWatch chan struct{}
-	watchDone chan struct{}
+	gone atomic.Bool
+	// watchMu guards watched: the watcher checks the client socket only
+	// while it is set, and CloseWithError clears it.
+	watchMu sync.Mutex
+	watched bool
+	// raw is the client socket the watcher polls; watchIdx is the relay's
+	// place in clientWatch.relays.
+	raw      syscall.RawConn
+	watchIdx int
 }
 
 // errClientGone interrupts the upstream read when the client went away.
@@ -61,11 +67,17 @@ var errClientGone = errors.New("client went away")
 // maxErrBody bounds the error answer a relay keeps for the transcript.
 const maxErrBody = 4 << 10
 
-// relayBufSize is the read buffer per stream; longer lines are assembled
-// across reads.
+// relayBufSize is the buffer a raw (not SSE) answer is copied through.
 const relayBufSize = 16 << 10
 
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
+// lineBufSize is the line reader's buffer, held by every stream for as long
+// as it lasts. An SSE event is a few hundred bytes and longer lines are
+// assembled across reads, so a small buffer costs no extra reads for usual
+// events; a raw copy reads past it into its own buffer. 16 KiB here was a
+// third of a held stream's heap.
+const lineBufSize = 1 << 10
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineBufSize) }}
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
@@ -252,10 +264,7 @@ func (r *relay) markFirst() {
 // returning its connection to the pool only when the body was read to EOF,
 // and finishes the exchange.
 func (r *relay) CloseWithError(err error) error {
-	if r.stopWatch != nil {
-		close(r.stopWatch)
-		<-r.watchDone
-	}
+	r.unwatch()
 	if r.x.cache != nil {
 		r.x.cache.drain(r) // cache: the client left, others follow: read on for them
 	}
@@ -332,6 +341,20 @@ func (r *relay) streamUsage() int64 {
 // tell. A check costs about half a microsecond.
 const watchInterval = 100 * time.Millisecond
 
+// clientWatch checks the client sockets of all streams, every
+// watchInterval, from one goroutine: a goroutine, a ticker and two channels
+// per stream cost more than the checks themselves.
+var clientWatch watchSet
+
+// watchSet is the streams whose clients are watched.
+type watchSet struct {
+	mu sync.Mutex
+	// relays are the streams watched; running reports that the goroutine
+	// that checks them runs (it ends when relays is empty).
+	relays  []*relay
+	running bool
+}
+
 // watch checks the client socket every watchInterval and interrupts the
 // upstream read when the client has gone, so a silent stream (a model
 // thinking) does not hold its upstream connection for nothing.
@@ -344,25 +367,70 @@ func (r *relay) watch(c net.Conn) {
 	if err != nil {
 		return
 	}
-	r.stopWatch = make(chan struct{})
-	r.watchDone = make(chan struct{})
-	go func() {
-		defer close(r.watchDone)
-		t := time.NewTicker(watchInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-r.stopWatch:
-				return
-			case <-t.C:
-				if peerClosed(raw) {
-					r.gone.Store(true)
-					if r.x.cache == nil || !r.x.cache.shared() { // cache: others follow this stream
-						_ = r.body.CloseWithError(errClientGone)
-					}
-					return
-				}
-			}
+	r.raw, r.watched = raw, true
+	w := &clientWatch
+	w.mu.Lock()
+	r.watchIdx = len(w.relays)
+	w.relays = append(w.relays, r)
+	if !w.running {
+		w.running = true
+		go w.loop()
+	}
+	w.mu.Unlock()
+}
+
+// unwatch stops watching r's client. Once it returns the watcher no longer
+// touches r.
+func (r *relay) unwatch() {
+	if r.raw == nil {
+		return
+	}
+	w := &clientWatch
+	w.mu.Lock()
+	last := len(w.relays) - 1
+	w.relays[r.watchIdx] = w.relays[last]
+	w.relays[r.watchIdx].watchIdx = r.watchIdx
+	w.relays[last] = nil
+	w.relays = w.relays[:last]
+	w.mu.Unlock()
+	r.watchMu.Lock()
+	r.watched = false
+	r.watchMu.Unlock()
+}
+
+// loop checks every watched client each watchInterval, until none is left.
+func (w *watchSet) loop() {
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	var batch []*relay
+	for range t.C {
+		w.mu.Lock()
+		if len(w.relays) == 0 {
+			w.running = false
+			w.relays = nil // let a burst's backing array go
+			w.mu.Unlock()
+			return
 		}
-	}()
+		batch = append(batch[:0], w.relays...)
+		w.mu.Unlock()
+		for i, r := range batch {
+			r.check()
+			batch[i] = nil
+		}
+	}
+}
+
+// check polls r's client socket; when the client has gone it marks the
+// relay and ends the upstream read.
+func (r *relay) check() {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	if !r.watched || !peerClosed(r.raw) {
+		return
+	}
+	r.watched = false
+	r.gone.Store(true)
+	if r.x.cache == nil || !r.x.cache.shared() { // cache: others follow this stream
+		_ = r.body.CloseWithError(errClientGone)
+	}
 }
