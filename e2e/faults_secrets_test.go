@@ -585,10 +585,10 @@ func TestFaultSecretsPolicyWarnings(t *testing.T) {
 		}
 		return v
 	}
-	if l := s.waitLogLine(2*time.Second, "level=WARN", "policy file is writable by every user", "file="+polPath, "mode=-rw-rw-rw-"); l == "" {
+	if l := s.waitLogLine(5*time.Second, "level=WARN", "policy file is writable by every user", "file="+polPath, "mode=-rw-rw-rw-"); l == "" {
 		t.Fatalf("no world-writable warning:\n%s", s.Output())
 	}
-	if l := s.waitLogLine(2*time.Second, "level=WARN", "plaintext key", "file="+polPath, "keys=demo"); l == "" {
+	if l := s.waitLogLine(5*time.Second, "level=WARN", "plaintext key", "file="+polPath, "keys=demo"); l == "" {
 		t.Fatalf("no plaintext-key warning naming key demo:\n%s", s.Output())
 	}
 	if gauge("world_writable") != 1 || gauge("plaintext_key") != 1 {
@@ -621,6 +621,8 @@ func TestFaultSecretsPolicyWarnings(t *testing.T) {
 	if st, b := s.admin(t, "POST", "/admin/reload", secretsToken, ""); st != 200 {
 		t.Fatalf("reload: %d %s", st, b)
 	}
+	// The log line comes through a pipe: wait for it.
+	waitFor(5*time.Second, func() bool { return strings.Count(s.Output(), "plaintext key") >= before+1 })
 	if strings.Count(s.Output(), "plaintext key") != before+1 || gauge("plaintext_key") != 1 {
 		t.Fatalf("the reload did not warn again (gauge %v):\n%s", gauge("plaintext_key"), s.Output())
 	}
