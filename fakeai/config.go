@@ -125,23 +125,6 @@ func (s *Server) parseOptions(h http.Header) (options, error) {
 	if err != nil {
 		return s.defaultOptions(), err
 	}
-	if v := h.Get(HeaderTrickle); v != "" {
-		if o.trickle, err = time.ParseDuration(v); err != nil || o.trickle <= 0 {
-			return o, fmt.Errorf("%s must be a positive duration such as 10ms, got %q", HeaderTrickle, v)
-		}
-	}
-	if v := h.Get(HeaderMalformedSSE); v != "" {
-		if _, ok := malformedEvents[v]; !ok {
-			return o, fmt.Errorf("%s must be json, nodata or garbage, got %q", HeaderMalformedSSE, v)
-		}
-		o.malformed = v
-	}
-	if v := h.Get(HeaderBody); v != "" {
-		if v != "html" && v != "text" {
-			return o, fmt.Errorf("%s must be html or text, got %q", HeaderBody, v)
-		}
-		o.body = v
-	}
 	return o, nil
 }
 
