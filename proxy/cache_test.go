@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -18,8 +17,6 @@ import (
 	"github.com/valyala/fasthttp/fasthttputil"
 
 	"sluice/cache"
-	"sluice/config"
-	"sluice/policy"
 )
 
 func TestCacheControl(t *testing.T) {
@@ -67,24 +64,12 @@ func cacheProxyWith(tb testing.TB, store cache.Store, mem *cache.Memory, handler
 		ctx.SetBodyString(chatAnswer)
 	}}
 	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
-	cfg, err := config.Parse("bench.yaml", []byte("upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n"), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pol, err := policy.Parse("bench-policies.yaml", []byte(fmt.Sprintf(
-		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
 	c, err := cache.New(cache.Options{Store: store, Memory: mem, Registry: reg})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler), Cache: c})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	s := newTestServer(tb, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n", Options{Registry: reg, Cache: c})
 	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	ln := fasthttputil.NewInmemoryListener()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes

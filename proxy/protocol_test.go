@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -14,35 +13,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
-
-	"sluice/config"
-	"sluice/policy"
 )
 
 // TestProtocolErrors sends requests fasthttp refuses before the handler
 // runs and checks each gets an OpenAI-shaped error, a closed connection and
 // one count in sluice_protocol_errors_total under its reason.
 func TestProtocolErrors(t *testing.T) {
-	cfg, err := config.Parse("t.yaml", []byte(`server:
+	reg := prometheus.NewRegistry()
+	s := newTestServer(t, `server:
   max_body_bytes: 64
   max_header_bytes: 1024
   read_timeout: 300ms
 upstreams:
   - name: mem
     base_url: http://upstream/v1
-`), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := policy.Parse("p.yaml", []byte("tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+`, Options{Registry: reg})
 	ln := fasthttputil.NewInmemoryListener()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
 	defer ln.Close()
@@ -138,18 +123,7 @@ func TestBufferedAnswerClientGone(t *testing.T) {
 	}}
 	go up.Serve(upLn) //nolint:errcheck // ends when the listener closes
 	defer upLn.Close()
-	cfg, err := config.Parse("t.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := policy.Parse("p.yaml", []byte("tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n", Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -9,12 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 
-	"sluice/config"
-	"sluice/policy"
 	"sluice/sink"
 )
 
@@ -59,25 +56,13 @@ func TestRelayedErrorsReachTheTranscript(t *testing.T) {
 	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
 	defer upLn.Close()
 
-	cfg, err := config.Parse("t.yaml", []byte("upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := policy.Parse("p.yaml", []byte(fmt.Sprintf(
-		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	w := &memWriter{}
 	sk, err := sink.New(sink.Options{Writer: w, FlushInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sk.Stop(context.Background()) //nolint:errcheck // test teardown
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n", Options{})
 	s.SetTranscripts(TranscriptOptions{Sink: sk})
 	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	ln := fasthttputil.NewInmemoryListener()

@@ -1,18 +1,12 @@
 package proxy
 
 import (
-	"fmt"
-	"log/slog"
 	"net"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
-
-	"sluice/config"
-	"sluice/policy"
 )
 
 // chatBody1K is a realistic ~1 KB chat request.
@@ -44,19 +38,7 @@ func benchProxy(tb testing.TB, setup ...func(*Server)) (*fasthttp.Client, func()
 	}}
 	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
 
-	cfg, err := config.Parse("bench.yaml", []byte("upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n"), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pol, err := policy.Parse("bench-policies.yaml", []byte(fmt.Sprintf(
-		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	s := newTestServer(tb, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n", Options{})
 	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	for _, f := range setup {
 		f(s)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"runtime"
@@ -14,11 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-
-	"sluice/config"
-	"sluice/policy"
 )
 
 // streamHeap holds n streams through a Server on loopback TCP (so each has
@@ -62,20 +56,7 @@ func streamHeap(tb testing.TB, n int, acceptEncoding string, pad int) streamCost
 		}
 	}()
 
-	cfg, err := config.Parse("mem.yaml", []byte(fmt.Sprintf(
-		"upstreams:\n  - name: mem\n    base_url: http://%s/v1\n    api_key: sk-up\n    max_conns: %d\n", upLn.Addr(), n+16)), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pol, err := policy.Parse("mem-policies.yaml", []byte(fmt.Sprintf(
-		"tiers: {default: {}}\nkeys:\n  - id: k\n    user: u\n    tier: default\n    sha256: %s\n", policy.HashKey("sk-client"))), nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	s := newTestServer(tb, fmt.Sprintf("upstreams:\n  - name: mem\n    base_url: http://%s/v1\n    api_key: sk-up\n    max_conns: %d\n", upLn.Addr(), n+16), Options{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
