@@ -2,10 +2,15 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"regexp"
 	"strings"
 
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zlib"
+	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
 )
 
@@ -76,19 +81,7 @@ func (u *upstream) scrubError(resp *fasthttp.Response) {
 	plain, decoded := body, false
 	if enc := resp.Header.ContentEncoding(); len(enc) > 0 && !bytes.EqualFold(enc, []byte("identity")) {
 		var err error
-		switch string(bytes.ToLower(enc)) {
-		case "gzip":
-			plain, err = fasthttp.AppendGunzipBytes(nil, body)
-		case "deflate":
-			plain, err = fasthttp.AppendInflateBytes(nil, body)
-		case "br":
-			plain, err = fasthttp.AppendUnbrotliBytes(nil, body)
-		case "zstd":
-			plain, err = fasthttp.AppendUnzstdBytes(nil, body)
-		default:
-			return
-		}
-		if err != nil {
+		if plain, err = decodeBounded(enc, body, maxScrubBody); err != nil {
 			return
 		}
 		decoded = true
@@ -110,6 +103,42 @@ func (u *upstream) scrubError(resp *fasthttp.Response) {
 		resp.Header.Del("Content-Encoding")
 	}
 	resp.SetBody(plain)
+}
+
+// decodeBounded decodes body in the content coding enc, keeping at most
+// limit bytes of the result: a small error answer that decompresses to
+// gigabytes costs limit bytes, not an outage. An unknown coding is an error.
+func decodeBounded(enc, body []byte, limit int64) ([]byte, error) {
+	src := bytes.NewReader(body)
+	var r io.Reader
+	switch string(bytes.ToLower(enc)) {
+	case "gzip":
+		g, err := gzip.NewReader(src)
+		if err != nil {
+			return nil, err
+		}
+		r = g
+	case "deflate": // HTTP's deflate is the zlib format
+		z, err := zlib.NewReader(src)
+		if err != nil {
+			return nil, err
+		}
+		r = z
+	case "br":
+		r = brotli.NewReader(src)
+	case "zstd":
+		// The window (up to 64 MiB) is the decoder's memory; the output is
+		// bounded by the LimitReader below.
+		z, err := zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+		if err != nil {
+			return nil, err
+		}
+		defer z.Close()
+		r = z
+	default:
+		return nil, errors.New("unknown content coding")
+	}
+	return io.ReadAll(io.LimitReader(r, limit))
 }
 
 // fasthttp's own messages (logged at debug level) quote the raw bytes of a

@@ -172,3 +172,43 @@ func TestAdminTokenCodePath(t *testing.T) {
 		t.Fatalf("a token compared with == or != at %v", tokenUses)
 	}
 }
+
+// TestScrubDecodeBounded: an upstream error answer that decompresses to far
+// more than maxScrubBody is decoded only that far, in every coding; the
+// key in it is still scrubbed when it comes first.
+func TestScrubDecodeBounded(t *testing.T) {
+	plain := append([]byte(`{"error":{"message":"Incorrect API key provided: sk-upstream-secret-1234"}}`), make([]byte, 16<<20)...)
+	for _, enc := range []string{"gzip", "deflate", "br", "zstd"} {
+		var body []byte
+		switch enc {
+		case "gzip":
+			body = fasthttp.AppendGzipBytes(nil, plain)
+		case "deflate":
+			body = fasthttp.AppendDeflateBytes(nil, plain)
+		case "br":
+			body = fasthttp.AppendBrotliBytes(nil, plain)
+		case "zstd":
+			body = fasthttp.AppendZstdBytes(nil, plain)
+		}
+		out, err := decodeBounded([]byte(enc), body, maxScrubBody)
+		if err != nil {
+			t.Fatalf("%s: %v", enc, err)
+		}
+		if len(out) != maxScrubBody || !bytes.Equal(out, plain[:maxScrubBody]) {
+			t.Fatalf("%s: decoded %d bytes; want the first %d", enc, len(out), maxScrubBody)
+		}
+		u := &upstream{secrets: secretsOf([]byte("Bearer sk-upstream-secret-1234"))}
+		var resp fasthttp.Response
+		resp.SetStatusCode(401)
+		resp.Header.Set("Content-Encoding", enc)
+		resp.SetBody(body)
+		u.scrubError(&resp)
+		if bytes.Contains(resp.Body(), []byte("sk-upstream-secret-1234")) || !bytes.Contains(resp.Body(), scrubbedKey) ||
+			len(resp.Header.ContentEncoding()) != 0 {
+			t.Fatalf("%s: not scrubbed to identity: %.100q", enc, resp.Body())
+		}
+	}
+	if _, err := decodeBounded([]byte("compress"), []byte("x"), 10); err == nil {
+		t.Fatal("an unknown coding decoded")
+	}
+}
