@@ -1,12 +1,14 @@
 package sink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,6 +104,8 @@ type columnBufs struct {
 	u16  [2][]uint16
 	f64  [3][]float64
 	list []any
+	// order is the batch in the table's sort order.
+	order []*Record
 }
 
 // resize returns *p with length n, reallocated only when it is too small.
@@ -299,7 +303,14 @@ func b2u8(b bool) uint8 {
 	return 0
 }
 
-// Write sends recs as one native batch.
+// chunkRows is how many rows Write hands the driver at a time: the column
+// buffers (about 1 MiB for 2,048 rows of 400 bytes) are filled, sent as one
+// data block of the INSERT and refilled, instead of growing to the whole
+// batch. The server squashes a query's blocks into one part
+// (min_insert_block_size_rows), so the table sees the same parts.
+const chunkRows = 2048
+
+// Write sends recs as one INSERT, in data blocks of chunkRows.
 func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	if err := c.Ensure(ctx); err != nil {
 		return err
@@ -308,11 +319,42 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	if err != nil {
 		return fmt.Errorf("sink: clickhouse prepare: %w", err)
 	}
-	// Column by column: one Append per column instead of 29 boxed values
-	// per row (about 3x the rows per second).
-	n := len(recs)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	b := &c.cols
+	// Rows go in the table's ORDER BY order: a part whose rows arrive
+	// sorted is written as they are, where unsorted ones are permuted
+	// column by column on the server (about a tenth of its insert CPU,
+	// measured on 18.16 with 400-byte rows).
+	order := append(b.order[:0], recs...)
+	b.order = order
+	defer clear(order)
+	sortByKey(order, Major(c.Version()) >= ModernMajor)
+	for len(order) > 0 {
+		n := min(len(order), chunkRows)
+		if err := c.appendChunk(batch, order[:n]); err != nil {
+			_ = batch.Abort()
+			return err
+		}
+		order = order[n:]
+		if len(order) > 0 {
+			if err := batch.Flush(); err != nil {
+				_ = batch.Abort()
+				return fmt.Errorf("sink: clickhouse send: %w", err)
+			}
+		}
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("sink: clickhouse send: %w", err)
+	}
+	return nil
+}
+
+// appendChunk appends recs to batch column by column: one Append per
+// column instead of 30 boxed values per row (about 3x the rows per second).
+// The caller holds wmu.
+func (c *ClickHouse) appendChunk(batch driver.Batch, recs []*Record) error {
+	n := len(recs)
 	b := &c.cols
 	defer func() {
 		for i := range b.str {
@@ -349,14 +391,31 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 	b.list = cols
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
-			_ = batch.Abort()
 			return fmt.Errorf("sink: clickhouse append %s: %w", Columns[i], err)
 		}
 	}
-	if err := batch.Send(); err != nil {
-		return fmt.Errorf("sink: clickhouse send: %w", err)
-	}
 	return nil
+}
+
+// sortByKey sorts recs by the table's sort key, (user, start, request_id),
+// with start at the column's precision: milliseconds on modern servers
+// (DateTime64(3)), seconds on old ones (DateTime).
+func sortByKey(recs []*Record, millis bool) {
+	at := func(r *Record) int64 {
+		if millis {
+			return r.Start.UnixMilli()
+		}
+		return r.Start.Unix()
+	}
+	slices.SortFunc(recs, func(a, b *Record) int {
+		if c := strings.Compare(a.User, b.User); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(at(a), at(b)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.RequestID, b.RequestID)
+	})
 }
 
 // Recent returns user's transcripts since since, newest first, one row per

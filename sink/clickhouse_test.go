@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -158,6 +159,57 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	}
 	if want := (500 + 6) / 7; len(recent) != want {
 		t.Fatalf("Recent u0: %d rows, want %d (one per request)", len(recent), want)
+	}
+}
+
+// TestClickHouseChunkedBatchIsOnePart: Write sends a batch as several data
+// blocks of one INSERT; the server must still make one part of it (a part
+// per block would flood the table with small parts), with every row.
+func TestClickHouseChunkedBatchIsOnePart(t *testing.T) {
+	c := chWriter(t)
+	ctx := context.Background()
+	const n = 5*chunkRows + 7
+	recs := batchOf(0, n)
+	if err := c.Write(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	if got := chCount(t, c, "SELECT count() FROM "+c.Table()); got != n {
+		t.Fatalf("%d rows, want %d", got, n)
+	}
+	// All parts, active or merged away: one INSERT, one part.
+	q := fmt.Sprintf("SELECT count() FROM system.parts WHERE database = '%s' AND table = '%s'", c.opts.Database, c.opts.Table)
+	if got := chCount(t, c, q); got != 1 {
+		t.Fatalf("one batch of %d rows made %d parts, want 1", n, got)
+	}
+	if got := chCount(t, c, "SELECT uniqExact(request_id) FROM "+c.Table()); got != n {
+		t.Fatalf("%d distinct request ids, want %d", got, n)
+	}
+}
+
+// TestSortByKey: rows are ordered by (user, start, request_id) with start
+// at the column's precision, which differs between old and modern servers.
+func TestSortByKey(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	mk := func(user, id string, ms int) *Record {
+		return &Record{User: user, RequestID: id, Start: base.Add(time.Duration(ms) * time.Millisecond)}
+	}
+	ids := func(recs []*Record) string {
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.User+"/"+r.RequestID)
+		}
+		return strings.Join(out, " ")
+	}
+	in := []*Record{mk("bob", "a", 0), mk("al", "b", 1900), mk("al", "c", 1100), mk("al", "d", 2500), mk("al", "a", 1500)}
+	secs := slices.Clone(in)
+	sortByKey(secs, false)
+	if got, want := ids(secs), "al/a al/b al/c al/d bob/a"; got != want {
+		t.Fatalf("seconds: %s, want %s", got, want)
+	}
+	millis := slices.Clone(in)
+	sortByKey(millis, true)
+	if got, want := ids(millis), "al/c al/a al/b al/d bob/a"; got != want {
+		t.Fatalf("milliseconds: %s, want %s", got, want)
 	}
 }
 
