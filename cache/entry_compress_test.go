@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +111,23 @@ func BenchmarkDecodeCompressedChat(b *testing.B) {
 		if _, err := Decode(enc); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkEncodeChat stores a chat answer of 300 words (about 2 KiB) and
+// one of 40 words, the size of a short reply.
+func BenchmarkEncodeChat(b *testing.B) {
+	for _, words := range []int{40, 300} {
+		body := chatBody(words)
+		b.Run(strconv.Itoa(words)+"words", func(b *testing.B) {
+			e := &Entry{Body: body}
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			var stored int
+			for b.Loop() {
+				stored = len(e.Encode())
+			}
+			b.ReportMetric(float64(len(body))/float64(stored-entryHeader), "ratio")
+		})
 	}
 }

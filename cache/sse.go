@@ -344,18 +344,3 @@ func RenderStream(body []byte, includeUsage bool) ([]byte, error) {
 	buf.WriteString("data: [DONE]\n\n")
 	return buf.Bytes(), nil
 }
-
-// Usage returns the prompt and completion tokens of an answer body's usage
-// (chat, completions, embeddings); zeros when it has none.
-func Usage(body []byte) (prompt, completion int64) {
-	var v struct {
-		Usage *struct {
-			Prompt     int64 `json:"prompt_tokens"`
-			Completion int64 `json:"completion_tokens"`
-		} `json:"usage"`
-	}
-	if json.Unmarshal(body, &v) != nil || v.Usage == nil {
-		return 0, 0
-	}
-	return v.Usage.Prompt, v.Usage.Completion
-}

@@ -53,9 +53,6 @@ func TestAssembleStreamAndRenderBack(t *testing.T) {
 		string(c.Usage) != `{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}` {
 		t.Fatalf("assembled %s", body)
 	}
-	if p, q := Usage(body); p != 3 || q != 4 {
-		t.Errorf("Usage = %d, %d; want 3, 4", p, q)
-	}
 	// Rendering the answer as a stream and assembling it again gives the
 	// same answer.
 	sse, err := RenderStream(body, true)

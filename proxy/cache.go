@@ -189,7 +189,8 @@ func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, streamed bool) {
 func (cc *cacheCall) store(body []byte) *cache.Entry {
 	now := cc.c.Now()
 	e := &cache.Entry{Created: now, Expires: now.Add(cc.ttl), Body: body}
-	e.PromptTokens, e.CompletionTokens = cache.Usage(body)
+	u := findUsage(body)
+	e.PromptTokens, e.CompletionTokens = u.prompt, u.completion
 	if cc.ttl > 0 {
 		cc.c.Put(context.Background(), cc.key, e)
 	}
