@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -337,6 +338,7 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 			return err
 		}
 		order = order[n:]
+		runtime.Gosched() // a chunk takes about 1 ms to build; see yieldEvery
 		if len(order) > 0 {
 			if err := batch.Flush(); err != nil {
 				_ = batch.Abort()

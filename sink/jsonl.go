@@ -217,7 +217,8 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 		j.buf = j.buf[:0]
 		return nil
 	}
-	for _, r := range recs {
+	for i, r := range recs {
+		yieldEvery(i + 1)
 		if j.f == nil || j.day != day || j.size >= j.opts.MaxFileBytes {
 			if err := flush(); err != nil {
 				return err
