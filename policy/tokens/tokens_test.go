@@ -283,6 +283,50 @@ func TestMemo(t *testing.T) {
 	}
 }
 
+// TestEstimateMemo: Estimate through the estimate memo (a conversation
+// resending its history) gives exactly what a fresh scan gives, for every
+// kind and encoding, also when the memo is too small and evicts.
+func TestEstimateMemo(t *testing.T) {
+	var bodies [][]byte
+	for i := range 120 {
+		msgs := append(cookbook[:i%len(cookbook):i%len(cookbook)],
+			map[string]any{"role": "user", "content": fmt.Sprintf("question %d: %s", i, strings.Repeat("why? ", i%7))})
+		bodies = append(bodies, chatBody(t, []string{"gpt-4o", "gpt-4", "qwen3"}[i%3], msgs...))
+	}
+	bodies = append(bodies,
+		[]byte(`{"model":"gpt-4o","input":[{"role":"user","content":"hi there"},{"type":"function_call","name":"f","arguments":"{\"a\":1}"}],"instructions":"Be brief.","tools":[{"type":"function","name":"f"}]}`),
+		[]byte(`{"model":"gpt-4o","prompt":["once upon a time","there was"],"suffix":"the end"}`),
+		[]byte(`{"model":"text-embedding-3-small","input":["alpha beta","gamma",[1,2,3]]}`))
+	pure := NewCounter(Options{CacheEntries: -1})
+	for _, entries := range []int{0, 8} { // the default, and 8 entries: evictions
+		c := NewCounter(Options{CacheEntries: entries})
+		for round := range 3 {
+			for i, b := range bodies {
+				for kind := Chat; kind <= Responses; kind++ {
+					if got, want := c.Estimate(kind, b), pure.Estimate(kind, b); got != want {
+						t.Fatalf("entries %d round %d body %d kind %d: Estimate %d, want %d", entries, round, i, kind, got, want)
+					}
+					if got, want := c.EstimateFor(Fallback, kind, b), pure.EstimateFor(Fallback, kind, b); got != want {
+						t.Fatalf("entries %d round %d body %d kind %d: EstimateFor %d, want %d", entries, round, i, kind, got, want)
+					}
+				}
+			}
+		}
+		used := 0
+		for i := range c.est.slots {
+			if c.est.slots[i].Load() != 0 {
+				used++
+			}
+		}
+		if used == 0 || used%2 != 0 {
+			t.Errorf("entries %d: %d estimate memo words in use, want a positive even number", entries, used)
+		}
+		if s := c.Stats(); s != (Stats{}) {
+			t.Errorf("Estimate alone moved the count memo's Stats: %+v", s)
+		}
+	}
+}
+
 func TestConcurrent(t *testing.T) {
 	var bodies [][]byte
 	models := []string{"gpt-4o", "gpt-4", "qwen3"}

@@ -15,19 +15,45 @@ var body1KB = []byte(`{"model":"gpt-4o","messages":[` +
 	`{"role":"user","content":"Thanks! Could you show a small helper? Something like:\n\nfunc doWithRetry(c *http.Client, req *http.Request, max int) (*http.Response, error) {\n\tfor i := 0; ; i++ {\n\t\tresp, err := c.Do(req)\n\t\t// ...\n\t}\n}\n\nAlso, should I add jitter?"}` +
 	`],"temperature":0.2,"max_tokens":512,"stream":true}`)
 
-// BenchmarkEstimate1KB/new prices a conversation never counted; /counted
-// one whose messages Count has memoized, so Estimate takes them exactly.
+// BenchmarkEstimate1KB/new prices a conversation never seen (no memo);
+// /counted one whose messages Count has memoized, so Estimate takes them
+// exactly.
 func BenchmarkEstimate1KB(b *testing.B) {
 	for _, counted := range []bool{false, true} {
 		b.Run(map[bool]string{false: "new", true: "counted"}[counted], func(b *testing.B) {
-			c := NewCounter(Options{})
+			c := NewCounter(Options{CacheEntries: -1})
 			if counted {
+				c = NewCounter(Options{})
 				c.Count(Chat, "gpt-4o", body1KB)
 			}
 			b.ReportAllocs()
 			b.SetBytes(int64(len(body1KB)))
 			for b.Loop() {
 				c.Estimate(Chat, body1KB)
+			}
+		})
+	}
+}
+
+// BenchmarkEstimateNewTurn estimates the 1 KB conversation again and again
+// with a different last question each time, as a chat resends its history:
+// the estimate memo prices the earlier messages without scanning them.
+func BenchmarkEstimateNewTurn(b *testing.B) {
+	const n = 1024
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		bodies[i] = []byte(strings.Replace(string(body1KB), "Also, should I add jitter?", fmt.Sprintf("Also, should I add jitter? (%d)", i), 1))
+	}
+	for _, memo := range []bool{false, true} {
+		b.Run(map[bool]string{false: "no-memo", true: "memo"}[memo], func(b *testing.B) {
+			c := NewCounter(Options{CacheEntries: map[bool]int{false: -1, true: 0}[memo]})
+			c.Estimate(Chat, bodies[n-1])
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body1KB)))
+			i := 0
+			for b.Loop() {
+				c.Estimate(Chat, bodies[i%n])
+				i++
 			}
 		})
 	}

@@ -110,7 +110,7 @@ func (w *walker) unit(unit uint8, v []byte) uint64 {
 		return n * tok
 	}
 	if w.t != nil {
-		return w.price(unit, v)
+		return w.estimate(unit, v, h)
 	}
 	w.c.miss.Add(1)
 	err := w.err
@@ -119,6 +119,21 @@ func (w *walker) unit(unit uint8, v []byte) uint64 {
 		m.put(h, n/tok)
 	}
 	return n
+}
+
+// estimate prices a unit in estimate mode through the estimate memo (h is
+// the unit's memo key), which gives back the same sum and headroom weights
+// a fresh scan would.
+func (w *walker) estimate(unit uint8, v []byte, h uint64) uint64 {
+	m := w.c.est
+	if sum, stat, ok := m.get(h); ok {
+		w.stat += stat
+		return sum
+	}
+	before := w.stat
+	sum := w.price(unit, v)
+	m.put(h, sum, w.stat-before)
+	return sum
 }
 
 // price prices a unit without the memo.
