@@ -69,28 +69,36 @@ func (r *Redactor) String(s string) string {
 
 // containsFold reports whether s contains lower (ASCII lower case) in any
 // ASCII case, without allocating. Candidates are found with IndexByte (the
-// vectorised search) for each case of the first byte.
+// vectorised search) for each case of the hint's rarest byte, not its first:
+// the default hints start with s, a, b and p, which prose is full of, while
+// '-', 'k' and 'b' come far less often.
 func containsFold(s, lower string) bool {
 	if lower == "" {
 		return true
 	}
-	first, other := lower[0], lower[0]
-	if 'a' <= first && first <= 'z' {
-		other = first - ('a' - 'A')
+	if len(s) < len(lower) {
+		return false
 	}
-	n := len(s) - len(lower) + 1 // candidate starts are [0, n)
-	// The next occurrence at or after pos of each case of the first byte:
+	a := rarest(lower)
+	lo, up := lower[a], lower[a]
+	if 'a' <= lo && lo <= 'z' {
+		up = lo - ('a' - 'A')
+	}
+	// The anchor byte of a match starting at k is at k+a, for k in
+	// [0, len(s)-len(lower)]: candidates are s[a:end].
+	end := len(s) - len(lower) + a + 1
+	// The next occurrence at or after pos of each case of the anchor:
 	// -2 not searched yet, -1 none left.
 	nextLo, nextUp := -2, -2
-	if other == first {
+	if up == lo {
 		nextUp = -1
 	}
-	for pos := 0; pos < n; {
+	for pos := a; pos < end; {
 		if nextLo != -1 && nextLo < pos {
-			nextLo = indexFrom(s[:n], first, pos)
+			nextLo = indexFrom(s[:end], lo, pos)
 		}
 		if nextUp != -1 && nextUp < pos {
-			nextUp = indexFrom(s[:n], other, pos)
+			nextUp = indexFrom(s[:end], up, pos)
 		}
 		i := nextLo
 		if i < 0 || (nextUp >= 0 && nextUp < i) {
@@ -99,12 +107,35 @@ func containsFold(s, lower string) bool {
 		if i < 0 {
 			return false
 		}
-		if equalFoldLower(s[i+1:i+len(lower)], lower[1:]) {
+		if k := i - a; equalFoldLower(s[k:k+len(lower)], lower) {
 			return true
 		}
 		pos = i + 1
 	}
 	return false
+}
+
+// letterFreq is the lower-case letters from the most to the least frequent
+// in English text.
+const letterFreq = "etaoinshrdlcumwfgypbvkjxqz"
+
+// rarest is the index in lower of the byte least likely in text: a
+// punctuation mark or digit before any letter, a rarer letter before a
+// common one, a space last.
+func rarest(lower string) int {
+	best, bestRank := 0, -2
+	for i := 0; i < len(lower); i++ {
+		rank := 100 // not a letter or space
+		if c := lower[i]; c == ' ' {
+			rank = -1
+		} else if k := strings.IndexByte(letterFreq, c); k >= 0 {
+			rank = k
+		}
+		if rank > bestRank {
+			best, bestRank = i, rank
+		}
+	}
+	return best
 }
 
 // indexFrom is the index of the first c in s at or after from, or -1.

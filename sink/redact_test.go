@@ -99,13 +99,22 @@ func TestContainsFold(t *testing.T) {
 	f("-----BEGIN RSA PRIVATE KEY-----", "private key-----", true)
 }
 
-// BenchmarkRedactClean is the common case: a chat with no secret.
+// BenchmarkRedactClean is the common case: a chat with no secret; /prose
+// is about 1 KB of ordinary sentences, full of the hints' first letters.
 func BenchmarkRedactClean(b *testing.B) {
 	r, _ := NewRedactor(DefaultRedactRules)
-	s := `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 60) + `"}]`
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		_ = r.String(s)
+	for name, s := range map[string]string{
+		"words": `[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"` + strings.Repeat("word ", 60) + `"}]`,
+		"prose": `[{"role":"system","content":"You are Quill, the support assistant of an online bookshop. Answer in at most three short sentences, in the customer's language. Never invent order details: if you need an order number or an email address, ask for it. Prices are in euros and include VAT."},` +
+			`{"role":"user","content":"Hi! I ordered two paperbacks last Tuesday and the tracking page still says the parcel is being prepared. Is something wrong with it? Can I still add a gift wrap to the second book, and would that delay it? Please be brief, I am about to board a plane and will read your answer after I land."}]`,
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(s)))
+			for b.Loop() {
+				_ = r.String(s)
+			}
+		})
 	}
 }
 
