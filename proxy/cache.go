@@ -171,7 +171,7 @@ func (cc *cacheCall) abandon() {
 
 // forwarded stores a leader's buffered answer when it is a complete 200,
 // and finishes its flight. A streamed answer is left to the relay.
-func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, streamed bool) {
+func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, x *exchange, streamed bool) {
 	if cc == nil || !cc.leader || streamed || cc.ended {
 		return
 	}
@@ -181,15 +181,14 @@ func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, streamed bool) {
 		cc.flight.Finish(nil)
 		return
 	}
-	cc.flight.Finish(cc.store(bytes.Clone(resp.Body())))
+	cc.flight.Finish(cc.store(bytes.Clone(resp.Body()), x.answerUsage(resp.Body())))
 }
 
-// store builds the entry of an answer body and writes it (unless its TTL is
-// 0).
-func (cc *cacheCall) store(body []byte) *cache.Entry {
+// store builds the entry of an answer body with its usage u and writes it
+// (unless its TTL is 0).
+func (cc *cacheCall) store(body []byte, u usage) *cache.Entry {
 	now := cc.c.Now()
 	e := &cache.Entry{Created: now, Expires: now.Add(cc.ttl), Body: body}
-	u := findUsage(body)
 	e.PromptTokens, e.CompletionTokens = u.prompt, u.completion
 	if cc.ttl > 0 {
 		cc.c.Put(context.Background(), cc.key, e)
@@ -237,7 +236,7 @@ func (cc *cacheCall) streamEnd(complete bool) {
 		cc.flight.End(true, nil) // relayed whole, but not storable (logprobs, audio)
 		return
 	}
-	cc.flight.Finish(cc.store(body))
+	cc.flight.Finish(cc.store(body, findUsage(body)))
 }
 
 // cacheServe answers a hit or a follower. It returns done false when a

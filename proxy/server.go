@@ -247,6 +247,19 @@ type exchange struct {
 	cacheFree bool
 	// tr collects the transcript (transcript.go); nil when off.
 	tr *txState
+	// bodyUsage is the buffered answer's usage once scanned (bodyScanned),
+	// so the cache, the transcript and the limits share one scan.
+	bodyUsage   usage
+	bodyScanned bool
+}
+
+// answerUsage returns the usage of the buffered answer body, scanning it
+// once per exchange.
+func (x *exchange) answerUsage(body []byte) usage {
+	if !x.bodyScanned {
+		x.bodyUsage, x.bodyScanned = findUsage(body), true
+	}
+	return x.bodyUsage
 }
 
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
@@ -270,7 +283,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	// the token metrics (before compression changes the body).
 	var u usage
 	if x.status < 400 && (x.tr != nil || x.adm != nil || x.ticket != nil || !x.upFirst.IsZero()) {
-		u = findUsage(ctx.Response.Body())
+		u = x.answerUsage(ctx.Response.Body())
 	}
 	x.tr.answerUsage(x.ep, x.status, ctx.Response.Body(), u)
 	s.compressAnswer(ctx, &x)
@@ -500,7 +513,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return false
 	}
 	streamed := s.forward(ctx, x, up, body, deployment, stream)
-	cc.forwarded(ctx, streamed) // cache: store a buffered answer; the relay stores a stream
+	cc.forwarded(ctx, x, streamed) // cache: store a buffered answer; the relay stores a stream
 	return streamed
 }
 
