@@ -9,9 +9,9 @@
 //     only its last message is new: it memoizes its price of each
 //     message). On realistic text it exceeds the exact count by ~10-30%
 //     (o200k_base: English and code ~1.2x, JSON ~1.17x, CJK ~1.25x, other
-//     scripts up to ~1.5x) and was never below it in validation; adversarial strings (pseudo-words,
-//     punctuation noise) can exceed it, by at most a quarter plus 2 tokens.
-//     It is what buckets reserve.
+//     scripts up to ~1.5x) and was never below it in validation;
+//     adversarial strings (pseudo-words, punctuation noise) can exceed it,
+//     by at most a quarter plus 2 tokens. It is what buckets reserve.
 //   - Count runs the real BPE tokenizer (tiktoken-go) with OpenAI's chat
 //     accounting: ~70 µs per KB of new text. It memoizes per message, so a
 //     chat that resends its history pays only for the newest message, and
