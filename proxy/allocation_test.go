@@ -41,13 +41,8 @@ func TestUsedTokensNoAllocs(t *testing.T) {
 func TestProxyChatNoAllocs(t *testing.T) {
 	c, stop := benchProxy(t)
 	defer stop()
-	req := fasthttp.AcquireRequest()
+	req := chatRequest(chatBody1K)
 	resp := fasthttp.AcquireResponse()
-	req.SetRequestURI("http://sluice/v1/chat/completions")
-	req.Header.SetMethod("POST")
-	req.Header.Set("Authorization", "Bearer sk-client")
-	req.Header.SetContentType("application/json")
-	req.SetBody(chatBody1K)
 	do := func() {
 		if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
 			t.Fatalf("status %d, error %v", resp.StatusCode(), err)

@@ -61,13 +61,8 @@ func BenchmarkProxyChat(b *testing.B) {
 // runChatBench sends the 1 KB chat request through c, b.N times, and fails
 // on anything but a 200.
 func runChatBench(b *testing.B, c *fasthttp.Client) {
-	req := fasthttp.AcquireRequest()
+	req := chatRequest(chatBody1K)
 	resp := fasthttp.AcquireResponse()
-	req.SetRequestURI("http://sluice/v1/chat/completions")
-	req.Header.SetMethod("POST")
-	req.Header.Set("Authorization", "Bearer sk-client")
-	req.Header.SetContentType("application/json")
-	req.SetBody(chatBody1K)
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := c.Do(req, resp); err != nil {
