@@ -253,8 +253,12 @@ func (w *walker) content(v []byte) uint64 {
 }
 
 // part prices one content part: text, or a fixed cost for an image,
-// audio or file.
+// audio or file. A part that is not an object costs nothing: the provider
+// refuses such a request.
 func (w *walker) part(p []byte) uint64 {
+	if len(p) == 0 || p[0] != '{' {
+		return 0
+	}
 	var typ, text, detail []byte
 	it := newIter(p)
 	for k, v, ok := it.next(); ok; k, v, ok = it.next() {
