@@ -219,9 +219,10 @@ func (cc *cacheCall) drain(r *relay) {
 	}
 }
 
-// streamEnd is called by the leader's relay when its stream ended; complete
-// reports a 200 stream read to its end without error. Only a complete
-// stream that assembles into an answer is stored.
+// streamEnd is called by the leader's relay at a 200 stream's [DONE],
+// before that event is written, and again when the stream ended; complete
+// reports a 200 stream read to [DONE] or to its end without error. Only a
+// complete stream that assembles into an answer is stored.
 func (cc *cacheCall) streamEnd(complete bool) {
 	if cc.ended {
 		return

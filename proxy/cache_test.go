@@ -304,3 +304,65 @@ func TestCacheUnstorableStreamStillTeed(t *testing.T) {
 		t.Errorf("upstream calls = %d, want 2", *calls)
 	}
 }
+
+// TestCacheStreamStoredAtDone: a stream's answer is stored when its [DONE]
+// arrives, before the client reads it, so the client's next identical
+// request is a hit even while the upstream has not yet closed the body
+// (without that, it joined the flight still open and was "coalesced").
+func TestCacheStreamStoredAtDone(t *testing.T) {
+	const events = `data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}` + "\n\n" +
+		`data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}` + "\n\ndata: [DONE]\n\n"
+	mem := cache.NewMemory(cache.MemoryOptions{})
+	c, calls, stop := cacheProxyWith(t, mem, mem, func(ctx *fasthttp.RequestCtx, _ int64) {
+		ctx.SetContentType("text/event-stream")
+		ctx.SetBodyStreamWriter(func(w *bufio.Writer) {
+			_, _ = w.WriteString(events)
+			_ = w.Flush()
+			time.Sleep(500 * time.Millisecond) // the body ends well after [DONE]
+		})
+	})
+	defer stop()
+	c.StreamResponseBody = true
+	body := []byte(`{"model":"m","temperature":0,"stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	// untilDone reads a stream answer up to its [DONE], as an SDK does, and
+	// returns its cache status.
+	untilDone := func() string {
+		t.Helper()
+		req := chatRequest(body)
+		resp := fasthttp.AcquireResponse()
+		if err := c.Do(req, resp); err != nil {
+			t.Fatal(err)
+		}
+		st := string(resp.Header.Peek("X-Sluice-Cache"))
+		if bs := resp.BodyStream(); bs != nil {
+			br := bufio.NewReader(bs)
+			for {
+				line, err := br.ReadString('\n')
+				if strings.HasPrefix(line, "data: [DONE]") {
+					break
+				}
+				if err != nil {
+					t.Fatalf("%s stream ended before [DONE]: %v", st, err)
+				}
+			}
+		} else if !strings.Contains(string(resp.Body()), "data: [DONE]") {
+			t.Fatalf("%s answer without [DONE]: %s", st, resp.Body())
+		}
+		go fasthttp.ReleaseResponse(resp) // closing waits for the body's end
+		return st
+	}
+	start := time.Now()
+	if st := untilDone(); st != "miss" {
+		t.Fatalf("first request: %q, want miss", st)
+	}
+	st := untilDone()
+	if elapsed := time.Since(start); elapsed >= 500*time.Millisecond {
+		t.Skipf("the two requests took %v, longer than the upstream held the body: nothing shown", elapsed)
+	}
+	if st != "hit" {
+		t.Errorf("the same request right after [DONE]: %q, want hit", st)
+	}
+	if *calls != 1 {
+		t.Errorf("upstream calls = %d, want 1", *calls)
+	}
+}

@@ -212,6 +212,11 @@ func (r *relay) next() ([]byte, error) {
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
 			if r.x.cache != nil {
 				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
+				if isDoneEvent(r.ev) && r.resp.StatusCode() == fasthttp.StatusOK {
+					// The answer is whole: store it before the client reads
+					// its end, so the client's next identical request hits.
+					r.x.cache.streamEnd(true)
+				}
 			}
 			r.x.tr.event(r.x.ep, r.ev)
 			if r.x.adm == nil && r.x.ticket == nil && !r.x.stripUsage {

@@ -93,6 +93,7 @@ func parseUsage(b []byte) (usage, bool) {
 var (
 	emptyChoices = []byte(`"choices":[]`)
 	dataPrefix   = []byte("data:")
+	doneData     = []byte("[DONE]")
 )
 
 // isUsageOnlyEvent reports the extra chunk an upstream sends when asked for
@@ -101,6 +102,14 @@ var (
 func isUsageOnlyEvent(ev []byte) bool {
 	return bytes.HasPrefix(ev, dataPrefix) && bytes.Contains(ev, emptyChoices) && bytes.Contains(ev, usageKey) &&
 		!bytes.Contains(ev, []byte(`"usage":null`))
+}
+
+// isDoneEvent reports the event that ends an OpenAI stream, "data: [DONE]".
+func isDoneEvent(ev []byte) bool {
+	if len(ev) > 32 || !bytes.HasPrefix(ev, dataPrefix) {
+		return false
+	}
+	return bytes.Equal(bytes.TrimSpace(ev[len(dataPrefix):]), doneData)
 }
 
 // textKeys name the string fields that carry generated text in stream

@@ -33,6 +33,20 @@ func TestUsageOnlyEvent(t *testing.T) {
 	f("data: [DONE]\n\n", false)
 }
 
+func TestDoneEvent(t *testing.T) {
+	for ev, want := range map[string]bool{
+		"data: [DONE]\n\n":    true,
+		"data:[DONE]\r\n\r\n": true,
+		"data: [DONE]x\n\n":   false,
+		"event: done\n\n":     false,
+		`data: {"choices":[{"delta":{"content":"[DONE]"}}]}` + "\n\n": false,
+	} {
+		if got := isDoneEvent([]byte(ev)); got != want {
+			t.Errorf("isDoneEvent(%q) = %v, want %v", ev, got, want)
+		}
+	}
+}
+
 func TestGeneratedBytes(t *testing.T) {
 	f := func(ev string, want int64) {
 		t.Helper()
