@@ -15,7 +15,7 @@ import (
 type Options struct {
 	// Store keeps the entries. Required.
 	Store Store
-	// Memory is the local LRU inside Store (itself, or a Tiered's Front),
+	// Memory is the local in-memory store inside Store (itself, or a Tiered's Front),
 	// whose size the metrics report; nil when there is none.
 	Memory *Memory
 	// MaxEntryBytes bounds one stored answer; larger answers are not stored.

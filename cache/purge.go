@@ -27,16 +27,6 @@ type Generations interface {
 	Generations(ctx context.Context) (map[string]uint64, error)
 }
 
-// Delete removes the entry under k.
-func (m *Memory) Delete(_ context.Context, k Key) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if n := m.items[k]; n != nil {
-		m.remove(n)
-	}
-	return nil
-}
-
 // Delete removes the entry under k from the shared store.
 func (r *Redis) Delete(ctx context.Context, k Key) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
@@ -131,7 +121,7 @@ func (c *Cache) sharedGenerations() (Generations, bool) {
 
 // PurgeNamespace makes every entry of namespace ns unreachable: keys are
 // built from Namespace(ns), which changes with each purge, so the old
-// entries are never asked for again and age out by their TTL (memory: LRU
+// entries are never asked for again and age out by their TTL (memory: by
 // eviction). With a shared store the generation lives there too, and the
 // other replicas take it up within Options.GenerationSync; with a memory
 // store it is this process's own. It returns the new generation.
