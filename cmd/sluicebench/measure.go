@@ -40,9 +40,12 @@ type modeReport struct {
 	// idle and after: each path's server's RSS before the load and after
 	// it, and its peak (VmHWM); the direct path's server is the fake.
 	idle, after, peak []int64
-	transcripts       string // where Sluice wrote them
-	redisCalls        bool   // result.redisCalls was measured
-	perfTop           string
+	// afterMem is Sluice's own account of its memory after the load (Go
+	// heap in use, goroutine stacks, memory cache), from its /metrics.
+	afterMem    map[string]float64
+	transcripts string // where Sluice wrote them
+	redisCalls  bool   // result.redisCalls was measured
+	perfTop     string
 }
 
 // openSet is one fixed rate on every path; a path's result is nil when a
@@ -299,6 +302,7 @@ func measure(ctx context.Context, l *lab, o *options) (*modeReport, error) {
 		rss, peak, _ := procMem(c.pid())
 		m.after, m.peak = append(m.after, rss), append(m.peak, peak)
 	}
+	m.afterMem, _ = scrapeMetrics(metricsURL, afterMemMetrics...)
 	m.loadEnd = loadAvg()
 	if l.clickhouseAddr == "" {
 		time.Sleep(1500 * time.Millisecond) // past the batcher's 1 s flush
@@ -328,6 +332,9 @@ func countLines(dir string) int {
 	}
 	return n
 }
+
+// afterMemMetrics break Sluice's RSS after the load down.
+var afterMemMetrics = []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "sluice_cache_bytes"}
 
 // mallocsMetric counts the heap objects Sluice has allocated (Go collector).
 const mallocsMetric = "go_memstats_mallocs_total"

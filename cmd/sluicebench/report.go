@@ -124,6 +124,15 @@ func (m *modeReport) summary(w func(string, ...any), o *options) {
 		func(i int) string { return fmtMicros(m.closed[i].serverCPU, m.closed[i].ok) }, nil)
 	row("server RSS idle / after load",
 		func(i int) string { return fmtMiB(m.idle[i]) + " / " + fmtMiB(m.after[i]) }, nil)
+	if len(m.afterMem) == len(afterMemMetrics) {
+		row("Sluice after load: Go heap in use / stacks / memory cache (outside the heap)", func(i int) string {
+			if m.paths[i] != "Sluice" {
+				return ""
+			}
+			f := func(k string) string { return fmtMiB(int64(m.afterMem[k])) }
+			return f(afterMemMetrics[0]) + " / " + f(afterMemMetrics[1]) + " / " + f(afterMemMetrics[2])
+		}, nil)
+	}
 	row("allocations per request (closed loop)", func(i int) string {
 		if m.paths[i] != "Sluice" || m.closed[i].ok == 0 {
 			return ""
