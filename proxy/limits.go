@@ -66,17 +66,23 @@ func setRetryAfter(h *fasthttp.ResponseHeader, d time.Duration) {
 // gateway's account, not the user).
 func setRateLimitHeaders(ctx *fasthttp.RequestCtx, ad *policy.Admission) {
 	h := &ctx.Response.Header
-	set := func(suffix string, b policy.Budget) {
+	for i, b := range [2]*policy.Budget{&ad.Requests, &ad.Tokens} {
 		if !b.Valid {
-			return
+			continue
 		}
+		names := &rateLimitHeaders[i]
 		var buf [32]byte
-		h.SetBytesV("X-Ratelimit-Limit-"+suffix, strconv.AppendInt(buf[:0], b.Limit, 10))
-		h.SetBytesV("X-Ratelimit-Remaining-"+suffix, strconv.AppendInt(buf[:0], b.Remaining, 10))
-		h.Set("X-Ratelimit-Reset-"+suffix, b.Reset.Round(time.Millisecond).String())
+		h.SetCanonical(names[0], strconv.AppendInt(buf[:0], b.Limit, 10))
+		h.SetCanonical(names[1], strconv.AppendInt(buf[:0], b.Remaining, 10))
+		h.SetCanonical(names[2], append(buf[:0], b.Reset.Round(time.Millisecond).String()...))
 	}
-	set("Requests", ad.Requests)
-	set("Tokens", ad.Tokens)
+}
+
+// rateLimitHeaders are the x-ratelimit-* names, canonical (set without
+// normalizing): limit, remaining and reset, for requests then tokens.
+var rateLimitHeaders = [2][3][]byte{
+	{[]byte("X-Ratelimit-Limit-Requests"), []byte("X-Ratelimit-Remaining-Requests"), []byte("X-Ratelimit-Reset-Requests")},
+	{[]byte("X-Ratelimit-Limit-Tokens"), []byte("X-Ratelimit-Remaining-Tokens"), []byte("X-Ratelimit-Reset-Tokens")},
 }
 
 // tokenKinds maps the parsed endpoints to the token counter's request kinds.
