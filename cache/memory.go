@@ -10,7 +10,7 @@ import (
 )
 
 // A Memory store keeps its entries as records in one ring buffer outside the
-// Go heap (an anonymous mapping on Unix; see ring_unix.go), found through a
+// Go heap (an anonymous mapping on Linux; see ring_linux.go), found through a
 // map from key to position that holds no pointers. The garbage collector
 // neither scans the entries nor counts them toward its target, so a full
 // 64 MiB cache costs about 64 MiB of RSS, not twice that, and no GC work.
