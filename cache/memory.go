@@ -106,14 +106,14 @@ func (m *Memory) Get(_ context.Context, k Key) ([]byte, error) {
 }
 
 // Set stores a copy of v under k for ttl, evicting the oldest entries to
-// make room. A value larger than MaxBytes is not stored.
+// make room. A value larger than MaxBytes (or 4 GiB) is not stored.
 func (m *Memory) Set(_ context.Context, k Key, v []byte, ttl time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if pos, ok := m.index[k]; ok {
 		m.drop(k, m.record(pos))
 	}
-	if ttl <= 0 || entryOverhead+len(v) > len(m.ring) {
+	if ttl <= 0 || entryOverhead+len(v) > len(m.ring) || uint64(len(v)) >= uint64(skipMark) {
 		return nil
 	}
 	m.put(k, v, m.opts.Now().Add(ttl).UnixNano())
