@@ -338,7 +338,7 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 			return err
 		}
 		order = order[n:]
-		runtime.Gosched() // a chunk takes about 1 ms to build; see yieldEvery
+		runtime.Gosched() // a chunk takes about 1 ms to build; the Flush below then waits on the server
 		if len(order) > 0 {
 			if err := batch.Flush(); err != nil {
 				_ = batch.Abort()

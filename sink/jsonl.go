@@ -49,6 +49,9 @@ type JSONL struct {
 	// buf holds a batch's encoded rows (Write, under mu); reused across
 	// batches.
 	buf []byte
+	// y gives way every 64 rows a batch encodes (made by the first Write).
+	y      *yielder
+	yReady bool
 }
 
 // NewJSONL opens the directory; the first Write opens the day's file.
@@ -204,6 +207,9 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 		j.buf = j.buf[:0]
 	}()
 	j.buf = j.buf[:0]
+	if !j.yReady {
+		j.y, j.yReady = newYielder(), true
+	}
 	written, pending := 0, 0 // rows in the file; rows in buf
 	flush := func() error {
 		if len(j.buf) == 0 {
@@ -218,7 +224,7 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 		return nil
 	}
 	for i, r := range recs {
-		yieldEvery(i + 1)
+		j.y.every(i + 1)
 		if j.f == nil || j.day != day || j.size >= j.opts.MaxFileBytes {
 			if err := flush(); err != nil {
 				return err
@@ -262,6 +268,8 @@ func (j *JSONL) Write(_ context.Context, recs []*Record) error {
 func (j *JSONL) Close() error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	j.y.close()
+	j.y, j.yReady = nil, false
 	if j.f == nil {
 		return nil
 	}

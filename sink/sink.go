@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -233,6 +232,8 @@ func (s *Sink) stopping() context.Context {
 func (s *Sink) batchLoop() {
 	defer s.wg.Done()
 	defer close(s.batches)
+	y := newYielder()
+	defer y.close()
 	t := time.NewTicker(s.opts.FlushInterval / 4)
 	defer t.Stop()
 	var (
@@ -258,7 +259,7 @@ func (s *Sink) batchLoop() {
 			s.queued.Add(-int64(r.size()))
 			s.prepare(r)
 			n++
-			yieldEvery(n)
+			y.every(n)
 			if len(batch) == 0 {
 				first = time.Now()
 				batch = make([]*Record, 0, min(s.opts.BatchRows, 4096))
@@ -276,14 +277,15 @@ func (s *Sink) batchLoop() {
 	}
 }
 
-// yieldEvery lets other goroutines run after every 64th record a loop
-// handles (about 0.3 ms of work). Go preempts a running goroutine only after
-// 10 ms, and a batch of records never blocks the sink's goroutines: with one
-// P (a gateway pinned to one core) redacting and encoding 2,000 records
-// held every other goroutine back for 5-21 ms (BenchmarkSinkStallOneP).
-func yieldEvery(n int) {
+// every gives way after every 64th record a loop handles (about 0.3 ms of
+// work): a batch of records never blocks the sink's goroutines, and Go
+// preempts a running goroutine only after 10 ms. With one P (a gateway
+// pinned to one core) redacting and encoding 2,000 records held every other
+// goroutine back for 5-21 ms (BenchmarkSinkStallOneP), and requests woken
+// by the network longer (BenchmarkSinkStallOnePNet; see yielder).
+func (y *yielder) every(n int) {
 	if n&63 == 0 {
-		runtime.Gosched()
+		y.yield()
 	}
 }
 
