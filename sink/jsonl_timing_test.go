@@ -41,21 +41,10 @@ func BenchmarkJSONLWrite(b *testing.B) {
 // was kept waiting past its wake-up time.
 func BenchmarkSinkStallOneP(b *testing.B) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	j, err := NewJSONL(JSONLOptions{Dir: b.TempDir(), NoSync: true, MaxFileBytes: 1 << 40})
-	if err != nil {
-		b.Fatal(err)
-	}
-	red, _ := NewRedactor(DefaultRedactRules)
+	next := stallWork(b)
 	var worst time.Duration
 	for b.Loop() {
-		s, err := New(Options{Writer: keepOpen{j}, QueueSize: 4096, Redactor: red, FlushInterval: time.Hour})
-		if err != nil {
-			b.Fatal(err)
-		}
-		recs := batchOf(0, 2000)
-		for _, r := range recs {
-			r.Request = `[{"role":"user","content":"` + strings.Repeat("word ", 150) + `"}]`
-		}
+		s, recs := next()
 		stop := make(chan struct{})
 		late := make(chan time.Duration)
 		go func() {
@@ -92,4 +81,26 @@ func maxDur(a, b time.Duration) time.Duration {
 		return a
 	}
 	return b
+}
+
+// stallWork returns what the stall benchmarks time, made fresh for each run:
+// a sink with the default redaction in front of a JSONL shipper, and 2,000
+// records with ~750-byte requests.
+func stallWork(b *testing.B) func() (*Sink, []*Record) {
+	j, err := NewJSONL(JSONLOptions{Dir: b.TempDir(), NoSync: true, MaxFileBytes: 1 << 40})
+	if err != nil {
+		b.Fatal(err)
+	}
+	red, _ := NewRedactor(DefaultRedactRules)
+	return func() (*Sink, []*Record) {
+		s, err := New(Options{Writer: keepOpen{j}, QueueSize: 4096, Redactor: red, FlushInterval: time.Hour})
+		if err != nil {
+			b.Fatal(err)
+		}
+		recs := batchOf(0, 2000)
+		for _, r := range recs {
+			r.Request = `[{"role":"user","content":"` + strings.Repeat("word ", 150) + `"}]`
+		}
+		return s, recs
+	}
 }

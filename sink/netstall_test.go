@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -84,21 +83,10 @@ func BenchmarkSinkStallOnePNet(b *testing.B) {
 	time.Sleep(50 * time.Millisecond)
 	idle := time.Duration(worst.Load())
 
-	j, err := NewJSONL(JSONLOptions{Dir: b.TempDir(), NoSync: true, MaxFileBytes: 1 << 40})
-	if err != nil {
-		b.Fatal(err)
-	}
-	red, _ := NewRedactor(DefaultRedactRules)
+	next := stallWork(b)
 	var busy time.Duration
 	for b.Loop() {
-		s, err := New(Options{Writer: keepOpen{j}, QueueSize: 4096, Redactor: red, FlushInterval: time.Hour})
-		if err != nil {
-			b.Fatal(err)
-		}
-		recs := batchOf(0, 2000)
-		for _, r := range recs {
-			r.Request = `[{"role":"user","content":"` + strings.Repeat("word ", 150) + `"}]`
-		}
+		s, recs := next()
 		time.Sleep(5 * time.Millisecond)
 		worst.Store(0)
 		for _, r := range recs {
