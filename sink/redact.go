@@ -38,6 +38,7 @@ type compiledRule struct {
 	re      *regexp.Regexp
 	replace string
 	hint    string // lower case
+	anchor  int    // rarest(hint), the byte containsFold searches for
 }
 
 // NewRedactor compiles rules; an invalid pattern is an error naming it.
@@ -48,7 +49,8 @@ func NewRedactor(rules []RedactRule) (*Redactor, error) {
 		if err != nil {
 			return nil, fmt.Errorf("redact rule %d (%q): %w", i, rule.Pattern, err)
 		}
-		r.rules = append(r.rules, compiledRule{re: re, replace: rule.Replace, hint: strings.ToLower(rule.Hint)})
+		hint := strings.ToLower(rule.Hint)
+		r.rules = append(r.rules, compiledRule{re: re, replace: rule.Replace, hint: hint, anchor: rarest(hint)})
 	}
 	return r, nil
 }
@@ -59,7 +61,7 @@ func (r *Redactor) String(s string) string {
 		return s
 	}
 	for _, c := range r.rules {
-		if c.hint != "" && !containsFold(s, c.hint) {
+		if c.hint != "" && !containsFold(s, c.hint, c.anchor) {
 			continue
 		}
 		s = c.re.ReplaceAllString(s, c.replace)
@@ -69,17 +71,17 @@ func (r *Redactor) String(s string) string {
 
 // containsFold reports whether s contains lower (ASCII lower case) in any
 // ASCII case, without allocating. Candidates are found with IndexByte (the
-// vectorised search) for each case of the hint's rarest byte, not its first:
+// vectorised search) for each case of lower[a], the hint's rarest byte
+// (a = rarest(lower), computed once per rule), not its first:
 // the default hints start with s, a, b and p, which prose is full of, while
 // '-', 'k' and 'b' come far less often.
-func containsFold(s, lower string) bool {
+func containsFold(s, lower string, a int) bool {
 	if lower == "" {
 		return true
 	}
 	if len(s) < len(lower) {
 		return false
 	}
-	a := rarest(lower)
 	lo, up := lower[a], lower[a]
 	if 'a' <= lo && lo <= 'z' {
 		up = lo - ('a' - 'A')
