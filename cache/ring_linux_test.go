@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // TestMemoryLargeBoundCostsNothingUpFront: a bound far above the machine's
@@ -30,6 +33,52 @@ func TestMemoryLargeBoundCostsNothingUpFront(t *testing.T) {
 	if grew := selfRSS(t) - before; grew > 64<<20 {
 		t.Errorf("RSS grew by %d MiB for 8 MiB of entries under a 64 GiB bound", grew>>20)
 	}
+}
+
+// TestMemoryRingHugePages: where the kernel gives transparent huge pages to
+// who asks (mode "always" or "madvise"), the ring's pages are huge once
+// written, so filling the cache takes one fault per 2 MiB.
+func TestMemoryRingHugePages(t *testing.T) {
+	mode, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
+	if err != nil || bytes.Contains(mode, []byte("[never]")) {
+		t.Skipf("transparent huge pages off here (%q)", bytes.TrimSpace(mode))
+	}
+	m := NewMemory(MemoryOptions{MaxBytes: 64 << 20})
+	v := bytes.Repeat([]byte("v"), 1000)
+	for i := range 16 << 10 { // ~16 MiB
+		_ = m.Set(context.Background(), keyOf(i), v, time.Hour)
+	}
+	huge := mappingField(t, uintptr(unsafe.Pointer(&m.ring[0])), "AnonHugePages:")
+	if huge < 8<<20 {
+		t.Errorf("the ring's AnonHugePages after 16 MiB written: %d KiB, want at least 8 MiB", huge>>10)
+	}
+	runtime.KeepAlive(m)
+}
+
+// mappingField returns a size field (in bytes) of the mapping that holds
+// addr, from /proc/self/smaps.
+func mappingField(t *testing.T, addr uintptr, field string) int64 {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		var lo, hi uintptr
+		if n, _ := fmt.Sscanf(line, "%x-%x ", &lo, &hi); n == 2 {
+			in = lo <= addr && addr < hi
+			continue
+		}
+		if in && strings.HasPrefix(line, field) {
+			var kb int64
+			if _, err := fmt.Sscan(strings.TrimPrefix(line, field), &kb); err != nil {
+				t.Fatalf("smaps %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no %s for the mapping at %#x in smaps", field, addr)
+	return 0
 }
 
 // selfRSS is this process's resident set in bytes.
