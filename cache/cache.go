@@ -139,12 +139,25 @@ func (c *Cache) Put(ctx context.Context, k Key, e *Entry) {
 	if ttl <= 0 {
 		return
 	}
-	if err := c.opts.Store.Set(ctx, k, e.Encode(), ttl); err != nil {
+	bp := encodeBufs.Get().(*[]byte)
+	*bp = e.encodeInto(*bp)
+	err := c.opts.Store.Set(ctx, k, *bp, ttl)
+	if cap(*bp) <= maxPooledEncode {
+		encodeBufs.Put(bp)
+	}
+	if err != nil {
 		c.storeFailed(err)
 		return
 	}
 	c.m.Stored.Inc()
 }
+
+// encodeBufs holds the buffers Put encodes entries into (a store keeps no
+// value after Set returns); one larger than maxPooledEncode bytes (64 KiB)
+// is left to the collector.
+var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledEncode = 64 << 10
 
 // Join returns the flight in progress for k or starts one (leader true);
 // streamed says whether a new flight's leader relays a stream.

@@ -71,16 +71,23 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // Encode returns the entry in its stored form: zstd-compressed (version 2)
 // when the body is large enough and compression pays, else as it is.
 func (e *Entry) Encode() []byte {
+	return e.encodeInto(make([]byte, 0, entryHeader+len(e.Body)))
+}
+
+// encodeInto is Encode writing into buf's space (buf's contents are
+// dropped; it grows when too small).
+func (e *Entry) encodeInto(buf []byte) []byte {
 	if len(e.Body) >= compressMinBytes && len(e.Body) <= maxBodyBytes {
-		b := make([]byte, entryHeaderZ, entryHeaderZ+len(e.Body)/2)
+		b := append(buf[:0], make([]byte, entryHeaderZ)...)
 		b = zstdEncoder.EncodeAll(e.Body, b)
 		if stored := len(b) - entryHeaderZ; stored < len(e.Body) {
 			e.putHeader(b, entryMagicZ, b[entryHeaderZ:])
 			binary.BigEndian.PutUint32(b[entryHeader:], uint32(len(e.Body)))
 			return b
 		}
+		buf = b
 	}
-	b := make([]byte, entryHeader, entryHeader+len(e.Body))
+	b := append(buf[:0], make([]byte, entryHeader)...)
 	b = append(b, e.Body...)
 	e.putHeader(b, entryMagic, b[entryHeader:])
 	return b

@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"sync"
 )
@@ -16,7 +17,8 @@ type Flight struct {
 	mu sync.Mutex
 	// events are copies of the stream's events, in order.
 	events [][]byte
-	// changed is closed and replaced whenever events grow or the flight ends.
+	// changed is closed whenever events grow or the flight ends; nil until
+	// a follower waits (most flights have none: no channel is made).
 	changed chan struct{}
 	done    bool
 	// complete reports that the leader's call ended normally (a stream read
@@ -52,7 +54,7 @@ func (g *Group) Join(k Key, streamed bool) (f *Flight, leader bool) {
 		f.mu.Unlock()
 		return f, false
 	}
-	f = &Flight{g: g, key: k, changed: make(chan struct{}), streamed: streamed}
+	f = &Flight{g: g, key: k, streamed: streamed}
 	g.flights[k] = f
 	return f, true
 }
@@ -60,7 +62,7 @@ func (g *Group) Join(k Key, streamed bool) (f *Flight, leader bool) {
 // NewFlight returns a flight no other request can join, for a request that
 // refreshes an entry: it records its events and is finished like any other.
 func NewFlight(streamed bool) *Flight {
-	return &Flight{changed: make(chan struct{}), streamed: streamed}
+	return &Flight{streamed: streamed}
 }
 
 // Len returns the number of flights in progress.
@@ -86,9 +88,24 @@ func (f *Flight) Event(ev []byte) {
 	copy(c, ev)
 	f.mu.Lock()
 	f.events = append(f.events, c)
-	close(f.changed)
-	f.changed = make(chan struct{})
+	f.wake()
 	f.mu.Unlock()
+}
+
+// wake wakes the followers waiting for a change (f.mu held).
+func (f *Flight) wake() {
+	if f.changed != nil {
+		close(f.changed)
+		f.changed = nil
+	}
+}
+
+// waitCh returns the channel closed at the next change (f.mu held).
+func (f *Flight) waitCh() chan struct{} {
+	if f.changed == nil {
+		f.changed = make(chan struct{})
+	}
+	return f.changed
 }
 
 // Events returns the events appended so far; the caller must not modify them.
@@ -100,7 +117,8 @@ func (f *Flight) Events() [][]byte {
 
 // Finish ends the flight with its answer (nil: failed or not storable) and
 // wakes every follower. Requests that arrive later start a new flight, so
-// the leader stores the entry before calling Finish.
+// the leader stores the entry before calling Finish. e.Body may be a buffer
+// the leader reuses once Finish returns: the followers, if any, get a copy.
 func (f *Flight) Finish(e *Entry) { f.End(e != nil, e) }
 
 // End is Finish for a call that ended normally (complete) but whose answer
@@ -114,10 +132,14 @@ func (f *Flight) End(complete bool, e *Entry) {
 		}
 		f.g.mu.Unlock()
 	}
+	// Out of the group, the flight can gain no follower: without one, the
+	// entry is read by nobody and its body is not copied.
 	f.mu.Lock()
+	if e != nil && f.followers > 0 {
+		e.Body = bytes.Clone(e.Body)
+	}
 	f.done, f.complete, f.entry = true, complete, e
-	close(f.changed)
-	f.changed = make(chan struct{})
+	f.wake()
 	f.mu.Unlock()
 }
 
@@ -133,7 +155,11 @@ func (f *Flight) Complete() bool {
 func (f *Flight) Wait(ctx context.Context) (*Entry, error) {
 	for {
 		f.mu.Lock()
-		done, e, ch := f.done, f.entry, f.changed
+		done, e := f.done, f.entry
+		var ch chan struct{}
+		if !done {
+			ch = f.waitCh()
+		}
 		f.mu.Unlock()
 		if done {
 			return e, nil
@@ -152,9 +178,12 @@ func (f *Flight) Wait(ctx context.Context) (*Entry, error) {
 func (f *Flight) Next(ctx context.Context, i int) (ev []byte, ok bool, e *Entry, err error) {
 	for {
 		f.mu.Lock()
-		n, done, ch := len(f.events), f.done, f.changed
+		n, done := len(f.events), f.done
+		var ch chan struct{}
 		if i < n {
 			ev = f.events[i]
+		} else if !done {
+			ch = f.waitCh()
 		}
 		e = f.entry
 		f.mu.Unlock()

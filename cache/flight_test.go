@@ -96,3 +96,42 @@ func TestFlightTeeFromStartAndBoundedWait(t *testing.T) {
 		t.Errorf("Next on a silent flight returned without error")
 	}
 }
+
+// TestFlightFinishCopiesTheBodyOnlyForFollowers: a leader may finish with a
+// body it reuses at once; followers get the answer as it was, and a flight
+// nobody followed copies nothing and makes no channel.
+func TestFlightFinishCopiesTheBodyOnlyForFollowers(t *testing.T) {
+	g := NewGroup()
+	buf := []byte("answer one")
+	f, _ := g.Join(keyOf(1), false)
+	follower, leader := g.Join(keyOf(1), false)
+	if leader || follower != f {
+		t.Fatal("the second request did not follow")
+	}
+	got := make(chan *Entry)
+	go func() {
+		e, _ := follower.Wait(context.Background())
+		got <- e
+	}()
+	for f.Followers() == 0 || func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.changed == nil }() {
+		time.Sleep(time.Millisecond) // until the follower waits
+	}
+	f.Finish(&Entry{Body: buf})
+	copy(buf, "ANSWER TWO") // the leader's buffer, reused
+	if e := <-got; e == nil || string(e.Body) != "answer one" {
+		t.Errorf("follower got %v, want the answer as finished", e)
+	}
+
+	alone, _ := g.Join(keyOf(2), false)
+	e := &Entry{Body: buf}
+	allocs := testing.AllocsPerRun(1, func() { alone.Finish(e) })
+	if &e.Body[0] != &buf[0] {
+		t.Error("a flight without followers copied the body")
+	}
+	if allocs != 0 {
+		t.Errorf("finishing a flight without followers allocated %.0f times", allocs)
+	}
+	if _, leader := g.Join(keyOf(2), false); !leader {
+		t.Error("a finished flight still takes followers")
+	}
+}

@@ -12,8 +12,9 @@ type Store interface {
 	// Get returns the value stored under k, or ErrNotFound. The caller must
 	// not modify the returned slice.
 	Get(ctx context.Context, k Key) ([]byte, error)
-	// Set stores v under k for ttl. The store keeps v; the caller must not
-	// modify it afterwards.
+	// Set stores v under k for ttl. The store keeps no reference to v once
+	// Set returns: the caller reuses it (Memory copies it into its ring,
+	// Redis has sent it).
 	Set(ctx context.Context, k Key, v []byte, ttl time.Duration) error
 }
 

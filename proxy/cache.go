@@ -181,7 +181,9 @@ func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, x *exchange, streamed b
 		cc.flight.Finish(nil)
 		return
 	}
-	cc.flight.Finish(cc.store(bytes.Clone(resp.Body()), x.answerUsage(resp.Body())))
+	// The entry's body is the response's own buffer: the store encodes a
+	// copy, and Finish copies it again only for followers.
+	cc.flight.Finish(cc.store(resp.Body(), x.answerUsage(resp.Body())))
 }
 
 // store builds the entry of an answer body with its usage u and writes it
