@@ -254,10 +254,6 @@ type Ask struct {
 	// Tokens is the reservation: the prompt estimate plus the completion
 	// allowance (max tokens or the tier's default, times n).
 	Tokens int64
-	// Exact, when not nil, counts the reservation exactly; it is called
-	// only when the estimate alone was rejected by a token budget, since
-	// counting costs far more than estimating.
-	Exact func() int64
 	// MaxWait is how long the request may wait for a future slot; 0 admits
 	// now or rejects. A request whose slot comes later is rejected with the
 	// exact Retry-After after which it fits within MaxWait.
@@ -267,6 +263,16 @@ type Ask struct {
 // Admit decides a request. The Admission must be given back with Finish,
 // whatever the outcome.
 func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
+	return l.AdmitCounting(ctx, pol, a, nil)
+}
+
+// AdmitCounting is Admit with a way to count the reservation exactly:
+// exact, when not nil, is called only when the estimate alone was rejected
+// by a token budget, since counting costs far more than estimating. (A
+// parameter, not a field of Ask: Admit keeps parts of an Ask, so a closure
+// there would be allocated on every request; here it stays on the caller's
+// stack.)
+func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact func() int64) *Admission {
 	l.shadow(ctx, a)
 	ad := l.pool.Get().(*Admission)
 	ad.reset()
@@ -282,12 +288,12 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 	ad.Reserved = a.Tokens
 	store := l.store
 	err := l.reserve(ctx, store, ad)
-	if err == nil && !ad.dec.Allowed && a.Exact != nil && ad.dec.Limiting >= 0 &&
+	if err == nil && !ad.dec.Allowed && exact != nil && ad.dec.Limiting >= 0 &&
 		ad.dec.Limiting < len(ad.kinds) && ad.kinds[ad.dec.Limiting].token {
 		// The estimate is an upper bound; the exact count may fit.
-		if exact := a.Exact(); exact < a.Tokens {
-			ad.Reserved = exact
-			l.setTokenCosts(ad, exact)
+		if n := exact(); n < a.Tokens {
+			ad.Reserved = n
+			l.setTokenCosts(ad, n)
 			err = l.reserve(ctx, store, ad)
 		}
 	}

@@ -74,7 +74,7 @@ func TestLimiterAdmitSettleRelease(t *testing.T) {
 	l.Finish(ctx, a4, -1)
 	// The estimate is rejected by tpm, the exact count fits.
 	exactCalled := false
-	a5 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r5", Tokens: 900, Exact: func() int64 { exactCalled = true; return 50 }})
+	a5 := l.AdmitCounting(ctx, p, &Ask{Plan: pl, RequestID: "r5", Tokens: 900}, func() int64 { exactCalled = true; return 50 })
 	if !exactCalled || a5.Outcome != Admitted || a5.Reserved != 50 {
 		t.Fatalf("exact recount: called %v, %+v", exactCalled, a5)
 	}

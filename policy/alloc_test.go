@@ -12,7 +12,8 @@ import (
 )
 
 // TestLimiterNoAllocs keeps admission and settlement of a known user on the
-// in-memory store off the heap: they run on every request.
+// in-memory store off the heap: they run on every request, with a closure
+// for the exact count (the proxy's) that stays on the caller's stack.
 func TestLimiterNoAllocs(t *testing.T) {
 	p, k := admitFixture(t, "local")
 	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
@@ -20,10 +21,10 @@ func TestLimiterNoAllocs(t *testing.T) {
 	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
 	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
 	pl.User = Limits{RPM: Rate{Limit: 1 << 40}, TPM: Rate{Limit: 1 << 40}, Concurrent: 1 << 20}
-	ask := &Ask{Plan: pl, RequestID: "r", Tokens: 500}
 	ctx := context.Background()
 	n := testing.AllocsPerRun(200, func() {
-		ad := l.Admit(ctx, p, ask)
+		tokens := int64(500)
+		ad := l.AdmitCounting(ctx, p, &Ask{Plan: pl, RequestID: "r", Tokens: tokens}, func() int64 { return tokens - 1 })
 		if ad.Outcome != Admitted {
 			t.Fatalf("outcome %d", ad.Outcome)
 		}

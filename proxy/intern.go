@@ -5,9 +5,10 @@ import (
 	"sync/atomic"
 )
 
-// names interns the model names clients send, so the hot path turns a
-// name from the body into a string without allocating once the name has
-// been seen. Only names that routed are added, at most maxNames of at most
+// names interns names clients send (models, end users, user agents), so
+// the hot path turns a name from the request into a string without
+// allocating once the name has been seen. Only valid names are added (a
+// model that routed, a well-formed end user), at most maxNames of at most
 // maxNameLen bytes each (the names come from clients); others are copied
 // per request as before.
 type names struct {

@@ -80,6 +80,8 @@ type Server struct {
 	admin *adminAPI
 	// models interns the model names requests name (intern.go).
 	models names
+	// endUsers interns the end-user names trusted keys send.
+	endUsers names
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -637,19 +639,19 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 		Plan:      plan,
 		RequestID: string(ctx.Response.Header.Peek("X-Request-Id")),
 		Tokens:    prompt + completion,
-		Exact: func() int64 {
-			if !countTokens {
-				return 0
-			}
-			n, err := s.tokens.Count(kind, model, body)
-			if err != nil {
-				return prompt + completion
-			}
-			return n + completion
-		},
-		MaxWait: wait,
+		MaxWait:   wait,
 	}
-	ad := s.limiter.Admit(context.Background(), pol, &ask)
+	exact := func() int64 {
+		if !countTokens {
+			return 0
+		}
+		n, err := s.tokens.Count(kind, model, body)
+		if err != nil {
+			return prompt + completion
+		}
+		return n + completion
+	}
+	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, exact)
 	if ad.Outcome != policy.Admitted {
 		writeRejected(ctx, ad, p.User)
 		s.limiter.Finish(context.Background(), ad, -1)
@@ -729,7 +731,11 @@ func (s *Server) endUser(ctx *fasthttp.RequestCtx, key *policy.Key, f *reqFields
 		writeError(ctx, errInvalidRequest, param, fmt.Sprintf("The end-user name must be valid UTF-8 without control characters, at most %d bytes.", policy.MaxUserLen))
 		return "", false
 	}
-	return string(name), true
+	user, known := s.endUsers.get(name)
+	if !known {
+		s.endUsers.add(user)
+	}
+	return user, true
 }
 
 func hasControl(b []byte) bool {
