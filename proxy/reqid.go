@@ -19,6 +19,10 @@ func (g *idGen) init() {
 	hex.Encode(g.prefix[:], b[:])
 }
 
+// reqIDLen is the length of an id: "req_", 16 hex digits of prefix, 16 of
+// counter.
+const reqIDLen = 4 + 16 + 16
+
 // next appends a new id to dst.
 func (g *idGen) next(dst []byte) []byte {
 	n := g.n.Add(1)

@@ -197,6 +197,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // exchange is the state of one request, kept on the handler's stack and
 // copied into a relay when the answer is streamed.
 type exchange struct {
+	// idBuf holds Sluice's request id (also the answer's X-Request-Id
+	// until an upstream's own replaces it); id is it as a string, made on
+	// first use (requestID).
+	idBuf   [reqIDLen]byte
+	id      string
 	start   time.Time
 	ep      endpoint
 	up      *upstream
@@ -267,8 +272,8 @@ func (x *exchange) answerUsage(body []byte) usage {
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
 	s.m.inFlight.Inc()
-	s.setRequestID(ctx)
-	x.tr = s.beginTranscript(ctx)
+	s.setRequestID(ctx, &x.idBuf)
+	x.tr = s.beginTranscript(ctx, &x)
 	if s.serve(ctx, &x) {
 		return // the relay finishes the exchange when the stream ends
 	}
@@ -637,7 +642,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	model := x.model
 	ask := policy.Ask{
 		Plan:      plan,
-		RequestID: string(ctx.Response.Header.Peek("X-Request-Id")),
+		RequestID: x.requestID(),
 		Tokens:    prompt + completion,
 		MaxWait:   wait,
 	}
@@ -923,7 +928,8 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.R
 // handleServerError answers the errors fasthttp finds before the handler
 // runs: bodies and headers over the limits, malformed HTTP, read timeouts.
 func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
-	s.setRequestID(ctx)
+	var id [reqIDLen]byte
+	s.setRequestID(ctx, &id)
 	ctx.SetConnectionClose()
 	var te interface{ Timeout() bool }
 	switch {
@@ -948,9 +954,18 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 	}
 }
 
-func (s *Server) setRequestID(ctx *fasthttp.RequestCtx) {
-	var buf [36]byte
+// setRequestID gives the answer a new X-Request-Id, also written to buf.
+func (s *Server) setRequestID(ctx *fasthttp.RequestCtx, buf *[reqIDLen]byte) {
 	ctx.Response.Header.SetBytesV("X-Request-Id", s.ids.next(buf[:0]))
+}
+
+// requestID returns the exchange's request id as a string; the limiter and
+// the transcript share one copy.
+func (x *exchange) requestID() string {
+	if x.id == "" {
+		x.id = string(x.idBuf[:])
+	}
+	return x.id
 }
 
 // fasthttpLogger sends fasthttp's own messages to slog.

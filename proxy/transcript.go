@@ -78,7 +78,7 @@ type txState struct {
 
 // beginTranscript starts an exchange's transcript state; nil when
 // recording is off.
-func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx) *txState {
+func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx, x *exchange) *txState {
 	if s.tr == nil || s.tr.sink == nil {
 		return nil
 	}
@@ -91,7 +91,7 @@ func (s *Server) beginTranscript(ctx *fasthttp.RequestCtx) *txState {
 	if !known {
 		s.tr.agents.add(agent)
 	}
-	*t = txState{id: string(ctx.Response.Header.Peek("X-Request-Id")), max: s.tr.maxContent, metadata: s.tr.metadata,
+	*t = txState{id: x.requestID(), max: s.tr.maxContent, metadata: s.tr.metadata,
 		userAgent: agent, text: t.text[:0]}
 	return t
 }
