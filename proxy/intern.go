@@ -7,10 +7,10 @@ import (
 
 // names interns names clients send (models, end users, user agents), so
 // the hot path turns a name from the request into a string without
-// allocating once the name has been seen. Only valid names are added (a
-// model that routed, a well-formed end user), at most maxNames of at most
-// maxNameLen bytes each (the names come from clients); others are copied
-// per request as before.
+// allocating once the name has been seen. Only names worth keeping are
+// added (a model that routed, a well-formed end user, a user agent's first
+// 256 bytes), at most maxNames of at most maxNameLen bytes each (the names
+// come from clients); others are copied per request as before.
 type names struct {
 	m  atomic.Pointer[map[string]string] // read without a lock; replaced whole
 	mu sync.Mutex                        // serializes additions
