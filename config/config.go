@@ -148,6 +148,12 @@ type Upstream struct {
 	// MaxConnWait is how long a request waits for a free connection when
 	// MaxConns are busy before failing with 502. Default 5s.
 	MaxConnWait time.Duration `yaml:"max_conn_wait"`
+	// IdleConnTimeout is how long a pooled connection may sit unused before
+	// it is closed rather than reused. Node's http server and uvicorn (vLLM)
+	// close idle connections after 5 s, so the default stays under that; a
+	// far provider that keeps connections longer (OpenAI: about 90 s) saves
+	// a TCP and TLS handshake per pause with a longer value. Default 4s.
+	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
 	// Budget is the provider's capacity for this upstream (its account's
 	// rate limits): requests beyond it wait in a fair queue instead of
 	// being sent. Zero fields are unlimited. Shared by replicas when
@@ -261,6 +267,7 @@ const (
 	DefaultShutdownTimeout = 30 * time.Second
 	DefaultMaxConns        = 512
 	DefaultMaxConnWait     = 5 * time.Second
+	DefaultIdleConnTimeout = 4 * time.Second
 	DefaultConnectTimeout  = 5 * time.Second
 	DefaultFirstByte       = 120 * time.Second
 	DefaultIdle            = 60 * time.Second
@@ -322,6 +329,7 @@ func (c *Config) applyDefaults() {
 		setDefault(&u.AuthHeader, "authorization")
 		setDefault(&u.MaxConns, DefaultMaxConns)
 		setDefault(&u.MaxConnWait, DefaultMaxConnWait)
+		setDefault(&u.IdleConnTimeout, DefaultIdleConnTimeout)
 		setDefault(&u.Timeouts.Connect, DefaultConnectTimeout)
 		setDefault(&u.Timeouts.FirstByte, DefaultFirstByte)
 		setDefault(&u.Timeouts.Idle, DefaultIdle)
@@ -402,6 +410,9 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		}
 		if u.MaxConns < 0 {
 			add(p+".max_conns", "must not be negative")
+		}
+		if u.IdleConnTimeout < 0 {
+			add(p+".idle_conn_timeout", "must not be negative")
 		}
 		if u.MaxQueue < 0 || u.MaxAttempts < 1 {
 			add(p, "max_queue must not be negative and max_attempts must be at least 1")
