@@ -245,6 +245,22 @@ func (l *Limiter) Close() {
 	}
 }
 
+// MaxReservation is the most tokens one request may reserve (2^53, exact in
+// a float64 and in Lua): a larger ask is cut to it, which no token budget's
+// burst admits, and its cost times any emission interval is checked against
+// the burst before it is multiplied.
+const MaxReservation int64 = 1 << 53
+
+// clampTokens bounds a reservation to [0, MaxReservation]. A negative ask
+// can only come from arithmetic that wrapped, so it fails closed: it is
+// treated as the largest ask, never as a free one.
+func clampTokens(n int64) int64 {
+	if n < 0 || n > MaxReservation {
+		return MaxReservation
+	}
+	return n
+}
+
 // Ask is what one request asks of its budgets.
 type Ask struct {
 	// Plan is the request's budgets (Policy.Plan).
@@ -273,6 +289,7 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 // there would be allocated on every request; here it stays on the caller's
 // stack.)
 func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact func() int64) *Admission {
+	a.Tokens = clampTokens(a.Tokens)
 	l.shadow(ctx, a)
 	ad := l.pool.Get().(*Admission)
 	ad.reset()

@@ -132,3 +132,26 @@ func TestLimiterStoreErrors(t *testing.T) {
 }
 
 func admitFixtureTB(tb testing.TB) (*Policy, *Key) { return admitFixture(tb, "local") }
+
+// TestAdmitClampsTokens: a reservation that wrapped negative (or is absurdly
+// large) fails closed: it never fits a token budget, and is no store error
+// that on_store_error: allow would wave through.
+func TestAdmitClampsTokens(t *testing.T) {
+	p, k := admitFixture(t, "allow")
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	reg := prometheus.NewRegistry()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: reg})
+	ctx := context.Background()
+	pl := p.Plan(p.Principal(k, ""), k, "gpt-4o")
+	for i, tokens := range []int64{-4611686018427387904, 1 << 62, -1} {
+		a := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: fmt.Sprint("r", i), Tokens: tokens})
+		if a.Outcome != NeverFits || a.Limit != LimitTPM {
+			t.Fatalf("tokens %d: outcome %v limit %q, want never fits on tpm", tokens, a.Outcome, a.Limit)
+		}
+		l.Finish(ctx, a, -1)
+	}
+	if n := testutil.ToFloat64(l.storeErrors); n != 0 {
+		t.Fatalf("store errors = %v, want 0", n)
+	}
+}

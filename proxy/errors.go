@@ -30,6 +30,8 @@ const (
 	errLimiterUnavailable                 // the bucket store failed and the policy denies
 	errInternal                           // a bug; details go to the log only
 	errCacheNamespace                     // X-Sluice-Cache-Namespace names a namespace the key may not use
+	errIntegerBelowMin                    // a number in the request below its minimum (n < 1, max_tokens < 0)
+	errIntegerAboveMax                    // a number in the request above its ceiling (n > 128, max_tokens > 2^31-1)
 	errKindCount
 )
 
@@ -62,6 +64,8 @@ var statusTable = [errKindCount]errRow{
 	errLimiterUnavailable:  {fasthttp.StatusServiceUnavailable, "server_error", "limiter_unavailable"},
 	errInternal:            {fasthttp.StatusInternalServerError, "server_error", "internal_error"},
 	errCacheNamespace:      {fasthttp.StatusForbidden, "invalid_request_error", "cache_namespace_forbidden"},
+	errIntegerBelowMin:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_below_min_value"},
+	errIntegerAboveMax:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_above_max_value"},
 }
 
 // writeError answers with an OpenAI-shaped error:

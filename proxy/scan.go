@@ -3,8 +3,11 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"unicode/utf8"
+
+	"sluice/policy"
 )
 
 // reqFields is what the proxy reads from a JSON request body. The body is
@@ -54,6 +57,9 @@ func (f *reqFields) reset() {
 
 // scanError is a client error found while scanning: a 400 with param.
 type scanError struct {
+	// kind is the error's row in the status table; the zero value is
+	// errInvalidRequest.
+	kind  errKind
 	param string
 	msg   string
 }
@@ -172,13 +178,28 @@ func (s *scanner) field(key []byte, f *reqFields) *scanError {
 	case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
 		switch s.kind() {
 		case 'd':
+			start := s.i
 			v, ok := s.integer()
 			if !ok {
-				return s.typeError(string(key), "an integer")
+				if s.i != start {
+					// A whole number beyond int64: past any bound.
+					v = maxInt64
+					if s.b[start] == '-' {
+						v = -maxInt64 - 1
+					}
+				} else {
+					return s.typeError(string(key), "an integer")
+				}
 			}
 			if string(key) == "n" {
+				if err := intRange(key, v, 1, MaxChoices); err != nil {
+					return err
+				}
 				f.n = v
 			} else {
+				if err := intRange(key, v, 0, MaxCompletionTokens); err != nil {
+					return err
+				}
 				f.maxTokens = v
 			}
 			return nil
@@ -513,7 +534,9 @@ func (s *scanner) number() bool {
 	return true
 }
 
-// integer scans a number that must be a whole int64.
+// integer scans a number that must be a whole int64. A whole number out of
+// int64's range returns false with the scanner past it (the caller treats it
+// as out of range); any other failure leaves the scanner where it was.
 func (s *scanner) integer() (int64, bool) {
 	start := s.i
 	if !s.number() {
@@ -521,10 +544,51 @@ func (s *scanner) integer() (int64, bool) {
 	}
 	v, err := strconv.ParseInt(string(s.b[start:s.i]), 10, 64)
 	if err != nil {
+		if errors.Is(err, strconv.ErrRange) {
+			return 0, false // s.i stays past the digits
+		}
 		s.i = start // so the type error names what was there
 		return 0, false
 	}
 	return v, true
+}
+
+const maxInt64 = 1<<63 - 1
+
+// The ceilings of the numbers a client sends that Sluice computes with, so
+// a reservation (max tokens × n, plus the prompt) can never overflow int64:
+// 2^31-1 × 128 is below 2^38.
+const (
+	// MaxChoices is the largest n (choices per request), OpenAI's own.
+	MaxChoices = 128
+	// MaxCompletionTokens is the largest max_tokens, max_completion_tokens
+	// or max_output_tokens Sluice forwards: 2^31-1, far above any model's
+	// output window.
+	MaxCompletionTokens = 1<<31 - 1
+)
+
+// intRange returns a 400 for a value of param outside [lo, hi], in OpenAI's
+// words and codes.
+func intRange(key []byte, v, lo, hi int64) *scanError {
+	if v >= lo && v <= hi {
+		return nil
+	}
+	param := string(key)
+	switch {
+	case v < lo:
+		return &scanError{kind: errIntegerBelowMin, param: param, msg: "Invalid '" + param +
+			"': integer below minimum value. Expected a value >= " + strconv.FormatInt(lo, 10) +
+			", but got " + strconv.FormatInt(v, 10) + " instead."}
+	case v > hi:
+		got := strconv.FormatInt(v, 10)
+		if v == maxInt64 {
+			got = "a larger number" // the client's digits did not fit int64
+		}
+		return &scanError{kind: errIntegerAboveMax, param: param, msg: "Invalid '" + param +
+			"': integer above maximum value. Expected a value <= " + strconv.FormatInt(hi, 10) +
+			", but got " + got + " instead."}
+	}
+	return nil
 }
 
 func (s *scanner) syntaxError() *scanError {
@@ -587,4 +651,22 @@ func withIncludeUsage(body []byte, f *reqFields) []byte {
 	out = append(out, body[:at]...)
 	out = append(out, insert...)
 	return append(out, body[end:]...)
+}
+
+// satAdd is a+b for non-negative a and b, saturating at
+// policy.MaxReservation instead of wrapping.
+func satAdd(a, b int64) int64 {
+	if a > policy.MaxReservation-b {
+		return policy.MaxReservation
+	}
+	return a + b
+}
+
+// satMul is a*b for non-negative a and b, saturating at
+// policy.MaxReservation instead of wrapping.
+func satMul(a, b int64) int64 {
+	if a != 0 && b > policy.MaxReservation/a {
+		return policy.MaxReservation
+	}
+	return a * b
 }
