@@ -4,6 +4,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/url"
 	"os"
@@ -174,6 +176,114 @@ type Upstream struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// Breaker stops calls to an upstream that keeps failing.
 	Breaker Breaker `yaml:"breaker"`
+	// TLS verifies a private or self-signed upstream (its own CA, another
+	// server name) and holds a client certificate for mTLS. Only for an
+	// https base_url: a tls block on an http one is an error, since nothing
+	// of it would apply. Default: the system's roots, the base_url's host as
+	// server name, no client certificate.
+	TLS UpstreamTLS `yaml:"tls"`
+	// Proxy is the egress HTTP proxy for this upstream:
+	// "http://[user:pass@]host:port" (port default 80; user:pass, when set,
+	// is sent as Proxy-Authorization: Basic), or "off" to connect directly
+	// whatever the environment says. Default "": the environment's
+	// HTTPS_PROXY (https base_url) or HTTP_PROXY (http base_url), with
+	// NO_PROXY's exceptions, by Go's rules, which never proxy "localhost" or
+	// a loopback address. Connections go through a CONNECT tunnel, so TLS
+	// runs end to end and the proxy sees neither the key nor the
+	// conversation of an https upstream; the traffic of an http upstream is
+	// plain text to the proxy as to the network.
+	Proxy string `yaml:"proxy"`
+}
+
+// UpstreamTLS configures the TLS client of an https upstream. Relative
+// paths are read from the working directory, once, at startup (and by
+// sluice validate).
+type UpstreamTLS struct {
+	// CAFile is a PEM file of the CA certificates that verify the upstream,
+	// instead of the system's roots (as curl's --cacert): an internal server
+	// is trusted through its private CA alone. To trust both, put the system
+	// bundle and the private CA in one file, or add a CA for the whole
+	// process with SSL_CERT_FILE / SSL_CERT_DIR. Default "": the system's
+	// roots.
+	CAFile string `yaml:"ca_file"`
+	// ServerName is the name the upstream's certificate is verified against
+	// and sent as SNI, when it is not the base_url's host (an upstream
+	// addressed by IP, or through a name its certificate does not carry).
+	// Default "": the base_url's host.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate the upstream presents: the
+	// traffic is encrypted but anyone on the path can pose as the upstream
+	// and read the key. For a test bench only; ca_file is the way to trust
+	// a self-signed server. Excludes ca_file. Default false.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+	// CertFile and KeyFile are a PEM client certificate (with its chain)
+	// and its private key, presented to an upstream that requires mTLS.
+	// Both or neither. Default "": no client certificate.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// IsZero reports that t sets nothing (the defaults).
+func (t *UpstreamTLS) IsZero() bool { return *t == UpstreamTLS{} }
+
+// ClientConfig reads t's files and returns the TLS client settings they
+// make, nil when t sets nothing. Startup and validation both call it, so a
+// file that sluice validate accepts is one serve loads.
+func (t *UpstreamTLS) ClientConfig() (*tls.Config, error) {
+	if t.IsZero() {
+		return nil, nil
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return nil, fmt.Errorf("cert_file and key_file go together: set both or neither")
+	}
+	if t.InsecureSkipVerify && t.CAFile != "" {
+		return nil, fmt.Errorf("ca_file and insecure_skip_verify exclude each other")
+	}
+	c := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", t.CAFile)
+		}
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("cert_file, key_file: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// ProxyOff as upstreams[].proxy connects directly, whatever the
+// environment's HTTPS_PROXY or HTTP_PROXY say.
+const ProxyOff = "off"
+
+// ParseProxy parses an egress proxy's URL, "http://[user:pass@]host[:port]"
+// (scheme-less "host:port" is taken as http, as in HTTPS_PROXY). Only http
+// proxies are supported. Errors never show the password.
+func ParseProxy(s string) (*url.URL, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("not a proxy URL (http://[user:pass@]host:port)")
+	}
+	switch {
+	case u.Scheme != "http":
+		return nil, fmt.Errorf("proxy %s: only http:// proxies are supported (CONNECT), not %s://", u.Redacted(), u.Scheme)
+	case u.Hostname() == "":
+		return nil, fmt.Errorf("proxy %s: has no host", u.Redacted())
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return nil, fmt.Errorf("proxy %s: must be http://[user:pass@]host:port, without a path or query", u.Redacted())
+	}
+	return u, nil
 }
 
 // Breaker configures an upstream's circuit breaker: when at least MinCalls
@@ -413,6 +523,18 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		}
 		if u.IdleConnTimeout < 0 {
 			add(p+".idle_conn_timeout", "must not be negative")
+		}
+		if !u.TLS.IsZero() {
+			if b, err := url.Parse(u.BaseURL); err == nil && b.Scheme == "http" {
+				add(p+".tls", "applies to an https base_url only (base_url is %s)", u.BaseURL)
+			} else if _, err := u.TLS.ClientConfig(); err != nil {
+				add(p+".tls", "%v", err)
+			}
+		}
+		if u.Proxy != "" && u.Proxy != ProxyOff {
+			if _, err := ParseProxy(u.Proxy); err != nil {
+				add(p+".proxy", "%v", err)
+			}
 		}
 		if u.MaxQueue < 0 || u.MaxAttempts < 1 {
 			add(p, "max_queue must not be negative and max_attempts must be at least 1")
