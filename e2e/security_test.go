@@ -4,12 +4,22 @@ package e2e
 // fixes: each one replays the review's request through the binary.
 
 import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+
+	"sluice/fakeai"
 )
 
 // overflowPolicy limits the demo key to 2 requests a minute and 1000 tokens;
@@ -68,5 +78,140 @@ func TestSecurityOverflowIsRejected(t *testing.T) {
 				t.Fatalf("third request: status %d, want 429", apiErr.StatusCode)
 			}
 		}
+	}
+}
+
+// recordingRelay is a TCP relay in front of the fake upstream that keeps
+// every byte Sluice sends upstream (the review's setup).
+type recordingRelay struct {
+	// URL is the base URL to give Sluice ("http://127.0.0.1:PORT/v1").
+	URL string
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// startRecordingRelay relays loopback connections to the fake at target
+// ("http://127.0.0.1:PORT/v1") until the test ends.
+func startRecordingRelay(t *testing.T, target string) *recordingRelay {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recordingRelay{URL: "http://" + ln.Addr().String() + "/v1"}
+	var wg sync.WaitGroup
+	var conns sync.Map
+	t.Cleanup(func() {
+		_ = ln.Close()
+		conns.Range(func(k, _ any) bool { _ = k.(net.Conn).Close(); return true })
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.DialTimeout("tcp", u.Host, 2*time.Second)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			conns.Store(c, nil)
+			conns.Store(up, nil)
+			wg.Go(func() {
+				_, _ = io.Copy(io.MultiWriter(up, r), c)
+				_ = up.Close()
+			})
+			wg.Go(func() {
+				_, _ = io.Copy(c, up)
+				_ = c.Close()
+			})
+		}
+	})
+	return r
+}
+
+func (r *recordingRelay) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.Write(p)
+}
+
+// Sent returns everything Sluice has sent upstream so far.
+func (r *recordingRelay) Sent() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buf.String()
+}
+
+// rawRequest sends one HTTP/1.1 request written by hand (the path exactly as
+// given) to addr and returns the answer's status and body.
+func rawRequest(t *testing.T, addr, method, target, key, body string) (int, string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	req := method + " " + target + " HTTP/1.1\r\nHost: " + addr + "\r\nAuthorization: Bearer " + key +
+		"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+	req += "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestSecurityPaths: encoded dot segments, double encoding, encoded '?',
+// '#' and NUL are refused with a 400 and never reach the upstream; a
+// trailing slash does not turn the chat endpoint into an unmetered
+// passthrough that ignores its method.
+func TestSecurityPaths(t *testing.T) {
+	fake := startFake(t, fakeai.Config{})
+	relay := startRecordingRelay(t, fake.URL)
+	s := startSluice(t, sluiceOptions{Config: makeConfig(configOptions{}), Policies: overflowPolicy, BaseURL: relay.URL})
+	addr := strings.TrimPrefix(s.URL, "http://")
+	for _, target := range []string{
+		"/v1/%252e%252e/%252e%252e/admin", "/v1/files/%2e%2e/%2E%2E/secret", "/v1/files%3Fpurpose=batch",
+		"/v1/files%23frag", "/v1/files%00x", "/v1/files/../models", "/v1/files%5C..%5Cx",
+	} {
+		st, body := rawRequest(t, addr, "GET", target, demoKey, "")
+		if st != http.StatusBadRequest || !strings.Contains(body, `"code":"invalid_path"`) ||
+			!strings.Contains(body, `"type":"invalid_request_error"`) {
+			t.Errorf("GET %s: %d %s; want 400 invalid_path", target, st, body)
+		}
+	}
+	if sent := relay.Sent(); sent != "" {
+		t.Fatalf("refused paths reached the upstream:\n%s", sent)
+	}
+
+	// The chat endpoint with a trailing slash is the chat endpoint: GET is a
+	// 405, and POSTs count against the 2 requests a minute.
+	if st, body := rawRequest(t, addr, "GET", "/v1/chat/completions/", demoKey, ""); st != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /v1/chat/completions/: %d %s; want 405", st, body)
+	}
+	chat := `{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`
+	var statuses []int
+	for range 3 {
+		st, _ := rawRequest(t, addr, "POST", "/v1/chat/completions/", demoKey, chat)
+		statuses = append(statuses, st)
+	}
+	if statuses[0] != 200 || statuses[1] != 200 || statuses[2] != http.StatusTooManyRequests {
+		t.Fatalf("POST /v1/chat/completions/ ×3 against rpm 2: %v; want [200 200 429]", statuses)
+	}
+	if sent := relay.Sent(); strings.Contains(sent, "/v1/chat/completions/ ") || strings.Contains(sent, "GET /v1/chat") {
+		t.Fatalf("the upstream saw the trailing-slash path or the GET:\n%s", sent)
 	}
 }

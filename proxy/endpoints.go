@@ -1,6 +1,10 @@
 package proxy
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/valyala/fasthttp"
+)
 
 // endpoint is what a request path names.
 type endpoint uint8
@@ -34,8 +38,13 @@ var (
 	prefixModels = []byte("/v1/models/")
 )
 
-// classify maps a request path to its endpoint.
+// classify maps a request path to its endpoint. Trailing slashes do not
+// count ("/v1/chat/completions/" is the chat endpoint, with its method and
+// its limits: see cleanPath, which removes them before forwarding).
 func classify(path []byte) endpoint {
+	for len(path) > len(prefixV1) && path[len(path)-1] == '/' {
+		path = path[:len(path)-1]
+	}
 	switch string(path) {
 	case "/v1/chat/completions":
 		return epChat
@@ -67,3 +76,116 @@ func (e endpoint) streams() bool { return e == epChat || e == epCompletions || e
 // compressible reports the endpoints whose answers Sluice compresses for
 // the client itself (it reads them uncompressed from the upstream).
 func (e endpoint) compressible() bool { return e.parsesBody() }
+
+// pathProblem returns why a request's path is refused, or "" when it is
+// fine. raw is the request target as the client sent it (query included;
+// absolute form allowed) and path is fasthttp's decoded, normalized path.
+//
+// Sluice forwards the decoded path, so an encoded byte that decoding turns
+// into syntax would reach the upstream as that syntax: a double-encoded dot
+// segment ("%252e%252e") arrives as "%2e%2e", which an upstream that decodes
+// again resolves outside /v1; "%3F", "%23" and "%00" would arrive raw in
+// the request line. So the raw path may not hold dot segments, encoded dots,
+// encoded "%" (double encoding), "?", "#" or "\", backslashes, control
+// bytes raw or encoded, or a malformed escape. "%2F" stays allowed: model
+// ids such as "org/model" are sent that way.
+func pathProblem(raw, path []byte) string {
+	if i := bytes.Index(raw, schemeSep); i >= 0 && i < bytes.IndexByte(raw, '/')+1 {
+		// absolute form: http://host/path?query
+		raw = raw[i+len(schemeSep):]
+		if j := bytes.IndexByte(raw, '/'); j >= 0 {
+			raw = raw[j:]
+		} else {
+			raw = nil
+		}
+	}
+	if q := bytes.IndexByte(raw, '?'); q >= 0 {
+		raw = raw[:q]
+	}
+	dots := 0 // the dots, raw or encoded, that the current segment holds so far; -1 once it holds anything else
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if c == '%' {
+			if i+2 >= len(raw) || unhex(raw[i+1]) < 0 || unhex(raw[i+2]) < 0 {
+				return "a malformed percent-escape"
+			}
+			c = byte(unhex(raw[i+1])<<4 | unhex(raw[i+2]))
+			i += 2
+			switch {
+			case c == '.':
+				return "an encoded dot (%2E)"
+			case c == '%':
+				return "a double-encoded byte (%25)"
+			case c == '?' || c == '#' || c == '\\':
+				return "an encoded '?', '#' or '\\'"
+			case c < 0x20 || c == 0x7f:
+				return "an encoded control character"
+			}
+			dots = -1
+			continue
+		}
+		switch {
+		case c < 0x20 || c == 0x7f:
+			return "a control character"
+		case c == '#' || c == '\\':
+			return "a '#' or '\\'"
+		case c == '/':
+			if dots == 1 || dots == 2 {
+				return "a dot segment"
+			}
+			dots = 0
+		case c == '.':
+			if dots >= 0 {
+				dots++
+			}
+		default:
+			dots = -1
+		}
+	}
+	if dots == 1 || dots == 2 {
+		return "a dot segment"
+	}
+	for _, c := range path {
+		if c < 0x20 || c == 0x7f || c == '%' || c == '?' || c == '#' || c == '\\' {
+			return "a byte that is not allowed in a path"
+		}
+	}
+	return ""
+}
+
+var schemeSep = []byte("://")
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// trimSlashes returns path without trailing slashes ("/v1/" stays).
+func trimSlashes(path []byte) []byte {
+	for len(path) > len(prefixV1) && path[len(path)-1] == '/' {
+		path = path[:len(path)-1]
+	}
+	return path
+}
+
+// cleanPath refuses a request whose path pathProblem finds fault with (400,
+// code invalid_path) and removes trailing slashes from the path it forwards,
+// so "/v1/chat/completions/" is the chat endpoint in every respect.
+func cleanPath(ctx *fasthttp.RequestCtx) bool {
+	path := ctx.Path()
+	if why := pathProblem(ctx.Request.Header.RequestURI(), path); why != "" {
+		writeError(ctx, errInvalidPath, "", "The request path holds "+why+"; Sluice does not forward such paths.")
+		return false
+	}
+	if t := trimSlashes(path); len(t) < len(path) {
+		ctx.URI().SetPathBytes(t)
+	}
+	return true
+}

@@ -32,6 +32,7 @@ const (
 	errCacheNamespace                     // X-Sluice-Cache-Namespace names a namespace the key may not use
 	errIntegerBelowMin                    // a number in the request below its minimum (n < 1, max_tokens < 0)
 	errIntegerAboveMax                    // a number in the request above its ceiling (n > 128, max_tokens > 2^31-1)
+	errInvalidPath                        // a path with dot segments, encoded dots, double encoding or control bytes
 	errKindCount
 )
 
@@ -66,6 +67,7 @@ var statusTable = [errKindCount]errRow{
 	errCacheNamespace:      {fasthttp.StatusForbidden, "invalid_request_error", "cache_namespace_forbidden"},
 	errIntegerBelowMin:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_below_min_value"},
 	errIntegerAboveMax:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_above_max_value"},
+	errInvalidPath:         {fasthttp.StatusBadRequest, "invalid_request_error", "invalid_path"},
 }
 
 // writeError answers with an OpenAI-shaped error:
