@@ -70,7 +70,7 @@ func cacheProxyWith(tb testing.TB, store cache.Store, mem *cache.Memory, handler
 		tb.Fatal(err)
 	}
 	s := newTestServer(tb, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n", Options{Registry: reg, Cache: c})
-	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	ln := fasthttputil.NewInmemoryListener()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
 	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }, MaxConnsPerHost: 64}

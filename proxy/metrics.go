@@ -42,6 +42,7 @@ type metrics struct {
 
 	upstreamDuration *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
+	upstreamStale    *prometheus.CounterVec
 	// upstreamThrottled counts 429/503 answers by upstream and status;
 	// upstreamRetries the calls Sluice repeated after them.
 	upstreamThrottled *prometheus.CounterVec
@@ -145,6 +146,10 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_errors_total",
 		Help: "Upstream calls that failed without an HTTP answer, by cause (unreachable, timeout).",
 	}, []string{"upstream", "reason"})
+	m.upstreamStale = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_stale_conns_total",
+		Help: "Pooled upstream connections the upstream had closed while idle: found before a request went out (stage before_send), or when the request's answer ended before its first byte, so the request was sent again on a new connection (after_send).",
+	}, []string{"upstream", "stage"})
 	m.upstreamThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_upstream_throttled_total",
 		Help: "Upstream answers that asked Sluice to slow down (status 429 or 503).",
@@ -213,7 +218,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
+		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
 		streamDuration, m.tokens, m.routed, protocol)
 	return m
 }
@@ -299,7 +304,7 @@ func newConnCollector(s *Server) *connCollector {
 		clients: prometheus.NewDesc("sluice_client_connections",
 			"Client connections open on the API listener, idle keep-alive ones included.", nil, nil),
 		upstr: prometheus.NewDesc("sluice_upstream_connections",
-			"Connections open to an upstream, in use or idle in its pool (idle ones close after 30 s).", []string{"upstream"}, nil),
+			"Connections open to an upstream, in use or idle in its pool (idle ones close after upstreams[].idle_conn_timeout, 4 s by default).", []string{"upstream"}, nil),
 	}
 }
 
@@ -308,6 +313,6 @@ func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.clients; 
 func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(c.s.srv.GetOpenConnectionsCount()))
 	for _, up := range c.s.upstreams {
-		ch <- prometheus.MustNewConstMetric(c.upstr, prometheus.GaugeValue, float64(up.client.ConnsCount()), up.name)
+		ch <- prometheus.MustNewConstMetric(c.upstr, prometheus.GaugeValue, float64(up.conns.open()), up.name)
 	}
 }

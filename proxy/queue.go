@@ -481,6 +481,7 @@ func (q *queuedStream) WriteTo(w io.Writer) (int64, error) {
 		if resp.BodyStream() != nil {
 			body, _ = io.ReadAll(io.LimitReader(resp.BodyStream(), 64<<10))
 			_ = resp.CloseBodyStream()
+			x.releaseLine(false)
 		} else {
 			body = resp.Body()
 		}

@@ -56,7 +56,7 @@ type relay struct {
 	watchMu sync.Mutex
 	watched bool
 	// raw is the client socket the watcher polls; watchIdx is the relay's
-	// place in clientWatch.relays.
+	// place in clientWatch.
 	raw      syscall.RawConn
 	watchIdx int
 }
@@ -81,9 +81,12 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lin
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
+	x.line = nil // the relay gives it back
 	r.x.upEnd = time.Time{} // set when the upstream body ends
 	bs := resp.BodyStream()
-	if rc, ok := bs.(fasthttp.ReadCloserWithError); ok {
+	if r.x.line != nil {
+		r.body = r.x.line.stream(resp) // closing it with an error closes the connection
+	} else if rc, ok := bs.(fasthttp.ReadCloserWithError); ok {
 		r.body = rc
 	} else {
 		r.body = nopCloser{bs}
@@ -278,6 +281,7 @@ func (r *relay) CloseWithError(err error) error {
 	} else {
 		_ = r.body.CloseWithError(errClientGone)
 	}
+	r.x.releaseLine(r.eof)
 	// A client that closed after the whole answer reached it (an SDK stops
 	// reading at [DONE], before a compressor's trailer or the last chunk's
 	// framing) did not leave early.
@@ -341,47 +345,16 @@ func (r *relay) streamUsage() int64 {
 	return r.x.promptEst + (r.generated+bytesPerToken-1)/bytesPerToken
 }
 
-// watchInterval is how often a stream checks that its client is still
-// connected, for streams whose events are too sparse for a failed write to
-// tell. A check costs about half a microsecond.
-const watchInterval = 100 * time.Millisecond
-
-// clientWatch checks the client sockets of all streams, every
-// watchInterval, from one goroutine: a goroutine, a ticker and two channels
-// per stream cost more than the checks themselves.
-var clientWatch watchSet
-
-// watchSet is the streams whose clients are watched.
-type watchSet struct {
-	mu sync.Mutex
-	// relays are the streams watched; running reports that the goroutine
-	// that checks them runs (it ends when relays is empty).
-	relays  []*relay
-	running bool
-}
-
 // watch checks the client socket every watchInterval and interrupts the
 // upstream read when the client has gone, so a silent stream (a model
 // thinking) does not hold its upstream connection for nothing.
 func (r *relay) watch(c net.Conn) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	raw := rawConn(c)
+	if raw == nil {
 		return
 	}
 	r.raw, r.watched = raw, true
-	w := &clientWatch
-	w.mu.Lock()
-	r.watchIdx = len(w.relays)
-	w.relays = append(w.relays, r)
-	if !w.running {
-		w.running = true
-		go w.loop()
-	}
-	w.mu.Unlock()
+	clientWatch.add(r)
 }
 
 // unwatch stops watching r's client. Once it returns the watcher no longer
@@ -390,40 +363,13 @@ func (r *relay) unwatch() {
 	if r.raw == nil {
 		return
 	}
-	w := &clientWatch
-	w.mu.Lock()
-	last := len(w.relays) - 1
-	w.relays[r.watchIdx] = w.relays[last]
-	w.relays[r.watchIdx].watchIdx = r.watchIdx
-	w.relays[last] = nil
-	w.relays = w.relays[:last]
-	w.mu.Unlock()
+	clientWatch.remove(r)
 	r.watchMu.Lock()
 	r.watched = false
 	r.watchMu.Unlock()
 }
 
-// loop checks every watched client each watchInterval, until none is left.
-func (w *watchSet) loop() {
-	t := time.NewTicker(watchInterval)
-	defer t.Stop()
-	var batch []*relay
-	for range t.C {
-		w.mu.Lock()
-		if len(w.relays) == 0 {
-			w.running = false
-			w.relays = nil // let a burst's backing array go
-			w.mu.Unlock()
-			return
-		}
-		batch = append(batch[:0], w.relays...)
-		w.mu.Unlock()
-		for i, r := range batch {
-			r.check()
-			batch[i] = nil
-		}
-	}
-}
+func (r *relay) watchSlot() *int { return &r.watchIdx }
 
 // check polls r's client socket; when the client has gone it marks the
 // relay and ends the upstream read.

@@ -64,7 +64,7 @@ func TestRelayedErrorsReachTheTranscript(t *testing.T) {
 	defer sk.Stop(context.Background()) //nolint:errcheck // test teardown
 	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n", Options{})
 	s.SetTranscripts(TranscriptOptions{Sink: sk})
-	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	ln := fasthttputil.NewInmemoryListener()
 	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
 	defer ln.Close()

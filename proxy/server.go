@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -258,6 +259,32 @@ type exchange struct {
 	// so the cache, the transcript and the limits share one scan.
 	bodyUsage   usage
 	bodyScanned bool
+	// line is the upstream connection an answer's body is still read from,
+	// given back by releaseLine once that body is closed; nil otherwise.
+	line *line
+	// client is the client's socket, for checks that it is still there;
+	// looked up once (clientSocket), nil when it has none to poll.
+	client       syscall.RawConn
+	clientLooked bool
+}
+
+// clientSocket is the client's socket, or nil when there is none to poll
+// (an in-memory connection).
+func (x *exchange) clientSocket(ctx *fasthttp.RequestCtx) syscall.RawConn {
+	if !x.clientLooked {
+		x.client, x.clientLooked = rawConn(ctx.Conn()), true
+	}
+	return x.client
+}
+
+// releaseLine gives the upstream connection of an answer whose body stream
+// was closed back to its pool; reusable reports that the body was read to
+// its end (otherwise the connection is closed).
+func (x *exchange) releaseLine(reusable bool) {
+	if x.line != nil {
+		x.up.conns.put(x.line, reusable)
+		x.line = nil
+	}
 }
 
 // answerUsage returns the usage of the buffered answer body, scanning it
@@ -282,7 +309,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		// A buffered answer: nothing watched the client while the upstream
 		// worked. A client gone meanwhile is counted and recorded as such
 		// (the answer, billed by the provider, is written to nobody).
-		if raw := rawConn(ctx.Conn()); raw != nil && peerClosed(raw) {
+		if raw := x.clientSocket(ctx); raw != nil && peerClosed(raw) {
 			x.gone = true
 		}
 	}
@@ -808,8 +835,16 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		// arrive; JSON answers are read whole.
 		resp.StreamBody = stream || x.ep == epPassthrough
 		x.upStart = time.Now()
-		err := up.client.Do(req, resp)
+		line, err := up.do(req, resp, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)
+		if errors.Is(err, errClientGone) {
+			// The client left while the call waited: its connection was
+			// closed so the upstream stops. Not the upstream's failure.
+			x.upEnd, x.gone = time.Now(), true
+			fasthttp.ReleaseResponse(resp)
+			return nil, failGone
+		}
+		x.line = line
 		st := resp.StatusCode()
 		failed := err != nil || st >= 500
 		up.breaker.Done(time.Now(), failed)
@@ -857,6 +892,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		if resp.BodyStream() != nil {
 			_ = resp.CloseBodyStream()
 		}
+		x.releaseLine(false)
 		resp.Reset()
 		if x.ticket != nil {
 			up.sched.Done(x.ticket, 0)

@@ -39,7 +39,7 @@ func benchProxy(tb testing.TB, setup ...func(*Server)) (*fasthttp.Client, func()
 	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
 
 	s := newTestServer(tb, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n", Options{})
-	s.upstreams[0].client.Dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
 	for _, f := range setup {
 		f(s)
 	}

@@ -1,13 +1,14 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,9 +20,10 @@ import (
 
 // upstream is one provider endpoint with its own connection pool.
 type upstream struct {
-	name   string
-	azure  bool
-	client *fasthttp.HostClient
+	name  string
+	azure bool
+	// conns are the upstream's connections (conns.go).
+	conns  lines
 	scheme string
 	host   string // Host header and URI host
 	// basePath is the base URL's path without a trailing slash ("/v1").
@@ -49,6 +51,11 @@ type upstream struct {
 	duration prometheus.Observer
 	// errUnreachable and errTimeout count failed calls by cause.
 	errUnreachable, errTimeout prometheus.Counter
+	// staleFound counts pooled connections found closed by the upstream
+	// before a request went out on them; staleResent the requests sent again
+	// on a new connection because their reused one closed before any byte
+	// of the answer.
+	staleFound, staleResent prometheus.Counter
 }
 
 func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
@@ -101,37 +108,84 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 	if c.Project != "" {
 		up.project = []byte(c.Project)
 	}
-	t := c.Timeouts
-	dialer := &net.Dialer{Timeout: t.Connect, KeepAlive: 30 * time.Second}
-	up.client = &fasthttp.HostClient{
-		Addr:  addr,
-		IsTLS: tls,
-		Dial: func(addr string) (net.Conn, error) {
-			conn, err := dialer.Dial("tcp", addr)
-			if err != nil {
-				return nil, &dialError{err: err}
-			}
-			return &timedConn{Conn: conn, firstByte: t.FirstByte, idle: t.Idle, total: t.Total}, nil
-		},
-		MaxConns:           c.MaxConns,
-		MaxConnWaitTimeout: c.MaxConnWait,
-		// Close pooled connections before a provider's load balancer would
-		// (OpenAI's idles out after about 90 s), so a reused one is fresh.
-		MaxIdleConnDuration:           30 * time.Second,
-		NoDefaultUserAgentHeader:      true,
-		DisableHeaderNamesNormalizing: false,
-		DisablePathNormalizing:        true,
-		// A pooled connection the provider closed while idle fails before
-		// any byte of the answer arrives; sending again on a new connection
-		// is safe then and only then.
-		RetryIfErr: func(_ *fasthttp.Request, attempts int, err error) (bool, bool) {
-			return false, attempts < 2 && (errors.Is(err, io.EOF) || errors.Is(err, fasthttp.ErrConnectionClosed))
-		},
+	dial, tlsConfig, err := upstreamDialer(c, u)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", c.Name, err)
 	}
+	if tls {
+		tlsConfig = clientTLS(tlsConfig, u.Hostname())
+	}
+	t := c.Timeouts
+	up.conns = lines{max: c.MaxConns, wait: c.MaxConnWait, idleTimeout: c.IdleConnTimeout,
+		addr: addr, dial: dial, tlsConfig: tlsConfig, connect: t.Connect,
+		firstByte: t.FirstByte, idleRead: t.Idle, total: t.Total}
 	up.duration = m.upstreamDuration.WithLabelValues(c.Name)
 	up.errUnreachable = m.upstreamErrors.WithLabelValues(c.Name, "unreachable")
 	up.errTimeout = m.upstreamErrors.WithLabelValues(c.Name, "timeout")
+	up.staleFound = m.upstreamStale.WithLabelValues(c.Name, "before_send")
+	up.staleResent = m.upstreamStale.WithLabelValues(c.Name, "after_send")
 	return up, nil
+}
+
+// do sends req to u on one of its connections and reads the answer: its
+// head, and its body unless resp.StreamBody. While the call waits for its
+// answer the client's socket client is watched (nil: not watched): when the
+// client leaves, the call's connection is closed, so the upstream stops
+// work nobody will read, unless cc's followers still want the answer.
+//
+// A pooled connection is reused only while younger than idleTimeout and
+// not closed by the upstream; a request whose reused connection was closed
+// before any byte of the answer arrived goes out again on a new one.
+//
+// When the answer's body is still to be read (resp.BodyStream() != nil) the
+// returned line is the caller's until it closes the body stream and gives
+// the line back with u.conns.put; otherwise it is back in the pool.
+func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, client syscall.RawConn, cc *cacheCall) (*line, error) {
+	l, err := u.conns.get()
+	if err != nil {
+		return nil, err
+	}
+	switch l.staleness(time.Now()) {
+	case "closed_idle":
+		u.staleFound.Inc()
+		l.close()
+	case "idle_timeout":
+		l.close()
+	}
+	l.watch(client, cc)
+	reused := l.nc != nil
+	err = l.roundTrip(req, resp)
+	if err != nil && l.closedBeforeAnswer(reused, err) {
+		u.staleResent.Inc()
+		err = l.roundTrip(req, resp) // the failed connection is closed: this one is new
+	}
+	l.unwatch()
+	if err != nil && l.gone.Load() {
+		err = errClientGone
+	}
+	if err != nil || resp.BodyStream() == nil {
+		u.conns.put(l, err == nil)
+		return nil, err
+	}
+	return l, nil
+}
+
+// clientTLS is the TLS configuration of an https upstream named host: c (or
+// the defaults) with the server name to verify and a session cache, so a
+// connection made after an idle close resumes the session.
+func clientTLS(c *tls.Config, host string) *tls.Config {
+	if c == nil {
+		c = &tls.Config{}
+	} else {
+		c = c.Clone()
+	}
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	if c.ClientSessionCache == nil {
+		c.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	}
+	return c
 }
 
 // setURI points req at this upstream: the client's path after /v1 is
@@ -223,17 +277,30 @@ type timedConn struct {
 	end time.Time
 	// deadline is the read deadline last set on Conn.
 	deadline time.Time
+	// line is the line the connection belongs to (conns.go); nil in tests.
+	line *line
+	// plain turns the deadlines off (a TLS handshake, bounded by its own).
+	plain bool
 }
 
 func (c *timedConn) Write(p []byte) (int, error) {
+	if c.plain {
+		return c.Conn.Write(p)
+	}
 	if c.reading || c.end.IsZero() {
 		c.reading, c.gotByte = false, false
 		c.end = time.Now().Add(c.total)
+		if c.line != nil && c.line.gone.Load() {
+			return 0, errClientLeft
+		}
 	}
 	return c.Conn.Write(p)
 }
 
 func (c *timedConn) Read(p []byte) (int, error) {
+	if c.plain {
+		return c.Conn.Read(p)
+	}
 	c.reading = true
 	wait := c.idle
 	if !c.gotByte {

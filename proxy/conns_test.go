@@ -1,0 +1,328 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// connTestServer runs a Server on a loopback TCP listener in front of the
+// upstream at upURL; extra is appended to the upstream's YAML entry. It
+// returns the Server's address and its registry.
+func connTestServer(t *testing.T, upURL, extra string) (string, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+upURL+"/v1\n    api_key: sk-up\n"+extra, Options{Registry: reg})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends with the listener
+	t.Cleanup(func() { _ = ln.Close() })
+	return ln.Addr().String(), reg
+}
+
+// post sends a chat request through addr with a new connection each time
+// and returns the status and body.
+func post(t *testing.T, addr string, stream bool) (int, string) {
+	body := fmt.Sprintf(`{"model":"gpt-4o-mini","stream":%v,"messages":[{"role":"user","content":"hi"}]}`, stream)
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sk-client")
+	req.Header.Set("Content-Type", "application/json")
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Errorf("request: %v", err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+const connTestAnswer = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`
+
+// TestStaleConnsNeverFail: an upstream that closes idle keep-alive
+// connections after 200 ms (as Node and uvicorn do after 5 s), and Sluice
+// told to keep them 10 s: bursts separated by pauses longer than the
+// upstream's keep-alive all succeed, and the closed connections are counted.
+func TestStaleConnsNeverFail(t *testing.T) {
+	var calls atomic.Int64
+	up := &http.Server{
+		IdleTimeout: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, connTestAnswer)
+		}),
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { _ = up.Close() })
+	addr, reg := connTestServer(t, "http://"+ln.Addr().String(), "    idle_conn_timeout: 10s\n")
+
+	const bursts, n = 3, 16
+	failed := atomic.Int64{}
+	for b := range bursts {
+		if b > 0 {
+			time.Sleep(400 * time.Millisecond) // longer than the upstream keeps an idle connection
+		}
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				st, body := post(t, addr, i%2 == 0)
+				if st != 200 || !strings.Contains(body, "hello") {
+					failed.Add(1)
+					t.Errorf("burst %d request %d: %d %s", b, i, st, body)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed", failed.Load(), bursts*n)
+	}
+	if got := calls.Load(); got != bursts*n {
+		t.Errorf("upstream saw %d calls; want %d (none repeated)", got, bursts*n)
+	}
+	stale := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "before_send"))
+	if stale == 0 {
+		t.Errorf("no stale connection counted; the upstream closed them all between bursts")
+	}
+}
+
+// mustCounter finds the stale-connection counter of upstream "up" for stage.
+func mustCounter(t *testing.T, reg *prometheus.Registry, name, stage string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "stage" && lp.GetValue() == stage {
+					return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x"}, func() float64 { return m.GetCounter().GetValue() })
+				}
+			}
+		}
+	}
+	t.Fatalf("%s{stage=%q} not found", name, stage)
+	return nil
+}
+
+// rawUpstream is an HTTP/1.1 upstream written by hand, so a test decides
+// exactly what each request on each connection gets: answer(conn, n) is
+// called for the n-th request (from 1) on a connection and returns false
+// to close the connection without answering.
+type rawUpstream struct {
+	ln       net.Listener
+	requests atomic.Int64
+	conns    atomic.Int64
+	answer   func(conn, n int64) bool
+	// closed receives the time a connection was closed by Sluice while the
+	// upstream still had a request to answer.
+	closed chan time.Time
+}
+
+func startRawUpstream(t *testing.T, answer func(conn, n int64) bool) *rawUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &rawUpstream{ln: ln, answer: answer, closed: make(chan time.Time, 16)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go u.serve(c, u.conns.Add(1))
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close() })
+	return u
+}
+
+func (u *rawUpstream) url() string { return "http://" + u.ln.Addr().String() }
+
+func (u *rawUpstream) serve(c net.Conn, conn int64) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for n := int64(1); ; n++ {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		u.requests.Add(1)
+		if !u.answer(conn, n) {
+			return
+		}
+		if req.Header.Get("X-Test-Hold") != "" {
+			// Hold the answer; report when Sluice closes the connection.
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var b [1]byte
+			if _, err := c.Read(b[:]); err != nil {
+				u.closed <- time.Now()
+			}
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(connTestAnswer), connTestAnswer)
+	}
+}
+
+// TestClosedAtSendIsResent: the upstream closes a reused connection on
+// reading its request, before any byte of the answer (a close racing the
+// request). The request goes out again on a new connection and succeeds.
+func TestClosedAtSendIsResent(t *testing.T) {
+	u := startRawUpstream(t, func(conn, n int64) bool { return n == 1 }) // one answer a connection
+	addr, reg := connTestServer(t, u.url(), "")
+	for i := range 3 {
+		if st, body := post(t, addr, false); st != 200 {
+			t.Fatalf("request %d: %d %s", i, st, body)
+		}
+	}
+	if got := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "after_send")); got < 1 {
+		t.Errorf("after_send stale count %v; want at least 1", got)
+	}
+	if c := u.conns.Load(); c < 3 {
+		t.Errorf("upstream saw %d connections; want a new one for each resent request", c)
+	}
+}
+
+// TestClosedOnNewConnNotResent: a request whose new connection closes
+// before an answer may have reached the upstream; it is not sent again.
+func TestClosedOnNewConnNotResent(t *testing.T) {
+	u := startRawUpstream(t, func(conn, n int64) bool { return false }) // never answers
+	addr, _ := connTestServer(t, u.url(), "")
+	st, body := post(t, addr, false)
+	if st != 502 {
+		t.Fatalf("status %d %s; want 502", st, body)
+	}
+	if got := u.requests.Load(); got != 1 {
+		t.Fatalf("upstream got the request %d times; want once", got)
+	}
+}
+
+// TestClientGoneCancelsCall: a client that hangs up while the upstream
+// thinks (no byte of the answer yet, non-stream) closes the upstream call
+// within a watch interval or two.
+func TestClientGoneCancelsCall(t *testing.T) {
+	u := startRawUpstream(t, func(conn, n int64) bool { return true })
+	addr, reg := connTestServer(t, u.url(), "")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nX-Test-Hold: 1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	for u.requests.Load() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the upstream thinks
+	left := time.Now()
+	_ = c.Close()
+	select {
+	case at := <-u.closed:
+		d := at.Sub(left)
+		t.Logf("the upstream saw the cancel %v after the client left", d.Round(time.Millisecond))
+		if d > 3*watchInterval {
+			t.Errorf("the upstream saw the cancel after %v; want within %v", d, 3*watchInterval)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the upstream call still runs 5 s after its client left")
+	}
+	// The aborted call is not an upstream failure.
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "sluice_upstream_errors_total" {
+			for _, m := range mf.GetMetric() {
+				if m.GetCounter().GetValue() != 0 {
+					t.Errorf("an aborted call counted as an upstream error: %v", m)
+				}
+			}
+		}
+	}
+}
+
+// TestIdleConnsClosed: connections idle for idle_conn_timeout are closed
+// in the background, and the gauge says so.
+func TestIdleConnsClosed(t *testing.T) {
+	u := startRawUpstream(t, func(conn, n int64) bool { return true })
+	addr, reg := connTestServer(t, u.url(), "    idle_conn_timeout: 100ms\n")
+	if st, _ := post(t, addr, false); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	gauge := func() float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "sluice_upstream_connections" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	if g := gauge(); g != 1 {
+		t.Fatalf("connections after one call: %v; want 1", g)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for gauge() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle connection still open 2 s after idle_conn_timeout 100ms")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestStreamBodyReleasesLine: streamed answers give their line back, so
+// more sequential streams than max_conns all complete on reused
+// connections.
+func TestStreamBodyReleasesLine(t *testing.T) {
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(w, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"}}]}\n\ndata: [DONE]\n\n")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns atomic.Int64
+	up.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	go up.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { _ = up.Close() })
+	addr, _ := connTestServer(t, "http://"+ln.Addr().String(), "    max_conns: 2\n    max_conn_wait: 100ms\n")
+	for i := range 6 {
+		st, body := post(t, addr, true)
+		if st != 200 || !bytes.Contains([]byte(body), []byte("[DONE]")) {
+			t.Fatalf("stream %d: %d %s", i, st, body)
+		}
+	}
+	if c := conns.Load(); c != 1 {
+		t.Errorf("6 sequential streams used %d upstream connections; want 1, reused", c)
+	}
+}
