@@ -392,6 +392,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		writeError(ctx, errShuttingDown, "", "Sluice is shutting down; retry the request.")
 		return false
 	}
+	if !cleanPath(ctx) {
+		return false
+	}
 	if x.ep == epUnknown {
 		writeError(ctx, errNotFound, "", "Unknown request URL: "+string(ctx.Method())+" "+string(ctx.Path())+". Sluice serves the OpenAI API under /v1/.")
 		return false
@@ -443,7 +446,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	body := ctx.PostBody()
 	var f reqFields
 	if err := scanRequest(body, &f); err != nil {
-		writeError(ctx, errInvalidRequest, err.param, err.msg)
+		writeError(ctx, err.kind, err.param, err.msg)
 		return false
 	}
 	if f.model == nil {
@@ -619,9 +622,12 @@ func (s *Server) pickUpstreamFailure(route *policy.Route) (*upstream, string, *f
 func (s *Server) reservation(x *exchange, body []byte, f *reqFields, tier *policy.Tier) int64 {
 	prompt := s.tokens.Estimate(tokenKinds[x.ep], body)
 	x.promptEst = prompt
-	return prompt + completionAllowance(x.ep, f, tier)
+	return satAdd(prompt, completionAllowance(x.ep, f, tier))
 }
 
+// completionAllowance is the completion tokens a request reserves: its max
+// tokens (or the tier's default) times n, saturating at MaxReservation (the
+// scan bounds both numbers; a tier's default is the admin's).
 func completionAllowance(ep endpoint, f *reqFields, tier *policy.Tier) int64 {
 	if ep == epEmbeddings {
 		return 0
@@ -633,7 +639,7 @@ func completionAllowance(ep endpoint, f *reqFields, tier *policy.Tier) int64 {
 			c = tier.DefaultMaxTokens
 		}
 	}
-	return c * max(f.n, 1)
+	return satMul(max(c, 0), max(f.n, 1))
 }
 
 // admit reserves the request's budgets, answering 429 (or 503) when they
