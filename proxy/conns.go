@@ -228,6 +228,9 @@ func (l *line) roundTrip(req *fasthttp.Request, resp *fasthttp.Response) error {
 		}
 	}
 	l.gotByte = false
+	// The path goes out as setURI built it: the client's path was checked
+	// (cleanPath) and is not to be rewritten here.
+	req.URI().DisablePathNormalizing = true
 	bw := bufWriters.Get().(*bufio.Writer)
 	bw.Reset(l.nc)
 	err := req.Write(bw)
@@ -247,7 +250,8 @@ func (l *line) roundTrip(req *fasthttp.Request, resp *fasthttp.Response) error {
 		l.close()
 		return err
 	}
-	l.keep = !req.ConnectionClose() && !resp.ConnectionClose()
+	// A body with neither a length nor chunks ends when the upstream closes.
+	l.keep = !req.ConnectionClose() && !resp.ConnectionClose() && resp.Header.ContentLength() != -2
 	return nil
 }
 
