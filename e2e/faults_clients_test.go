@@ -743,15 +743,15 @@ keys:
 }
 
 // TestFaultClientDisconnectUpstream: a client (the SDK, its context
-// cancelled) that leaves while the upstream works. Streams: Sluice watches
-// the socket, so once the upstream's headers are in (a silent upstream, or
-// mid-stream) the upstream call is cancelled within ~1 s. Before the
-// upstream's headers (a buffered answer, or a stream whose upstream hangs)
-// nothing can cancel fasthttp's call: it runs to its answer or to
-// timeouts.first_byte (3 s here), and the gone client is noticed then.
-// Every case counts one sluice_client_disconnects_total, ends with nothing
-// in flight, and leaves a transcript record marked client_gone with the
-// status Sluice had for it.
+// cancelled) that leaves while the upstream works. Sluice watches the
+// client's socket during the upstream call too: before the upstream's first
+// byte (a buffered answer the model takes 60 s to write, or a stream whose
+// upstream hangs) Sluice closes the call's connection, so the upstream
+// stops within a watch interval (100 ms) and bills nothing more; once a
+// stream's headers are in, the relay cancels it likewise. Every case counts
+// one sluice_client_disconnects_total, ends with nothing in flight, and
+// leaves a transcript record marked client_gone with the status Sluice had
+// for it (499 when the answer had not begun).
 func TestFaultClientDisconnectUpstream(t *testing.T) {
 	e := newFaultEnv(t)
 	base := e.s.resources(t)
@@ -791,19 +791,22 @@ func TestFaultClientDisconnectUpstream(t *testing.T) {
 			if !waitFor(noticedWithin, func() bool { return e.fake.Stats().Aborted == aborted+1 }) {
 				t.Fatalf("the upstream call was not cancelled (aborted %d → %d)", aborted, e.fake.Stats().Aborted)
 			}
+			t.Logf("the upstream saw the cancel within %v of the client leaving", time.Since(left).Round(10*time.Millisecond))
 		} else if n := e.fake.Stats().Aborted - aborted; n != 0 {
 			t.Fatalf("the upstream saw %d aborted calls; this stage runs the call to its end", n)
 		}
 		checkRecord(t, e.records(t, user, 1)[0], status, true)
 	}
 	t.Run("buffered_waiting_first_byte", func(t *testing.T) {
-		// The upstream answers after 1.5 s; the client left at 0.3 s.
-		f(t, false, 300*time.Millisecond, 200, false, 3*time.Second, option.WithHeader("X-Fake-Latency", "1500ms"))
+		// A 60 s completion whose client leaves after 1 s.
+		timeouts := e.counter(t, "sluice_upstream_errors_total", `reason="timeout"`)
+		f(t, false, time.Second, 499, true, time.Second, option.WithHeader("X-Fake-Latency", "60s"))
+		e.checkDelta(t, timeouts, 0, "sluice_upstream_errors_total", `reason="timeout"`)
 	})
 	t.Run("stream_upstream_hangs_before_headers", func(t *testing.T) {
 		timeouts := e.counter(t, "sluice_upstream_errors_total", `reason="timeout"`)
-		f(t, true, 300*time.Millisecond, 504, true, 4*time.Second, option.WithHeader("X-Fake-Hang", "1"))
-		e.checkDelta(t, timeouts, 1, "sluice_upstream_errors_total", `reason="timeout"`)
+		f(t, true, 300*time.Millisecond, 499, true, time.Second, option.WithHeader("X-Fake-Hang", "1"))
+		e.checkDelta(t, timeouts, 0, "sluice_upstream_errors_total", `reason="timeout"`)
 	})
 	t.Run("stream_silent_after_headers", func(t *testing.T) {
 		f(t, true, 300*time.Millisecond, 200, true, 1200*time.Millisecond, option.WithHeader("X-Fake-Latency", "3s"))
