@@ -76,6 +76,7 @@ func burstIdle(t *testing.T, s *sluiceProc, n, rounds int) {
 		var failed atomic.Int64
 		var mu sync.Mutex
 		var firstErrs []string
+		byStatus := map[string]int{}
 		var wg sync.WaitGroup
 		for i := 0; i < n; i++ {
 			wg.Add(1)
@@ -83,7 +84,12 @@ func burstIdle(t *testing.T, s *sluiceProc, n, rounds int) {
 				defer wg.Done()
 				if err := burstCall(ctx, c, i, round); err != nil {
 					failed.Add(1)
+					kind := "no answer"
+					if apiErr := (*openai.Error)(nil); errors.As(err, &apiErr) {
+						kind = fmt.Sprint(apiErr.StatusCode)
+					}
 					mu.Lock()
+					byStatus[kind]++
 					if len(firstErrs) < 3 {
 						firstErrs = append(firstErrs, err.Error())
 					}
@@ -99,7 +105,7 @@ func burstIdle(t *testing.T, s *sluiceProc, n, rounds int) {
 			failedTotal += f
 			sentTotal += n
 		}
-		perRound = append(perRound, fmt.Sprintf("burst %d (%s): %d of %d failed", round, label, f, n))
+		perRound = append(perRound, fmt.Sprintf("burst %d (%s): %d of %d failed %v", round, label, f, n, byStatus))
 		if f > 0 {
 			t.Logf("burst %d: %d of %d failed; e.g. %s", round, f, n, strings.Join(firstErrs, " | "))
 		}

@@ -8,6 +8,9 @@
 #   start_clickhouse       # exports SLUICE_TEST_CLICKHOUSE_ADDR=127.0.0.1:NATIVEPORT
 #   start_prometheus       # exports SLUICE_TEST_PROMETHEUS=http://127.0.0.1:PORT and
 #                          #   SLUICE_TEST_PROMETHEUS_TARGETS=DIR (file_sd: tests drop targets there)
+#   ensure_uvicorn         # Debian's python3-uvicorn for /usr/bin/python3 (the conformance suite's
+#                          #   uvicorn upstream); exports SLUICE_TEST_UVICORN=1 so a missing one fails
+#   ensure_node            # Node.js for the conformance suite's Node http upstream
 #
 # Debian's packages are installed only when the binary is missing. Nothing is
 # killed by name: stop_services ends exactly the PIDs recorded here.
@@ -235,6 +238,29 @@ EOF
     tail -n 5 "$dir/prometheus.log" >&2
   done
   return 1
+}
+
+# ensure_uvicorn installs Debian's python3-uvicorn when Debian's python3
+# cannot import uvicorn (a pyenv python3 first on PATH does not count: the
+# package goes to /usr/lib/python3/dist-packages), and exports
+# SLUICE_TEST_UVICORN=1: the conformance suite (e2e/conformance_test.go) then
+# fails instead of skipping when its upstreams are missing.
+ensure_uvicorn() {
+  if ! /usr/bin/python3 -c 'import uvicorn' 2>/dev/null; then
+    echo "services.sh: installing python3-uvicorn (Debian package)" >&2
+    _apt_install python3-uvicorn || { echo "services.sh: cannot install python3-uvicorn" >&2; return 1; }
+    /usr/bin/python3 -c 'import uvicorn' || { echo "services.sh: /usr/bin/python3 still cannot import uvicorn" >&2; return 1; }
+  fi
+  export SLUICE_TEST_UVICORN=1
+}
+
+# ensure_node installs Debian's nodejs when there is no node at all (the
+# conformance suite's Node upstream uses only Node's built-in modules).
+ensure_node() {
+  if ! command -v node >/dev/null && [ ! -x /usr/bin/node ]; then
+    echo "services.sh: installing nodejs (Debian package)" >&2
+    _apt_install nodejs || { echo "services.sh: cannot install nodejs" >&2; return 1; }
+  fi
 }
 
 # stop_services ends the recorded PIDs (and only those) and removes the

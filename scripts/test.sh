@@ -3,7 +3,9 @@
 # integration and end-to-end tests (with the race detector), and short fuzz
 # runs of the parsers. It installs and starts whatever the tests need: Redis
 # and ClickHouse from Debian's packages (scripts/services.sh), and Prometheus (promtool, the dashboards' queries), on a free loopback port, ended
-# by its PID when the script exits. The fake upstream runs inside the tests.
+# by its PID when the script exits. The fake upstream runs inside the tests;
+# the conformance suite's Node and uvicorn upstreams (python3-uvicorn, from
+# Debian's packages) are started by the tests themselves.
 #
 # Usage: scripts/test.sh   (FUZZTIME=5s: every fuzz target for that long, through
 # scripts/fuzz.sh, which tells the time-limit flake of Go 1.26 from a failure;
@@ -44,6 +46,9 @@ start_clickhouse
 echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
 start_prometheus
 echo "prometheus at $SLUICE_TEST_PROMETHEUS"
+ensure_node
+ensure_uvicorn
+echo "conformance upstreams: $(node --version 2>/dev/null || /usr/bin/node --version), uvicorn $(/usr/bin/python3 -c 'import uvicorn; print(uvicorn.__version__)')"
 
 step "alert rules: promtool check rules, promtool test rules"
 promtool check rules dashboards/alerts.yaml
