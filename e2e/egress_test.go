@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -130,7 +131,10 @@ func startMTLSFake(t *testing.T, p *egressPKI) (fake *fakeai.Server, port string
 // egressProxy is a CONNECT proxy on loopback that records every byte it
 // receives or relays and maps *.sluice.test to 127.0.0.1.
 type egressProxy struct {
-	URL     string
+	URL string
+	// refuse is the status answered to every CONNECT instead of 200 (0:
+	// tunnel). Set before the first connection.
+	refuse  int
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	seen    bytes.Buffer
@@ -213,6 +217,10 @@ func (p *egressProxy) serve(c net.Conn) {
 	host, port, err := net.SplitHostPort(req.Host)
 	if req.Method != http.MethodConnect || err != nil {
 		_, _ = io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+		return
+	}
+	if p.refuse != 0 {
+		_, _ = io.WriteString(c, "HTTP/1.1 "+strconv.Itoa(p.refuse)+" "+http.StatusText(p.refuse)+"\r\nContent-Length: 0\r\n\r\n")
 		return
 	}
 	if strings.HasSuffix(host, ".sluice.test") {
@@ -353,6 +361,27 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 		s := startSluice(t, sluiceOptions{Config: egressConfig(base, tlsBlock, "    proxy: "+proxyURL+"\n"), BaseURL: base, Env: env})
 		chat(t, s)
 		checkProxy(t, p, "Basic "+base64.StdEncoding.EncodeToString([]byte("egress-user:p@ss")))
+	})
+
+	t.Run("proxy refuses", func(t *testing.T) {
+		p := startEgressProxy(t)
+		p.refuse = http.StatusProxyAuthRequired
+		proxyURL := strings.Replace(p.URL, "http://", "http://egress-user:hunter2@", 1)
+		s := startSluice(t, sluiceOptions{Config: egressConfig(base, tlsBlock, "    proxy: "+proxyURL+"\n"), BaseURL: base, Env: noEnvProxy()})
+		ctx := testContext(t, 20*time.Second)
+		_, err := s.client(demoKey).Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: openai.ChatModelGPT4oMini, Messages: userMessages("refused " + nonce()),
+		})
+		if e := asAPIError(t, err); e.StatusCode != http.StatusBadGateway {
+			t.Fatalf("status %d; want 502", e.StatusCode)
+		}
+		line := s.waitLogLine(5*time.Second, "upstream call failed", "refused CONNECT "+egressHost+":"+port, "407 Proxy Authentication Required")
+		if line == "" {
+			t.Fatalf("no log line names the proxy's refusal:\n%s", s.Output())
+		}
+		if strings.Contains(s.Output(), "hunter2") || strings.Contains(s.Output(), upstreamKey) {
+			t.Fatalf("the log shows the proxy's password or the upstream key:\n%s", s.Output())
+		}
 	})
 
 	t.Run("validate", func(t *testing.T) {
