@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -213,5 +214,85 @@ func TestSecurityPaths(t *testing.T) {
 	}
 	if sent := relay.Sent(); strings.Contains(sent, "/v1/chat/completions/ ") || strings.Contains(sent, "GET /v1/chat") {
 		t.Fatalf("the upstream saw the trailing-slash path or the GET:\n%s", sent)
+	}
+}
+
+// identityPolicy: an app key whose end users get the free tier (3 requests
+// a minute), a users entry moving "alice" to pro, and an end_users entry
+// moving the app's end user "gold" to pro.
+const identityPolicy = `
+tiers:
+  free:
+    rpm: 3
+    models:
+      "gpt-4o*": {rpm: 1}
+  pro:
+    rpm: 100
+keys:
+  - id: demo
+    key_env: SLUICE_DEMO_KEY
+    user: demo
+    tier: free
+  - id: app
+    sha256: %s
+    trusted: true
+    team: apps
+    tier: free
+    user_tier: free
+    end_users:
+      gold: {tier: pro}
+users:
+  alice: {tier: pro}
+`
+
+// TestSecurityIdentity: an app's end user who calls itself alice does not
+// get alice's tier; an app key that names no end user is a 400, not its
+// own (often unlimited) user; an end user named "frank:m:gpt-4o*" does not
+// spend frank's per-model budget.
+func TestSecurityIdentity(t *testing.T) {
+	e := newEnv(t, envOptions{config: makeConfig(configOptions{}), policies: fmt.Sprintf(identityPolicy, sha256Hex(appKey))})
+	client := e.s.client(appKey)
+	ctx := testContext(t, 30*time.Second)
+	ask := func(model, user string, opts ...option.RequestOption) error {
+		if user != "" {
+			opts = append(opts, option.WithHeader("X-Sluice-User", user))
+		}
+		_, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: model, Messages: userMessages("who am I " + nonce()), MaxTokens: openai.Int(5),
+		}, append(opts, option.WithMaxRetries(0))...)
+		return err
+	}
+	count := func(user string, n int) (ok int) {
+		for range n {
+			if err := ask("gpt-3.5-turbo", user); err == nil {
+				ok++
+			} else if apiErr := asAPIError(t, err); apiErr.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("%s: %v", user, err)
+			}
+		}
+		return ok
+	}
+	if got := count("alice", 6); got != 3 {
+		t.Errorf("end user alice: %d of 6 answered, want 3 (the app's free tier, not the users entry's pro)", got)
+	}
+	if got := count("gold", 6); got != 6 {
+		t.Errorf("end user gold: %d of 6 answered, want 6 (the app's end_users entry: pro)", got)
+	}
+
+	// No end user: neither header nor "user" (and an empty "user").
+	for _, opts := range [][]option.RequestOption{nil, {option.WithJSONSet("user", "")}} {
+		apiErr := asAPIError(t, ask("gpt-3.5-turbo", "", opts...))
+		if apiErr.StatusCode != http.StatusBadRequest || apiErr.Param != "user" || apiErr.Type != "invalid_request_error" {
+			t.Fatalf("app key without an end user: %d %q %q, want 400 param user", apiErr.StatusCode, apiErr.Type, apiErr.Param)
+		}
+	}
+
+	// The impostor's own requests, then frank's first gpt-4o request (1 a
+	// minute): the impostor's bucket keys once were frank's gpt-4o ones.
+	if got := count("frank:m:gpt-4o*", 2); got != 2 {
+		t.Fatalf("impostor: %d of 2 answered", got)
+	}
+	if err := ask("gpt-4o", "frank"); err != nil {
+		t.Fatalf("frank's first gpt-4o request: %v (the impostor spent frank's per-model budget)", err)
 	}
 }

@@ -115,21 +115,11 @@ func Diff(old, new *Policy) []string {
 		out = limitChanges(out, where+" shadow", a.key.Shadow, b.key.Shadow)
 		out = field(out, where, "cache_namespaces", strings.Join(a.key.CacheNamespaces, ","), strings.Join(b.key.CacheNamespaces, ","))
 	}
-	for _, name := range union(old.users, new.users) {
-		a, aok := old.users[name]
-		b, bok := new.users[name]
-		where := "user " + name
-		switch {
-		case !aok:
-			out = append(out, fmt.Sprintf("+ %s: tier %q, %s", where, b.Tier, limitsText(b.Limits)))
-			continue
-		case !bok:
-			out = append(out, "- "+where)
-			continue
+	out = userChanges(out, "user ", old.users, new.users)
+	for _, id := range union(ak, bk) {
+		if a, b := ak[id], bk[id]; a != nil && b != nil {
+			out = userChanges(out, "key "+id+" end user ", a.key.EndUsers, b.key.EndUsers)
 		}
-		out = field(out, where, "tier", a.Tier, b.Tier)
-		out = limitChanges(out, where, a.Limits, b.Limits)
-		out = limitChanges(out, where+" shadow", a.Shadow, b.Shadow)
 	}
 	// What each key's own user ends up with, tier and overrides applied: a
 	// tier change shows here once per user it reaches.
@@ -205,4 +195,25 @@ func keysByID(p *Policy) map[string]*keyWithSum {
 		m[k.ID] = &keyWithSum{key: k, sum: sum}
 	}
 	return m
+}
+
+// userChanges appends the changes between two sets of user overrides.
+func userChanges(out []string, prefix string, old, new map[string]UserSpec) []string {
+	for _, name := range union(old, new) {
+		a, aok := old[name]
+		b, bok := new[name]
+		where := prefix + name
+		switch {
+		case !aok:
+			out = append(out, fmt.Sprintf("+ %s: tier %q, %s", where, b.Tier, limitsText(b.Limits)))
+			continue
+		case !bok:
+			out = append(out, "- "+where)
+			continue
+		}
+		out = field(out, where, "tier", a.Tier, b.Tier)
+		out = limitChanges(out, where, a.Limits, b.Limits)
+		out = limitChanges(out, where+" shadow", a.Shadow, b.Shadow)
+	}
+	return out
 }

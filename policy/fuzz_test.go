@@ -80,9 +80,15 @@ func normalize(p *Policy) {
 	if len(p.Skipped) == 0 {
 		p.Skipped = nil
 	}
+	if len(p.UnmatchedUsers) == 0 {
+		p.UnmatchedUsers = nil
+	}
 	for _, k := range p.keys {
 		if len(k.CacheNamespaces) == 0 {
 			k.CacheNamespaces = nil
+		}
+		if len(k.EndUsers) == 0 {
+			k.EndUsers = nil
 		}
 	}
 	for _, t := range p.Tiers {

@@ -182,7 +182,7 @@ type Plan struct {
 // Plan resolves the budgets a request by pr with key k for model draws from.
 func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	t := p.Tiers[pr.Tier]
-	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + k.ID}
+	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + EscapeKeyPart(k.ID)}
 	if t != nil {
 		pl.User = t.Limits
 		pl.Shadow = t.Shadow
@@ -195,16 +195,47 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	}
 	pl.User = pl.User.override(k.Limits)
 	pl.Shadow = pl.Shadow.override(k.Shadow)
-	if u, ok := p.users[pr.User]; ok {
+	if u, ok := p.userSpec(k, pr); ok {
 		pl.User = pl.User.override(u.Limits)
 		pl.Shadow = pl.Shadow.override(u.Shadow)
 	}
 	if pr.EndUser {
-		pl.UserScope = "k:" + k.ID + ":u:" + pr.User
+		pl.UserScope = "k:" + EscapeKeyPart(k.ID) + ":u:" + EscapeKeyPart(pr.User)
 	} else {
-		pl.UserScope = "u:" + pr.User
+		pl.UserScope = "u:" + EscapeKeyPart(pr.User)
 	}
 	return pl
+}
+
+// EscapeKeyPart escapes a name for a bucket key, where ':' separates the
+// parts ("k:APP:u:USER:m:MODEL:rpm"): '%', ':', '{' and '}' become %25,
+// %3A, %7B and %7D (braces would make a Redis Cluster hash tag). So an end
+// user named "frank:m:gpt-4o*" cannot share a bucket with frank's per-model
+// budget, whatever store holds it. A name without those bytes is returned
+// as it is, without allocating.
+func EscapeKeyPart(s string) string {
+	i := strings.IndexAny(s, "%:{}")
+	if i < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	b.WriteString(s[:i])
+	for ; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '%':
+			b.WriteString("%25")
+		case ':':
+			b.WriteString("%3A")
+		case '{':
+			b.WriteString("%7B")
+		case '}':
+			b.WriteString("%7D")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // Limited reports whether the plan limits anything (shadow limits

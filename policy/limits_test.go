@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -30,6 +31,12 @@ keys:
     user_tier: free
     limits: {concurrent: 4}
     app_limits: {rpm: 500}
+    end_users:
+      gold: {tier: pro, rpm: 1000}
+  - id: vip
+    sha256: ` + HashKey("sk-vip") + `
+    user: vip
+    tier: free
   - id: alice
     sha256: ` + HashKey("sk-alice") + `
     user: alice
@@ -68,11 +75,36 @@ keys:
 		t.Fatalf("default_max_tokens default: %d", pl.Tier.DefaultMaxTokens)
 	}
 
-	// The users section moves vip to pro and raises its rpm, for any key.
-	pr = p.Principal(app, "vip")
-	pl = p.Plan(pr, app, "gpt-4o")
+	// The users section moves vip to pro and raises its rpm, for vip's own
+	// (personal) key.
+	vip, _ := p.Identify([]byte("sk-vip"))
+	pr = p.Principal(vip, "")
+	pl = p.Plan(pr, vip, "gpt-4o")
 	if pr.Tier != "pro" || pl.User.RPM.Limit != 1000 || pl.User.TPD.Limit != 1000000 || pl.Tier.DefaultMaxTokens != 512 {
 		t.Fatalf("vip: %+v %+v", pr, pl)
+	}
+	// An app's end user who calls itself vip gets the app's user_tier, not
+	// vip's entry: an app may pass on names its users choose.
+	pr = p.Principal(app, "vip")
+	pl = p.Plan(pr, app, "gpt-4o")
+	if pr.Tier != "free" || pl.User.RPM.Limit != 10 || pl.UserScope != "k:app:u:vip" {
+		t.Fatalf("end user vip borrowed the users entry: %+v %+v", pr, pl)
+	}
+	// The app's own end_users entry applies to its end user gold.
+	pr = p.Principal(app, "gold")
+	pl = p.Plan(pr, app, "gpt-4o")
+	if pr.Tier != "pro" || pl.User.RPM.Limit != 1000 {
+		t.Fatalf("end user gold: %+v %+v", pr, pl)
+	}
+	// ...and to no one else's: gold with a personal key named gold has none.
+	if p.UnmatchedUsers != nil {
+		t.Fatalf("unmatched users: %v", p.UnmatchedUsers)
+	}
+	// A name with the bucket key's separator is escaped: it cannot reach
+	// another user's per-model bucket.
+	pr = p.Principal(app, "frank:m:gpt-4o*")
+	if pl = p.Plan(pr, app, "gpt-4o"); pl.UserScope != "k:app:u:frank%3Am%3Agpt-4o*" {
+		t.Fatalf("escaped scope: %q", pl.UserScope)
 	}
 	// A personal key: its own user, unscoped by key.
 	pr = p.Principal(alice, "mallory")
@@ -82,5 +114,40 @@ keys:
 	}
 	if pl.User.RPM.burst() != 10 || pl.User.TPM.burst() != 2000 {
 		t.Fatalf("bursts: %d %d", pl.User.RPM.burst(), pl.User.TPM.burst())
+	}
+}
+
+func TestEscapeKeyPart(t *testing.T) {
+	for in, want := range map[string]string{
+		"alice": "alice", "": "", "frank:m:gpt-4o*": "frank%3Am%3Agpt-4o*", "50%": "50%25",
+		"{tag}": "%7Btag%7D", "a%3Ab": "a%253Ab",
+	} {
+		if got := EscapeKeyPart(in); got != want {
+			t.Errorf("EscapeKeyPart(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = EscapeKeyPart("plain-user") }); n != 0 {
+		t.Fatalf("EscapeKeyPart allocates %v times for a plain name", n)
+	}
+}
+
+func TestEndUsersValidation(t *testing.T) {
+	_, err := Parse("p.yaml", []byte(`
+tiers: {t: {}}
+keys:
+  - id: me
+    sha256: `+HashKey("sk-me")+`
+    user: me
+    tier: t
+    end_users: {bob: {tier: t}}
+  - id: app
+    sha256: `+HashKey("sk-app")+`
+    trusted: true
+    tier: t
+    end_users: {bob: {tier: nope}}
+`), env(nil))
+	if err == nil || !strings.Contains(err.Error(), "keys[0].end_users") || !strings.Contains(err.Error(), "only a trusted key") ||
+		!strings.Contains(err.Error(), "keys[1].end_users.bob.tier") {
+		t.Fatalf("err = %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,8 +18,11 @@ type File struct {
 	Tiers map[string]TierSpec `yaml:"tiers"`
 	// Keys are the virtual API keys clients present to Sluice.
 	Keys []KeySpec `yaml:"keys"`
-	// Users override the tier or limits of a user, by user name, whichever
-	// key the user calls with.
+	// Users override the tier or limits of a user, by user name: the user
+	// of a personal (not trusted) key, whichever such key the user calls
+	// with. They never apply to the end users a trusted app key names (an
+	// app may forward names its own users choose); give those overrides in
+	// the key's end_users.
 	Users map[string]UserSpec `yaml:"users"`
 	// OnStoreError says what happens when the shared bucket store (Redis)
 	// does not answer: "allow" admits, "deny" answers 503, "local" falls back
@@ -124,6 +128,10 @@ type KeySpec struct {
 	// CacheNamespaces are the shared cache namespaces this key may name with
 	// X-Sluice-Cache-Namespace, besides its team's own. Default none.
 	CacheNamespaces []string `yaml:"cache_namespaces"`
+	// EndUsers override the tier or limits of end users this trusted key
+	// names, by end-user name; they apply to this key's end users only.
+	// Default none.
+	EndUsers map[string]UserSpec `yaml:"end_users"`
 }
 
 // Policy is a compiled, immutable policies.yaml. It is safe for concurrent
@@ -135,6 +143,10 @@ type Policy struct {
 	Tiers map[string]*Tier
 	// Skipped lists the IDs of keys whose key_env variable was unset.
 	Skipped []string
+	// UnmatchedUsers lists the names of users entries that no personal
+	// key's user has: since they never apply to a trusted key's end users,
+	// they apply to nobody (logged at load and reload).
+	UnmatchedUsers []string
 	// PlaintextKeys lists the IDs of keys whose key_env does not look like
 	// an environment variable's name but like a key: the file holds a
 	// plaintext key (see CheckFile). They are skipped too, unless a
@@ -201,6 +213,8 @@ type Key struct {
 	Shadow Limits
 	// CacheNamespaces are the shared cache namespaces the key may use.
 	CacheNamespaces []string
+	// EndUsers are the overrides of this trusted key's end users, by name.
+	EndUsers map[string]UserSpec
 }
 
 // Principal is who a request acts for.
@@ -224,8 +238,10 @@ const MaxUserLen = 256
 
 // Principal returns who a request with key k acts for. endUser is what a
 // trusted key asserted ("" for none); it is ignored for other keys. The tier
-// is the users section's for the user, else the key's user_tier for an end
-// user it named, else the key's.
+// of an end user a trusted key named is the key's end_users entry's, else
+// the key's user_tier, else the key's; of anyone else the users section's
+// entry's, else the key's. A users entry never reaches an end user: an app
+// may pass on names its users choose.
 func (p *Policy) Principal(k *Key, endUser string) Principal {
 	pr := Principal{KeyID: k.ID, User: k.User, Team: k.Team, Tier: k.Tier}
 	if k.Trusted && endUser != "" {
@@ -235,10 +251,21 @@ func (p *Policy) Principal(k *Key, endUser string) Principal {
 			pr.Tier = k.UserTier
 		}
 	}
-	if u, ok := p.users[pr.User]; ok && u.Tier != "" {
+	if u, ok := p.userSpec(k, pr); ok && u.Tier != "" {
 		pr.Tier = u.Tier
 	}
 	return pr
+}
+
+// userSpec is the override for pr, a principal of key k: the key's
+// end_users entry for an end user, the users section's for anyone else.
+func (p *Policy) userSpec(k *Key, pr Principal) (UserSpec, bool) {
+	if pr.EndUser {
+		u, ok := k.EndUsers[pr.User]
+		return u, ok
+	}
+	u, ok := p.users[pr.User]
+	return u, ok
 }
 
 // Identify finds the key whose plaintext is secret. The secret is hashed and
@@ -376,6 +403,22 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 				add(path+".user_tier", "unknown tier %s", yamlfile.ShowValue(ks.UserTier))
 			}
 		}
+		if len(ks.EndUsers) > 0 && !ks.Trusted {
+			add(path+".end_users", "only a trusted key names end users (use the top-level users section for a key's own user)")
+		}
+		for name, u := range ks.EndUsers {
+			up := path + ".end_users." + name + "."
+			if u.Tier != "" {
+				if _, ok := p.Tiers[u.Tier]; !ok {
+					add(up+"tier", "unknown tier %s", yamlfile.ShowValue(u.Tier))
+				}
+			}
+			if len(name) > MaxUserLen {
+				add(path+".end_users", "end-user name longer than %d bytes", MaxUserLen)
+			}
+			u.Limits.validate(up, add)
+			compileShadow(up, u.Shadow, add)
+		}
 		ks.Limits.validate(path+".limits.", add)
 		ks.AppLimits.validate(path+".app_limits.", add)
 		compileShadow(path+".", ks.Shadow, add)
@@ -412,7 +455,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
-			Shadow: ks.Shadow}
+			Shadow: ks.Shadow, EndUsers: ks.EndUsers}
 		if k.User == "" {
 			k.User = k.ID
 		}
@@ -424,5 +467,19 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}
+	own := make(map[string]bool, len(f.Keys))
+	for _, ks := range f.Keys {
+		u := ks.User
+		if u == "" {
+			u = ks.ID
+		}
+		own[u] = true
+	}
+	for name := range f.Users {
+		if !own[name] {
+			p.UnmatchedUsers = append(p.UnmatchedUsers, name)
+		}
+	}
+	slices.Sort(p.UnmatchedUsers)
 	return p, nil
 }

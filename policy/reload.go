@@ -132,8 +132,19 @@ func (r *Reloader) Load() (*Policy, error) {
 	}
 	r.lastStat, r.sum, r.current = fi, sum, p
 	r.succeeded()
+	warnUnmatched(r.o.Logger, p)
 	r.checkFile(p)
 	return p, nil
+}
+
+// warnUnmatched logs the users entries that apply to nobody: no personal
+// key has that user, and users entries do not reach a trusted key's end
+// users (they belong in the key's end_users).
+func warnUnmatched(log *slog.Logger, p *Policy) {
+	if len(p.UnmatchedUsers) > 0 {
+		log.Warn("users entries match no key's own user and so apply to nobody; overrides for a trusted key's end users go in that key's end_users",
+			"users", p.UnmatchedUsers)
+	}
 }
 
 // Policy returns the policy in force.
@@ -214,6 +225,7 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 	if len(p.Skipped) > 0 {
 		r.o.Logger.Warn("keys skipped: their key_env variable is unset", "keys", p.Skipped)
 	}
+	warnUnmatched(r.o.Logger, p)
 	r.checkFile(p)
 	return true, nil
 }

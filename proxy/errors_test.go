@@ -31,6 +31,9 @@ func TestStatusTable(t *testing.T) {
 		errLimiterUnavailable:  {503, "server_error", "limiter_unavailable"},
 		errInternal:            {500, "server_error", "internal_error"},
 		errCacheNamespace:      {403, "invalid_request_error", "cache_namespace_forbidden"},
+		errIntegerBelowMin:     {400, "invalid_request_error", "integer_below_min_value"},
+		errIntegerAboveMax:     {400, "invalid_request_error", "integer_above_max_value"},
+		errInvalidPath:         {400, "invalid_request_error", "invalid_path"},
 	}
 	if len(want) != int(errKindCount) {
 		t.Fatalf("test covers %d kinds; the table has %d", len(want), errKindCount)
