@@ -639,3 +639,39 @@ func TestDialEnvProxy(t *testing.T) {
 		return get(t, &config.Upstream{Proxy: p.URL}, "http://127.0.0.1:"+plainUp.port+"/v1")
 	})
 }
+
+// TestDialSessionResumption checks that the connections of one upstream,
+// each with a HostClient of its own as in conns.go, resume the TLS session
+// of an earlier one instead of a full handshake.
+func TestDialSessionResumption(t *testing.T) {
+	pki := newPKI(t, "private")
+	srvCert, _, _ := pki.issue(t, "server", false, nil, net.ParseIP("127.0.0.1"))
+	var mu sync.Mutex
+	var resumed []bool
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		resumed = append(resumed, r.TLS.DidResume)
+		mu.Unlock()
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{srvCert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	dial, tlsConfig, err := upstreamDialer(&config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile}, Timeouts: config.Timeouts{Connect: 2 * time.Second}}, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		hc := &fasthttp.HostClient{Addr: u.Host, IsTLS: true, TLSConfig: tlsConfig, Dial: dial}
+		status, _, err := hc.Get(nil, srv.URL+"/v1/models")
+		hc.CloseIdleConnections()
+		if err != nil || status != http.StatusOK {
+			t.Fatalf("call %d: %d, %v", i, status, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(resumed) != 3 || resumed[0] || !resumed[1] || !resumed[2] {
+		t.Fatalf("resumed sessions %v; want a full handshake, then resumptions", resumed)
+	}
+}
