@@ -17,8 +17,9 @@ import (
 // upstreamDialer returns how an upstream's connections are opened (base is
 // its parsed base_url): dial opens the raw connection to addr ("host:port"),
 // directly or through the egress proxy's CONNECT tunnel, within
-// timeouts.connect; tlsConfig is what fasthttp wraps it in for an https
-// upstream (upstreams[].tls; nil for http). Errors are the configuration's
+// timeouts.connect; tlsConfig is the TLS client run over it for an https
+// upstream (upstreams[].tls; nil for http and for the defaults; clientTLS
+// adds the server name and the session cache). Errors are the configuration's
 // or the environment's (unreadable certificates, a proxy URL that does not
 // parse or is not http://).
 //
@@ -29,13 +30,6 @@ func upstreamDialer(c *config.Upstream, base *url.URL) (dial func(addr string) (
 		if tlsConfig, err = c.TLS.ClientConfig(); err != nil {
 			return nil, nil, fmt.Errorf("tls: %w", err)
 		}
-		if tlsConfig == nil {
-			tlsConfig = &tls.Config{}
-		}
-		// Each pooled connection has a HostClient of its own (conns.go);
-		// one session cache shared by them lets a new connection resume a
-		// TLS session instead of a full handshake.
-		tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	}
 	proxyURL, err := egressProxy(c.Proxy, base, envProxy)
 	if err != nil {

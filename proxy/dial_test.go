@@ -640,9 +640,9 @@ func TestDialEnvProxy(t *testing.T) {
 	})
 }
 
-// TestDialSessionResumption checks that the connections of one upstream,
-// each with a HostClient of its own as in conns.go, resume the TLS session
-// of an earlier one instead of a full handshake.
+// TestDialSessionResumption checks that an upstream's connections resume
+// the TLS session of an earlier one instead of a full handshake: with
+// idle_conn_timeout short, every call here dials anew.
 func TestDialSessionResumption(t *testing.T) {
 	pki := newPKI(t, "private")
 	srvCert, _, _ := pki.issue(t, "server", false, nil, net.ParseIP("127.0.0.1"))
@@ -656,18 +656,19 @@ func TestDialSessionResumption(t *testing.T) {
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{srvCert}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	u, _ := url.Parse(srv.URL)
-	dial, tlsConfig, err := upstreamDialer(&config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile}, Timeouts: config.Timeouts{Connect: 2 * time.Second}}, u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	up := testUpstream(t, config.Upstream{Name: "tls", BaseURL: srv.URL + "/v1", AuthHeader: "authorization",
+		TLS: config.UpstreamTLS{CAFile: pki.caFile}, MaxConns: 4, IdleConnTimeout: time.Millisecond,
+		Timeouts: config.Timeouts{Connect: 2 * time.Second, FirstByte: 2 * time.Second, Idle: 2 * time.Second, Total: 5 * time.Second}})
 	for i := 0; i < 3; i++ {
-		hc := &fasthttp.HostClient{Addr: u.Host, IsTLS: true, TLSConfig: tlsConfig, Dial: dial}
-		status, _, err := hc.Get(nil, srv.URL+"/v1/models")
-		hc.CloseIdleConnections()
-		if err != nil || status != http.StatusOK {
-			t.Fatalf("call %d: %d, %v", i, status, err)
+		time.Sleep(5 * time.Millisecond) // past idle_conn_timeout: a new connection
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		up.setURI(req, epModels, []byte("/v1/models"), nil, "")
+		_, err := up.do(req, resp, nil, nil)
+		if err != nil || resp.StatusCode() != http.StatusOK {
+			t.Fatalf("call %d: %d, %v", i, resp.StatusCode(), err)
 		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
 	}
 	mu.Lock()
 	defer mu.Unlock()
