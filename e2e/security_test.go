@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -294,5 +295,84 @@ func TestSecurityIdentity(t *testing.T) {
 	}
 	if err := ask("gpt-4o", "frank"); err != nil {
 		t.Fatalf("frank's first gpt-4o request: %v (the impostor spent frank's per-model budget)", err)
+	}
+}
+
+// liftPolicy is the example's shape: a trusted app key in an unlimited tier
+// whose end users get the free tier (2 requests a minute).
+var liftPolicy = `tiers:
+  default:
+    description: unlimited
+  free:
+    rpm: 2
+keys:
+  - id: app
+    sha256: ` + sha256Hex(appKey) + `
+    trusted: true
+    team: apps
+    tier: default
+    user_tier: free
+`
+
+// TestSecurityReloadLifts: a policies file cut short in the middle of the
+// app key (still valid YAML: the user_tier line is lost) lifted every end
+// user to the unlimited key tier through SIGHUP or POST /admin/reload. Now
+// both refuse it (counted, logged at WARN, 409 from the admin call) and
+// the limits stay; ?force=1 applies it. The admin API takes a lowercase
+// "bearer" as the API listener does.
+func TestSecurityReloadLifts(t *testing.T) {
+	f := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Policies: liftPolicy, BaseURL: f.URL,
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken, "SLUICE_POLICY_WATCH": "0"}})
+	client := s.client(appKey)
+	ctx := testContext(t, 30*time.Second)
+	answered := func(user string, n int) (ok int) {
+		for range n {
+			_, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+				Model: openai.ChatModelGPT4oMini, Messages: userMessages("lift " + nonce()), MaxTokens: openai.Int(5),
+			}, option.WithHeader("X-Sluice-User", user), option.WithMaxRetries(0))
+			if err == nil {
+				ok++
+			} else if apiErr := asAPIError(t, err); apiErr.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("%s: %v", user, err)
+			}
+		}
+		return ok
+	}
+	cut := liftPolicy[:strings.Index(liftPolicy, "    user_tier:")]
+	replaceFile(t, s.policiesPath(t), cut)
+
+	s.signal(t, syscall.SIGHUP)
+	waitMetric(t, s, "sluice_policy_reloads_total", 1, `result="refused"`)
+	if s.waitLogLine(2*time.Second, "level=WARN", "would lift a limit", "key app end users rpm") == "" {
+		t.Fatalf("no WARN line names the lift:\n%s", s.Output())
+	}
+	if got := answered("eve", 3); got != 2 {
+		t.Fatalf("after SIGHUP of the cut file, end user eve: %d of 3 answered, want 2 (free tier kept)", got)
+	}
+	st, body := s.admin(t, "POST", "/admin/reload", adminToken, "")
+	if st != http.StatusConflict || !strings.Contains(string(body), "end users rpm") {
+		t.Fatalf("POST /admin/reload of the cut file: %d %s; want 409 naming the lift", st, body)
+	}
+	waitMetric(t, s, "sluice_policy_reloads_total", 2, `result="refused"`)
+	if got := answered("mallory", 3); got != 2 {
+		t.Fatalf("after the admin reload, end user mallory: %d of 3 answered, want 2", got)
+	}
+
+	// Forced (with a lowercase scheme), the cut file is applied.
+	req, _ := http.NewRequest("POST", s.AdminURL+"/admin/reload?force=1", nil)
+	req.Header.Set("Authorization", "bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"reloaded": true`) {
+		t.Fatalf("forced reload with a lowercase bearer: %d %s", resp.StatusCode, b)
+	}
+	waitMetric(t, s, "sluice_policy_reloads_total", 1, `result="forced"`)
+	if got := answered("zed", 3); got != 3 {
+		t.Fatalf("after the forced reload, end user zed: %d of 3 answered, want 3", got)
 	}
 }

@@ -217,3 +217,75 @@ func userChanges(out []string, prefix string, old, new map[string]UserSpec) []st
 	}
 	return out
 }
+
+// Lifts lists what changing from old to new would stop limiting, one line
+// each: a limit (rpm, tpm, tpd, concurrent) that old sets and new leaves
+// unlimited, for a tier or one of its per-model budgets, the effective
+// limits of a kept key's own user, of a kept trusted key's end users (in
+// general and each end_users entry), of a key's app budget; and
+// on_store_error becoming allow. Raising a limit, removing a key and shadow
+// limits are not lifts. A reload that lifts is refused unless forced (see
+// Reloader): a file cut short in the middle of a key is still valid YAML,
+// and would silently lift that key's users to an unlimited tier.
+func Lifts(old, new *Policy) []string {
+	var out []string
+	for _, name := range union(old.Tiers, new.Tiers) {
+		a, b := old.Tiers[name], new.Tiers[name]
+		if a == nil || b == nil {
+			continue // a removed tier limits no one any more: its keys moved or went
+		}
+		where := "tier " + name
+		out = liftedLimits(out, where, a.Limits, b.Limits)
+		bm := modelMap(b.Models)
+		for _, m := range a.Models {
+			out = liftedLimits(out, where+" model "+m.Pattern, m.Limits, bm[m.Pattern])
+		}
+	}
+	ak, bk := keysByID(old), keysByID(new)
+	for _, id := range union(ak, bk) {
+		a, b := ak[id], bk[id]
+		if a == nil || b == nil {
+			continue
+		}
+		where := "key " + id
+		pa, pb := old.Plan(old.Principal(a.key, ""), a.key, ""), new.Plan(new.Principal(b.key, ""), b.key, "")
+		out = liftedLimits(out, where+" user "+b.key.User, pa.User, pb.User)
+		out = liftedLimits(out, where+" app_limits", pa.App, pb.App)
+		if !a.key.Trusted || !b.key.Trusted {
+			continue
+		}
+		// anyEndUser is no end_users entry's name: names are free of
+		// control characters.
+		const anyEndUser = "\x00"
+		names := append([]string{anyEndUser}, slices.Sorted(maps.Keys(a.key.EndUsers))...)
+		for _, n := range names {
+			ea := old.Plan(old.Principal(a.key, n), a.key, "")
+			eb := new.Plan(new.Principal(b.key, n), b.key, "")
+			w := where + " end user " + n
+			if n == anyEndUser {
+				w = where + " end users"
+			}
+			out = liftedLimits(out, w, ea.User, eb.User)
+		}
+	}
+	if old.OnStoreError != StoreErrorAllow && new.OnStoreError == StoreErrorAllow {
+		out = append(out, "policy on_store_error: "+old.OnStoreError+" -> allow")
+	}
+	return out
+}
+
+// liftedLimits appends a line per limit a sets and b leaves unlimited.
+func liftedLimits(out []string, where string, a, b Limits) []string {
+	for _, f := range []struct {
+		name string
+		a, b Rate
+	}{{"rpm", a.RPM, b.RPM}, {"tpm", a.TPM, b.TPM}, {"tpd", a.TPD, b.TPD}} {
+		if f.a.Limit > 0 && f.b.Limit == 0 {
+			out = append(out, fmt.Sprintf("%s %s: %s -> unlimited", where, f.name, f.a))
+		}
+	}
+	if a.Concurrent > 0 && b.Concurrent == 0 {
+		out = append(out, fmt.Sprintf("%s concurrent: %d -> unlimited", where, a.Concurrent))
+	}
+	return out
+}

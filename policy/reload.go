@@ -33,6 +33,39 @@ const (
 	ReloadSuccess   = "success"
 	ReloadFailure   = "failure"
 	ReloadUnchanged = "unchanged"
+	// ReloadRefused: the new policy compiled but would lift limits (Lifts)
+	// and the reload was not forced; the policy in force stays.
+	ReloadRefused = "refused"
+	// ReloadForced: a forced reload applied a policy that lifts limits.
+	ReloadForced = "forced"
+)
+
+// LiftsError is a reload refused because the new policy would lift limits;
+// Lifts lists them. Force the reload (POST /admin/reload?force=1) or
+// restart to apply such a policy.
+type LiftsError struct {
+	// Path is the policies file.
+	Path string
+	// Lifts are the limits the new policy would lift (see Lifts).
+	Lifts []string
+}
+
+func (e *LiftsError) Error() string {
+	first := e.Lifts[0]
+	more := ""
+	if len(e.Lifts) > 1 {
+		more = fmt.Sprintf(" and %d more", len(e.Lifts)-1)
+	}
+	return fmt.Sprintf("%s: reload refused: the new policy lifts limits (%s%s); a file cut short still parses. "+
+		"If that is meant, reload with force (POST /admin/reload?force=1) or restart", e.Path, first, more)
+}
+
+// settleDelay is how long the file's identity must hold still before a
+// SIGHUP or admin reload reads it, and settleTries how often it is looked at
+// before such a reload gives up on a file that keeps changing.
+const (
+	settleDelay = 100 * time.Millisecond
+	settleTries = 20
 )
 
 // ReloaderOptions configure a Reloader.
@@ -97,7 +130,7 @@ func NewReloader(o ReloaderOptions) (*Reloader, error) {
 	}
 	r := &Reloader{o: o, stop: make(chan struct{})}
 	r.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_policy_reloads_total",
-		Help: "Reloads of policies.yaml by result: success (a new policy applied), failure (the last good policy stays), unchanged (same bytes, skipped)."},
+		Help: "Reloads of policies.yaml by result: success (a new policy applied), failure (the last good policy stays), unchanged (same bytes, skipped), refused (the new policy would lift limits; the last good policy stays), forced (a forced reload lifted limits)."},
 		[]string{"result"})
 	r.ok = prometheus.NewGauge(prometheus.GaugeOpts{Name: "sluice_policy_last_reload_successful",
 		Help: "1 when the last reload of policies.yaml succeeded (or was unchanged), 0 when it failed and the last good policy is in force."})
@@ -111,7 +144,7 @@ func NewReloader(o ReloaderOptions) (*Reloader, error) {
 			return nil, err
 		}
 	}
-	for _, res := range []string{ReloadSuccess, ReloadFailure, ReloadUnchanged} {
+	for _, res := range []string{ReloadSuccess, ReloadFailure, ReloadUnchanged, ReloadRefused, ReloadForced} {
 		r.reloads.WithLabelValues(res)
 	}
 	for _, reason := range InsecureReasons {
@@ -175,10 +208,26 @@ func (r *Reloader) Status() Status {
 	return s
 }
 
-// Reload reads the file again and applies it when its bytes changed and it
-// compiles. It reports whether a new policy was applied; on an error the
-// policy in force stays. trigger ("watch", "sighup", "admin") is logged.
-func (r *Reloader) Reload(trigger string) (bool, error) {
+// Reload reads the file again and applies it when its bytes changed, it
+// compiles and it lifts no limit (Lifts; a *LiftsError otherwise). It
+// reports whether a new policy was applied; on an error the policy in force
+// stays. trigger ("watch", "sighup", "admin") is logged.
+func (r *Reloader) Reload(trigger string) (bool, error) { return r.ReloadWith(trigger, false) }
+
+// ReloadWith is Reload; force applies a policy that lifts limits too (each
+// lift logged at WARN and counted as result "forced").
+//
+// A reload not started by the watch (SIGHUP, the admin call) first waits
+// until the file's identity holds still for settleDelay, the guard the
+// watch applies between two polls, so neither reads a write in progress.
+func (r *Reloader) ReloadWith(trigger string, force bool) (bool, error) {
+	if trigger != "watch" {
+		if err := r.settle(); err != nil {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return false, r.failed(trigger, err)
+		}
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if fi, err := os.Stat(r.o.Path); err == nil {
@@ -192,14 +241,19 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 	} else if sum = sha256.Sum256(data); sum != r.sum {
 		p, err = Parse(r.o.Path, data, r.o.LookupEnv)
 	}
+	var lifts []string
+	if err == nil && p != nil {
+		lifts = Lifts(r.current, p)
+		if len(lifts) > 0 && !force {
+			for _, l := range lifts {
+				r.o.Logger.Warn("policy reload would lift a limit", "file", r.o.Path, "trigger", trigger, "lift", l)
+			}
+			err = &LiftsError{Path: r.o.Path, Lifts: lifts}
+		}
+	}
 	switch {
 	case err != nil:
-		r.lastErr = err
-		r.reloads.WithLabelValues(ReloadFailure).Inc()
-		r.ok.Set(0)
-		r.o.Logger.Error("policy reload failed; the last good policy stays in force",
-			"file", r.o.Path, "trigger", trigger, "error", err)
-		return false, err
+		return false, r.failed(trigger, err)
 	case p == nil:
 		r.reloads.WithLabelValues(ReloadUnchanged).Inc()
 		r.lastErr = nil
@@ -211,6 +265,12 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 	changes := Diff(r.current, p)
 	r.o.Apply(p)
 	r.sum, r.current, r.lastErr = sum, p, nil
+	if len(lifts) > 0 {
+		r.reloads.WithLabelValues(ReloadForced).Inc()
+		for _, l := range lifts {
+			r.o.Logger.Warn("forced policy reload lifted a limit", "file", r.o.Path, "trigger", trigger, "lift", l)
+		}
+	}
 	r.reloads.WithLabelValues(ReloadSuccess).Inc()
 	r.succeeded()
 	r.o.Logger.Info("policy reloaded", "file", r.o.Path, "trigger", trigger, "sha256", fmt.Sprintf("%.12x", sum),
@@ -228,6 +288,46 @@ func (r *Reloader) Reload(trigger string) (bool, error) {
 	warnUnmatched(r.o.Logger, p)
 	r.checkFile(p)
 	return true, nil
+}
+
+// failed records a reload that applied nothing because of err: counted
+// (refused for a *LiftsError, else failure), logged, and kept for Status.
+// r.mu is held.
+func (r *Reloader) failed(trigger string, err error) error {
+	r.lastErr = err
+	r.ok.Set(0)
+	var lifts *LiftsError
+	if errors.As(err, &lifts) {
+		r.reloads.WithLabelValues(ReloadRefused).Inc()
+		r.o.Logger.Error("policy reload refused: it would lift limits; the last good policy stays in force",
+			"file", r.o.Path, "trigger", trigger, "lifts", len(lifts.Lifts), "error", err)
+		return err
+	}
+	r.reloads.WithLabelValues(ReloadFailure).Inc()
+	r.o.Logger.Error("policy reload failed; the last good policy stays in force",
+		"file", r.o.Path, "trigger", trigger, "error", err)
+	return err
+}
+
+// settle waits until the file's identity (os.Stat: inode, size, mtime) is
+// the same twice settleDelay apart, so a write in progress is not read.
+func (r *Reloader) settle() error {
+	prev, err := os.Stat(r.o.Path)
+	if err != nil {
+		return fmt.Errorf("cannot read policies %s: %w", r.o.Path, err)
+	}
+	for range settleTries {
+		time.Sleep(settleDelay)
+		fi, err := os.Stat(r.o.Path)
+		if err != nil {
+			return fmt.Errorf("cannot read policies %s: %w", r.o.Path, err)
+		}
+		if sameIdentity(prev, fi) {
+			return nil
+		}
+		prev = fi
+	}
+	return fmt.Errorf("policies %s kept changing for %s; not read while it is being written", r.o.Path, settleDelay*settleTries)
 }
 
 // checkFile logs the warnings about the file of policy p, the policy in

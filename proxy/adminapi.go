@@ -21,9 +21,11 @@ type AdminOptions struct {
 	// Token is server.admin_token. Empty: every /admin/ call of this API
 	// answers 404, so an unconfigured API is not there at all.
 	Token string
-	// Reload reloads policies.yaml (policy.Reloader.Reload); nil: POST
-	// /admin/reload answers 404 (the embedded example policy is in use).
-	Reload func(trigger string) (bool, error)
+	// Reload reloads policies.yaml (policy.Reloader.ReloadWith); force
+	// applies a policy that lifts limits too (POST /admin/reload?force=1).
+	// nil: POST /admin/reload answers 404 (the embedded example policy is
+	// in use).
+	Reload func(trigger string, force bool) (bool, error)
 	// Status reports the last reload (policy.Reloader.Status); optional.
 	Status func() policy.Status
 }
@@ -45,11 +47,13 @@ func (s *Server) SetAdmin(o AdminOptions) {
 
 // tokenOK compares a bearer token with the admin token's hash in constant
 // time (hashing first makes the comparison length-independent).
+// The scheme is case-insensitive (RFC 9110), as on the API listener.
 func tokenOK(header string, want [sha256.Size]byte) bool {
-	tok, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok {
+	const scheme = "Bearer "
+	if len(header) <= len(scheme) || !strings.EqualFold(header[:len(scheme)], scheme) {
 		return false
 	}
+	tok := header[len(scheme):]
 	h := sha256.Sum256([]byte(tok))
 	return subtle.ConstantTimeCompare(h[:], want[:]) == 1
 }
@@ -274,13 +278,29 @@ func (s *Server) handlePurge(w http.ResponseWriter, r *http.Request) {
 	adminJSON(w, http.StatusOK, map[string]any{"purged": "key", "key": k.String()})
 }
 
-func (s *Server) handleReload(w http.ResponseWriter, _ *http.Request) {
+// handleReload reloads policies.yaml. A policy that would lift limits is
+// refused (409, with the lifts) unless ?force=1.
+func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
 	a := s.admin
 	if a.o.Reload == nil {
 		adminError(w, http.StatusNotFound, "no policies file to reload (the embedded example is in use)")
 		return
 	}
-	changed, err := a.o.Reload("admin")
+	force := false
+	switch v := r.URL.Query().Get("force"); v {
+	case "", "0", "false":
+	case "1", "true":
+		force = true
+	default:
+		adminError(w, http.StatusBadRequest, "force must be 1 or 0")
+		return
+	}
+	changed, err := a.o.Reload("admin", force)
+	var lifts *policy.LiftsError
+	if errors.As(err, &lifts) {
+		adminJSON(w, http.StatusConflict, map[string]any{"reloaded": false, "error": err.Error(), "lifts": lifts.Lifts})
+		return
+	}
 	if err != nil {
 		adminJSON(w, http.StatusUnprocessableEntity, map[string]any{"reloaded": false, "error": err.Error()})
 		return

@@ -21,7 +21,10 @@ func TestTokenOK(t *testing.T) {
 		{"Bearer ", false},
 		{"Bearer s3cre", false},
 		{"Bearer s3cret ", false},
-		{"bearer s3cret", false},
+		// The scheme is case-insensitive, as on the API listener.
+		{"bearer s3cret", true},
+		{"BEARER s3cret", true},
+		{"bearer  s3cret", false},
 		{"Basic s3cret", false},
 	} {
 		if got := tokenOK(c.header, want); got != c.ok {

@@ -255,7 +255,7 @@ func serve(args []string) error {
 
 	admin := proxy.AdminOptions{Token: cfg.Server.AdminToken}
 	if reloader != nil {
-		admin.Reload, admin.Status = reloader.Reload, reloader.Status
+		admin.Reload, admin.Status = reloader.ReloadWith, reloader.Status
 		reloader.Start()
 		// Every return stops the watch; the shutdown path stops it earlier,
 		// after the drain (Stop is idempotent).
@@ -274,7 +274,12 @@ func serve(args []string) error {
 		if err != nil {
 			return fmt.Errorf("cannot listen on server.admin_listen=%q: %w", cfg.Server.AdminListen, err)
 		}
-		adminSrv = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second}
+		// Bounded like any listener: a client that never finishes its
+		// request, or never reads the answer, does not hold a connection
+		// for ever. The write timeout leaves room for a 60 s CPU profile
+		// and a large transcript export.
+		adminSrv = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
 		go func() {
 			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("admin listener failed", "error", err)
@@ -299,7 +304,9 @@ wait:
 				log.Warn("SIGHUP ignored: the embedded example policy is in use (start with -policies FILE)")
 				continue
 			}
-			_, _ = reloader.Reload("sighup") // logged and counted by Reload
+			// Logged and counted by Reload: like the watch, SIGHUP waits for
+			// the file to settle and refuses a policy that lifts limits.
+			_, _ = reloader.Reload("sighup")
 		case s := <-sig:
 			log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
 			break wait
