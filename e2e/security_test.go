@@ -18,6 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zlib"
+	"github.com/klauspost/compress/zstd"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
@@ -375,4 +380,141 @@ func TestSecurityReloadLifts(t *testing.T) {
 	if got := answered("zed", 3); got != 3 {
 		t.Fatalf("after the forced reload, end user zed: %d of 3 answered, want 3", got)
 	}
+}
+
+// startEchoUpstream serves an upstream that quotes the key it was sent in
+// its answer, in the status and content coding X-Test-Echo names ("200",
+// "307", "401-deflate", "401-rawdeflate", "401-br", "401-zstd",
+// "200-gzip"), compressed whatever the request accepts: a careless or
+// debugging server, or a broken proxy.
+func startEchoUpstream(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		key := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		mode := r.Header.Get("X-Test-Echo")
+		status, coding, _ := strings.Cut(mode, "-")
+		code, _ := strconv.Atoi(status)
+		body := []byte(`{"id":"chatcmpl-echo","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"you sent ` +
+			key + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+		if code >= 400 {
+			body = []byte(`{"error":{"message":"Incorrect API key provided: ` + key + `","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}`)
+		}
+		var b bytes.Buffer
+		switch coding {
+		case "deflate":
+			zw := zlib.NewWriter(&b)
+			_, _ = zw.Write(body)
+			_ = zw.Close()
+		case "rawdeflate":
+			fw, _ := flate.NewWriter(&b, flate.BestSpeed)
+			_, _ = fw.Write(body)
+			_ = fw.Close()
+			coding = "deflate"
+		case "gzip":
+			zw := gzip.NewWriter(&b)
+			_, _ = zw.Write(body)
+			_ = zw.Close()
+		case "br":
+			bw := brotli.NewWriter(&b)
+			_, _ = bw.Write(body)
+			_ = bw.Close()
+		case "zstd":
+			zw, _ := zstd.NewWriter(&b)
+			_, _ = zw.Write(body)
+			_ = zw.Close()
+		default:
+			b.Write(body)
+		}
+		if coding != "" {
+			w.Header().Set("Content-Encoding", coding)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if code == http.StatusTemporaryRedirect {
+			w.Header().Set("Location", "http://127.0.0.1:1/v1/chat/completions?key="+key)
+		}
+		w.WriteHeader(code)
+		_, _ = w.Write(b.Bytes())
+	})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = hs.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		_ = hs.Close()
+		<-done
+	})
+	return "http://" + ln.Addr().String() + "/v1"
+}
+
+// TestSecurityScrubEveryAnswer: the provider key an upstream echoes does not
+// reach the client in any status or content coding of a buffered answer
+// (the review saw it in a deflate-coded error and in 200 and 307 answers).
+func TestSecurityScrubEveryAnswer(t *testing.T) {
+	s := startSluice(t, sluiceOptions{Config: makeConfig(configOptions{}), Policies: trustedPolicies(), BaseURL: startEchoUpstream(t)})
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableCompression: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, mode := range []string{"200", "200-gzip", "200-deflate", "200-br", "200-zstd", "307", "401-deflate",
+		"401-rawdeflate", "401-br", "401-zstd", "500-gzip"} {
+		req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"echo"}]}`))
+		req.Header.Set("Authorization", "Bearer "+demoKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept-Encoding", "identity")
+		req.Header.Set("X-Test-Echo", mode)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		var all bytes.Buffer
+		_ = resp.Header.Write(&all)
+		all.Write(raw)
+		if enc := resp.Header.Get("Content-Encoding"); enc != "" {
+			if plain, ok := decodeAny(enc, raw); ok {
+				all.Write(plain)
+			} else {
+				t.Fatalf("%s: answer in %s that does not decode", mode, enc)
+			}
+		}
+		if strings.Contains(all.String(), upstreamKey) {
+			t.Errorf("%s: the client got the provider key (status %d):\n%s", mode, resp.StatusCode, all.String())
+		}
+		if !strings.Contains(all.String(), "[REDACTED:upstream_key]") {
+			t.Errorf("%s: no redaction marker; the echo did not come through (status %d):\n%s", mode, resp.StatusCode, all.String())
+		}
+	}
+}
+
+// decodeAny decodes an HTTP content coding.
+func decodeAny(enc string, b []byte) ([]byte, bool) {
+	var r io.Reader
+	var err error
+	switch enc {
+	case "gzip":
+		r, err = gzip.NewReader(bytes.NewReader(b))
+	case "deflate":
+		if r, err = zlib.NewReader(bytes.NewReader(b)); err != nil {
+			r, err = flate.NewReader(bytes.NewReader(b)), nil
+		}
+	case "br":
+		r = brotli.NewReader(bytes.NewReader(b))
+	case "zstd":
+		var z *zstd.Decoder
+		z, err = zstd.NewReader(bytes.NewReader(b))
+		r = z
+	default:
+		return nil, false
+	}
+	if err != nil {
+		return nil, false
+	}
+	out, err := io.ReadAll(r)
+	return out, err == nil
 }

@@ -8,19 +8,22 @@ import (
 	"strings"
 
 	"github.com/andybalholm/brotli"
+	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
 	"github.com/valyala/fasthttp"
 )
 
-// Upstream error answers can quote the credential they were sent: a
-// provider, a proxy in front of one or a self-hosted server that echoes
-// "Incorrect API key provided: sk-…" whole. Upstream errors otherwise pass
+// Upstream answers can quote the credential they were sent: a provider, a
+// proxy in front of one or a self-hosted server that echoes "Incorrect API
+// key provided: sk-…" whole, a debugging server that reflects the request,
+// a redirect whose Location carries it. Upstream answers otherwise pass
 // through unchanged, so before one reaches a client (or the transcript, or
-// the cache) every occurrence of the upstream's keys in its body is replaced.
+// the cache) every occurrence of the upstream's keys is replaced: in the
+// headers of every answer, and in the body of every answer read whole.
 
-// scrubbedKey replaces an upstream key in an error answer.
+// scrubbedKey replaces an upstream key in an answer.
 var scrubbedKey = []byte("[REDACTED:upstream_key]")
 
 // minScrubbedKey is the shortest key scrubbed: shorter "keys" (a vLLM's
@@ -44,65 +47,91 @@ func secretsOf(values ...[]byte) [][]byte {
 	return out
 }
 
-// scrubError replaces the upstream's keys in resp's body when resp is an
-// error answer (status 400 and above). A streamed error body is read whole
-// first (it is small), so the caller then holds a buffered answer. A body
-// in a content coding is decoded to be searched; when it holds a key it is
-// sent decoded (identity), scrubbed.
+// scrubError replaces the upstream's keys in resp, an answer of any status:
+//
+//   - in every header (copyResponseHeaders relays every end-to-end one: a
+//     Location of a 3xx, a proxy's echo);
+//   - in the body of an answer read whole (buffered), 2xx and 3xx included,
+//     in any content coding (gzip, deflate as zlib or raw, br, zstd,
+//     identity): a coded body is decoded to be searched, and when it holds
+//     a key it is sent decoded (identity), scrubbed. A body that does not
+//     decode is searched as it is (a coding label on plain bytes);
+//   - in the body of an error answer (400 and above) that would be
+//     streamed: it is read whole first (errors are small), so the caller
+//     then holds a buffered answer.
+//
+// A 2xx or 3xx answer that is streamed (SSE, passthrough downloads) keeps
+// its body: the relay passes it on as it arrives (see relay.go).
 func (u *upstream) scrubError(resp *fasthttp.Response) {
-	if len(u.secrets) == 0 || resp.StatusCode() < 400 {
+	if len(u.secrets) == 0 {
 		return
 	}
-	// Headers too: a proxy in front of a provider may echo the credential
-	// in one (copyResponseHeaders relays every end-to-end header).
-	var echoed [][]byte
-	for k, v := range resp.Header.All() {
-		for _, key := range u.secrets {
-			if bytes.Contains(v, key) {
-				echoed = append(echoed, bytes.Clone(k))
-				break
-			}
-		}
-	}
-	for _, k := range echoed {
-		v := resp.Header.PeekBytes(k)
-		for _, key := range u.secrets {
-			v = bytes.ReplaceAll(v, key, scrubbedKey)
-		}
-		resp.Header.SetBytesKV(k, v)
-	}
+	u.scrubHeaders(&resp.Header)
 	if bs := resp.BodyStream(); bs != nil {
+		if resp.StatusCode() < 400 {
+			return
+		}
 		// SetBody closes the stream; fasthttp discards a connection whose
 		// body was not read to its end (an error, or a body over the bound).
 		data, _ := io.ReadAll(io.LimitReader(bs, maxScrubBody))
 		resp.SetBody(data)
 	}
 	body := resp.Body()
-	plain, decoded := body, false
-	if enc := resp.Header.ContentEncoding(); len(enc) > 0 && !bytes.EqualFold(enc, []byte("identity")) {
-		var err error
-		if plain, err = decodeBounded(enc, body, maxScrubBody); err != nil {
-			return
-		}
-		decoded = true
-	}
-	found := false
-	for _, k := range u.secrets {
-		if bytes.Contains(plain, k) {
-			if !found && !decoded {
-				plain = bytes.Clone(plain) // body belongs to resp
-			}
-			found = true
-			plain = bytes.ReplaceAll(plain, k, scrubbedKey)
-		}
-	}
-	if !found {
+	if len(body) == 0 {
 		return
 	}
-	if decoded {
-		resp.Header.Del("Content-Encoding")
+	enc := resp.Header.ContentEncoding()
+	if len(enc) == 0 || bytes.EqualFold(enc, identity) {
+		if u.holdsSecret(body) {
+			resp.SetBody(u.replaceSecrets(bytes.Clone(body)))
+		}
+		return
 	}
-	resp.SetBody(plain)
+	plain, err := decodeBounded(enc, body, maxScrubBody)
+	if !u.holdsSecret(plain) {
+		if err != nil && u.holdsSecret(body) {
+			// Not what its label says: the bytes as they are hold a key.
+			resp.SetBody(u.replaceSecrets(bytes.Clone(body)))
+		}
+		return
+	}
+	// Decoded (up to a corruption, if any), the body holds a key: it is
+	// sent decoded and scrubbed.
+	resp.Header.Del("Content-Encoding")
+	resp.SetBody(u.replaceSecrets(plain))
+}
+
+var identity = []byte("identity")
+
+// scrubHeaders replaces the upstream's keys in every header of h.
+func (u *upstream) scrubHeaders(h *fasthttp.ResponseHeader) {
+	var echoed [][]byte
+	for k, v := range h.All() {
+		if u.holdsSecret(v) {
+			echoed = append(echoed, bytes.Clone(k))
+		}
+	}
+	for _, k := range echoed {
+		h.SetBytesKV(k, u.replaceSecrets(bytes.Clone(h.PeekBytes(k))))
+	}
+}
+
+// holdsSecret reports whether b contains one of the upstream's keys.
+func (u *upstream) holdsSecret(b []byte) bool {
+	for _, k := range u.secrets {
+		if bytes.Contains(b, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// replaceSecrets returns b (which the caller owns) with every key replaced.
+func (u *upstream) replaceSecrets(b []byte) []byte {
+	for _, k := range u.secrets {
+		b = bytes.ReplaceAll(b, k, scrubbedKey)
+	}
+	return b
 }
 
 // decodeBounded decodes body in the content coding enc, keeping at most
@@ -118,12 +147,13 @@ func decodeBounded(enc, body []byte, limit int64) ([]byte, error) {
 			return nil, err
 		}
 		r = g
-	case "deflate": // HTTP's deflate is the zlib format
-		z, err := zlib.NewReader(src)
-		if err != nil {
-			return nil, err
+	case "deflate":
+		// HTTP's deflate is the zlib format; some servers send raw deflate.
+		if z, err := zlib.NewReader(src); err == nil {
+			r = z
+		} else {
+			r = flate.NewReader(bytes.NewReader(body))
 		}
-		r = z
 	case "br":
 		r = brotli.NewReader(src)
 	case "zstd":

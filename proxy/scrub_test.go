@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/flate"
 	"github.com/valyala/fasthttp"
 
 	"sluice/config"
@@ -32,6 +33,18 @@ func TestScrubUpstreamKeyFromErrors(t *testing.T) {
 			raw = fasthttp.AppendGzipBytes(nil, raw)
 		case "zstd":
 			raw = fasthttp.AppendZstdBytes(nil, raw)
+		case "deflate":
+			raw = fasthttp.AppendDeflateBytes(nil, raw) // zlib
+		case "br":
+			raw = fasthttp.AppendBrotliBytes(nil, raw)
+		case "raw-deflate":
+			var b bytes.Buffer
+			w, _ := flate.NewWriter(&b, flate.BestSpeed)
+			_, _ = w.Write(raw)
+			_ = w.Close()
+			raw, enc = b.Bytes(), "deflate"
+		case "bogus":
+			// a coding label on plain bytes
 		}
 		if enc != "" {
 			resp.Header.Set("Content-Encoding", enc)
@@ -43,18 +56,24 @@ func TestScrubUpstreamKeyFromErrors(t *testing.T) {
 		}
 		resp.Header.Set("X-Echo", "key="+scrubKey)
 		up.scrubError(resp)
-		if h := string(resp.Header.Peek("X-Echo")); (status >= 400) != (h == "key=[REDACTED:upstream_key]") {
+		if h := string(resp.Header.Peek("X-Echo")); h != "key=[REDACTED:upstream_key]" {
 			t.Fatalf("status %d: header X-Echo %q", status, h)
+		}
+		if streamed && status < 400 {
+			// A streamed success keeps its body for the relay.
+			if resp.BodyStream() == nil {
+				t.Fatalf("status %d: a streamed success was read whole", status)
+			}
+			return
 		}
 		got := resp.Body()
 		if streamed && resp.BodyStream() != nil {
 			t.Fatalf("status %d: a streamed error answer was not read", status)
 		}
-		switch string(resp.Header.ContentEncoding()) {
-		case "gzip":
-			got, _ = fasthttp.AppendGunzipBytes(nil, got)
-		case "zstd":
-			got, _ = fasthttp.AppendUnzstdBytes(nil, got)
+		switch e := resp.Header.ContentEncoding(); string(e) {
+		case "", "identity", "bogus":
+		default:
+			got, _ = decodeBounded(e, got, 1<<20)
 		}
 		if string(got) != want {
 			t.Fatalf("status %d %s streamed=%v:\ngot  %s\nwant %s", status, enc, streamed, got, want)
@@ -69,8 +88,12 @@ func TestScrubUpstreamKeyFromErrors(t *testing.T) {
 		f(429, "", streamed, `{"error":{"message":"slow down short"}}`, `{"error":{"message":"slow down short"}}`)
 		f(429, "gzip", streamed, `{"error":{"message":"slow down"}}`, `{"error":{"message":"slow down"}}`)
 		f(503, "zstd", streamed, `{"error":{"message":"busy"}}`, `{"error":{"message":"busy"}}`)
-		if !streamed {
-			f(200, "", streamed, echo, echo)
+		// Every coding and status of a buffered answer (issue 18, finding 8).
+		for _, enc := range []string{"", "identity", "gzip", "deflate", "raw-deflate", "br", "zstd", "bogus"} {
+			for _, status := range []int{200, 307, 401, 502} {
+				f(status, enc, streamed, echo, scrubbed)
+			}
+			f(200, enc, streamed, `{"choices":[]}`, `{"choices":[]}`)
 		}
 	}
 	// Keys under 8 bytes are not scrubbed (they would mangle text).
@@ -210,5 +233,20 @@ func TestScrubDecodeBounded(t *testing.T) {
 	}
 	if _, err := decodeBounded([]byte("compress"), []byte("x"), 10); err == nil {
 		t.Fatal("an unknown coding decoded")
+	}
+}
+
+// TestScrubCleanAnswerNoAllocs: scrubbing a buffered answer that holds no
+// key (every answer now, successes included) allocates nothing.
+func TestScrubCleanAnswerNoAllocs(t *testing.T) {
+	up := testUpstream(t, config.Upstream{Name: "u", BaseURL: "http://127.0.0.1:1/v1", APIKey: scrubKey})
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	resp.SetStatusCode(200)
+	resp.Header.Set("Content-Type", "application/json")
+	resp.Header.Set("X-Request-Id", "req_123")
+	resp.SetBody([]byte(`{"choices":[{"message":{"content":"hello"}}],"usage":{"total_tokens":3}}`))
+	if n := testing.AllocsPerRun(200, func() { up.scrubError(resp) }); n != 0 {
+		t.Fatalf("scrubError allocates %v times per clean answer", n)
 	}
 }
