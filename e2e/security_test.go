@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -517,4 +518,46 @@ func decodeAny(enc string, b []byte) ([]byte, bool) {
 	}
 	out, err := io.ReadAll(r)
 	return out, err == nil
+}
+
+// TestSecurityHTMLNotCached: a 200 that is not JSON (an HTML page from a
+// broken proxy in front of the provider) was cached and later served as
+// application/json. It is passed on as it came and never stored.
+func TestSecurityHTMLNotCached(t *testing.T) {
+	var calls atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		calls.Add(1)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = io.WriteString(w, "<html><body>502 Bad Gateway (but 200)</body></html>")
+	})}
+	go func() { _ = hs.Serve(ln) }()
+	t.Cleanup(func() { _ = hs.Close() })
+	s := startSluice(t, sluiceOptions{Config: cacheConfig("memory", "", ""), Policies: trustedPolicies(),
+		BaseURL: "http://" + ln.Addr().String() + "/v1"})
+	body := `{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"html ` + nonce() + `"}]}`
+	for i := range 3 {
+		req, _ := http.NewRequest("POST", s.URL+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+demoKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if c := resp.Header.Get("X-Sluice-Cache"); c == "hit" || c == "coalesced" {
+			t.Fatalf("request %d: X-Sluice-Cache %q, the HTML page was stored", i, c)
+		}
+		if ct := resp.Header.Get("Content-Type"); strings.Contains(ct, "json") {
+			t.Fatalf("request %d: Content-Type %q for an HTML page", i, ct)
+		}
+	}
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("the upstream got %d calls, want 3 (no answer from the cache)", n)
+	}
 }

@@ -169,15 +169,19 @@ func (cc *cacheCall) abandon() {
 	}
 }
 
-// forwarded stores a leader's buffered answer when it is a complete 200,
-// and finishes its flight. A streamed answer is left to the relay.
+// forwarded stores a leader's buffered answer when it is a complete 200
+// JSON object labelled as JSON, and finishes its flight. Anything else (an
+// HTML page from a broken proxy, a truncated body) is passed on to this
+// client as it came but neither stored nor shared: a hit is always served
+// as application/json. A streamed answer is left to the relay.
 func (cc *cacheCall) forwarded(ctx *fasthttp.RequestCtx, x *exchange, streamed bool) {
 	if cc == nil || !cc.leader || streamed || cc.ended {
 		return
 	}
 	cc.ended = true
 	resp := &ctx.Response
-	if resp.StatusCode() != fasthttp.StatusOK || len(resp.Header.ContentEncoding()) > 0 || len(resp.Body()) == 0 {
+	if resp.StatusCode() != fasthttp.StatusOK || len(resp.Header.ContentEncoding()) > 0 || len(resp.Body()) == 0 ||
+		!isJSONType(resp.Header.ContentType()) || !isJSONObject(resp.Body()) {
 		cc.flight.Finish(nil)
 		return
 	}
@@ -421,4 +425,31 @@ func (t *tee) CloseWithError(err error) error {
 	}
 	t.s.finish(t.reqID, &t.x, time.Now(), err != nil && !t.failed, actual)
 	return nil
+}
+
+// isJSONType reports a JSON media type: application/json or a +json one,
+// parameters aside.
+func isJSONType(ct []byte) bool {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	ct = bytes.TrimSpace(ct)
+	return bytes.EqualFold(ct, jsonType) ||
+		(len(ct) > len(jsonSuffix) && bytes.EqualFold(ct[len(ct)-len(jsonSuffix):], jsonSuffix))
+}
+
+var (
+	jsonType   = []byte("application/json")
+	jsonSuffix = []byte("+json")
+)
+
+// isJSONObject reports whether body is one whole, valid JSON object.
+func isJSONObject(body []byte) bool {
+	sc := scanner{b: body}
+	sc.ws()
+	if sc.kind() != 'o' || !sc.value(1) {
+		return false
+	}
+	sc.ws()
+	return sc.i == len(sc.b)
 }
