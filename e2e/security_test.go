@@ -561,3 +561,29 @@ func TestSecurityHTMLNotCached(t *testing.T) {
 		t.Fatalf("the upstream got %d calls, want 3 (no answer from the cache)", n)
 	}
 }
+
+// TestSecurityTranscriptsTeamKeepsPassthrough: /admin/transcripts?team= kept
+// only the JSON endpoints' records; a passthrough call's record had no team.
+func TestSecurityTranscriptsTeamKeepsPassthrough(t *testing.T) {
+	f := startFake(t, fakeai.Config{})
+	dir := t.TempDir()
+	cfg := strings.Replace(makeConfig(configOptions{}), "  shutdown_timeout: 10s\n",
+		"  shutdown_timeout: 10s\n  admin_token: ${SLUICE_ADMIN_TOKEN}\n", 1) +
+		"transcripts:\n  content: metadata\n  flush_interval: 50ms\n  jsonl:\n    dir: " + dir + "\n"
+	s := startSluice(t, sluiceOptions{Config: cfg, Policies: trustedPolicies(), BaseURL: f.URL,
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}})
+	// Any passthrough call is recorded, whatever the upstream answers.
+	rawRequest(t, strings.TrimPrefix(s.URL, "http://"), "GET", "/v1/files", demoKey, "")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body := s.admin(t, "GET", "/admin/transcripts?user=demo&team=demo", adminToken, "")
+		if code == http.StatusOK && strings.Contains(string(body), `"passthrough"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			_, all := s.admin(t, "GET", "/admin/transcripts?user=demo", adminToken, "")
+			t.Fatalf("team=demo has no passthrough record: %d %s\n(without team=: %s)", code, body, all)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
