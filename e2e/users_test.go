@@ -105,7 +105,8 @@ func TestConcurrentUsers(t *testing.T) {
 }
 
 // TestTrustedUser checks how the end user is chosen: a trusted key names it
-// (X-Sluice-User, else the body's "user"); any other key cannot.
+// (X-Sluice-User, else the body's "user") and must name one; any other key
+// cannot.
 func TestTrustedUser(t *testing.T) {
 	e := newEnv(t, envOptions{
 		config:   makeConfig(configOptions{accessLog: true}),
@@ -123,7 +124,8 @@ func TestTrustedUser(t *testing.T) {
 	}{
 		{name: "trusted_body_user", key: appKey, bodyUser: "alice", wantKey: "app", wantUser: "alice"},
 		{name: "trusted_header_wins", key: appKey, header: "bob", bodyUser: "carol", wantKey: "app", wantUser: "bob"},
-		{name: "trusted_no_user", key: appKey, wantKey: "app", wantUser: "app"},
+		// An app key must name its end user (issue 18): none is a 400.
+		{name: "trusted_no_user", key: appKey, wantStatus: 400, wantParam: "user"},
 		{name: "untrusted_body_user", key: demoKey, bodyUser: "mallory", wantKey: "demo", wantUser: "demo"},
 		{name: "untrusted_header_user", key: demoKey, header: "mallory", bodyUser: "mallory", wantKey: "demo", wantUser: "demo"},
 		{name: "trusted_control_char", key: appKey, bodyUser: "eve\x01", wantStatus: 400, wantParam: "user"},
