@@ -167,6 +167,11 @@ func validate(args []string) error {
 		fmt.Printf("; keys skipped (key_env unset): %s", strings.Join(pol.Skipped, ", "))
 	}
 	fmt.Println()
+	if len(pol.UnmatchedUsers) > 0 {
+		// users entries reach personal keys' users only (docs/security.md).
+		fmt.Printf("warning: users %s match no key's own user and apply to nobody; overrides for a trusted key's end users go in its end_users\n",
+			strings.Join(pol.UnmatchedUsers, ", "))
+	}
 	if f.policies != "" {
 		for _, w := range policy.CheckFile(f.policies, pol) {
 			fmt.Printf("warning: %s: %s\n", f.policies, w)
