@@ -129,6 +129,11 @@ func AssembleStream(events [][]byte) ([]byte, error) {
 			if err := json.Unmarshal(data, &ch); err != nil {
 				return nil, ErrNotStorable
 			}
+			if ch.Object == "" && len(ch.Choices) == 0 {
+				// Azure's first chunk: only prompt_filter_results, no
+				// object, id or choices. Nothing of the answer.
+				continue
+			}
 			if out.Object == "" {
 				out.ID, out.Created, out.Model = ch.ID, ch.Created, ch.Model
 				switch ch.Object {

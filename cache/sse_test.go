@@ -118,6 +118,30 @@ data: [DONE]
 	}
 }
 
+// TestAssembleAzureFilterChunk: Azure OpenAI's streams begin with a chunk
+// that carries only prompt_filter_results (no object, id or choices); the
+// answer is assembled from the chunks after it.
+func TestAssembleAzureFilterChunk(t *testing.T) {
+	s := `data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}]}
+
+data: {"id":"chatcmpl-a","object":"chat.completion.chunk","created":5,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null,"content_filter_results":{}}]}
+
+data: {"id":"chatcmpl-a","object":"chat.completion.chunk","created":5,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+data: [DONE]
+
+`
+	body, err := AssembleStream(splitEvents(s))
+	if err != nil {
+		t.Fatalf("Azure stream not storable: %v", err)
+	}
+	var c completion
+	_ = json.Unmarshal(body, &c)
+	if c.ID != "chatcmpl-a" || c.Object != "chat.completion" || *c.Choices[0].Message.Content != "Hi" {
+		t.Fatalf("assembled %s", body)
+	}
+}
+
 // TestAssembleLongDeltasIsLinear: a long tool call and refusal streamed in
 // small deltas are assembled in buffers; appending to a string delta by
 // delta copied it each time (quadratic: 2.7 GB allocated for these 100

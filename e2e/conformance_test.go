@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,7 +293,7 @@ func TestConformanceBehaviours(t *testing.T) {
 							if pass == 1 {
 								firsts[i] = h.call(t.Context(), cc, casePrompt(cc))
 							}
-							judge(t, cc, h.check(t, cc, firsts[i]))
+							judge(t, h.check(t, cc, firsts[i]))
 						})
 					}
 				})
@@ -307,79 +305,22 @@ func TestConformanceBehaviours(t *testing.T) {
 	}
 }
 
-// verdict collects what went wrong in one behaviour, each by the area it
-// concerns, so a known gap excuses only its own area.
+// verdict collects what went wrong in one behaviour, each named by the
+// area it concerns.
 type verdict struct {
 	failures []string
-	areas    map[string]bool
 }
 
 // fail records a failure in area: status (no 502, the upstream's status),
 // sdk (the SDK reads the answer), body (byte-equal), strip (the usage chunk
 // Sluice asked for on the client's behalf is removed), transcript, cache.
 func (v *verdict) fail(area, format string, args ...any) {
-	if v.areas == nil {
-		v.areas = map[string]bool{}
-	}
-	v.areas[area] = true
 	v.failures = append(v.failures, area+": "+fmt.Sprintf(format, args...))
 }
 
-// knownGap is a behaviour Sluice does not handle yet: the areas it fails in
-// and why. docs/conformance.md lists the same gaps.
-type knownGap struct {
-	areas  []string
-	reason string
-}
-
-// envStrictConformance, set to 1, fails known gaps too.
-const envStrictConformance = "SLUICE_CONFORMANCE_STRICT"
-
-// gapFor returns the known gap of a behaviour, if any.
-func gapFor(cc confCase) (knownGap, bool) {
-	tr := "," + cc.transport + ","
-	switch {
-	case cc.kind == "error":
-		return knownGap{}, false
-	case strings.Contains(tr, ",br,"):
-		return knownGap{[]string{"sdk", "strip", "transcript", "cache"},
-			"an answer compressed with br although not asked for is relayed compressed: Go's transport does not decode br, " +
-				"and Sluice reads no usage or text from it and does not cache it"}, true
-	case strings.Contains(tr, ",gzip,"):
-		return knownGap{[]string{"strip", "transcript", "cache"},
-			"an answer compressed with gzip although not asked for is relayed compressed (the SDK decodes it), " +
-				"but Sluice reads no usage or text from it, keeps the usage chunk it asked for, and does not cache it"}, true
-	case strings.Contains(tr, ",event,") && cc.kind == "stream" && !cc.askUsage:
-		return knownGap{[]string{"strip"},
-			"a usage chunk after an `event:` line is not recognized, so the client gets the usage chunk it did not ask for"}, true
-	case cc.model == "conf-azure" && cc.kind == "stream":
-		return knownGap{[]string{"cache"},
-			"Azure's first stream chunk (object \"\", empty choices, prompt_filter_results) makes the stream unstorable"}, true
-	}
-	return knownGap{}, false
-}
-
-// judge fails the test with v's failures, unless they all fall within the
-// behaviour's known gap (then it skips, saying so); a known gap that no
-// longer fails is an error, so the list cannot go stale.
-func judge(t *testing.T, cc confCase, v verdict) {
+// judge fails the test with v's failures.
+func judge(t *testing.T, v verdict) {
 	t.Helper()
-	gap, known := gapFor(cc)
-	if known && os.Getenv(envStrictConformance) != "1" {
-		within := true
-		for a := range v.areas {
-			if !slices.Contains(gap.areas, a) {
-				within = false
-			}
-		}
-		switch {
-		case len(v.failures) == 0:
-			t.Errorf("known gap no longer fails; remove it from gapFor and docs/conformance.md: %s", gap.reason)
-			return
-		case within:
-			t.Skipf("known gap: %s\n%s", gap.reason, strings.Join(v.failures, "\n"))
-		}
-	}
 	for _, f := range v.failures {
 		t.Error(f)
 	}

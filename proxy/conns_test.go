@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"net"
@@ -23,7 +24,7 @@ import (
 func connTestServer(t *testing.T, upURL, extra string) (string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+upURL+"/v1\n    api_key: sk-up\n"+extra, Options{Registry: reg})
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+upURL+"/v1\n    api_key: sk-upstream-0123456789abcdef\n"+extra, Options{Registry: reg})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -324,5 +325,68 @@ func TestStreamBodyReleasesLine(t *testing.T) {
 	}
 	if c := conns.Load(); c != 1 {
 		t.Errorf("6 sequential streams used %d upstream connections; want 1, reused", c)
+	}
+}
+
+// TestErrorAnswersReleaseLines: error answers to streams are read whole
+// (to scrub the upstream's key from them); their connection goes back to
+// the pool, so with max_conns 1 the next request is not left waiting.
+func TestErrorAnswersReleaseLines(t *testing.T) {
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}`)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { _ = up.Close() })
+	addr, _ := connTestServer(t, "http://"+ln.Addr().String(), "    max_conns: 1\n    max_conn_wait: 100ms\n")
+	for i := range 4 {
+		if st, body := post(t, addr, i%2 == 0); st != 400 {
+			t.Fatalf("request %d: %d %s; want the upstream's 400", i, st, body)
+		}
+	}
+}
+
+// TestCompressedAnswerDecoded: an upstream that gzips although asked for
+// identity; Sluice asks for identity and reads the answer decoded.
+func TestCompressedAnswerDecoded(t *testing.T) {
+	var asked atomic.Value
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		asked.Store(r.Header.Get("Accept-Encoding"))
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		_, _ = io.WriteString(zw, connTestAnswer)
+		_ = zw.Close()
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { _ = up.Close() })
+	addr, _ := connTestServer(t, "http://"+ln.Addr().String(), "")
+	// The client asks for no compression: it must get the JSON itself.
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sk-client")
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	if resp.Header.Get("Content-Encoding") != "" || string(got) != connTestAnswer {
+		t.Fatalf("answer %q (Content-Encoding %q); want the upstream's JSON decoded", got, resp.Header.Get("Content-Encoding"))
+	}
+	if a := asked.Load(); a != "identity" {
+		t.Errorf("Sluice asked the upstream with Accept-Encoding %q; want identity", a)
 	}
 }

@@ -81,7 +81,7 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lin
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
-	x.line = nil // the relay gives it back
+	x.line = nil            // the relay gives it back
 	r.x.upEnd = time.Time{} // set when the upstream body ends
 	bs := resp.BodyStream()
 	if r.x.line != nil {
@@ -90,6 +90,9 @@ func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay 
 		r.body = rc
 	} else {
 		r.body = nopCloser{bs}
+	}
+	if x.decoding != "" {
+		r.body = &decodedBody{raw: r.body, coding: x.decoding}
 	}
 	r.br = readerPool.Get().(*bufio.Reader)
 	r.br.Reset(r.body)
@@ -281,7 +284,9 @@ func (r *relay) CloseWithError(err error) error {
 	} else {
 		_ = r.body.CloseWithError(errClientGone)
 	}
-	r.x.releaseLine(r.eof)
+	// A decoded answer may end before its raw body does: its connection
+	// is not reused.
+	r.x.releaseLine(r.eof && r.x.decoding == "")
 	// A client that closed after the whole answer reached it (an SDK stops
 	// reading at [DONE], before a compressor's trailer or the last chunk's
 	// framing) did not leave early.

@@ -266,6 +266,10 @@ type exchange struct {
 	// looked up once (clientSocket), nil when it has none to poll.
 	client       syscall.RawConn
 	clientLooked bool
+	// decoding is the content coding ("gzip", "br", …) the relay decodes a
+	// streamed answer from: the upstream compressed it although asked for
+	// identity (answerenc.go). "" for most answers.
+	decoding string
 }
 
 // clientSocket is the client's socket, or nil when there is none to poll
@@ -725,7 +729,8 @@ func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
 }
 
 var (
-	bearerPrefix = []byte("Bearer ")
+	bearerPrefix   = []byte("Bearer ")
+	acceptEncoding = []byte("Accept-Encoding")
 )
 
 // identify finds the virtual key of the request, from "Authorization:
@@ -828,6 +833,11 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		req := fasthttp.AcquireRequest()
 		req.Header.SetMethodBytes(ctx.Method())
 		copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
+		if x.ep.parsesBody() {
+			// Sluice reads these answers: ask for them plain (no header at
+			// all would allow any coding).
+			req.Header.SetBytesKV(acceptEncoding, identity)
+		}
 		up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), deployment)
 		key := 0
 		if x.ticket != nil {
@@ -915,7 +925,13 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
+	if x.ep.parsesBody() {
+		x.decoding = decodeAnswer(resp)
+	}
 	up.scrubError(resp)
+	if x.line != nil && resp.BodyStream() == nil {
+		x.releaseLine(false) // the answer was read whole after all (an error, decoded or scrubbed)
+	}
 	return resp, nil
 }
 

@@ -96,17 +96,34 @@ var (
 	doneData     = []byte("[DONE]")
 )
 
+// eventData returns the data of an SSE event from its first "data:" line
+// on: an event may begin with "event:", "id:" or comment lines (vLLM,
+// Anthropic's and Google's OpenAI-compatible endpoints send them). nil when
+// the event has no data line.
+func eventData(ev []byte) []byte {
+	for !bytes.HasPrefix(ev, dataPrefix) {
+		i := bytes.IndexByte(ev, '\n')
+		if i < 0 {
+			return nil
+		}
+		ev = ev[i+1:]
+	}
+	return ev
+}
+
 // isUsageOnlyEvent reports the extra chunk an upstream sends when asked for
 // stream_options.include_usage: no choices, only usage. Sluice removes it
 // when it asked on the client's behalf.
 func isUsageOnlyEvent(ev []byte) bool {
-	return bytes.HasPrefix(ev, dataPrefix) && bytes.Contains(ev, emptyChoices) && bytes.Contains(ev, usageKey) &&
+	ev = eventData(ev)
+	return ev != nil && bytes.Contains(ev, emptyChoices) && bytes.Contains(ev, usageKey) &&
 		!bytes.Contains(ev, []byte(`"usage":null`))
 }
 
 // isDoneEvent reports the event that ends an OpenAI stream, "data: [DONE]".
 func isDoneEvent(ev []byte) bool {
-	if len(ev) > 32 || !bytes.HasPrefix(ev, dataPrefix) {
+	ev = eventData(ev)
+	if len(ev) > 32 || ev == nil {
 		return false
 	}
 	return bytes.Equal(bytes.TrimSpace(ev[len(dataPrefix):]), doneData)

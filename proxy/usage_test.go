@@ -31,14 +31,19 @@ func TestUsageOnlyEvent(t *testing.T) {
 	f(`data: {"id":"c","choices":[{"delta":{"content":"hi"}}],"usage":null}`+"\n\n", false)
 	f(`data: {"id":"c","choices":[],"usage":null}`+"\n\n", false)
 	f("data: [DONE]\n\n", false)
+	// An event: line before the data (vLLM and others may send one).
+	f("event: message\n"+`data: {"id":"c","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":5,"total_tokens":9}}`+"\n\n", true)
+	f(": ping\nid: 7\n"+`data: {"id":"c","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":5,"total_tokens":9}}`+"\n\n", true)
+	f("event: message\n"+`data: {"id":"c","choices":[{"delta":{"content":"hi"}}],"usage":null}`+"\n\n", false)
 }
 
 func TestDoneEvent(t *testing.T) {
 	for ev, want := range map[string]bool{
-		"data: [DONE]\n\n":    true,
-		"data:[DONE]\r\n\r\n": true,
-		"data: [DONE]x\n\n":   false,
-		"event: done\n\n":     false,
+		"data: [DONE]\n\n":                 true,
+		"data:[DONE]\r\n\r\n":              true,
+		"data: [DONE]x\n\n":                false,
+		"event: done\n\n":                  false,
+		"event: message\ndata: [DONE]\n\n": true,
 		`data: {"choices":[{"delta":{"content":"[DONE]"}}]}` + "\n\n": false,
 	} {
 		if got := isDoneEvent([]byte(ev)); got != want {
