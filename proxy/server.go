@@ -412,6 +412,10 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		return false
 	}
 	x.keyID = key.ID
+	// Every record names its tenant, models and passthrough calls too (the
+	// JSON endpoints refine user and tier below): /admin/transcripts?team=
+	// keeps them.
+	x.team, x.tier = key.Team, key.Tier
 
 	switch x.ep {
 	case epModels:
@@ -757,7 +761,9 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy
 }
 
 // endUser returns the end user a trusted key names (X-Sluice-User, else the
-// body's "user"), or "" for other keys, answering 400 for an unusable name.
+// body's "user"), or "" for other keys, answering 400 for an unusable name
+// and for a trusted key that names no end user (it would otherwise run as
+// the key's own user, in the key's tier: often unlimited).
 func (s *Server) endUser(ctx *fasthttp.RequestCtx, key *policy.Key, f *reqFields) (string, bool) {
 	if !key.Trusted {
 		return "", true
@@ -768,7 +774,8 @@ func (s *Server) endUser(ctx *fasthttp.RequestCtx, key *policy.Key, f *reqFields
 		name, param = f.user, "user"
 	}
 	if len(name) == 0 {
-		return "", true
+		writeError(ctx, errInvalidRequest, "user", "This is an app key: name the end user of every request with the X-Sluice-User header or the body's \"user\" field.")
+		return "", false
 	}
 	if len(name) > policy.MaxUserLen || !utf8.Valid(name) || hasControl(name) {
 		writeError(ctx, errInvalidRequest, param, fmt.Sprintf("The end-user name must be valid UTF-8 without control characters, at most %d bytes.", policy.MaxUserLen))
