@@ -184,6 +184,8 @@ type line struct {
 	tc   *timedConn
 	br   *bufio.Reader
 	keep bool
+	// sock polls tc's socket for the upstream's close (nil: cannot).
+	sock *socketCheck
 	// gotByte reports that the last failed call had received at least one
 	// byte of its answer.
 	gotByte bool
@@ -263,6 +265,7 @@ func (l *line) connect() error {
 		return &dialError{err: err}
 	}
 	tc := &timedConn{Conn: raw, firstByte: p.firstByte, idle: p.idleRead, total: p.total, line: l}
+	sock := newSocketCheck(raw)
 	var nc net.Conn = tc
 	if p.tlsConfig != nil {
 		tc.plain = true // the handshake is bounded by connect, not first_byte
@@ -281,7 +284,7 @@ func (l *line) connect() error {
 	} else {
 		l.br.Reset(nc)
 	}
-	l.nc, l.tc = nc, tc
+	l.nc, l.tc, l.sock = nc, tc, sock
 	l.conn.Store(tc)
 	return nil
 }
@@ -291,7 +294,7 @@ func (l *line) close() {
 	l.conn.Store(nil)
 	_ = l.nc.Close()
 	l.br.Reset(nil)
-	l.nc, l.tc = nil, nil
+	l.nc, l.tc, l.sock = nil, nil, nil
 }
 
 // stream is the answer's body stream for the relay: closing it with an
@@ -377,7 +380,7 @@ func (l *line) staleness(now time.Time) string {
 	if now.Sub(l.used) >= l.p.idleTimeout {
 		return "idle_timeout"
 	}
-	if raw := rawConn(l.tc.Conn); raw != nil && peerClosed(raw) {
+	if l.sock.peerClosed() {
 		return "closed_idle"
 	}
 	return ""

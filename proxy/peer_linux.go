@@ -21,6 +21,40 @@ func peerClosed(raw syscall.RawConn) bool {
 	return closed
 }
 
+// socketCheck is peerClosed for one socket that is checked many times (an
+// upstream connection before each reuse): its poll function is bound once,
+// so a check allocates nothing. Not for concurrent use.
+type socketCheck struct {
+	raw    syscall.RawConn
+	closed bool
+	poll   func(fd uintptr)
+}
+
+// newSocketCheck checks c's socket; nil when c has none to poll.
+func newSocketCheck(c net.Conn) *socketCheck {
+	raw := rawConn(c)
+	if raw == nil {
+		return nil
+	}
+	k := &socketCheck{raw: raw}
+	k.poll = func(fd uintptr) {
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(fds[:], 0)
+		k.closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	}
+	return k
+}
+
+// peerClosed is peerClosed(raw) for the checked socket; false for nil.
+func (k *socketCheck) peerClosed() bool {
+	if k == nil {
+		return false
+	}
+	k.closed = false
+	_ = k.raw.Control(k.poll)
+	return k.closed
+}
+
 // rawConn is the socket under a client connection (plain, per-IP wrapped
 // or TLS), or nil when there is none to poll.
 func rawConn(c net.Conn) syscall.RawConn {

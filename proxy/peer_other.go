@@ -13,3 +13,10 @@ func peerClosed(syscall.RawConn) bool { return false }
 
 // rawConn has nothing to poll off Linux.
 func rawConn(net.Conn) syscall.RawConn { return nil }
+
+// socketCheck has nothing to poll off Linux.
+type socketCheck struct{}
+
+func newSocketCheck(net.Conn) *socketCheck { return nil }
+
+func (*socketCheck) peerClosed() bool { return false }
