@@ -587,3 +587,29 @@ func TestSecurityTranscriptsTeamKeepsPassthrough(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestSecurityAdminReadTimeout: the admin listener had only a header
+// timeout, so a client that promised a body and never sent it held its
+// connection for ever. The read timeout (30 s) closes it.
+func TestSecurityAdminReadTimeout(t *testing.T) {
+	f := startFake(t, fakeai.Config{})
+	s := startSluice(t, sluiceOptions{Policies: trustedPolicies(), BaseURL: f.URL,
+		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}})
+	addr := strings.TrimPrefix(s.AdminURL, "http://")
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	_, _ = io.WriteString(c, "POST /admin/cache/purge HTTP/1.1\r\nHost: "+addr+"\r\nAuthorization: Bearer "+adminToken+
+		"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"names")
+	_ = c.SetReadDeadline(time.Now().Add(45 * time.Second))
+	_, err = io.Copy(io.Discard, c) // until the server closes the connection
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the admin listener still held a stalled request after %s", time.Since(start).Round(time.Second))
+	}
+	if d := time.Since(start); d > 40*time.Second {
+		t.Fatalf("closed after %s; want about 30 s", d)
+	}
+}
