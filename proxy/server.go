@@ -417,34 +417,8 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	// keeps them.
 	x.team, x.tier = key.Team, key.Tier
 
-	switch x.ep {
-	case epModels:
-		x.user = key.User
-		return s.forward(ctx, x, s.upstreams[s.router.Default()], nil, "", false)
-	case epModel:
-		id := ctx.Path()[len(prefixModels):]
-		x.user = key.User
-		route, ok := s.router.Resolve(string(id))
-		if !ok {
-			writeModelNotFound(ctx, string(id))
-			return false
-		}
-		x.model = route.Model
-		return s.forward(ctx, x, s.upstreams[route.Upstream], nil, route.Deployment, false)
-	case epPassthrough:
-		x.user = key.User
-		up := s.upstreams[s.router.Default()]
-		body := ctx.PostBody()
-		// A JSON body that names a model (moderations, images) is routed by
-		// it; anything else goes to the default upstream, byte for byte.
-		var f reqFields
-		if len(body) > 0 && body[0] == '{' && scanRequest(body, &f) == nil && f.model != nil {
-			if route, ok := s.router.Resolve(string(f.model)); ok && !route.Rewritten {
-				up = s.upstreams[route.Upstream]
-				x.model = route.Model
-			}
-		}
-		return s.forward(ctx, x, up, body, "", false)
+	if !x.ep.parsesBody() {
+		return s.servePlain(ctx, x, pol, key) // models and passthrough (plain.go)
 	}
 
 	// The JSON endpoints: decompress, scan once, identify the end user, route.
