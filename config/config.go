@@ -96,6 +96,10 @@ type Server struct {
 	// MaxBodyBytes is the largest request body accepted, in bytes; larger
 	// bodies get a 413. Default 33554432 (32 MiB).
 	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxConnsPerIP caps the connections one client address may hold open
+	// on the API listener; more are refused. Default 0: no cap (behind a
+	// load balancer every client has the balancer's address).
+	MaxConnsPerIP int `yaml:"max_conns_per_ip"`
 	// MaxHeaderBytes is the largest request header block, in bytes; larger
 	// headers get a 431. Default 16384.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
@@ -468,6 +472,9 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	}
 	if c.Server.MaxHeaderBytes < 0 {
 		add("server.max_header_bytes", "must not be negative")
+	}
+	if c.Server.MaxConnsPerIP < 0 {
+		add("server.max_conns_per_ip", "must not be negative")
 	}
 	switch c.Limits.Store {
 	case "memory":

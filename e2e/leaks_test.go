@@ -12,8 +12,9 @@ import (
 // resources is what a Sluice process holds, read from its own metrics:
 // goroutines (go_goroutines) and open file descriptors (process_open_fds:
 // listeners, connections, files) other than the upstream pools' connections
-// (sluice_upstream_connections), which stay open, idle, for 30 s after use
-// and are bounded by the pool, not a leak.
+// (sluice_upstream_connections), which stay open, idle, for
+// upstreams[].idle_conn_timeout (4 s) after use and are bounded by the pool,
+// not a leak.
 type resources struct {
 	goroutines float64
 	fds        float64

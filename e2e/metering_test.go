@@ -1,9 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,5 +117,104 @@ func TestSecurityPassthroughConcurrency(t *testing.T) {
 	wg.Wait()
 	if !(statuses[0] == 200 && statuses[1] == http.StatusTooManyRequests) {
 		t.Fatalf("two held speech calls from a user with concurrent 1: %v; want [200 429]", statuses)
+	}
+}
+
+// TestSecurityBodyBeforeKey: the review's eight slow uploads without a key
+// took Sluice from 25 MB to 320 MB of memory, since a body was read (up to
+// server.max_body_bytes) before its key was checked. Now a body over
+// 64 KiB is read only for a valid key: each upload gets its 401 once its
+// headers are in, while it still has nearly 32 MiB to send.
+func TestSecurityBodyBeforeKey(t *testing.T) {
+	e := newEnv(t, envOptions{config: makeConfig(configOptions{})})
+	addr := strings.TrimPrefix(e.s.URL, "http://")
+	rss0, _ := e.s.metric(t, "process_resident_memory_bytes")
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			head := "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: " +
+				strconv.Itoa(32<<20-1) + "\r\n\r\n"
+			if _, err := io.WriteString(c, head+strings.Repeat("a", 64<<10)); err != nil {
+				t.Error(err)
+				return
+			}
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Errorf("upload %d without a key: no answer while its body was still coming: %v", i, err)
+				return
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("upload %d without a key: %d, want 401", i, resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	rss1, _ := e.s.metric(t, "process_resident_memory_bytes")
+	t.Logf("RSS %.0f MiB before the uploads, %.0f MiB after", rss0/(1<<20), rss1/(1<<20))
+	if rss1-rss0 > 16<<20 {
+		t.Errorf("eight refused uploads grew RSS by %.0f MiB", (rss1-rss0)/(1<<20))
+	}
+}
+
+// TestSecurityConnsPerIP: server.max_conns_per_ip caps the connections one
+// client address holds; the next one is closed unanswered, and a place
+// that frees up is usable again.
+func TestSecurityConnsPerIP(t *testing.T) {
+	cfg := strings.Replace(makeConfig(configOptions{}), "  shutdown_timeout: 10s\n", "  shutdown_timeout: 10s\n  max_conns_per_ip: 2\n", 1)
+	e := newEnv(t, envOptions{config: cfg})
+	addr := strings.TrimPrefix(e.s.URL, "http://")
+	get := func(c net.Conn) error {
+		if _, err := io.WriteString(c, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+demoKey+"\r\n\r\n"); err != nil {
+			return err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	var held []net.Conn
+	for i := range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := get(c); err != nil {
+			t.Fatalf("connection %d within the cap: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	third, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	if err := get(third); err == nil {
+		t.Fatal("a third connection from one address was served; max_conns_per_ip is 2")
+	}
+	_ = held[0].Close()
+	time.Sleep(100 * time.Millisecond)
+	fourth, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fourth.Close()
+	if err := get(fourth); err != nil {
+		t.Fatalf("a connection after one closed: %v", err)
 	}
 }

@@ -74,6 +74,7 @@ const (
 	protoTimeout
 	protoMalformed
 	protoIncomplete
+	protoUnauthenticatedBody
 	protoCount
 )
 
@@ -84,6 +85,8 @@ var protocolLabels = [protoCount]string{
 	protoTimeout:         "timeout",
 	protoMalformed:       "malformed",
 	protoIncomplete:      "incomplete",
+	// A body over 64 KiB with no valid key: cut there, answered 401.
+	protoUnauthenticatedBody: "unauthenticated_body",
 }
 
 // routedKey is one child of sluice_routed_requests_total.

@@ -96,6 +96,50 @@ upstreams:
 	}
 }
 
+// TestUnauthenticatedBodyCut: without a valid key, a body over 64 KiB is
+// not read: the 401 comes once the headers are in, while the client still
+// has 30 MiB to send. With the key, the same request's body is read.
+func TestUnauthenticatedBodyCut(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n", Options{Registry: reg})
+	ln := fasthttputil.NewInmemoryListener()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	defer ln.Close()
+	send := func(key string) (int, error) {
+		c, err := ln.Dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		head := "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 31457280\r\n"
+		if key != "" {
+			head += "Authorization: Bearer " + key + "\r\n"
+		}
+		if _, err := c.Write([]byte(head + "\r\n" + strings.Repeat("a", 1024))); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		var resp fasthttp.Response
+		if err := resp.Read(bufio.NewReader(c)); err != nil {
+			return 0, err
+		}
+		return resp.StatusCode(), nil
+	}
+	for _, key := range []string{"", "sk-wrong"} {
+		st, err := send(key)
+		if err != nil || st != fasthttp.StatusUnauthorized {
+			t.Fatalf("key %q: status %d, %v; want a 401 before the body is sent", key, st, err)
+		}
+	}
+	if got := testutil.ToFloat64(s.m.protocol[protoUnauthenticatedBody]); got != 2 {
+		t.Fatalf("unauthenticated_body counted %v, want 2", got)
+	}
+	// A valid key: Sluice waits for the body (no answer within the second).
+	if st, err := send("sk-client"); err == nil {
+		t.Fatalf("a valid key's request was answered %d before its body came", st)
+	}
+}
+
 func reasonIndex(t *testing.T, reason string) protocolReason {
 	t.Helper()
 	for i, l := range protocolLabels {

@@ -145,6 +145,8 @@ func New(opts Options) (*Server, error) {
 	s.srv = &fasthttp.Server{
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleServerError,
+		HeaderReceived:                s.headerReceived,
+		MaxConnsPerIP:                 sc.MaxConnsPerIP,
 		Name:                          "sluice",
 		ReadBufferSize:                sc.MaxHeaderBytes,
 		MaxRequestBodySize:            sc.MaxBodyBytes,
@@ -714,14 +716,7 @@ var (
 // identify finds the virtual key of the request, from "Authorization:
 // Bearer KEY" or Azure's "api-key: KEY", and answers 401 when there is none.
 func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy.Key, bool) {
-	secret := ctx.Request.Header.Peek("Authorization")
-	if len(secret) > len(bearerPrefix) && asciiEqualFold(secret[:len(bearerPrefix)], bearerPrefix) {
-		secret = secret[len(bearerPrefix):]
-	} else if len(secret) == 0 {
-		secret = ctx.Request.Header.Peek("Api-Key")
-	} else {
-		secret = nil
-	}
+	secret := requestKey(&ctx.Request.Header)
 	if len(secret) == 0 {
 		writeError(ctx, errInvalidKey, "", "You didn't provide an API key. Provide your Sluice key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).")
 		return nil, false
@@ -732,6 +727,39 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy
 		return nil, false
 	}
 	return key, true
+}
+
+// requestKey is the key a request carries: "Authorization: Bearer KEY"
+// (the scheme in any case) or Azure's "api-key: KEY"; nil when none.
+func requestKey(h *fasthttp.RequestHeader) []byte {
+	secret := h.Peek("Authorization")
+	switch {
+	case len(secret) > len(bearerPrefix) && asciiEqualFold(secret[:len(bearerPrefix)], bearerPrefix):
+		return secret[len(bearerPrefix):]
+	case len(secret) == 0:
+		return h.Peek("Api-Key")
+	}
+	return nil
+}
+
+// unauthBodyLimit is the most of a request body read before its key is
+// known to be valid, in bytes (64 KiB): a request without a valid key gets
+// its 401 after that much at most, not after server.max_body_bytes.
+const unauthBodyLimit = 64 << 10
+
+// headerReceived runs once a request's headers are in, before its body is
+// read: a body larger than unauthBodyLimit (or of unknown length) is read
+// only for a valid key. Without one the body stops at the limit and the
+// client gets a 401 (handleServerError), so slow uploads without a key
+// cannot hold memory.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if cl := h.ContentLength(); cl >= 0 && cl <= unauthBodyLimit {
+		return fasthttp.RequestConfig{}
+	}
+	if _, ok := s.policy.Load().Identify(requestKey(h)); ok {
+		return fasthttp.RequestConfig{}
+	}
+	return fasthttp.RequestConfig{MaxRequestBodySize: unauthBodyLimit}
 }
 
 // endUser returns the end user a trusted key names (X-Sluice-User, else the
@@ -972,6 +1000,10 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 	ctx.SetConnectionClose()
 	var te interface{ Timeout() bool }
 	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge) && s.cfg.Server.MaxBodyBytes > unauthBodyLimit && !s.validKey(&ctx.Request.Header):
+		// Cut at unauthBodyLimit (headerReceived): the key is what is wrong.
+		s.m.protocol[protoUnauthenticatedBody].Inc()
+		writeError(ctx, errInvalidKey, "", "A valid Sluice key is required before a request body of more than 64 KiB is read.")
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		s.m.protocol[protoBodyTooLarge].Inc()
 		writeError(ctx, errBodyTooLarge, "", fmt.Sprintf("The request body is larger than the limit of %d bytes.", s.cfg.Server.MaxBodyBytes))
@@ -991,6 +1023,12 @@ func (s *Server) handleServerError(ctx *fasthttp.RequestCtx, err error) {
 		s.m.protocol[protoMalformed].Inc()
 		writeError(ctx, errInvalidRequest, "", "The request is not valid HTTP.")
 	}
+}
+
+// validKey reports whether h carries a key of the running policy.
+func (s *Server) validKey(h *fasthttp.RequestHeader) bool {
+	_, ok := s.policy.Load().Identify(requestKey(h))
+	return ok
 }
 
 // setRequestID gives the answer a new X-Request-Id, also written to buf.
