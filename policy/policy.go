@@ -132,6 +132,20 @@ type KeySpec struct {
 	// names, by end-user name; they apply to this key's end users only.
 	// Default none.
 	EndUsers map[string]UserSpec `yaml:"end_users"`
+	// Project is the provider project (sent as OpenAI-Project) this key's
+	// calls run in, instead of the upstream's: the files, batches, stored
+	// responses, vector stores and fine-tuned models the key makes belong
+	// to that project, out of other projects' sight. Default "": the
+	// upstream's project, shared with every key without one.
+	Project string `yaml:"project"`
+	// StoredObjects lets a key without a project of its own use the
+	// endpoints of objects stored at the provider (files, uploads, batches,
+	// stored responses and chat completions by id, vector stores,
+	// fine-tuning, assistants, threads, containers, conversations, evals,
+	// deleting a model). Such objects are shared by every key of the
+	// project. Default false: those endpoints answer 403; a key with its
+	// own project may always use them.
+	StoredObjects bool `yaml:"stored_objects"`
 }
 
 // Policy is a compiled, immutable policies.yaml. It is safe for concurrent
@@ -215,6 +229,12 @@ type Key struct {
 	CacheNamespaces []string
 	// EndUsers are the overrides of this trusted key's end users, by name.
 	EndUsers map[string]UserSpec
+	// Project is the provider project the key's calls run in ("": the
+	// upstream's).
+	Project string
+	// StoredObjects reports that the key may use the stored-object
+	// endpoints: it has a project of its own, or stored_objects is set.
+	StoredObjects bool
 }
 
 // Principal is who a request acts for.
@@ -423,6 +443,9 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		ks.AppLimits.validate(path+".app_limits.", add)
 		compileShadow(path+".", ks.Shadow, add)
 		checkNamespaces(path, ks.CacheNamespaces, add)
+		if ks.Project != "" && !validHeaderValue(ks.Project) {
+			add(path+".project", "must be printable ASCII (it is sent as the OpenAI-Project header)")
+		}
 		var sum [sha256.Size]byte
 		switch {
 		case ks.SHA256 != "" && ks.KeyEnv != "":
@@ -455,7 +478,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
-			Shadow: ks.Shadow, EndUsers: ks.EndUsers}
+			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != ""}
 		if k.User == "" {
 			k.User = k.ID
 		}
@@ -482,4 +505,18 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	}
 	slices.Sort(p.UnmatchedUsers)
 	return p, nil
+}
+
+// validHeaderValue reports whether v can be sent as an HTTP header value:
+// printable ASCII, no leading or trailing space.
+func validHeaderValue(v string) bool {
+	if v == "" || v[0] == ' ' || v[len(v)-1] == ' ' {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }

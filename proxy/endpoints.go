@@ -66,6 +66,26 @@ func classify(path []byte) endpoint {
 	return epUnknown
 }
 
+// storedObjectPrefixes are the /v1 paths of objects stored at the provider
+// under the project's key: whoever shares the project may list, read and
+// delete them.
+var storedObjectPrefixes = [][]byte{
+	[]byte("/v1/files"), []byte("/v1/uploads"), []byte("/v1/batches"), []byte("/v1/vector_stores"),
+	[]byte("/v1/fine_tuning"), []byte("/v1/assistants"), []byte("/v1/threads"), []byte("/v1/containers"),
+	[]byte("/v1/conversations"), []byte("/v1/evals"), []byte("/v1/responses/"), []byte("/v1/chat/completions/"),
+}
+
+// storedObjectPath reports whether a passthrough path (trailing slashes
+// removed) reaches objects stored at the provider.
+func storedObjectPath(path []byte) bool {
+	for _, p := range storedObjectPrefixes {
+		if bytes.HasPrefix(path, p) && (len(path) == len(p) || p[len(p)-1] == '/' || path[len(p)] == '/') {
+			return true
+		}
+	}
+	return false
+}
+
 // parsesBody reports the endpoints whose JSON body the proxy reads and
 // whose answer it may read too.
 func (e endpoint) parsesBody() bool { return e <= epResponses }

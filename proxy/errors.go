@@ -33,6 +33,7 @@ const (
 	errIntegerBelowMin                    // a number in the request below its minimum (n < 1, max_tokens < 0)
 	errIntegerAboveMax                    // a number in the request above its ceiling (n > 128, max_tokens > 2^31-1)
 	errInvalidPath                        // a path with dot segments, encoded dots, double encoding or control bytes
+	errStoredObjects                      // a stored-object endpoint for a key that shares its provider project
 	errKindCount
 )
 
@@ -68,6 +69,7 @@ var statusTable = [errKindCount]errRow{
 	errIntegerBelowMin:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_below_min_value"},
 	errIntegerAboveMax:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_above_max_value"},
 	errInvalidPath:         {fasthttp.StatusBadRequest, "invalid_request_error", "invalid_path"},
+	errStoredObjects:       {fasthttp.StatusForbidden, "invalid_request_error", "stored_objects_forbidden"},
 }
 
 // writeError answers with an OpenAI-shaped error:

@@ -47,3 +47,17 @@ func TestClassifyTrailingSlash(t *testing.T) {
 		}
 	}
 }
+
+func TestStoredObjectPath(t *testing.T) {
+	for path, want := range map[string]bool{
+		"/v1/files": true, "/v1/files/file-1/content": true, "/v1/batches": true, "/v1/vector_stores/vs/files": true,
+		"/v1/responses/resp_1": true, "/v1/responses/resp_1/input_items": true, "/v1/chat/completions/c1": true,
+		"/v1/fine_tuning/jobs": true, "/v1/uploads/u/parts": true,
+		"/v1/filesystem": false, "/v1/audio/speech": false, "/v1/images/generations": false,
+		"/v1/moderations": false, "/v1/responses": false,
+	} {
+		if got := storedObjectPath([]byte(path)); got != want {
+			t.Errorf("storedObjectPath(%q) = %v, want %v", path, got, want)
+		}
+	}
+}

@@ -28,6 +28,13 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	deployment := ""
 	var f reqFields
 	endUser := ""
+	x.user = key.User // refined below for an app's end user
+	if !key.StoredObjects && (x.ep == epModel && ctx.IsDelete() || x.ep == epPassthrough && storedObjectPath(ctx.Path())) {
+		writeError(ctx, errStoredObjects, "", "This key shares its provider project with other keys, so it may not use "+
+			"the endpoints of stored objects (files, batches, vector stores, fine-tuning, stored responses, …). "+
+			"Ask the admin for a key with a project of its own.")
+		return false
+	}
 	switch x.ep {
 	case epModel:
 		id := ctx.Path()[len(prefixModels):]

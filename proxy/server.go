@@ -268,6 +268,9 @@ type exchange struct {
 	// looked up once (clientSocket), nil when it has none to poll.
 	client       syscall.RawConn
 	clientLooked bool
+	// project is the key's provider project (OpenAI-Project), "" for the
+	// upstream's.
+	project string
 	// decoding is the content coding ("gzip", "br", …) the relay decodes a
 	// streamed answer from: the upstream compressed it although asked for
 	// identity (answerenc.go). "" for most answers.
@@ -413,7 +416,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	x.keyID = key.ID
+	x.keyID, x.project = key.ID, key.Project
 	// Every record names its tenant, models and passthrough calls too (the
 	// JSON endpoints refine user and tier below): /admin/transcripts?team=
 	// keeps them.
@@ -853,6 +856,9 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 			key = x.ticket.Key
 		}
 		up.setCredentials(req, key)
+		if x.project != "" && !up.azure {
+			req.Header.Set("OpenAI-Project", x.project) // the key's own, in place of the upstream's
+		}
 		if len(body) > 0 {
 			req.SetBodyRaw(body)
 		}
