@@ -81,10 +81,18 @@ func (pol *Policy) CacheRule(p Principal) CacheRule {
 	return CacheRule{Mode: CacheDeterministic}
 }
 
-// CacheNamespace returns the namespace a request with key k uses: the team's
-// own when asked is empty, else asked when k lists it in cache_namespaces (or
-// it names k's own team). ok is false when k may not use asked.
-func (k *Key) CacheNamespace(asked string) (ns string, ok bool) {
+// CacheNamespace returns the namespace a request of p with key k uses: the
+// team's own when asked is empty, else asked when k lists it in
+// cache_namespaces (or it names k's own team). ok is false when k may not
+// use asked. An end user a trusted key names has, by default, a namespace
+// of its own within the team's: one end user's hits and coalesced calls
+// would tell another what the first asked, and a hanging call would stall
+// the other's identical one. keys[].shared_cache, or the app naming its
+// team's namespace per request, shares them.
+func (k *Key) CacheNamespace(asked string, p Principal) (ns string, ok bool) {
+	if asked == "" && p.EndUser && !k.SharedCache {
+		return "team:" + k.Team + "/end_user:" + EscapeKeyPart(p.User), true
+	}
 	if asked == "" || asked == k.Team {
 		return "team:" + k.Team, true
 	}

@@ -53,7 +53,7 @@ keys:
 		{b, "shared-docs", "", false},
 		{b, "", "team:blue", true},
 	} {
-		ns, ok := c.k.CacheNamespace(c.asked)
+		ns, ok := c.k.CacheNamespace(c.asked, Principal{User: c.k.User})
 		if ns != c.ns || ok != c.wantOK {
 			t.Errorf("key %s asks %q: %q, %v; want %q, %v", c.k.ID, c.asked, ns, ok, c.ns, c.wantOK)
 		}

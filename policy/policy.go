@@ -132,6 +132,11 @@ type KeySpec struct {
 	// names, by end-user name; they apply to this key's end users only.
 	// Default none.
 	EndUsers map[string]UserSpec `yaml:"end_users"`
+	// SharedCache lets the end users of this trusted key share cache
+	// entries and in-flight calls (an FAQ bot's users asking the same
+	// thing). Default false: each end user's are its own, so no end user
+	// learns from a hit what another asked.
+	SharedCache bool `yaml:"shared_cache"`
 	// Project is the provider project (sent as OpenAI-Project) this key's
 	// calls run in, instead of the upstream's: the files, batches, stored
 	// responses, vector stores and fine-tuned models the key makes belong
@@ -229,6 +234,8 @@ type Key struct {
 	CacheNamespaces []string
 	// EndUsers are the overrides of this trusted key's end users, by name.
 	EndUsers map[string]UserSpec
+	// SharedCache reports that the key's end users share the cache.
+	SharedCache bool
 	// Project is the provider project the key's calls run in ("": the
 	// upstream's).
 	Project string
@@ -478,7 +485,8 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
-			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != ""}
+			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "",
+			SharedCache: ks.SharedCache}
 		if k.User == "" {
 			k.User = k.ID
 		}

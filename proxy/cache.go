@@ -66,7 +66,7 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 		return nil, true
 	}
 	m := s.cache.Metrics()
-	ns, allowed := key.CacheNamespace(string(ctx.Request.Header.Peek(hdrCacheNamespace)))
+	ns, allowed := key.CacheNamespace(string(ctx.Request.Header.Peek(hdrCacheNamespace)), p)
 	if !allowed {
 		writeError(ctx, errCacheNamespace, hdrCacheNamespace, "This key may not use the cache namespace "+
 			strconv.Quote(string(ctx.Request.Header.Peek(hdrCacheNamespace)))+".")
