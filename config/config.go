@@ -151,6 +151,11 @@ type Upstream struct {
 	Timeouts Timeouts `yaml:"timeouts"`
 	// MaxConns caps open connections to this upstream. Default 512.
 	MaxConns int `yaml:"max_conns"`
+	// MaxConnsPerUser caps the connections to this upstream one user (a
+	// key's user, or an app's end user) holds at once, so no user's slow
+	// calls take every connection from the others; a user at the cap waits
+	// for one of its own. Default half of MaxConns (at least 1).
+	MaxConnsPerUser int `yaml:"max_conns_per_user"`
 	// MaxConnWait is how long a request waits for a free connection when
 	// MaxConns are busy before failing with 502. Default 5s.
 	MaxConnWait time.Duration `yaml:"max_conn_wait"`
@@ -442,6 +447,7 @@ func (c *Config) applyDefaults() {
 		}
 		setDefault(&u.AuthHeader, "authorization")
 		setDefault(&u.MaxConns, DefaultMaxConns)
+		setDefault(&u.MaxConnsPerUser, max(u.MaxConns/2, 1))
 		setDefault(&u.MaxConnWait, DefaultMaxConnWait)
 		setDefault(&u.IdleConnTimeout, DefaultIdleConnTimeout)
 		setDefault(&u.Timeouts.Connect, DefaultConnectTimeout)
@@ -527,6 +533,9 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 		}
 		if u.MaxConns < 0 {
 			add(p+".max_conns", "must not be negative")
+		}
+		if u.MaxConnsPerUser < 0 || u.MaxConnsPerUser > u.MaxConns {
+			add(p+".max_conns_per_user", "must be between 1 and max_conns (%d)", u.MaxConns)
 		}
 		if u.IdleConnTimeout < 0 {
 			add(p+".idle_conn_timeout", "must not be negative")

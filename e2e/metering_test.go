@@ -218,3 +218,37 @@ func TestSecurityConnsPerIP(t *testing.T) {
 		t.Fatalf("a connection after one closed: %v", err)
 	}
 }
+
+// TestSecurityConnsShared: the review held all four upstream connections
+// (max_conns: 4) with one user's slow speech calls, and another user's
+// chat failed with 502. A user holds at most half of them by default
+// (upstreams[].max_conns_per_user): its other calls wait for its own, and
+// the other user's chat is answered at once. The tier has no concurrency
+// limit here, so only the connection share protects the others.
+func TestSecurityConnsShared(t *testing.T) {
+	cfg := strings.Replace(makeConfig(configOptions{}), "    timeouts:\n", "    max_conns: 4\n    timeouts:\n", 1)
+	e := newEnv(t, envOptions{config: cfg, policies: trustedPolicies()})
+	demo := e.s.client(demoKey)
+	ctx := testContext(t, 30*time.Second)
+	slow := option.WithHeader("X-Fake-Latency", "1500ms")
+	var wg sync.WaitGroup
+	statuses := make([]int, 4)
+	for i := range statuses {
+		wg.Go(func() { statuses[i] = speech(ctx, t, demo, slow) })
+	}
+	time.Sleep(300 * time.Millisecond) // the speech calls hold their connections
+	start := time.Now()
+	_, err := e.s.client(appKey).Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+		Model: openai.ChatModelGPT4oMini, Messages: userMessages("meanwhile " + nonce())},
+		option.WithHeader("X-Sluice-User", "other"), option.WithMaxRetries(0))
+	took := time.Since(start)
+	if err != nil || took > time.Second {
+		t.Fatalf("another user's chat while one user holds slow calls: %v after %v; want an answer at once", err, took)
+	}
+	wg.Wait()
+	for i, st := range statuses {
+		if st != 200 {
+			t.Fatalf("the slow user's speech %d: %d; want 200 (waiting for its own connections)", i, st)
+		}
+	}
+}

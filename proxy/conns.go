@@ -31,7 +31,8 @@ import (
 // fasthttp's HostClient hands out pooled connections anonymously and
 // retries on its own, so none of the three can be done through it.
 
-// lines is an upstream's pool of lines, at most max of them.
+// lines is an upstream's pool of lines, at most max of them, at most
+// perFlow of them held by one user at a time.
 type lines struct {
 	mu sync.Mutex
 	// idle are the free lines, the most recently used last: after a burst,
@@ -39,19 +40,22 @@ type lines struct {
 	idle []*line
 	// all are the lines made so far, for the connection gauge.
 	all []*line
-	// waiters are the calls waiting for a line while max are busy, oldest
-	// first; each channel has room for the one line it is handed.
-	waiters []chan *line
+	// held counts the lines each user (its bucket scope, the queue's flow)
+	// holds; a user at perFlow waits for one of its own to come back.
+	held map[string]int
+	// waiters are the calls waiting for a line, oldest first.
+	waiters []lineWaiter
 	// janitor reports that the goroutine closing idle connections runs.
 	janitor bool
 
-	// max caps the lines (upstreams[].max_conns); wait is how long a call
+	// max caps the lines (upstreams[].max_conns), perFlow one user's share
+	// of them (upstreams[].max_conns_per_user); wait is how long a call
 	// waits for a free one (upstreams[].max_conn_wait); idleTimeout is how
 	// long a connection may sit unused before it is closed, not reused
 	// (upstreams[].idle_conn_timeout).
-	max         int
-	wait        time.Duration
-	idleTimeout time.Duration
+	max, perFlow int
+	wait         time.Duration
+	idleTimeout  time.Duration
 	// addr is the upstream's "host:port"; dial opens a raw connection to it
 	// (directly or through the egress proxy) and tlsConfig, when not nil, is
 	// the TLS client run over it, its handshake bounded by connect.
@@ -64,30 +68,31 @@ type lines struct {
 	firstByte, idleRead, total time.Duration
 }
 
-// get takes a free line, makes one while fewer than max exist, or waits up
-// to wait for one; fasthttp.ErrNoFreeConns when none came.
-func (p *lines) get() (*line, error) {
+// lineWaiter is a call waiting for a line: ch has room for the one line
+// it is handed; flow is its user.
+type lineWaiter struct {
+	ch   chan *line
+	flow string
+}
+
+// get takes a line for a call of user flow: a free one, a new one while
+// fewer than max exist, or the next one given back within wait (while flow
+// holds perFlow lines, only once one of its own comes back);
+// fasthttp.ErrNoFreeConns when none came.
+func (p *lines) get(flow string) (*line, error) {
 	p.mu.Lock()
-	if n := len(p.idle); n > 0 {
-		l := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
-		return l, nil
-	}
-	if len(p.all) < p.max {
-		l := &line{p: p}
-		l.body.l = l
-		p.all = append(p.all, l)
-		p.mu.Unlock()
-		return l, nil
+	if p.held[flow] < p.perFlow {
+		if l := p.takeLocked(flow); l != nil {
+			p.mu.Unlock()
+			return l, nil
+		}
 	}
 	if p.wait <= 0 {
 		p.mu.Unlock()
 		return nil, fasthttp.ErrNoFreeConns
 	}
 	ch := make(chan *line, 1)
-	p.waiters = append(p.waiters, ch)
+	p.waiters = append(p.waiters, lineWaiter{ch: ch, flow: flow})
 	p.mu.Unlock()
 	t := time.NewTimer(p.wait)
 	defer t.Stop()
@@ -98,7 +103,7 @@ func (p *lines) get() (*line, error) {
 	}
 	p.mu.Lock()
 	for i, w := range p.waiters {
-		if w == ch {
+		if w.ch == ch {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 			p.mu.Unlock()
 			return nil, fasthttp.ErrNoFreeConns
@@ -108,22 +113,59 @@ func (p *lines) get() (*line, error) {
 	return <-ch, nil // handed a line just as the wait ran out
 }
 
-// put gives a line back, to the oldest waiting call or to the free ones;
-// its connection is closed first unless reusable (the answer was read to
-// its end and neither side asked to close).
+// takeLocked takes a free or new line for flow, nil when max are busy.
+// p.mu is held.
+func (p *lines) takeLocked(flow string) *line {
+	var l *line
+	if n := len(p.idle); n > 0 {
+		l = p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+	} else if len(p.all) < p.max {
+		l = &line{p: p}
+		l.body.l = l
+		p.all = append(p.all, l)
+	} else {
+		return nil
+	}
+	p.hold(l, flow)
+	return l
+}
+
+// hold counts l as flow's. p.mu is held.
+func (p *lines) hold(l *line, flow string) {
+	if p.held == nil {
+		p.held = make(map[string]int)
+	}
+	l.flow = flow
+	p.held[flow]++
+}
+
+// put gives a line back: to the oldest waiting call whose user may hold
+// one more, else to the free ones. Its connection is closed first unless
+// reusable (the answer was read to its end and neither side asked to
+// close).
 func (p *lines) put(l *line, reusable bool) {
 	if l.nc != nil && (!reusable || !l.keep || l.br.Buffered() > 0) {
 		l.close()
 	}
 	l.used = time.Now()
 	p.mu.Lock()
-	if len(p.waiters) > 0 {
-		ch := p.waiters[0]
-		p.waiters = append(p.waiters[:0], p.waiters[1:]...)
-		p.mu.Unlock()
-		ch <- l
-		return
+	if n := p.held[l.flow] - 1; n > 0 {
+		p.held[l.flow] = n
+	} else {
+		delete(p.held, l.flow)
 	}
+	for i, w := range p.waiters {
+		if p.held[w.flow] < p.perFlow {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.hold(l, w.flow)
+			p.mu.Unlock()
+			w.ch <- l
+			return
+		}
+	}
+	l.flow = ""
 	p.idle = append(p.idle, l)
 	if l.nc != nil && !p.janitor {
 		p.janitor = true
@@ -189,8 +231,10 @@ type line struct {
 	// gotByte reports that the last failed call had received at least one
 	// byte of its answer.
 	gotByte bool
-	// used is when the line's last call ended.
+	// used is when the line's last call ended; flow is the user holding
+	// it ("" while free).
 	used time.Time
+	flow string
 	// conn is tc for the watcher and the gauge: set when a connection is
 	// made, cleared when it is closed.
 	conn atomic.Pointer[timedConn]

@@ -390,3 +390,37 @@ func TestCompressedAnswerDecoded(t *testing.T) {
 		t.Errorf("Sluice asked the upstream with Accept-Encoding %q; want identity", a)
 	}
 }
+
+// TestLinesPerUser: one user holds at most perFlow lines; its next call
+// waits for one of its own, while another user's call takes a free line.
+func TestLinesPerUser(t *testing.T) {
+	p := &lines{max: 4, perFlow: 2, wait: 300 * time.Millisecond}
+	a1, err1 := p.get("a")
+	_, err2 := p.get("a")
+	if err1 != nil || err2 != nil {
+		t.Fatalf("a's two lines: %v, %v", err1, err2)
+	}
+	start := time.Now()
+	if _, err := p.get("b"); err != nil || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("b, with lines free: %v after %v", err, time.Since(start))
+	}
+	start = time.Now()
+	if _, err := p.get("a"); err == nil || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("a's third line while two are a's and one is free: %v after %v; want a wait, then none", err, time.Since(start))
+	}
+	got := make(chan *line)
+	go func() {
+		l, _ := p.get("a")
+		got <- l
+	}()
+	time.Sleep(50 * time.Millisecond)
+	p.put(a1, false)
+	select {
+	case l := <-got:
+		if l != a1 {
+			t.Fatal("a's waiting call got another line than the one a gave back")
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a's waiting call did not get the line a gave back")
+	}
+}

@@ -657,13 +657,13 @@ func TestDialSessionResumption(t *testing.T) {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	up := testUpstream(t, config.Upstream{Name: "tls", BaseURL: srv.URL + "/v1", AuthHeader: "authorization",
-		TLS: config.UpstreamTLS{CAFile: pki.caFile}, MaxConns: 4, IdleConnTimeout: time.Millisecond,
+		TLS: config.UpstreamTLS{CAFile: pki.caFile}, MaxConns: 4, MaxConnsPerUser: 4, IdleConnTimeout: time.Millisecond,
 		Timeouts: config.Timeouts{Connect: 2 * time.Second, FirstByte: 2 * time.Second, Idle: 2 * time.Second, Total: 5 * time.Second}})
 	for i := 0; i < 3; i++ {
 		time.Sleep(5 * time.Millisecond) // past idle_conn_timeout: a new connection
 		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 		up.setURI(req, epModels, []byte("/v1/models"), nil, "")
-		_, err := up.do(req, resp, nil, nil)
+		_, err := up.do(req, resp, "u", nil, nil)
 		if err != nil || resp.StatusCode() != http.StatusOK {
 			t.Fatalf("call %d: %d, %v", i, resp.StatusCode(), err)
 		}

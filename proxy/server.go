@@ -866,7 +866,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		// arrive; JSON answers are read whole.
 		resp.StreamBody = stream || x.ep == epPassthrough
 		x.upStart = time.Now()
-		line, err := up.do(req, resp, x.clientSocket(ctx), x.cache)
+		line, err := up.do(req, resp, x.claim.flow, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)
 		if errors.Is(err, errClientGone) {
 			// The client left while the call waited: its connection was

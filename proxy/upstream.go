@@ -116,7 +116,7 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 		tlsConfig = clientTLS(tlsConfig, u.Hostname())
 	}
 	t := c.Timeouts
-	up.conns = lines{max: c.MaxConns, wait: c.MaxConnWait, idleTimeout: c.IdleConnTimeout,
+	up.conns = lines{max: c.MaxConns, perFlow: c.MaxConnsPerUser, wait: c.MaxConnWait, idleTimeout: c.IdleConnTimeout,
 		addr: addr, dial: dial, tlsConfig: tlsConfig, connect: t.Connect,
 		firstByte: t.FirstByte, idleRead: t.Idle, total: t.Total}
 	up.duration = m.upstreamDuration.WithLabelValues(c.Name)
@@ -127,8 +127,9 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 	return up, nil
 }
 
-// do sends req to u on one of its connections and reads the answer: its
-// head, and its body unless resp.StreamBody. While the call waits for its
+// do sends req to u on one of its connections, one of those the user flow
+// may hold, and reads the answer: its head, and its body unless
+// resp.StreamBody. While the call waits for its
 // answer the client's socket client is watched (nil: not watched): when the
 // client leaves, the call's connection is closed, so the upstream stops
 // work nobody will read, unless cc's followers still want the answer.
@@ -140,8 +141,8 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 // When the answer's body is still to be read (resp.BodyStream() != nil) the
 // returned line is the caller's until it closes the body stream and gives
 // the line back with u.conns.put; otherwise it is back in the pool.
-func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, client syscall.RawConn, cc *cacheCall) (*line, error) {
-	l, err := u.conns.get()
+func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, flow string, client syscall.RawConn, cc *cacheCall) (*line, error) {
+	l, err := u.conns.get(flow)
 	if err != nil {
 		return nil, err
 	}
