@@ -95,3 +95,43 @@ func TestSecurityStoredObjects(t *testing.T) {
 		t.Fatalf("GET /v1/files with stored_objects: true: %d %s", st, body)
 	}
 }
+
+// TestSecurityAllowLists: keys[].endpoints and keys[].models limit what a
+// key may call and use; anything else is a 403 (a path) or the provider's
+// own 404 model_not_found (a model), before anything goes upstream.
+func TestSecurityAllowLists(t *testing.T) {
+	policy := `tiers:
+  default: {}
+keys:
+  - id: narrow
+    key_env: SLUICE_DEMO_KEY
+    user: u
+    tier: default
+    endpoints: ["/v1/chat/completions", "/v1/models*"]
+    models: ["gpt-4o-mini"]
+`
+	fake := startFake(t, fakeai.Config{})
+	relay := startRecordingRelay(t, fake.URL)
+	s := startSluice(t, sluiceOptions{Config: makeConfig(configOptions{}), Policies: policy, BaseURL: relay.URL})
+	addr := strings.TrimPrefix(s.URL, "http://")
+	chat := func(model string) (int, string) {
+		return rawRequest(t, addr, "POST", "/v1/chat/completions", demoKey,
+			`{"model":"`+model+`","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`)
+	}
+	if st, body := chat("gpt-4o"); st != http.StatusNotFound || !strings.Contains(body, `"code":"model_not_found"`) {
+		t.Fatalf("a model outside the key's list: %d %s; want 404 model_not_found", st, body)
+	}
+	if st, body := rawRequest(t, addr, "POST", "/v1/embeddings", demoKey, `{"model":"gpt-4o-mini","input":"x"}`); st != http.StatusForbidden ||
+		!strings.Contains(body, `"code":"endpoint_forbidden"`) {
+		t.Fatalf("an endpoint outside the key's list: %d %s; want 403 endpoint_forbidden", st, body)
+	}
+	if st, _ := rawRequest(t, addr, "GET", "/v1/models/gpt-4o", demoKey, ""); st != http.StatusNotFound {
+		t.Fatalf("GET /v1/models/gpt-4o outside the key's models: %d; want 404", st)
+	}
+	if sent := relay.Sent(); sent != "" {
+		t.Fatalf("refused calls reached the upstream:\n%s", sent)
+	}
+	if st, body := chat("gpt-4o-mini"); st != 200 {
+		t.Fatalf("the allowed model: %d %s", st, body)
+	}
+}

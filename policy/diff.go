@@ -114,6 +114,11 @@ func Diff(old, new *Policy) []string {
 		out = limitChanges(out, where+" app_limits", a.key.AppLimits, b.key.AppLimits)
 		out = limitChanges(out, where+" shadow", a.key.Shadow, b.key.Shadow)
 		out = field(out, where, "cache_namespaces", strings.Join(a.key.CacheNamespaces, ","), strings.Join(b.key.CacheNamespaces, ","))
+		out = field(out, where, "shared_cache", a.key.SharedCache, b.key.SharedCache)
+		out = field(out, where, "project", a.key.Project, b.key.Project)
+		out = field(out, where, "stored_objects", a.key.StoredObjects, b.key.StoredObjects)
+		out = field(out, where, "endpoints", strings.Join(a.key.Endpoints, ","), strings.Join(b.key.Endpoints, ","))
+		out = field(out, where, "models", strings.Join(a.key.Models, ","), strings.Join(b.key.Models, ","))
 	}
 	out = userChanges(out, "user ", old.users, new.users)
 	for _, id := range union(ak, bk) {

@@ -90,6 +90,12 @@ func normalize(p *Policy) {
 		if len(k.EndUsers) == 0 {
 			k.EndUsers = nil
 		}
+		if len(k.Endpoints) == 0 {
+			k.Endpoints = nil
+		}
+		if len(k.Models) == 0 {
+			k.Models = nil
+		}
 	}
 	for _, t := range p.Tiers {
 		if len(t.Models) == 0 {

@@ -151,6 +151,15 @@ type KeySpec struct {
 	// project. Default false: those endpoints answer 403; a key with its
 	// own project may always use them.
 	StoredObjects bool `yaml:"stored_objects"`
+	// Endpoints, when set, are the only /v1 paths the key may call: exact
+	// paths ("/v1/chat/completions") or prefixes ending in "*"
+	// ("/v1/audio/*"). Others answer 403. Default: every path.
+	Endpoints []string `yaml:"endpoints"`
+	// Models, when set, are the only models the key may use (after
+	// aliases): exact names, prefixes ending in "*" ("gpt-4o*"), or "*".
+	// Others answer 404 model_not_found, as the provider does for a model
+	// the account cannot use. Default: every model.
+	Models []string `yaml:"models"`
 }
 
 // Policy is a compiled, immutable policies.yaml. It is safe for concurrent
@@ -236,6 +245,9 @@ type Key struct {
 	EndUsers map[string]UserSpec
 	// SharedCache reports that the key's end users share the cache.
 	SharedCache bool
+	// Endpoints and Models are the key's allow-lists (empty: all); see
+	// KeySpec.
+	Endpoints, Models []string
 	// Project is the provider project the key's calls run in ("": the
 	// upstream's).
 	Project string
@@ -453,6 +465,16 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		if ks.Project != "" && !validHeaderValue(ks.Project) {
 			add(path+".project", "must be printable ASCII (it is sent as the OpenAI-Project header)")
 		}
+		for j, e := range ks.Endpoints {
+			if !strings.HasPrefix(e, "/v1/") || strings.Contains(strings.TrimSuffix(e, "*"), "*") {
+				add(fmt.Sprintf("%s.endpoints[%d]", path, j), "a /v1/ path, or a prefix ending in *: %q", e)
+			}
+		}
+		for j, m := range ks.Models {
+			if m == "" || strings.Contains(strings.TrimSuffix(m, "*"), "*") {
+				add(fmt.Sprintf("%s.models[%d]", path, j), "a model name, a prefix ending in *, or *: %q", m)
+			}
+		}
 		var sum [sha256.Size]byte
 		switch {
 		case ks.SHA256 != "" && ks.KeyEnv != "":
@@ -486,7 +508,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
 			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "",
-			SharedCache: ks.SharedCache}
+			SharedCache: ks.SharedCache, Endpoints: ks.Endpoints, Models: ks.Models}
 		if k.User == "" {
 			k.User = k.ID
 		}
@@ -527,4 +549,26 @@ func validHeaderValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// AllowsPath reports whether the key may call path (a /v1 path without
+// trailing slashes).
+func (k *Key) AllowsPath(path []byte) bool {
+	return len(k.Endpoints) == 0 || matchAny(k.Endpoints, string(path))
+}
+
+// AllowsModel reports whether the key may use model.
+func (k *Key) AllowsModel(model string) bool {
+	return len(k.Models) == 0 || matchAny(k.Models, model)
+}
+
+// matchAny reports whether s is one of patterns: exact, or a prefix ending
+// in "*".
+func matchAny(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if p == s || (strings.HasSuffix(p, "*") && strings.HasPrefix(s, p[:len(p)-1])) {
+			return true
+		}
+	}
+	return false
 }

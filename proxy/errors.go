@@ -34,6 +34,7 @@ const (
 	errIntegerAboveMax                    // a number in the request above its ceiling (n > 128, max_tokens > 2^31-1)
 	errInvalidPath                        // a path with dot segments, encoded dots, double encoding or control bytes
 	errStoredObjects                      // a stored-object endpoint for a key that shares its provider project
+	errEndpointForbidden                  // a path outside the key's endpoints allow-list
 	errKindCount
 )
 
@@ -70,6 +71,7 @@ var statusTable = [errKindCount]errRow{
 	errIntegerAboveMax:     {fasthttp.StatusBadRequest, "invalid_request_error", "integer_above_max_value"},
 	errInvalidPath:         {fasthttp.StatusBadRequest, "invalid_request_error", "invalid_path"},
 	errStoredObjects:       {fasthttp.StatusForbidden, "invalid_request_error", "stored_objects_forbidden"},
+	errEndpointForbidden:   {fasthttp.StatusForbidden, "invalid_request_error", "endpoint_forbidden"},
 }
 
 // writeError answers with an OpenAI-shaped error:

@@ -35,6 +35,7 @@ func TestStatusTable(t *testing.T) {
 		errIntegerAboveMax:     {400, "invalid_request_error", "integer_above_max_value"},
 		errInvalidPath:         {400, "invalid_request_error", "invalid_path"},
 		errStoredObjects:       {403, "invalid_request_error", "stored_objects_forbidden"},
+		errEndpointForbidden:   {403, "invalid_request_error", "endpoint_forbidden"},
 	}
 	if len(want) != int(errKindCount) {
 		t.Fatalf("test covers %d kinds; the table has %d", len(want), errKindCount)

@@ -39,7 +39,7 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	case epModel:
 		id := ctx.Path()[len(prefixModels):]
 		route, ok := s.router.Resolve(string(id))
-		if !ok {
+		if !ok || !key.AllowsModel(route.Model) {
 			writeModelNotFound(ctx, string(id))
 			return false
 		}
@@ -49,9 +49,14 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 		// A JSON body that names a model (moderations, images) is routed by
 		// it; anything else goes to the default upstream, byte for byte.
 		if len(body) > 0 && body[0] == '{' && scanRequest(body, &f) == nil && f.model != nil {
-			if route, ok := s.router.Resolve(string(f.model)); ok && !route.Rewritten {
+			route, ok := s.router.Resolve(string(f.model))
+			if ok && !route.Rewritten {
 				up = s.upstreams[route.Upstream]
 				x.model = route.Model
+			}
+			if !key.AllowsModel(string(f.model)) || ok && !key.AllowsModel(route.Model) {
+				writeModelNotFound(ctx, string(f.model))
+				return false
 			}
 		}
 		// An app key names the end user here as everywhere it spends.

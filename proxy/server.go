@@ -421,6 +421,10 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	// JSON endpoints refine user and tier below): /admin/transcripts?team=
 	// keeps them.
 	x.team, x.tier = key.Team, key.Tier
+	if !key.AllowsPath(ctx.Path()) {
+		writeError(ctx, errEndpointForbidden, "", "This key may not call "+string(ctx.Path())+".")
+		return false
+	}
 
 	if !x.ep.parsesBody() {
 		return s.servePlain(ctx, x, pol, key) // models and passthrough (plain.go)
@@ -449,7 +453,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	model, known := s.models.get(f.model)
 	x.modelAsked = model
 	route, ok := s.router.Resolve(model)
-	if !ok {
+	if !ok || !key.AllowsModel(route.Model) {
 		writeModelNotFound(ctx, model)
 		return false
 	}
