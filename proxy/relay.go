@@ -49,6 +49,16 @@ type relay struct {
 	// request the upstream refused), for the transcript's error type.
 	errBody []byte
 
+	// secrets are the upstream's keys, scrubbed from the body as it passes
+	// (nil: nothing to scrub). An SSE event holding one has it replaced by
+	// scrubbedKey (the stream is chunked: its length is nobody's promise).
+	// A raw body's length may be declared (Content-Length), so there a key
+	// is masked with as many '*'; the tail of a read that may be the start
+	// of a key, ev[held:heldEnd], is held back and sent with the next read.
+	secrets       [][]byte
+	held, heldEnd int
+	maxSecret     int
+
 	// gone is set by the watcher when the client socket closed.
 	gone atomic.Bool
 	// watchMu guards watched: the watcher checks the client socket only
@@ -81,6 +91,9 @@ var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lin
 
 func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay {
 	r := &relay{s: s, x: *x, resp: resp, sse: sse}
+	if x.up != nil {
+		r.setSecrets(x.up.secrets)
+	}
 	x.line = nil            // the relay gives it back
 	r.x.upEnd = time.Time{} // set when the upstream body ends
 	bs := resp.BodyStream()
@@ -97,6 +110,14 @@ func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay 
 	r.br = readerPool.Get().(*bufio.Reader)
 	r.br.Reset(r.body)
 	return r
+}
+
+// setSecrets makes r scrub secrets from the body it relays.
+func (r *relay) setSecrets(secrets [][]byte) {
+	r.secrets, r.maxSecret = secrets, 0
+	for _, k := range secrets {
+		r.maxSecret = max(r.maxSecret, len(k))
+	}
 }
 
 type nopCloser struct{ io.Reader }
@@ -190,14 +211,7 @@ func (r *relay) Read(p []byte) (int, error) {
 // is valid until the following call.
 func (r *relay) next() ([]byte, error) {
 	if !r.sse {
-		if r.ev == nil {
-			r.ev = make([]byte, relayBufSize)
-		}
-		n, err := r.br.Read(r.ev)
-		if r.x.tr != nil && n > 0 && len(r.errBody) < maxErrBody && r.resp.StatusCode() >= 400 {
-			r.errBody = append(r.errBody, r.ev[:min(n, maxErrBody-len(r.errBody))]...)
-		}
-		return r.ev[:n], r.noteErr(err)
+		return r.nextRaw()
 	}
 	r.ev = r.ev[:0]
 	lineStart := 0 // where the line being read starts in r.ev
@@ -208,6 +222,7 @@ func (r *relay) next() ([]byte, error) {
 		case err == bufio.ErrBufferFull:
 			continue // a long line: keep assembling
 		case err != nil:
+			r.scrubEvent()
 			return r.ev, r.noteErr(err)
 		}
 		// A blank line ends an event. The whole line is checked, not the
@@ -216,6 +231,7 @@ func (r *relay) next() ([]byte, error) {
 		line = r.ev[lineStart:]
 		lineStart = len(r.ev)
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			r.scrubEvent() // before the cache, the transcript and the client see it
 			if r.x.cache != nil {
 				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
 				if isDoneEvent(r.ev) && r.resp.StatusCode() == fasthttp.StatusOK {
@@ -241,6 +257,41 @@ func (r *relay) next() ([]byte, error) {
 			return r.ev, nil
 		}
 	}
+}
+
+// scrubEvent replaces the upstream's keys in the event in r.ev: one scan
+// per key and event, and no allocation unless a key is found.
+func (r *relay) scrubEvent() {
+	if len(r.secrets) > 0 && holdsAny(r.ev, r.secrets) {
+		r.ev = replaceAll(r.ev, r.secrets)
+	}
+}
+
+// nextRaw returns the next bytes read of a raw answer, the upstream's keys
+// masked in place. A key cut by a read boundary is caught: a tail that may
+// be a key's start waits in r.ev for the next read (to the end, on EOF or
+// an error).
+func (r *relay) nextRaw() ([]byte, error) {
+	if r.ev == nil {
+		r.ev = make([]byte, relayBufSize+max(r.maxSecret-1, 0))
+	}
+	carried := copy(r.ev, r.ev[r.held:r.heldEnd])
+	r.held, r.heldEnd = 0, 0
+	n, err := r.br.Read(r.ev[carried : carried+relayBufSize])
+	end := carried + n
+	if len(r.secrets) > 0 && end > 0 {
+		maskSecrets(r.ev[:end], r.secrets)
+		if err == nil {
+			if keep := keyPrefixTail(r.ev[:end], r.secrets); keep > 0 {
+				r.held, r.heldEnd = end-keep, end
+				end -= keep
+			}
+		}
+	}
+	if r.x.tr != nil && end > 0 && len(r.errBody) < maxErrBody && r.resp.StatusCode() >= 400 {
+		r.errBody = append(r.errBody, r.ev[:min(end, maxErrBody-len(r.errBody))]...)
+	}
+	return r.ev[:end], r.noteErr(err)
 }
 
 func (r *relay) noteErr(err error) error {

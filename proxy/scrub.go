@@ -21,7 +21,8 @@ import (
 // a redirect whose Location carries it. Upstream answers otherwise pass
 // through unchanged, so before one reaches a client (or the transcript, or
 // the cache) every occurrence of the upstream's keys is replaced: in the
-// headers of every answer, and in the body of every answer read whole.
+// headers of every answer, in the body of every answer read whole, and in
+// streamed bodies as the relay passes them on.
 
 // scrubbedKey replaces an upstream key in an answer.
 var scrubbedKey = []byte("[REDACTED:upstream_key]")
@@ -61,7 +62,7 @@ func secretsOf(values ...[]byte) [][]byte {
 //     then holds a buffered answer.
 //
 // A 2xx or 3xx answer that is streamed (SSE, passthrough downloads) keeps
-// its body: the relay passes it on as it arrives (see relay.go).
+// its body: the relay scrubs it as it passes it on (see relay.next).
 func (u *upstream) scrubError(resp *fasthttp.Response) {
 	if len(u.secrets) == 0 {
 		return
@@ -117,8 +118,14 @@ func (u *upstream) scrubHeaders(h *fasthttp.ResponseHeader) {
 }
 
 // holdsSecret reports whether b contains one of the upstream's keys.
-func (u *upstream) holdsSecret(b []byte) bool {
-	for _, k := range u.secrets {
+func (u *upstream) holdsSecret(b []byte) bool { return holdsAny(b, u.secrets) }
+
+// replaceSecrets returns b (which the caller owns) with every key replaced.
+func (u *upstream) replaceSecrets(b []byte) []byte { return replaceAll(b, u.secrets) }
+
+// holdsAny reports whether b contains one of secrets.
+func holdsAny(b []byte, secrets [][]byte) bool {
+	for _, k := range secrets {
 		if bytes.Contains(b, k) {
 			return true
 		}
@@ -126,12 +133,53 @@ func (u *upstream) holdsSecret(b []byte) bool {
 	return false
 }
 
-// replaceSecrets returns b (which the caller owns) with every key replaced.
-func (u *upstream) replaceSecrets(b []byte) []byte {
-	for _, k := range u.secrets {
+// replaceAll returns b (which the caller owns) with every secret replaced
+// by scrubbedKey.
+func replaceAll(b []byte, secrets [][]byte) []byte {
+	for _, k := range secrets {
 		b = bytes.ReplaceAll(b, k, scrubbedKey)
 	}
 	return b
+}
+
+// maskSecrets overwrites, in place, every secret in b with as many '*':
+// the length stays, for a body whose Content-Length the client already has.
+func maskSecrets(b []byte, secrets [][]byte) {
+	for _, k := range secrets {
+		for i := 0; ; {
+			j := bytes.Index(b[i:], k)
+			if j < 0 {
+				break
+			}
+			i += j
+			for e := i + len(k); i < e; i++ {
+				b[i] = '*'
+			}
+		}
+	}
+}
+
+// keyPrefixTail returns the length of the longest tail of b that is a
+// proper prefix of one of secrets: the bytes a raw relay holds back, since
+// the next read may complete them to a key. Usually 0.
+func keyPrefixTail(b []byte, secrets [][]byte) int {
+	keep := 0
+	for _, k := range secrets {
+		i := max(0, len(b)-(len(k)-1)) // a longer tail holds k whole, masked already
+		for i < len(b)-keep {
+			j := bytes.IndexByte(b[i:len(b)-keep], k[0])
+			if j < 0 {
+				break
+			}
+			i += j
+			if bytes.HasPrefix(k, b[i:]) {
+				keep = len(b) - i
+				break
+			}
+			i++
+		}
+	}
+	return keep
 }
 
 // decodeBounded decodes body in the content coding enc, keeping at most
