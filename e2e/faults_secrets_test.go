@@ -272,6 +272,7 @@ keys:
     user: demo
     team: red
     tier: default
+    stored_objects: true   # the scenario echoes the key on GET /v1/files
   - id: app
     sha256: ` + sha256Hex(appKey) + `
     trusted: true
