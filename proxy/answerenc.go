@@ -36,17 +36,26 @@ func answerCoding(ce []byte) string {
 }
 
 // decodeAnswer decodes resp's body when the upstream compressed it: a
-// buffered body at once, and a streamed one by the relay, for which it
-// returns the coding. Either way resp no longer says Content-Encoding. A
-// buffered body that does not decode is left as it came.
+// buffered body at once, a streamed 200 by the relay, for which it returns
+// the coding. A streamed error answer is read whole and decoded here, like a
+// buffered one: the key scrub and the queued stream's error event read it
+// whole. Either way resp no longer says Content-Encoding. A body that does
+// not decode is left as it came.
 func decodeAnswer(resp *fasthttp.Response) (streamCoding string) {
 	coding := answerCoding(resp.Header.ContentEncoding())
 	if coding == "" {
 		return ""
 	}
-	if resp.BodyStream() != nil {
-		resp.Header.Del("Content-Encoding")
-		return coding
+	if bs := resp.BodyStream(); bs != nil {
+		if resp.StatusCode() == fasthttp.StatusOK {
+			resp.Header.Del("Content-Encoding")
+			return coding
+		}
+		raw, err := io.ReadAll(io.LimitReader(bs, decodedAnswerLimit))
+		resp.SetBody(raw) // closes the stream; its connection is not reused
+		if err != nil {
+			return ""
+		}
 	}
 	d, err := answerDecoder(coding, bytes.NewReader(resp.Body()))
 	if err != nil {
@@ -71,6 +80,7 @@ func answerDecoder(coding string, r io.Reader) (io.ReadCloser, error) {
 		// HTTP's deflate is the zlib format; some servers send raw deflate.
 		br := &peekReader{r: r}
 		if z, err := zlib.NewReader(br); err == nil {
+			br.read, br.done = nil, true
 			return z, nil
 		}
 		return flate.NewReader(br.replay()), nil
@@ -88,15 +98,18 @@ func answerDecoder(coding string, r io.Reader) (io.ReadCloser, error) {
 }
 
 // peekReader keeps what zlib's header check read, so a raw deflate stream
-// can be read again from its start.
+// can be read again from its start; done once the check passed.
 type peekReader struct {
 	r    io.Reader
 	read []byte
+	done bool
 }
 
 func (p *peekReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
-	p.read = append(p.read, b[:n]...)
+	if !p.done {
+		p.read = append(p.read, b[:n]...)
+	}
 	return n, err
 }
 
@@ -122,9 +135,13 @@ func (d *decodedBody) Read(p []byte) (int, error) {
 	return d.dec.Read(p)
 }
 
-func (d *decodedBody) CloseWithError(err error) error {
+// CloseWithError ends the raw body (the watcher calls it to interrupt a
+// read in progress); the decoder is the reader's to close (closeDecoder).
+func (d *decodedBody) CloseWithError(err error) error { return d.raw.CloseWithError(err) }
+
+// closeDecoder frees the decoder, once nothing reads any more.
+func (d *decodedBody) closeDecoder() {
 	if d.dec != nil {
 		_ = d.dec.Close()
 	}
-	return d.raw.CloseWithError(err)
 }

@@ -75,10 +75,15 @@ type lineWaiter struct {
 	flow string
 }
 
+// errUserConns fails a call whose user held its share of the upstream's
+// connections (max_conns_per_user) for all of max_conn_wait: the user's
+// own load, not the upstream's failure.
+var errUserConns = errors.New("the user holds its share of the upstream's connections")
+
 // get takes a line for a call of user flow: a free one, a new one while
 // fewer than max exist, or the next one given back within wait (while flow
 // holds perFlow lines, only once one of its own comes back);
-// fasthttp.ErrNoFreeConns when none came.
+// errUserConns or fasthttp.ErrNoFreeConns when none came.
 func (p *lines) get(flow string) (*line, error) {
 	p.mu.Lock()
 	if p.held[flow] < p.perFlow {
@@ -105,7 +110,11 @@ func (p *lines) get(flow string) (*line, error) {
 	for i, w := range p.waiters {
 		if w.ch == ch {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			capped := p.held[flow] >= p.perFlow
 			p.mu.Unlock()
+			if capped {
+				return nil, errUserConns
+			}
 			return nil, fasthttp.ErrNoFreeConns
 		}
 	}
@@ -179,6 +188,7 @@ func (p *lines) put(l *line, reusable bool) {
 // call never reuses an older connection anyway (staleness).
 func (p *lines) closeIdle() {
 	every := max(p.idleTimeout/2, 10*time.Millisecond)
+	var expired []net.Conn
 	for {
 		time.Sleep(every)
 		now := time.Now()
@@ -186,16 +196,23 @@ func (p *lines) closeIdle() {
 		p.mu.Lock()
 		for _, l := range p.idle {
 			if l.nc != nil && now.Sub(l.used) >= p.idleTimeout {
-				l.close()
+				expired = append(expired, l.detach())
 			}
 			open = open || l.nc != nil
 		}
 		if !open {
 			p.janitor = false
-			p.mu.Unlock()
-			return
 		}
 		p.mu.Unlock()
+		// Closed outside the lock: a TLS close writes its alert.
+		for i, c := range expired {
+			_ = c.Close()
+			expired[i] = nil
+		}
+		expired = expired[:0]
+		if !open {
+			return
+		}
 	}
 }
 
@@ -334,11 +351,15 @@ func (l *line) connect() error {
 }
 
 // close closes the line's connection.
-func (l *line) close() {
+func (l *line) close() { _ = l.detach().Close() }
+
+// detach takes the line's connection off it, for the caller to close.
+func (l *line) detach() net.Conn {
+	nc := l.nc
 	l.conn.Store(nil)
-	_ = l.nc.Close()
 	l.br.Reset(nil)
 	l.nc, l.tc, l.sock = nil, nil, nil
+	return nc
 }
 
 // stream is the answer's body stream for the relay: closing it with an

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"bytes"
 	"compress/gzip"
 	"fmt"
@@ -405,8 +406,8 @@ func TestLinesPerUser(t *testing.T) {
 		t.Fatalf("b, with lines free: %v after %v", err, time.Since(start))
 	}
 	start = time.Now()
-	if _, err := p.get("a"); err == nil || time.Since(start) < 250*time.Millisecond {
-		t.Fatalf("a's third line while two are a's and one is free: %v after %v; want a wait, then none", err, time.Since(start))
+	if _, err := p.get("a"); !errors.Is(err, errUserConns) || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("a's third line while two are a's and one is free: %v after %v; want a wait, then errUserConns", err, time.Since(start))
 	}
 	got := make(chan *line)
 	go func() {
@@ -422,5 +423,126 @@ func TestLinesPerUser(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Fatal("a's waiting call did not get the line a gave back")
+	}
+}
+
+// TestCompressedStreamAnswers: a stream request the upstream answers with a
+// gzip-compressed error gets the error decoded (its length is the decoded
+// one); a compressed SSE stream whose client leaves after the first event
+// ends cleanly (run with -race: the watcher and the reader share the
+// decoder's body).
+func TestCompressedStreamAnswers(t *testing.T) {
+	const errBody = `{"error":{"message":"bad request","type":"invalid_request_error","param":null,"code":null}}`
+	release := make(chan struct{})
+	up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		if r.Header.Get("X-Test-Error") != "" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(zw, errBody)
+			_ = zw.Close()
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		_, _ = io.WriteString(zw, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n")
+		_ = zw.Flush()
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		_ = zw.Close()
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(ln) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { close(release); _ = up.Close() })
+	addr, _ := connTestServer(t, "http://"+ln.Addr().String(), "")
+
+	body := `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer sk-client")
+	req.Header.Set("Accept-Encoding", "identity")
+	req.Header.Set("X-Test-Error", "1")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || resp.Header.Get("Content-Encoding") != "" || string(got) != errBody {
+		t.Fatalf("compressed stream error: %d %q (Content-Encoding %q); want 400 and the decoded error", resp.StatusCode, got, resp.Header.Get("Content-Encoding"))
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var buf [4096]byte
+	var seen []byte
+	for !bytes.Contains(seen, []byte(`"content":"hi"`)) {
+		n, err := c.Read(buf[:])
+		if err != nil {
+			t.Fatalf("first event of the compressed stream: %v (%q)", err, seen)
+		}
+		seen = append(seen, buf[:n]...)
+	}
+	_ = c.Close()
+	time.Sleep(3 * watchInterval) // the watcher ends the stream; -race checks the decoder
+}
+
+// TestPerIPListener: server.max_conns_per_ip closes a connection over the
+// cap, gives the place back when one closes, and keeps the socket visible
+// to the client-gone checks (fasthttp's own cap hid it).
+func TestPerIPListener(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := newPerIPListener(inner, 1)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c1 := dial()
+	defer c1.Close()
+	s1 := <-accepted
+	if rawConn(s1) == nil {
+		t.Fatal("an accepted connection hides its socket from rawConn")
+	}
+	c2 := dial()
+	defer c2.Close()
+	_ = c2.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c2.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a second connection from one address was kept; the cap is 1")
+	}
+	_ = s1.Close()
+	c3 := dial()
+	defer c3.Close()
+	select {
+	case s3 := <-accepted:
+		_ = s3.Close()
+	case <-time.After(time.Second):
+		t.Fatal("no connection accepted after the first one closed")
 	}
 }

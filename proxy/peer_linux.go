@@ -58,7 +58,11 @@ func (k *socketCheck) peerClosed() bool {
 // rawConn is the socket under a client connection (plain, per-IP wrapped
 // or TLS), or nil when there is none to poll.
 func rawConn(c net.Conn) syscall.RawConn {
-	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
+	for range 3 { // TLS over a per-address wrapper over the socket
+		nc, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
 		c = nc.NetConn()
 	}
 	if sc, ok := c.(syscall.Conn); ok {

@@ -335,6 +335,9 @@ func (r *relay) CloseWithError(err error) error {
 	} else {
 		_ = r.body.CloseWithError(errClientGone)
 	}
+	if d, ok := r.body.(*decodedBody); ok {
+		d.closeDecoder()
+	}
 	// A decoded answer may end before its raw body does: its connection
 	// is not reused.
 	r.x.releaseLine(r.eof && r.x.decoding == "")

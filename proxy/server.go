@@ -146,7 +146,6 @@ func New(opts Options) (*Server, error) {
 		Handler:                       s.handle,
 		ErrorHandler:                  s.handleServerError,
 		HeaderReceived:                s.headerReceived,
-		MaxConnsPerIP:                 sc.MaxConnsPerIP,
 		Name:                          "sluice",
 		ReadBufferSize:                sc.MaxHeaderBytes,
 		MaxRequestBodySize:            sc.MaxBodyBytes,
@@ -177,7 +176,12 @@ func New(opts Options) (*Server, error) {
 func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	if n := s.cfg.Server.MaxConnsPerIP; n > 0 {
+		ln = newPerIPListener(ln, n)
+	}
+	return s.srv.Serve(ln)
+}
 
 // Ready reports whether the server takes new requests.
 func (s *Server) Ready() bool { return !s.draining.Load() }
@@ -763,6 +767,9 @@ func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	if cl := h.ContentLength(); cl >= 0 && cl <= unauthBodyLimit {
 		return fasthttp.RequestConfig{}
 	}
+	if s.cfg.Server.MaxBodyBytes <= unauthBodyLimit {
+		return fasthttp.RequestConfig{} // the server's own limit is lower
+	}
 	if _, ok := s.policy.Load().Identify(requestKey(h)); ok {
 		return fasthttp.RequestConfig{}
 	}
@@ -878,6 +885,14 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 			x.upEnd, x.gone = time.Now(), true
 			fasthttp.ReleaseResponse(resp)
 			return nil, failGone
+		}
+		if errors.Is(err, errUserConns) {
+			// The user's own calls hold its share of the connections: a
+			// busy answer for this user, not the upstream's failure.
+			x.upEnd = time.Now()
+			fasthttp.ReleaseResponse(resp)
+			return nil, &failure{kind: errProviderBusy, retry: time.Second, position: -1,
+				msg: "Your requests hold your share of the upstream's connections; retry when one of them has finished."}
 		}
 		x.line = line
 		st := resp.StatusCode()
@@ -995,7 +1010,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.R
 		}
 	}
 	size := resp.Header.ContentLength()
-	if r.sse || size < 0 {
+	if r.sse || size < 0 || x.decoding != "" { // a decoded body's length is not the upstream's
 		size = -1
 	}
 	ctx.SetBodyStream(r, size)

@@ -161,11 +161,12 @@ func (u *upstream) do(req *fasthttp.Request, resp *fasthttp.Response, flow strin
 		err = l.roundTrip(req, resp) // the failed connection is closed: this one is new
 	}
 	l.unwatch()
-	if err != nil && l.gone.Load() {
+	gone := l.gone.Load() // the watcher closed the connection
+	if err != nil && gone {
 		err = errClientGone
 	}
 	if err != nil || resp.BodyStream() == nil {
-		u.conns.put(l, err == nil)
+		u.conns.put(l, err == nil && !gone)
 		return nil, err
 	}
 	return l, nil
