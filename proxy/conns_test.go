@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"bufio"
-	"errors"
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"net"
