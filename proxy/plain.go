@@ -74,14 +74,9 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	}
 	p := pol.Principal(key, endUser)
 	x.user, x.team, x.tier = p.User, p.Team, p.Tier
-	tier := pol.Tiers[p.Tier]
-	wait, ok := maxWait(ctx, tier)
+	wait, ok := s.claimFor(ctx, x, pol, p)
 	if !ok {
 		return false
-	}
-	x.claim = claim{flow: p.User, weight: 1, deadline: x.start.Add(wait)}
-	if tier != nil {
-		x.claim.weight, x.claim.priority = tier.Queue.Weight, tier.Queue.Priority
 	}
 	if s.limiter != nil && !s.admitPlain(ctx, x, pol, key, p, wait) {
 		return false

@@ -472,15 +472,11 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	stream := f.stream && x.ep.streams()
 	x.route = route
 	up := s.upstreams[route.Upstream]
-	tier := pol.Tiers[p.Tier]
-	wait, ok := maxWait(ctx, tier)
+	wait, ok := s.claimFor(ctx, x, pol, p)
 	if !ok {
 		return false
 	}
-	x.claim = claim{flow: p.User, weight: 1, deadline: x.start.Add(wait)}
-	if tier != nil {
-		x.claim.weight, x.claim.priority = tier.Queue.Weight, tier.Queue.Priority
-	}
+	tier := pol.Tiers[p.Tier]
 	// cache: a hit, a request joining an identical one in flight, or a
 	// leader whose answer is stored (proxy/cache.go); nil when not cached.
 	cc, ok := s.cacheStart(ctx, x, pol, key, p, &body, &f, stream)
@@ -610,6 +606,23 @@ func (s *Server) pickUpstreamFailure(route *policy.Route) (*upstream, string, *f
 	}
 	return nil, "", &failure{kind: errUpstreamUnavailable, retry: max(wait, time.Second), position: -1,
 		msg: "The upstream provider is failing; Sluice stopped calling it for " + wait.Round(time.Second).String() + ". Retry the request later."}
+}
+
+// claimFor sets what x asks of its upstream's queue for principal p (its
+// user, the tier's weight and priority, the deadline of the tier's max
+// wait or the client's shorter X-Sluice-Max-Wait) and returns that wait;
+// false when the header was unusable (answered 400).
+func (s *Server) claimFor(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, p policy.Principal) (time.Duration, bool) {
+	tier := pol.Tiers[p.Tier]
+	wait, ok := maxWait(ctx, tier)
+	if !ok {
+		return 0, false
+	}
+	x.claim = claim{flow: p.User, weight: 1, deadline: x.start.Add(wait)}
+	if tier != nil {
+		x.claim.weight, x.claim.priority = tier.Queue.Weight, tier.Queue.Priority
+	}
+	return wait, true
 }
 
 // reservation is a request's token reservation: the prompt's estimate plus
