@@ -154,7 +154,9 @@ type Upstream struct {
 	// MaxConnsPerUser caps the connections to this upstream one user (a
 	// key's user, or an app's end user) holds at once, so no user's slow
 	// calls take every connection from the others; a user at the cap waits
-	// for one of its own. Default half of MaxConns (at least 1).
+	// for one of its own. Default MaxConns less an eighth of them (at least
+	// one) kept for the other users: a single-tenant deployment keeps
+	// nearly all its connections (448 of 512).
 	MaxConnsPerUser int `yaml:"max_conns_per_user"`
 	// MaxConnWait is how long a request waits for a free connection when
 	// MaxConns are busy before failing with 502. Default 5s.
@@ -447,7 +449,7 @@ func (c *Config) applyDefaults() {
 		}
 		setDefault(&u.AuthHeader, "authorization")
 		setDefault(&u.MaxConns, DefaultMaxConns)
-		setDefault(&u.MaxConnsPerUser, max(u.MaxConns/2, 1))
+		setDefault(&u.MaxConnsPerUser, max(u.MaxConns-max(u.MaxConns/8, 1), 1))
 		setDefault(&u.MaxConnWait, DefaultMaxConnWait)
 		setDefault(&u.IdleConnTimeout, DefaultIdleConnTimeout)
 		setDefault(&u.Timeouts.Connect, DefaultConnectTimeout)
