@@ -1,26 +1,17 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +20,7 @@ import (
 	"github.com/openai/openai-go/v3"
 
 	"sluice/fakeai"
+	"sluice/internal/testnet"
 )
 
 // egressHost is the upstream's name in these tests: not loopback-looking,
@@ -39,60 +31,16 @@ const egressHost = "upstream.sluice.test"
 // egressPKI is a private CA with a server certificate for egressHost and a
 // client certificate, as PEM files.
 type egressPKI struct {
-	caFile, clientCert, clientKey string
-	ca                            *x509.CertPool
-	server                        tls.Certificate
+	*testnet.PKI
+	clientCert, clientKey string
+	server                tls.Certificate
 }
 
 func newEgressPKI(t *testing.T) *egressPKI {
 	t.Helper()
-	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		writeFile(t, path, string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})))
-		return path
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice e2e private CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	p := &egressPKI{caFile: write("ca.pem", "CERTIFICATE", caDER), ca: x509.NewCertPool()}
-	p.ca.AddCert(caCert)
-	leaf := func(serial int64, name string, usage x509.ExtKeyUsage, dns []string) (certFile, keyFile string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, DNSNames: dns,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "PRIVATE KEY", kder)
-	}
-	srvCert, srvKey := leaf(2, "upstream", x509.ExtKeyUsageServerAuth, []string{egressHost})
-	p.clientCert, p.clientKey = leaf(3, "sluice-client", x509.ExtKeyUsageClientAuth, nil)
-	if p.server, err = tls.LoadX509KeyPair(srvCert, srvKey); err != nil {
-		t.Fatal(err)
-	}
+	p := &egressPKI{PKI: testnet.NewPKI(t, "sluice e2e private CA")}
+	p.server, _, _ = p.Issue(t, "upstream", false, []string{egressHost})
+	_, p.clientCert, p.clientKey = p.Issue(t, "sluice-client", true, nil)
 	return p
 }
 
@@ -112,7 +60,7 @@ func startMTLSFake(t *testing.T, p *egressPKI) (fake *fakeai.Server, port string
 		mu.Unlock()
 		fake.ServeHTTP(w, r)
 	}))
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.server}, ClientCAs: p.ca, ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{p.server}, ClientCAs: p.Pool(), ClientAuth: tls.RequireAndVerifyClientCert}
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
@@ -126,127 +74,6 @@ func startMTLSFake(t *testing.T, p *egressPKI) (fake *fakeai.Server, port string
 		}
 		return out
 	}
-}
-
-// egressProxy is a CONNECT proxy on loopback that records every byte it
-// receives or relays and maps *.sluice.test to 127.0.0.1.
-type egressProxy struct {
-	URL string
-	// refuse is the status answered to every CONNECT instead of 200 (0:
-	// tunnel). Set before the first connection.
-	refuse  int
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	seen    bytes.Buffer
-	targets []string
-	auth    []string
-	conns   map[net.Conn]bool
-}
-
-func startEgressProxy(t *testing.T) *egressProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &egressProxy{URL: "http://" + ln.Addr().String(), conns: map[net.Conn]bool{}}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil || !p.track(c) {
-				return
-			}
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				p.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			_ = c.Close()
-		}
-		p.conns = nil
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *egressProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns == nil {
-		_ = c.Close()
-		return false
-	}
-	p.conns[c] = true
-	return true
-}
-
-func (p *egressProxy) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.seen.Write(b)
-}
-
-// record returns what the proxy saw: every byte, the CONNECT targets and
-// the Proxy-Authorization values.
-func (p *egressProxy) record() (seen []byte, targets, auth []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return bytes.Clone(p.seen.Bytes()), append([]string(nil), p.targets...), append([]string(nil), p.auth...)
-}
-
-func (p *egressProxy) serve(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(io.TeeReader(c, p))
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	p.mu.Lock()
-	p.targets = append(p.targets, req.Host)
-	p.auth = append(p.auth, req.Header.Get("Proxy-Authorization"))
-	p.mu.Unlock()
-	host, port, err := net.SplitHostPort(req.Host)
-	if req.Method != http.MethodConnect || err != nil {
-		_, _ = io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	if p.refuse != 0 {
-		_, _ = io.WriteString(c, "HTTP/1.1 "+strconv.Itoa(p.refuse)+" "+http.StatusText(p.refuse)+"\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	if strings.HasSuffix(host, ".sluice.test") {
-		host = "127.0.0.1"
-	}
-	up, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 2*time.Second)
-	if err != nil {
-		_, _ = io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	defer up.Close()
-	if !p.track(up) {
-		return
-	}
-	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
-	}
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(c, io.TeeReader(up, p))
-		_ = c.Close()
-		close(done)
-	}()
-	_, _ = io.Copy(up, br)
-	_ = up.Close()
-	<-done
 }
 
 // egressConfig is a sluice.yaml with one upstream at base, tls as given,
@@ -289,7 +116,7 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 	pki := newEgressPKI(t)
 	fake, port, peers := startMTLSFake(t, pki)
 	base := "https://" + egressHost + ":" + port + "/v1"
-	tlsBlock := "    tls:\n      ca_file: " + pki.caFile + "\n      cert_file: " + pki.clientCert + "\n      key_file: " + pki.clientKey + "\n"
+	tlsBlock := "    tls:\n      ca_file: " + pki.CAFile + "\n      cert_file: " + pki.clientCert + "\n      key_file: " + pki.clientKey + "\n"
 
 	chat := func(t *testing.T, s *sluiceProc) {
 		t.Helper()
@@ -317,9 +144,10 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 	}
 	// checkProxy asserts the proxy tunnelled to the upstream with auth and
 	// never saw the key or the prompts in clear text.
-	checkProxy := func(t *testing.T, p *egressProxy, wantAuth string) {
+	checkProxy := func(t *testing.T, p *testnet.ConnectProxy, wantAuth string) {
 		t.Helper()
-		seen, targets, auth := p.record()
+		seen := p.Seen()
+		targets, auth := p.Requests()
 		if len(targets) == 0 {
 			t.Fatal("the proxy saw no CONNECT: sluice went around it")
 		}
@@ -339,7 +167,7 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 	}
 
 	t.Run("HTTPS_PROXY", func(t *testing.T) {
-		p := startEgressProxy(t)
+		p := testnet.StartConnectProxy(t)
 		env := noEnvProxy()
 		env["HTTPS_PROXY"] = p.URL
 		env["NO_PROXY"] = "other.sluice.test"
@@ -353,7 +181,7 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 	})
 
 	t.Run("upstreams.proxy", func(t *testing.T) {
-		p := startEgressProxy(t)
+		p := testnet.StartConnectProxy(t)
 		env := noEnvProxy()
 		// A proxy in the environment that is not used: the config's wins.
 		env["HTTPS_PROXY"] = "http://127.0.0.1:9"
@@ -364,8 +192,8 @@ func TestEgressPrivateCAMTLSProxy(t *testing.T) {
 	})
 
 	t.Run("proxy refuses", func(t *testing.T) {
-		p := startEgressProxy(t)
-		p.refuse = http.StatusProxyAuthRequired
+		p := testnet.StartConnectProxy(t)
+		p.Refuse = http.StatusProxyAuthRequired
 		proxyURL := strings.Replace(p.URL, "http://", "http://egress-user:hunter2@", 1)
 		s := startSluice(t, sluiceOptions{Config: egressConfig(base, tlsBlock, "    proxy: "+proxyURL+"\n"), BaseURL: base, Env: noEnvProxy()})
 		ctx := testContext(t, 20*time.Second)

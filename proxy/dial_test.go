@@ -1,27 +1,19 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,98 +23,12 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"sluice/config"
+	"sluice/internal/testnet"
 )
 
 // dialKey is the upstream key of these tests: it must never show in what a
 // proxy relays for a TLS upstream.
 const dialKey = "sk-dial-test-3c1f9a7e5b2d4c6e8f0a"
-
-// testPKI is a CA made for one test, with PEM files in a temporary
-// directory.
-type testPKI struct {
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	caFile string
-	serial int64
-}
-
-func newPKI(t *testing.T, name string) *testPKI {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{dir: t.TempDir(), cert: cert, key: key, serial: 1}
-	p.caFile = p.write(t, name+"-ca.pem", "CERTIFICATE", der)
-	return p
-}
-
-func (p *testPKI) write(t *testing.T, file, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(p.dir, file)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// issue makes a leaf certificate signed by the CA: a server's for dns and
-// ips, or a client's. It returns the pair and its PEM files.
-func (p *testPKI) issue(t *testing.T, name string, client bool, dns []string, ips ...net.IP) (cert tls.Certificate, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.serial++
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		DNSNames:     dns,
-		IPAddresses:  ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = p.write(t, name+".pem", "CERTIFICATE", der)
-	keyFile = p.write(t, name+"-key.pem", "PRIVATE KEY", kder)
-	cert, err = tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, certFile, keyFile
-}
 
 // recordingUpstream is an HTTP server that records the credentials it was sent.
 type recordingUpstream struct {
@@ -149,7 +55,7 @@ func (u *recordingUpstream) calls() []string {
 // startUpstream serves a recordingUpstream on loopback: plain when cert is nil,
 // else TLS with cert, demanding a client certificate signed by clientCA
 // when that is set.
-func startUpstream(t *testing.T, cert *tls.Certificate, clientCA *testPKI) *recordingUpstream {
+func startUpstream(t *testing.T, cert *tls.Certificate, clientCA *testnet.PKI) *recordingUpstream {
 	t.Helper()
 	u := &recordingUpstream{}
 	u.srv = httptest.NewUnstartedServer(u)
@@ -158,9 +64,7 @@ func startUpstream(t *testing.T, cert *tls.Certificate, clientCA *testPKI) *reco
 	} else {
 		u.srv.TLS = &tls.Config{Certificates: []tls.Certificate{*cert}}
 		if clientCA != nil {
-			pool := x509.NewCertPool()
-			pool.AddCert(clientCA.cert)
-			u.srv.TLS.ClientCAs, u.srv.TLS.ClientAuth = pool, tls.RequireAndVerifyClientCert
+			u.srv.TLS.ClientCAs, u.srv.TLS.ClientAuth = clientCA.Pool(), tls.RequireAndVerifyClientCert
 		}
 		// The handshake errors the tests cause are expected.
 		u.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
@@ -169,148 +73,6 @@ func startUpstream(t *testing.T, cert *tls.Certificate, clientCA *testPKI) *reco
 	t.Cleanup(u.srv.Close)
 	_, u.port, _ = net.SplitHostPort(u.srv.Listener.Addr().String())
 	return u
-}
-
-// connectProxy is a CONNECT proxy on loopback that records every byte it
-// relays, both ways, and maps the hosts *.sluice.test to 127.0.0.1.
-type connectProxy struct {
-	ln  net.Listener
-	URL string // "http://127.0.0.1:PORT"
-	// refuse is the status answered to every CONNECT instead of 200 (0:
-	// tunnel); silent makes it answer nothing at all.
-	refuse int
-	silent bool
-
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	seen    bytes.Buffer
-	auth    []string
-	targets []string
-	conns   map[net.Conn]bool
-}
-
-func startConnectProxy(t *testing.T) *connectProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &connectProxy{ln: ln, URL: "http://" + ln.Addr().String(), conns: map[net.Conn]bool{}}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if !p.track(c) {
-				return
-			}
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				p.serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			_ = c.Close()
-		}
-		p.conns = nil
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-// track registers c to be closed at cleanup; false once cleanup ran.
-func (p *connectProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns == nil {
-		_ = c.Close()
-		return false
-	}
-	p.conns[c] = true
-	return true
-}
-
-func (p *connectProxy) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.seen.Write(b)
-}
-
-// Seen returns every byte the proxy received or relayed so far.
-func (p *connectProxy) Seen() []byte {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return bytes.Clone(p.seen.Bytes())
-}
-
-// Requests returns the CONNECT targets and Proxy-Authorization values
-// received so far.
-func (p *connectProxy) Requests() (targets, auth []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.targets...), append([]string(nil), p.auth...)
-}
-
-func (p *connectProxy) serve(c net.Conn) {
-	defer c.Close()
-	br := bufio.NewReader(io.TeeReader(c, p))
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	p.mu.Lock()
-	p.targets = append(p.targets, req.Host)
-	p.auth = append(p.auth, req.Header.Get("Proxy-Authorization"))
-	p.mu.Unlock()
-	switch {
-	case p.silent:
-		_, _ = io.Copy(io.Discard, br)
-		return
-	case req.Method != http.MethodConnect:
-		_, _ = io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-		return
-	case p.refuse != 0:
-		_, _ = io.WriteString(c, "HTTP/1.1 "+strconv.Itoa(p.refuse)+" "+http.StatusText(p.refuse)+"\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	host, port, err := net.SplitHostPort(req.Host)
-	if err != nil {
-		return
-	}
-	if strings.HasSuffix(host, ".sluice.test") {
-		host = "127.0.0.1"
-	}
-	up, err := net.DialTimeout("tcp", net.JoinHostPort(host, port), 2*time.Second)
-	if err != nil {
-		_, _ = io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-		return
-	}
-	defer up.Close()
-	if !p.track(up) {
-		return
-	}
-	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
-	}
-	done := make(chan struct{})
-	go func() {
-		// Upstream to client, recorded too.
-		_, _ = io.Copy(c, io.TeeReader(up, p))
-		_ = c.Close()
-		close(done)
-	}()
-	_, _ = io.Copy(up, br)
-	_ = up.Close()
-	<-done
 }
 
 // get sends GET base/models with dialKey through upstreamDialer's dial and
@@ -356,13 +118,13 @@ func getAt(t *testing.T, c *config.Upstream, base, addr string) (string, error) 
 }
 
 func TestDialPrivateCAAndMTLS(t *testing.T) {
-	pki := newPKI(t, "private")
-	srvCert, _, _ := pki.issue(t, "server", false, []string{"localhost"}, net.ParseIP("127.0.0.1"))
-	_, clientCert, clientKey := pki.issue(t, "client", true, nil)
+	pki := testnet.NewPKI(t, "private")
+	srvCert, _, _ := pki.Issue(t, "server", false, []string{"localhost"}, net.ParseIP("127.0.0.1"))
+	_, clientCert, clientKey := pki.Issue(t, "client", true, nil)
 	up := startUpstream(t, &srvCert, pki)
 	base := "https://127.0.0.1:" + up.port + "/v1"
 
-	body, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile, CertFile: clientCert, KeyFile: clientKey}}, base)
+	body, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile, CertFile: clientCert, KeyFile: clientKey}}, base)
 	if err != nil || body != "hello from /v1/models" {
 		t.Fatalf("private CA and client certificate: %q, %v", body, err)
 	}
@@ -372,24 +134,24 @@ func TestDialPrivateCAAndMTLS(t *testing.T) {
 
 	// The same server by its DNS name: fasthttp takes the server name from
 	// the address.
-	body, err = get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile, CertFile: clientCert, KeyFile: clientKey}}, "https://localhost:"+up.port+"/v1")
+	body, err = get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile, CertFile: clientCert, KeyFile: clientKey}}, "https://localhost:"+up.port+"/v1")
 	if err != nil || body != "hello from /v1/models" {
 		t.Fatalf("by name: %q, %v", body, err)
 	}
 
 	// No client certificate: the server refuses the handshake.
-	if _, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile}}, base); err == nil {
+	if _, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile}}, base); err == nil {
 		t.Fatal("an mTLS server answered a client without a certificate")
 	}
 	// A client certificate of another CA: refused too.
-	other := newPKI(t, "other")
-	_, otherCert, otherKey := other.issue(t, "stranger", true, nil)
-	if _, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile, CertFile: otherCert, KeyFile: otherKey}}, base); err == nil {
+	other := testnet.NewPKI(t, "other")
+	_, otherCert, otherKey := other.Issue(t, "stranger", true, nil)
+	if _, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile, CertFile: otherCert, KeyFile: otherKey}}, base); err == nil {
 		t.Fatal("an mTLS server answered a client certificate of another CA")
 	}
 	// The wrong CA, and the system roots: the server is not trusted.
 	for _, tc := range []config.UpstreamTLS{
-		{CAFile: other.caFile, CertFile: clientCert, KeyFile: clientKey},
+		{CAFile: other.CAFile, CertFile: clientCert, KeyFile: clientKey},
 		{CertFile: clientCert, KeyFile: clientKey},
 	} {
 		_, err := get(t, &config.Upstream{TLS: tc}, base)
@@ -409,39 +171,39 @@ func TestDialPrivateCAAndMTLS(t *testing.T) {
 }
 
 func TestDialServerName(t *testing.T) {
-	pki := newPKI(t, "private")
+	pki := testnet.NewPKI(t, "private")
 	// A certificate for a name only, served at an IP address.
-	srvCert, _, _ := pki.issue(t, "server", false, []string{"llm.internal.example"})
+	srvCert, _, _ := pki.Issue(t, "server", false, []string{"llm.internal.example"})
 	up := startUpstream(t, &srvCert, nil)
 	base := "https://127.0.0.1:" + up.port + "/v1"
 
-	_, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile}}, base)
+	_, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile}}, base)
 	var wrongHost x509.HostnameError
 	if !errors.As(err, &wrongHost) {
 		t.Fatalf("without server_name: want a hostname error, got %v", err)
 	}
-	body, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile, ServerName: "llm.internal.example"}}, base)
+	body, err := get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile, ServerName: "llm.internal.example"}}, base)
 	if err != nil || body != "hello from /v1/models" {
 		t.Fatalf("server_name: %q, %v", body, err)
 	}
-	_, err = get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.caFile, ServerName: "other.internal.example"}}, base)
+	_, err = get(t, &config.Upstream{TLS: config.UpstreamTLS{CAFile: pki.CAFile, ServerName: "other.internal.example"}}, base)
 	if !errors.As(err, &wrongHost) {
 		t.Fatalf("a wrong server_name: want a hostname error, got %v", err)
 	}
 }
 
 func TestDialThroughConnectProxy(t *testing.T) {
-	pki := newPKI(t, "private")
-	srvCert, _, _ := pki.issue(t, "server", false, []string{"upstream.sluice.test"})
-	_, clientCert, clientKey := pki.issue(t, "client", true, nil)
+	pki := testnet.NewPKI(t, "private")
+	srvCert, _, _ := pki.Issue(t, "server", false, []string{"upstream.sluice.test"})
+	_, clientCert, clientKey := pki.Issue(t, "client", true, nil)
 	tlsUp := startUpstream(t, &srvCert, pki)
 	plainUp := startUpstream(t, nil, nil)
-	p := startConnectProxy(t)
+	p := testnet.StartConnectProxy(t)
 	proxyURL := strings.Replace(p.URL, "http://", "http://gw-user:s3cr%40t:x@", 1)
 
 	// A TLS upstream with mTLS, through the proxy with credentials.
 	base := "https://upstream.sluice.test:" + tlsUp.port + "/v1"
-	c := &config.Upstream{Proxy: proxyURL, TLS: config.UpstreamTLS{CAFile: pki.caFile, CertFile: clientCert, KeyFile: clientKey}}
+	c := &config.Upstream{Proxy: proxyURL, TLS: config.UpstreamTLS{CAFile: pki.CAFile, CertFile: clientCert, KeyFile: clientKey}}
 	for i := 0; i < 2; i++ {
 		body, err := get(t, c, base)
 		if err != nil || body != "hello from /v1/models" {
@@ -490,8 +252,8 @@ func TestDialThroughConnectProxy(t *testing.T) {
 func TestDialProxyRefuses(t *testing.T) {
 	up := startUpstream(t, nil, nil)
 	for _, status := range []int{http.StatusProxyAuthRequired, http.StatusForbidden} {
-		p := startConnectProxy(t)
-		p.refuse = status
+		p := testnet.StartConnectProxy(t)
+		p.Refuse = status
 		u, _ := url.Parse("https://upstream.sluice.test:" + up.port + "/v1")
 		dial, _, err := upstreamDialer(&config.Upstream{
 			Proxy:    strings.Replace(p.URL, "http://", "http://gw-user:hunter2@", 1),
@@ -510,7 +272,7 @@ func TestDialProxyRefuses(t *testing.T) {
 			t.Fatalf("proxy answering %d: got %v", status, err)
 		}
 		msg := err.Error()
-		if !strings.Contains(msg, p.ln.Addr().String()) || !strings.Contains(msg, strconv.Itoa(status)) || strings.Contains(msg, "hunter2") {
+		if !strings.Contains(msg, strings.TrimPrefix(p.URL, "http://")) || !strings.Contains(msg, strconv.Itoa(status)) || strings.Contains(msg, "hunter2") {
 			t.Fatalf("error %q: want the proxy's address and status, never its password", msg)
 		}
 		if status == http.StatusProxyAuthRequired && !strings.Contains(msg, "user:password") {
@@ -520,8 +282,8 @@ func TestDialProxyRefuses(t *testing.T) {
 }
 
 func TestDialConnectTimeoutCoversProxy(t *testing.T) {
-	p := startConnectProxy(t)
-	p.silent = true
+	p := testnet.StartConnectProxy(t)
+	p.Silent = true
 	u, _ := url.Parse("https://upstream.sluice.test:443/v1")
 	dial, _, err := upstreamDialer(&config.Upstream{Proxy: p.URL, Timeouts: config.Timeouts{Connect: 200 * time.Millisecond}}, u)
 	if err != nil {
@@ -588,11 +350,11 @@ func TestDialEnvProxy(t *testing.T) {
 		}
 		return
 	}
-	pki := newPKI(t, "private")
-	srvCert, _, _ := pki.issue(t, "server", false, []string{"upstream.sluice.test", "direct.sluice.test"}, net.ParseIP("127.0.0.1"))
+	pki := testnet.NewPKI(t, "private")
+	srvCert, _, _ := pki.Issue(t, "server", false, []string{"upstream.sluice.test", "direct.sluice.test"}, net.ParseIP("127.0.0.1"))
 	tlsUp := startUpstream(t, &srvCert, nil)
 	plainUp := startUpstream(t, nil, nil)
-	p := startConnectProxy(t)
+	p := testnet.StartConnectProxy(t)
 	for _, k := range []string{"https_proxy", "http_proxy", "no_proxy", "REQUEST_METHOD"} {
 		t.Setenv(k, "")
 	}
@@ -600,7 +362,7 @@ func TestDialEnvProxy(t *testing.T) {
 	t.Setenv("HTTP_PROXY", p.URL)
 	t.Setenv("NO_PROXY", "direct.sluice.test,.corp.example")
 
-	caOnly := config.UpstreamTLS{CAFile: pki.caFile}
+	caOnly := config.UpstreamTLS{CAFile: pki.CAFile}
 	proxied := func(name string, want int, do func() (string, error)) {
 		t.Helper()
 		before, _ := p.Requests()
@@ -644,8 +406,8 @@ func TestDialEnvProxy(t *testing.T) {
 // the TLS session of an earlier one instead of a full handshake: with
 // idle_conn_timeout short, every call here dials anew.
 func TestDialSessionResumption(t *testing.T) {
-	pki := newPKI(t, "private")
-	srvCert, _, _ := pki.issue(t, "server", false, nil, net.ParseIP("127.0.0.1"))
+	pki := testnet.NewPKI(t, "private")
+	srvCert, _, _ := pki.Issue(t, "server", false, nil, net.ParseIP("127.0.0.1"))
 	var mu sync.Mutex
 	var resumed []bool
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -657,7 +419,7 @@ func TestDialSessionResumption(t *testing.T) {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	up := testUpstream(t, config.Upstream{Name: "tls", BaseURL: srv.URL + "/v1", AuthHeader: "authorization",
-		TLS: config.UpstreamTLS{CAFile: pki.caFile}, MaxConns: 4, MaxConnsPerUser: 4, IdleConnTimeout: time.Millisecond,
+		TLS: config.UpstreamTLS{CAFile: pki.CAFile}, MaxConns: 4, MaxConnsPerUser: 4, IdleConnTimeout: time.Millisecond,
 		Timeouts: config.Timeouts{Connect: 2 * time.Second, FirstByte: 2 * time.Second, Idle: 2 * time.Second, Total: 5 * time.Second}})
 	for i := 0; i < 3; i++ {
 		time.Sleep(5 * time.Millisecond) // past idle_conn_timeout: a new connection
