@@ -1,9 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"time"
-
 	"github.com/valyala/fasthttp"
 
 	"sluice/policy"
@@ -100,24 +97,4 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 		return false
 	}
 	return s.forward(ctx, x, up, body, deployment, false)
-}
-
-// admitPlain reserves one request of the principal's budgets (no tokens),
-// answering 429 (or 503) when they are used up; x.adm holds the admission.
-func (s *Server) admitPlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key,
-	p policy.Principal, wait time.Duration) bool {
-	plan := pol.Plan(p, key, x.model)
-	x.claim.flow = plan.UserScope
-	if !plan.Limited() {
-		return true
-	}
-	ask := policy.Ask{Plan: plan, RequestID: x.requestID(), MaxWait: wait}
-	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, nil)
-	if ad.Outcome != policy.Admitted {
-		writeRejected(ctx, ad, p.User)
-		s.limiter.Finish(context.Background(), ad, -1)
-		return false
-	}
-	x.adm = ad
-	return true
 }

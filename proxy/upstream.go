@@ -15,6 +15,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"sluice/config"
+	"sluice/policy/limit"
 	"sluice/policy/queue"
 )
 
@@ -327,4 +328,47 @@ func (c *timedConn) Read(p []byte) (int, error) {
 		c.gotByte = true
 	}
 	return n, err
+}
+
+// newBreaker builds an upstream's circuit breaker; its state changes are
+// logged and exported.
+func (s *Server) newBreaker(c *config.Upstream) *queue.Breaker {
+	b := c.Breaker
+	name := c.Name
+	s.qm.Breaker(name, queue.BreakerClosed)
+	return queue.NewBreaker(queue.BreakerOptions{Ratio: b.FailureRatio, MinCalls: b.MinCalls, Window: b.Window, Cooldown: b.Cooldown},
+		func(state int) {
+			s.qm.Breaker(name, state)
+			switch state {
+			case queue.BreakerOpen:
+				s.log.Error("upstream breaker open: calls stop for the cooldown", "upstream", name)
+			case queue.BreakerClosed:
+				s.log.Info("upstream breaker closed: the upstream answers again", "upstream", name)
+			}
+		})
+}
+
+// newScheduler builds an upstream's fair queue from its configuration.
+func newScheduler(c *config.Upstream, o *Options) *queue.Scheduler {
+	budget := func(b config.Budget) queue.Budget {
+		return queue.Budget{RPM: b.RPM, RPMBurst: b.RPMBurst, TPM: b.TPM, TPMBurst: b.TPMBurst, Concurrent: b.Concurrent}
+	}
+	keys := []queue.Key{{ID: "default", Weight: 1}}
+	if len(c.Keys) > 0 {
+		keys = keys[:0]
+		for _, k := range c.Keys {
+			keys = append(keys, queue.Key{ID: k.ID, Weight: k.Weight, Budget: budget(k.Budget)})
+		}
+	}
+	store := o.BudgetStore
+	if store == nil {
+		// A budget has a fixed handful of keys: no sweeper goroutine needed.
+		store = limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	}
+	return queue.New(queue.Options{
+		Name: c.Name, Budget: budget(c.Budget), Keys: keys,
+		Store: store, Fallback: o.BudgetFallback, Replicas: o.Replicas,
+		LeaseTTL: o.Config.Limits.LeaseTTL, MaxQueue: c.MaxQueue,
+		Metrics: o.QueueMetrics, Logger: o.Logger,
+	})
 }

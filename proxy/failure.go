@@ -1,0 +1,52 @@
+package proxy
+
+import (
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// failure is an error answer decided before any byte of an answer went
+// out: written as an HTTP error, or, for a stream whose 200 was already
+// sent while it waited, as an SSE error event.
+type failure struct {
+	kind  errKind
+	msg   string
+	retry time.Duration // > 0: retry-after and retry-after-ms
+	// position is the queue position to report (x-sluice-queue-position);
+	// -1 for none.
+	position int
+	gone     bool // the client hung up: connection closed, nobody reads
+}
+
+// write answers ctx with f.
+func (f *failure) write(ctx *fasthttp.RequestCtx) {
+	if f.gone || f.kind == errShuttingDown {
+		ctx.SetConnectionClose()
+	}
+	if f.retry > 0 {
+		setRetryAfter(&ctx.Response.Header, f.retry)
+	}
+	if f.position >= 0 {
+		var b [20]byte
+		ctx.Response.Header.SetBytesV("X-Sluice-Queue-Position", strconv.AppendInt(b[:0], int64(f.position), 10))
+	}
+	writeError(ctx, f.kind, "", f.msg)
+}
+
+// event writes f as one SSE event, `data: {"error":{...}}`, which the
+// official SDKs raise as a stream error.
+func (f *failure) event(w io.Writer) {
+	b := append([]byte("data: "), appendError(nil, f.kind, "", f.msg)...)
+	_, _ = w.Write(append(b, "\n\n"...))
+}
+
+// status is the HTTP status of f, for metrics.
+func (f *failure) status() int { return statusTable[f.kind].status }
+
+var (
+	failGone     = &failure{kind: errClientClosed, msg: "The client closed the request while it waited.", position: -1, gone: true}
+	failDraining = &failure{kind: errShuttingDown, msg: "Sluice is shutting down; retry the request.", retry: time.Second, position: -1}
+)
