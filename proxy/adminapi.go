@@ -92,6 +92,7 @@ func adminError(w http.ResponseWriter, status int, msg string) {
 // adminRoutes registers the /admin/ API on mux.
 func (s *Server) adminRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /admin/policy", s.guard(s.handlePolicy))
+	mux.HandleFunc("GET /admin/transcripts", s.guard(s.handleTranscripts))
 	mux.HandleFunc("GET /admin/usage", s.guard(s.handleUsage))
 	mux.HandleFunc("GET /admin/queues", s.guard(s.handleQueues))
 	mux.HandleFunc("POST /admin/cache/purge", s.guard(s.handlePurge))

@@ -29,8 +29,8 @@ func (s *Server) claimFor(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Pol
 
 // reservation is a request's token reservation: the prompt's estimate plus
 // the completion allowance (max tokens, or the tier's default, times n).
-func (s *Server) reservation(x *exchange, body []byte, f *reqFields, tier *policy.Tier) int64 {
-	prompt := s.tokens.Estimate(tokenKinds[x.ep], body)
+func (s *Server) reservation(x *exchange, f *reqFields, tier *policy.Tier) int64 {
+	prompt := s.tokens.Estimate(tokenKinds[x.ep], x.body)
 	x.promptEst = prompt
 	return satAdd(prompt, completionAllowance(x.ep, f, tier))
 }
@@ -52,80 +52,72 @@ func completionAllowance(ep endpoint, f *reqFields, tier *policy.Tier) int64 {
 	return satMul(max(c, 0), max(f.n, 1))
 }
 
-// admit reserves the request's budgets, answering 429 (or 503) when they
-// are used up. On success x holds the admission, settled by finish, and the
-// body to send: a stream metered in tokens asks the upstream for its usage.
+// admit reserves the request's budgets (step 5), answering 429 (or 503)
+// when they are used up. On success x holds the admission, settled by
+// finish, and the upstream's queue claim its tokens. The JSON endpoints
+// reserve tokens (the prompt's estimate plus the completion allowance; a
+// stream metered in tokens asks the upstream for its usage, x.body
+// rewritten); the model and passthrough endpoints are one request each:
+// they cost no tokens Sluice can count, but each holds an upstream
+// connection while it runs.
 func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal,
-	body []byte, f *reqFields, stream bool, up *upstream, wait time.Duration) ([]byte, bool) {
+	f *reqFields, wait time.Duration) bool {
+	upTokens := x.ep.parsesBody() && s.upstreams[x.route.Upstream].sched.CountsTokens()
+	if s.limiter == nil {
+		if upTokens {
+			x.claim.tokens = s.reservation(x, f, pol.Tiers[p.Tier])
+		}
+		return true
+	}
 	plan := pol.Plan(p, key, x.model)
 	x.claim.flow = plan.UserScope
 	if !plan.Limited() {
-		if up.sched.CountsTokens() {
-			x.claim.tokens = s.reservation(x, body, f, plan.Tier)
+		if upTokens {
+			x.claim.tokens = s.reservation(x, f, plan.Tier)
 		}
-		return body, true
+		return true
 	}
-	// An answer from the cache may count requests only (proxy/cache.go).
-	countTokens := plan.CountsTokens() && !x.cacheFree
-	if stream && x.ep != epResponses && !f.includeUsage && (countTokens || up.sched.CountsTokens()) {
+	// An answer from the cache may count requests only (cachecall.go).
+	countTokens := x.ep.parsesBody() && plan.CountsTokens() && !x.cacheFree
+	if x.stream && x.ep != epResponses && !f.includeUsage && (countTokens || upTokens) {
 		// Ask for usage to settle the reservation; the relay removes the
 		// usage chunk again since the client did not ask for it.
-		body = withIncludeUsage(body, f)
+		x.body = withIncludeUsage(x.body, f)
 		x.stripUsage = true
 	}
 	kind := tokenKinds[x.ep]
 	var prompt, completion int64
-	if countTokens || up.sched.CountsTokens() {
-		est, allowance := s.tokens.Estimate(kind, body), completionAllowance(x.ep, f, plan.Tier)
+	if countTokens || upTokens {
+		est, allowance := s.tokens.Estimate(kind, x.body), completionAllowance(x.ep, f, plan.Tier)
 		x.claim.tokens = est + allowance
 		if countTokens {
 			prompt, completion = est, allowance
 		}
 	}
-	model := x.model
+	model, body := x.model, x.body
 	ask := policy.Ask{
 		Plan:      plan,
 		RequestID: x.requestID(),
 		Tokens:    prompt + completion,
 		MaxWait:   wait,
 	}
-	exact := func() int64 {
-		if !countTokens {
-			return 0
+	var exact func() int64
+	if countTokens {
+		exact = func() int64 {
+			n, err := s.tokens.Count(kind, model, body)
+			if err != nil {
+				return prompt + completion
+			}
+			return n + completion
 		}
-		n, err := s.tokens.Count(kind, model, body)
-		if err != nil {
-			return prompt + completion
-		}
-		return n + completion
 	}
 	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, exact)
 	if ad.Outcome != policy.Admitted {
 		writeRejected(ctx, ad, p.User)
 		s.limiter.Finish(context.Background(), ad, -1)
-		return nil, false
-	}
-	x.adm, x.promptEst = ad, prompt
-	return body, true
-}
-
-// admitPlain reserves one request of the principal's budgets (no tokens),
-// answering 429 (or 503) when they are used up; x.adm holds the admission.
-func (s *Server) admitPlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key,
-	p policy.Principal, wait time.Duration) bool {
-	plan := pol.Plan(p, key, x.model)
-	x.claim.flow = plan.UserScope
-	if !plan.Limited() {
-		return true
-	}
-	ask := policy.Ask{Plan: plan, RequestID: x.requestID(), MaxWait: wait}
-	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, nil)
-	if ad.Outcome != policy.Admitted {
-		writeRejected(ctx, ad, p.User)
-		s.limiter.Finish(context.Background(), ad, -1)
 		return false
 	}
-	x.adm = ad
+	x.adm, x.promptEst = ad, prompt
 	return true
 }
 

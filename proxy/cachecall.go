@@ -58,9 +58,9 @@ type cacheCall struct {
 
 // cacheStart decides how the request uses the cache. ok false means an
 // error answer was written. A stream leader's body is rewritten to ask for
-// usage (so the stored answer has it); body and f are updated then.
+// usage (so the stored answer has it); x.body and f are updated then.
 func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, p policy.Principal,
-	body *[]byte, f *reqFields, stream bool) (*cacheCall, bool) {
+	f *reqFields) (*cacheCall, bool) {
 	if s.cache == nil || cacheEndpoints[x.ep] == "" {
 		return nil, true
 	}
@@ -91,14 +91,14 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	if rule.Mode == policy.CacheOff {
 		return nil, s.cacheBypass(ctx, x, m, cache.BypassPolicy)
 	}
-	k, info, err := cache.NewKey(s.cache.Namespace(ns), cacheEndpoints[x.ep], x.model, *body)
+	k, info, err := cache.NewKey(s.cache.Namespace(ns), cacheEndpoints[x.ep], x.model, x.body)
 	if err != nil {
 		return nil, s.cacheBypass(ctx, x, m, cache.BypassUnkeyable)
 	}
 	if rule.Mode == policy.CacheDeterministic && !info.Deterministic && x.ep != epEmbeddings {
 		return nil, s.cacheBypass(ctx, x, m, cache.BypassPolicy)
 	}
-	cc := &cacheCall{c: s.cache, key: k, ttl: ttl, stream: stream, includeUsage: f.includeUsage}
+	cc := &cacheCall{c: s.cache, key: k, ttl: ttl, stream: x.stream, includeUsage: f.includeUsage}
 	if !noCache {
 		if e := s.cache.Get(context.Background(), k); e != nil {
 			cc.entry = e
@@ -106,11 +106,11 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 			x.cacheFree = !rule.HitsCountTokens
 			return cc, true
 		}
-		cc.flight, cc.leader = s.cache.Join(k, stream)
+		cc.flight, cc.leader = s.cache.Join(k, x.stream)
 	} else {
 		// Cache-Control: no-cache refreshes the entry: a call of its own,
 		// stored at the end.
-		cc.flight, cc.leader = cache.NewFlight(stream), true
+		cc.flight, cc.leader = cache.NewFlight(x.stream), true
 	}
 	if !cc.leader {
 		x.cacheStatus = cacheCoalesced
@@ -120,11 +120,11 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 	x.cacheStatus = cacheMiss
 	m.Misses.Inc()
 	ctx.Response.Header.Set(hdrCache, cacheMiss)
-	if stream && !f.includeUsage {
+	if x.stream && !f.includeUsage {
 		// The stored answer needs the usage; the relay removes the usage
 		// chunk again since the client did not ask for it.
-		*body = withIncludeUsage(*body, f)
-		_ = scanRequest(*body, f)
+		x.body = withIncludeUsage(x.body, f)
+		_ = scanRequest(x.body, f)
 		x.stripUsage = true
 	}
 	x.cache = cc

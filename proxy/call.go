@@ -9,7 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// call sends the request to up and returns the upstream's answer (the
+// call sends the request to x.up (step 7) and returns the upstream's answer (the
 // caller owns it), or the failure to answer with when there is none.
 //
 // Before any byte reached the client a failed call is tried again: a
@@ -19,11 +19,10 @@ import (
 // retry-after, while the request's max wait allows. At most
 // upstream.max_attempts calls are made; the last answer is the client's.
 // Waits in the queue send keep-alives through k when it is not nil.
-func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string,
-	stream bool, k *keepalive) (*fasthttp.Response, *failure) {
+func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fasthttp.Response, *failure) {
 	resp := fasthttp.AcquireResponse()
+	up, body := x.up, x.body
 	for attempt := 1; ; attempt++ {
-		x.up = up
 		req := fasthttp.AcquireRequest()
 		req.Header.SetMethodBytes(ctx.Method())
 		copyRequestHeaders(&req.Header, &ctx.Request.Header, x.ep.parsesBody())
@@ -32,7 +31,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 			// all would allow any coding).
 			req.Header.SetBytesKV(acceptEncoding, identity)
 		}
-		up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), deployment)
+		up.setURI(req, x.ep, ctx.Path(), ctx.URI().QueryString(), x.deployment)
 		key := 0
 		if x.ticket != nil {
 			key = x.ticket.Key
@@ -46,7 +45,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		}
 		// Streams and passthrough answers (files, audio) are relayed as they
 		// arrive; JSON answers are read whole.
-		resp.StreamBody = stream || x.ep == epPassthrough
+		resp.StreamBody = x.stream || x.ep == epPassthrough
 		x.upStart = time.Now()
 		line, err := up.do(req, resp, x.claim.flow, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)
@@ -90,7 +89,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 			if fb := s.fallback(x, up); fb != nil {
 				next, ra = fb, 0
 				if fb.azure {
-					deployment = x.model
+					x.deployment = x.model
 				}
 			}
 		}
@@ -123,7 +122,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		s.m.retry(up.name)
 		up = next
 		x.up = up
-		if f := s.acquire(ctx, x, up, k); f != nil {
+		if f := s.acquire(ctx, x, k); f != nil {
 			fasthttp.ReleaseResponse(resp)
 			return nil, f
 		}

@@ -48,6 +48,8 @@ type lines struct {
 	// janitor reports that the goroutine closing idle connections runs.
 	janitor bool
 
+	// watch is the server's set of watched clients.
+	watch *watchSet
 	// max caps the lines (upstreams[].max_conns), perFlow one user's share
 	// of them (upstreams[].max_conns_per_user); wait is how long a call
 	// waits for a free one (upstreams[].max_conn_wait); idleTimeout is how
@@ -264,7 +266,7 @@ type line struct {
 	// mu guards the watch: client is the socket of the call's client while
 	// the call waits for its answer (nil otherwise, or once it left), cache
 	// the cache call whose followers still want the answer when that client
-	// leaves; watching reports that the line is in clientWatch.
+	// leaves; watching reports that the line is in its server's watch set.
 	mu       sync.Mutex
 	watching bool
 	client   syscall.RawConn
@@ -390,7 +392,7 @@ func (b *lineBody) CloseWithError(err error) error {
 }
 
 // watch arms the line for a call whose client is raw (nil: not watched):
-// clientWatch closes the call's connection if the client leaves before the
+// the server's watch set closes the call's connection if the client leaves before the
 // answer arrives, unless cc's followers still want it.
 func (l *line) watch(raw syscall.RawConn, cc *cacheCall) {
 	l.gone.Store(false)
@@ -400,7 +402,7 @@ func (l *line) watch(raw syscall.RawConn, cc *cacheCall) {
 	l.mu.Lock()
 	l.client, l.cache, l.watching = raw, cc, true
 	l.mu.Unlock()
-	clientWatch.add(l)
+	l.p.watch.add(l)
 }
 
 // unwatch disarms the line; once it returns the watcher no longer closes
@@ -411,7 +413,7 @@ func (l *line) unwatch() {
 	l.client, l.cache, l.watching = nil, nil, false
 	l.mu.Unlock()
 	if armed {
-		clientWatch.remove(l)
+		l.p.watch.remove(l)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 // deliver answers the client with the upstream's answer resp, which it
 // takes over. It returns true when the answer is streamed by a relay that
 // finishes the exchange.
-func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, stream bool) bool {
+func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) bool {
 	var idBuf [40]byte
 	ourID := append(idBuf[:0], ctx.Response.Header.Peek("X-Request-Id")...)
 	ctx.Response.Header.Del("X-Request-Id")
@@ -30,7 +30,7 @@ func (s *Server) deliver(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.R
 		fasthttp.ReleaseResponse(resp)
 		return false
 	}
-	r := newRelay(s, x, resp, stream && resp.StatusCode() == fasthttp.StatusOK)
+	r := newRelay(s, x, resp, x.stream && resp.StatusCode() == fasthttp.StatusOK)
 	// Nothing reads the request body from here on (x and the transcript
 	// hold copies): give it back rather than hold a chat's whole history
 	// through the stream.

@@ -10,84 +10,104 @@ import (
 )
 
 // exchange is the state of one request, kept on the handler's stack and
-// copied into a relay when the answer is streamed.
+// copied into the body stream (relay, tee, queued stream) that finishes a
+// streamed answer. Its fields are grouped by the step that writes them;
+// later steps only read them.
 type exchange struct {
-	// idBuf holds Sluice's request id (also the answer's X-Request-Id
-	// until an upstream's own replaces it); id is it as a string, made on
-	// first use (requestID).
-	idBuf   [reqIDLen]byte
-	id      string
-	start   time.Time
-	ep      endpoint
-	up      *upstream
-	upStart time.Time
-	// upFirst is when the upstream's answer began (headers received; the
-	// whole body too unless it is relayed as a stream).
-	upFirst time.Time
-	// upEnd is when the upstream call ended: answer read, or failed.
-	upEnd time.Time
-	keyID string
-	user  string
-	// team and tier are the principal's, for transcripts; empty before
-	// identity.
-	team, tier string
-	// modelAsked is the model the client named, before aliases.
-	modelAsked string
-	model      string
-	status     int
-	// queueWait is how long the request waited for its budgets or the
-	// provider's capacity before it was forwarded.
-	queueWait time.Duration
-	// retries counts upstream calls repeated after a 429/5xx or failover.
-	retries int
-	// cacheStatus is "", "hit", "miss", "bypass" or "coalesced".
-	cacheStatus string
-	// usage is what the upstream's answer reported (metrics); zero for
-	// answers from the cache.
-	usage usage
-	// adm is the request's admission, settled when the exchange finishes;
-	// nil without limits.
-	adm *policy.Admission
-	// promptEst is the prompt's token estimate.
-	promptEst int64
-	// stripUsage reports that Sluice asked for the stream's usage chunk on
-	// the client's behalf, so the relay removes it.
-	stripUsage bool
-	// claim is what the request asks of its upstream's queue; ticket is
-	// its grant, ended by finish.
-	claim  claim
-	ticket *queue.Ticket
-	// gone reports a client that hung up before the answer began.
-	gone bool
-	// route is the request's route (fallbacks included).
-	route policy.Route
-	// cache is the cache call a leading request stores its answer through;
-	// nil otherwise (proxy/cache.go).
-	cache *cacheCall
-	// cacheFree reports an answer from the cache (hit or coalesced) whose
-	// tokens the tier does not count: admitted and settled at 0 tokens.
-	cacheFree bool
+	// handle: the request's id, start and endpoint. idBuf holds Sluice's
+	// request id (also the answer's X-Request-Id until an upstream's own
+	// replaces it); id is it as a string, made on first use (requestID).
+	idBuf [reqIDLen]byte
+	id    string
+	start time.Time
+	ep    endpoint
 	// tr collects the transcript (transcript.go); nil when off.
 	tr *txState
-	// bodyUsage is the buffered answer's usage once scanned (bodyScanned),
-	// so the cache, the transcript and the limits share one scan.
-	bodyUsage   usage
-	bodyScanned bool
-	// line is the upstream connection an answer's body is still read from,
-	// given back by releaseLine once that body is closed; nil otherwise.
-	line *line
-	// client is the client's socket, for checks that it is still there;
-	// looked up once (clientSocket), nil when it has none to poll.
+
+	// identify: the key, its provider project (OpenAI-Project, "" for the
+	// upstream's), and the principal (principal refines user and tier for
+	// an end user). team and tier are for transcripts and metrics.
+	keyID      string
+	project    string
+	user       string
+	team, tier string
+
+	// read: the body to send (rewritten by route, cacheStart and admit when
+	// they change it) and the client's stream flag (on endpoints that
+	// stream).
+	body   []byte
+	stream bool
+
+	// route: the model the client named (before aliases), the model it
+	// resolved to, the route (with fallbacks) and the deployment of its
+	// primary upstream; pick and call change deployment with the upstream.
+	modelAsked string
+	model      string
+	route      policy.Route
+	deployment string
+
+	// claimFor and admit: what the request asks of its upstream's queue,
+	// the admission of the user's buckets (settled by finish; nil without
+	// limits), the prompt's token estimate, and stripUsage: Sluice asked
+	// for the stream's usage chunk on the client's behalf, so the relay
+	// removes it.
+	claim      claim
+	adm        *policy.Admission
+	promptEst  int64
+	stripUsage bool
+
+	// cacheStart: the cache call a leading request stores its answer through
+	// (nil otherwise), the cache status ("", "hit", "miss", "bypass",
+	// "coalesced"; cacheServe may turn a follower into a miss), and
+	// cacheFree: an answer from the cache whose tokens the tier does not
+	// count (admitted and settled at 0 tokens).
+	cache       *cacheCall
+	cacheStatus string
+	cacheFree   bool
+
+	// reach: slotDone once the user's reserved slot came (waitSlot); up the
+	// upstream picked (call changes it on failover); pending its queue's
+	// ticket while the request waits, ticket the grant (ended by finish);
+	// queueWait how long the request waited for its budgets and the
+	// provider's capacity before it was forwarded.
+	slotDone  bool
+	up        *upstream
+	pending   *queue.Ticket
+	ticket    *queue.Ticket
+	queueWait time.Duration
+
+	// call: the upstream call's times (upFirst: its answer began, headers
+	// received, or the whole body unless it is relayed; upEnd: the answer
+	// was read, or the call failed), retries (calls repeated after a
+	// 429/5xx or failover), line (the connection a streamed answer's body
+	// is still read from, given back by releaseLine) and decoding (the
+	// content coding the relay decodes a streamed answer from when the
+	// upstream compressed it although asked for identity; answerenc.go).
+	upStart, upFirst, upEnd time.Time
+	retries                 int
+	line                    *line
+	decoding                string
+
+	// the client: gone reports a client that hung up before the answer
+	// began (set by the waits, the call and handle); client is its socket
+	// for those checks, looked up once (clientSocket), nil when it has none
+	// to poll.
+	gone         bool
 	client       syscall.RawConn
 	clientLooked bool
-	// project is the key's provider project (OpenAI-Project), "" for the
-	// upstream's.
-	project string
-	// decoding is the content coding ("gzip", "br", …) the relay decodes a
-	// streamed answer from: the upstream compressed it although asked for
-	// identity (answerenc.go). "" for most answers.
-	decoding string
+
+	// the answer: its status, and usage: what the upstream reported
+	// (metrics; zero for answers from the cache). bodyUsage is a buffered
+	// answer's usage once scanned (bodyScanned), so the cache, the
+	// transcript and the limits share one scan.
+	status      int
+	usage       usage
+	bodyUsage   usage
+	bodyScanned bool
 }
+
+// slotAhead reports a request whose user's slot is still in the future.
+func (x *exchange) slotAhead() bool { return x.adm != nil && x.adm.Wait > 0 && !x.slotDone }
 
 // clientSocket is the client's socket, or nil when there is none to poll
 // (an in-memory connection).

@@ -43,6 +43,9 @@ func (f *failure) event(w io.Writer) {
 	_, _ = w.Write(append(b, "\n\n"...))
 }
 
+// Error is f's message: a failure is an error.
+func (f *failure) Error() string { return f.msg }
+
 // status is the HTTP status of f, for metrics.
 func (f *failure) status() int { return statusTable[f.kind].status }
 

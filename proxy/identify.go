@@ -38,9 +38,11 @@ var (
 	acceptEncoding = []byte("Accept-Encoding")
 )
 
-// identify finds the virtual key of the request, from "Authorization:
-// Bearer KEY" or Azure's "api-key: KEY", and answers 401 when there is none.
-func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy.Key, bool) {
+// identify finds the virtual key of the request (step 2), from
+// "Authorization: Bearer KEY" or Azure's "api-key: KEY", answering 401 when
+// there is none, and 403 when the key may not call the path. x gets the
+// key's id, project, user, team and tier (principal refines them).
+func (s *Server) identify(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy) (*policy.Key, bool) {
 	secret := requestKey(&ctx.Request.Header)
 	if len(secret) == 0 {
 		writeError(ctx, errInvalidKey, "", "You didn't provide an API key. Provide your Sluice key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).")
@@ -51,7 +53,37 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, pol *policy.Policy) (*policy
 		writeError(ctx, errInvalidKey, "", "Incorrect API key provided.")
 		return nil, false
 	}
+	// Every record names its tenant, models and passthrough calls too:
+	// /admin/transcripts?team= keeps them.
+	x.keyID, x.project, x.user, x.team, x.tier = key.ID, key.Project, key.User, key.Team, key.Tier
+	if !key.AllowsPath(ctx.Path()) {
+		writeError(ctx, errEndpointForbidden, "", "This key may not call "+string(ctx.Path())+".")
+		return nil, false
+	}
+	if !key.StoredObjects && (x.ep == epModel && ctx.IsDelete() || x.ep == epPassthrough && storedObjectPath(ctx.Path())) {
+		writeError(ctx, errStoredObjects, "", "This key shares its provider project with other keys, so it may not use "+
+			"the endpoints of stored objects (files, batches, vector stores, fine-tuning, stored responses, …). "+
+			"Ask the admin for a key with a project of its own.")
+		return nil, false
+	}
 	return key, true
+}
+
+// principal finds who the request spends for (step 2): the end user a
+// trusted app key names, on every endpoint that spends (a model listing
+// names one only when it sends X-Sluice-User; a single model's lookup
+// none), and the principal's user, team and tier.
+func (s *Server) principal(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, f *reqFields) (policy.Principal, bool) {
+	endUser := ""
+	if x.ep != epModel && (x.ep != epModels || key.Trusted && len(ctx.Request.Header.Peek("X-Sluice-User")) > 0) {
+		var ok bool
+		if endUser, ok = s.endUser(ctx, key, f); !ok {
+			return policy.Principal{}, false
+		}
+	}
+	p := pol.Principal(key, endUser)
+	x.user, x.team, x.tier = p.User, p.Team, p.Tier
+	return p, true
 }
 
 // requestKey is the key a request carries: "Authorization: Bearer KEY"

@@ -1,20 +1,129 @@
 package proxy
 
 import (
-	"sluice/policy/queue"
 	"time"
 
 	"github.com/valyala/fasthttp"
 )
 
+// One request, start to end. Each step of DESIGN.md's picture is one call
+// below, in order, and each lives in the file named for it:
+//
+//	1  accept, read       the request line; the body decoded and scanned once  read.go, compress.go, scan.go
+//	2  identify           the key, then the end user and the principal          identify.go
+//	3  route              model → upstream (aliases, fallbacks)                 route.go
+//	   claimFor           what the request asks of the upstream's queue          admit.go
+//	4  cacheStart         a hit, a follower of an identical call, or a leader    cachecall.go
+//	5  admit              the user's buckets: go, wait for a slot, or 429        admit.go
+//	6  reach              wait for the slot; the cache's answer; pick the        reach.go, wait.go, cachereply.go
+//	                      upstream; wait for its capacity
+//	7  call, deliver      the upstream call with retries and failover; relay     call.go, deliver.go, relay.go
+//	                      a stream or buffer an answer
+//	8  settle             finish: the limiter and the upstream's budget settle   pipeline.go
+//	                      from the answer's usage
+//	9  store              cacheCall.forwarded, or the relay at the stream's end  cachecall.go
+//	10 record             record: the transcript, handed to the sink              transcript.go
+//
+// A buffered answer is finished by handle when serve returns; a streamed one
+// (relay, tee, queued stream) by its body stream when fasthttp closes it.
+// The request's state is an exchange (exchange.go); each field is written by
+// the step that owns it.
+
+// handle runs one request through the pipeline.
 func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
 	s.m.inFlight.Inc()
 	s.setRequestID(ctx, &x.idBuf)
 	x.tr = s.beginTranscript(ctx, &x)
 	if s.serve(ctx, &x) {
-		return // the relay finishes the exchange when the stream ends
+		return // the body stream finishes the exchange when the stream ends
 	}
+	s.finishBuffered(ctx, &x)
+}
+
+// serve runs steps 1 to 7 (and 9 for a buffered answer). It returns true
+// when the answer is a stream that its body stream finishes later.
+func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
+	if !s.accept(ctx, x) { // 1: the request line
+		return false
+	}
+	pol := s.policy.Load()
+	key, ok := s.identify(ctx, x, pol) // 2: the key, and what it may call
+	if !ok {
+		return false
+	}
+	var f reqFields
+	if !s.read(ctx, x, &f) { // 1: the body, decoded and scanned once
+		return false
+	}
+	p, ok := s.principal(ctx, x, pol, key, &f) // 2: the end user, tier and team
+	if !ok {
+		return false
+	}
+	if !s.route(ctx, x, key, &f) { // 3
+		return false
+	}
+	wait, ok := s.claimFor(ctx, x, pol, p)
+	if !ok {
+		return false
+	}
+	cc, ok := s.cacheStart(ctx, x, pol, key, p, &f) // 4
+	if !ok {
+		return false
+	}
+	x.tr.noteContent(f.content(x.body), f.stream)
+	if !s.admit(ctx, x, pol, key, p, &f, wait) { // 5
+		cc.abandon()
+		return false
+	}
+	return s.dispatch(ctx, x, cc) // 6, 7 and 9
+}
+
+// dispatch takes an admitted request to its answer: reach (the waits, the
+// cache's answer, the upstream's capacity, the call), then deliver, then
+// the cache's store. A stream that must wait and asked for keep-alives
+// parks at its first wait: its 200 goes out at once and the same steps
+// resume in its queued stream (queuedstream.go).
+func (s *Server) dispatch(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall) bool {
+	var every time.Duration
+	if x.stream && (cc == nil || cc.leader) {
+		every = keepaliveEvery(ctx)
+	}
+	resp, fl, at := s.reach(ctx, x, cc, nil, every > 0)
+	switch at {
+	case reachedCache:
+		return false
+	case reachedCacheStream:
+		return true
+	case reachedWait:
+		return s.serveQueuedStream(ctx, x, cc, every)
+	}
+	if fl != nil {
+		s.refuse(ctx, x, cc, fl)
+		return false
+	}
+	streamed := s.deliver(ctx, x, resp) // 7
+	cc.forwarded(ctx, x, streamed)      // 9: a buffered answer; the relay stores a stream
+	return streamed
+}
+
+// refuse answers a request that reach could not take to an answer: the
+// reservation of a request that never reached the upstream is given back
+// (a failed call is settled by finish), and followers of a leader that
+// will not answer call on their own.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, fl *failure) {
+	if x.adm != nil && x.upStart.IsZero() {
+		s.limiter.Cancel(ctx, x.adm)
+		x.adm = nil
+	}
+	cc.abandon()
+	fl.write(ctx)
+}
+
+// finishBuffered runs steps 8 and 10 for an answer written whole (an
+// error, a buffered answer, a cache hit): its usage found once for the
+// transcript, the settlement and the metrics, then finish.
+func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
 	x.status = ctx.Response.StatusCode()
 	if !x.gone && !x.upStart.IsZero() {
 		// A buffered answer: nothing watched the client while the upstream
@@ -31,7 +140,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		u = x.answerUsage(ctx.Response.Body())
 	}
 	x.tr.answerUsage(x.ep, x.status, ctx.Response.Body(), u)
-	s.compressAnswer(ctx, &x)
+	s.compressAnswer(ctx, x)
 	end := time.Now()
 	if !x.upFirst.IsZero() {
 		// The answer was read whole: the upstream's share ends with it;
@@ -45,7 +154,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
 		x.usage = u
 	}
-	s.finish(ctx.Response.Header.Peek("X-Request-Id"), &x, end, x.gone, actual)
+	s.finish(ctx.Response.Header.Peek("X-Request-Id"), x, end, x.gone, actual)
 }
 
 // bufferedUsage is the tokens a buffered answer used: its usage when it is a
@@ -61,8 +170,10 @@ func bufferedUsage(status int, u usage, answered bool) int64 {
 	return -1
 }
 
-// finish records a completed exchange: metrics, and the access log line.
-// actual is the tokens the answer used (-1: unknown, keep the reservation).
+// finish ends every exchange, buffered or streamed (step 8 and 10): the
+// metrics, the settlement of the user's admission and of the upstream's
+// grant, the access log line, and the transcript. actual is the tokens the
+// answer used (-1: unknown, keep the reservation).
 func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone bool, actual int64) {
 	total := end.Sub(x.start)
 	s.m.done(x.ep, x.status, total.Seconds())
@@ -93,163 +204,4 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 			"key_id", x.keyID, "user", x.user, "model", x.model, "client_gone", clientGone)
 	}
 	s.record(reqID, x, end, clientGone)
-}
-
-// serve answers one request. It returns true when the answer is a stream
-// that a relay will finish later.
-func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
-	if s.draining.Load() {
-		ctx.SetConnectionClose()
-		writeError(ctx, errShuttingDown, "", "Sluice is shutting down; retry the request.")
-		return false
-	}
-	if !cleanPath(ctx) {
-		return false
-	}
-	if x.ep == epUnknown {
-		writeError(ctx, errNotFound, "", "Unknown request URL: "+string(ctx.Method())+" "+string(ctx.Path())+". Sluice serves the OpenAI API under /v1/.")
-		return false
-	}
-	if !s.methodAllowed(ctx, x.ep) {
-		return false
-	}
-	pol := s.policy.Load()
-	key, ok := s.identify(ctx, pol)
-	if !ok {
-		return false
-	}
-	x.keyID, x.project = key.ID, key.Project
-	// Every record names its tenant, models and passthrough calls too (the
-	// JSON endpoints refine user and tier below): /admin/transcripts?team=
-	// keeps them.
-	x.team, x.tier = key.Team, key.Tier
-	if !key.AllowsPath(ctx.Path()) {
-		writeError(ctx, errEndpointForbidden, "", "This key may not call "+string(ctx.Path())+".")
-		return false
-	}
-
-	if !x.ep.parsesBody() {
-		return s.servePlain(ctx, x, pol, key) // models and passthrough (plain.go)
-	}
-
-	// The JSON endpoints: decompress, scan once, identify the end user, route.
-	if !s.decodeRequestBody(ctx, x.ep, s.cfg.Server.MaxBodyBytes) {
-		return false
-	}
-	body := ctx.PostBody()
-	var f reqFields
-	if err := scanRequest(body, &f); err != nil {
-		writeError(ctx, err.kind, err.param, err.msg)
-		return false
-	}
-	if f.model == nil {
-		writeError(ctx, errInvalidRequest, "model", "You must provide a model parameter.")
-		return false
-	}
-	endUser, ok := s.endUser(ctx, key, &f)
-	if !ok {
-		return false
-	}
-	p := pol.Principal(key, endUser)
-	x.user, x.team, x.tier = p.User, p.Team, p.Tier
-	model, known := s.models.get(f.model)
-	x.modelAsked = model
-	route, ok := s.router.Resolve(model)
-	if !ok || !key.AllowsModel(route.Model) {
-		writeModelNotFound(ctx, model)
-		return false
-	}
-	if !known {
-		s.models.add(model)
-	}
-	x.model = route.Model
-	if route.Rewritten {
-		body = rewriteModel(body, &f, route.Model)
-		_ = scanRequest(body, &f) // offsets into the new body; it scanned once already
-	}
-	stream := f.stream && x.ep.streams()
-	x.route = route
-	up := s.upstreams[route.Upstream]
-	wait, ok := s.claimFor(ctx, x, pol, p)
-	if !ok {
-		return false
-	}
-	tier := pol.Tiers[p.Tier]
-	// cache: a hit, a request joining an identical one in flight, or a
-	// leader whose answer is stored (proxy/cache.go); nil when not cached.
-	cc, ok := s.cacheStart(ctx, x, pol, key, p, &body, &f, stream)
-	if !ok {
-		return false
-	}
-	// transcript: the request as the client sent it (proxy/transcript.go)
-	x.tr.noteContent(f.content(body), f.stream)
-	if s.limiter != nil {
-		if body, ok = s.admit(ctx, x, pol, key, p, body, &f, stream, up, wait); !ok {
-			cc.abandon()
-			return false
-		}
-	} else if up.sched.CountsTokens() {
-		x.claim.tokens = s.reservation(x, body, &f, tier)
-	}
-	// A stream that must wait and asked for keep-alives gets its 200 now,
-	// and comments keep the connection busy while it waits.
-	var every time.Duration
-	if stream && (cc == nil || cc.leader) {
-		every = keepaliveEvery(ctx)
-	}
-	queued := x.adm != nil && x.adm.Wait > 0
-	if every > 0 && queued {
-		return s.serveQueuedStream(ctx, x, &route, body, cc, every, nil, nil, "")
-	}
-	if queued {
-		if fl := s.waitSlot(ctx, x, nil); fl != nil {
-			fl.write(ctx)
-			cc.abandon()
-			return false
-		}
-	}
-	if cc != nil && !cc.leader {
-		if streamed, done := s.cacheServe(ctx, x, cc); done {
-			return streamed
-		}
-	}
-	// Hits and coalesced answers are served above even when the upstream
-	// fails; a call needs an upstream whose breaker lets calls through, and
-	// its capacity.
-	up, deployment, ok := s.pickUpstream(ctx, &route)
-	var fl *failure
-	if ok {
-		var t *queue.Ticket
-		if t, fl = s.enqueue(ctx, x, up); t != nil {
-			if every > 0 {
-				return s.serveQueuedStream(ctx, x, &route, body, cc, every, t, up, deployment)
-			}
-			fl = s.awaitTicket(ctx, x, up, t, nil)
-		}
-		if fl != nil {
-			fl.write(ctx)
-		}
-	}
-	if !ok || fl != nil {
-		if x.adm != nil {
-			s.limiter.Cancel(ctx, x.adm)
-			x.adm = nil
-		}
-		cc.abandon()
-		return false
-	}
-	streamed := s.forward(ctx, x, up, body, deployment, stream)
-	cc.forwarded(ctx, x, streamed) // cache: store a buffered answer; the relay stores a stream
-	return streamed
-}
-
-// forward calls the upstream and answers the client (see call and
-// deliver). It returns true when a relay finishes the exchange.
-func (s *Server) forward(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body []byte, deployment string, stream bool) bool {
-	resp, f := s.call(ctx, x, up, body, deployment, stream, nil)
-	if f != nil {
-		f.write(ctx)
-		return false
-	}
-	return s.deliver(ctx, x, resp, stream)
 }

@@ -3,8 +3,6 @@ package proxy
 import (
 	"bytes"
 	"io"
-	"sluice/policy"
-	"sluice/policy/queue"
 	"strconv"
 	"time"
 
@@ -19,18 +17,10 @@ type queuedStream struct {
 	s     *Server
 	ctx   *fasthttp.RequestCtx
 	x     exchange
-	route policy.Route
-	body  []byte
 	cc    *cacheCall
 	every time.Duration
 	reqID []byte
 	relay *relay // the upstream's stream, once it began
-	// pending is a ticket already queued for up (with deployment), when
-	// the wait was found at the provider's queue; nil: the user's slot
-	// comes first, and the queue after.
-	pending    *queue.Ticket
-	up         *upstream
-	deployment string
 }
 
 // serveQueuedStream answers a stream request that must wait and asked for
@@ -43,10 +33,8 @@ type queuedStream struct {
 // no answer) — reaches the client as one SSE event carrying the
 // OpenAI-shaped error object, `data: {"error":{...}}`, which the official
 // SDKs raise as a stream error; then the stream ends without [DONE].
-func (s *Server) serveQueuedStream(ctx *fasthttp.RequestCtx, x *exchange, route *policy.Route, body []byte,
-	cc *cacheCall, every time.Duration, pending *queue.Ticket, up *upstream, deployment string) bool {
-	q := &queuedStream{s: s, ctx: ctx, x: *x, route: *route, body: body, cc: cc, every: every,
-		pending: pending, up: up, deployment: deployment}
+func (s *Server) serveQueuedStream(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, every time.Duration) bool {
+	q := &queuedStream{s: s, ctx: ctx, x: *x, cc: cc, every: every}
 	q.reqID = append(q.reqID, ctx.Response.Header.Peek("X-Request-Id")...)
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.Response.Header.SetContentType("text/event-stream; charset=utf-8")
@@ -66,49 +54,20 @@ func (q *queuedStream) SupportsBodyWriteTo() bool { return true }
 // Read is never used (WriteTo is).
 func (q *queuedStream) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
 
-// WriteTo waits, calls the upstream and relays its stream into w.
+// WriteTo resumes the request's steps where dispatch parked it (reach:
+// the waits, with keep-alives, then the call) and relays the upstream's
+// stream into w.
 func (q *queuedStream) WriteTo(w io.Writer) (int64, error) {
 	s, ctx, x := q.s, q.ctx, &q.x
 	k := &keepalive{w: w, every: q.every}
-	fail := func(f *failure) (int64, error) {
-		if x.adm != nil {
-			s.limiter.Cancel(ctx, x.adm)
-			x.adm = nil
-		}
-		q.cc.abandon()
-		if !f.gone {
-			f.event(w)
-		}
-		x.status = f.status()
-		s.finish(q.reqID, x, time.Now(), x.gone, -1)
-		return 0, nil
-	}
 	// The first comment goes out at once, with the headers.
 	if !k.ping(time.Now()) {
 		x.gone = true
-		return fail(failGone)
+		return q.fail(w, failGone)
 	}
-	up, deployment := q.up, q.deployment
-	var f *failure
-	if q.pending != nil {
-		f = s.awaitTicket(ctx, x, up, q.pending, k)
-	} else {
-		if x.adm != nil && x.adm.Wait > 0 {
-			f = s.waitSlot(ctx, x, k)
-		}
-		if f == nil {
-			up, deployment, f = s.pickUpstreamFailure(&q.route)
-		}
-		if f == nil {
-			f = s.acquire(ctx, x, up, k)
-		}
-	}
+	resp, f, _ := s.reach(ctx, x, q.cc, k, false)
 	if f != nil {
-		return fail(f)
-	}
-	resp, f := s.call(ctx, x, up, q.body, deployment, true, k)
-	if f != nil {
-		return fail(f)
+		return q.fail(w, f)
 	}
 	if resp.StatusCode() != fasthttp.StatusOK || resp.BodyStream() == nil {
 		// An upstream error answer after our 200: its error object becomes
@@ -150,4 +109,24 @@ func (q *queuedStream) CloseWithError(err error) error {
 		return q.relay.CloseWithError(err)
 	}
 	return nil
+}
+
+// fail ends a queued stream that reach could not take to an answer: the
+// reservation of a request that never reached the upstream is given back
+// (a failed call is settled at 0 tokens), and f goes out as the stream's
+// error event unless the client is gone.
+func (q *queuedStream) fail(w io.Writer, f *failure) (int64, error) {
+	s, x := q.s, &q.x
+	actual := int64(0)
+	if x.adm != nil && x.upStart.IsZero() {
+		s.limiter.Cancel(q.ctx, x.adm)
+		x.adm, actual = nil, -1
+	}
+	q.cc.abandon()
+	if !f.gone {
+		f.event(w)
+	}
+	x.status = f.status()
+	s.finish(q.reqID, x, time.Now(), x.gone, actual)
+	return 0, nil
 }

@@ -66,7 +66,7 @@ type relay struct {
 	watchMu sync.Mutex
 	watched bool
 	// raw is the client socket the watcher polls; watchIdx is the relay's
-	// place in clientWatch.
+	// place in the server's watch set.
 	raw      syscall.RawConn
 	watchIdx int
 }
@@ -413,7 +413,7 @@ func (r *relay) watch(c net.Conn) {
 		return
 	}
 	r.raw, r.watched = raw, true
-	clientWatch.add(r)
+	r.s.watch.add(r)
 }
 
 // unwatch stops watching r's client. Once it returns the watcher no longer
@@ -422,7 +422,7 @@ func (r *relay) unwatch() {
 	if r.raw == nil {
 		return
 	}
-	clientWatch.remove(r)
+	r.s.watch.remove(r)
 	r.watchMu.Lock()
 	r.watched = false
 	r.watchMu.Unlock()

@@ -19,37 +19,82 @@ func rewriteModel(body []byte, f *reqFields, model string) []byte {
 	return append(out, body[f.modelEnd:]...)
 }
 
-// pickUpstream is the route's first upstream whose breaker lets calls
-// through; when none does it answers 503 with the time until the primary
-// half-opens.
-func (s *Server) pickUpstream(ctx *fasthttp.RequestCtx, route *policy.Route) (*upstream, string, bool) {
-	up, dep, f := s.pickUpstreamFailure(route)
-	if f != nil {
-		f.write(ctx)
-		return nil, "", false
+// route resolves the request's model to its route (step 3): the upstream
+// pool, fallbacks and deployment, after aliases and wildcards. A model the
+// router does not know or the key may not use is a 404. An alias rewrites
+// the body's model. The model endpoints and a passthrough body without a
+// model go to the default upstream (a passthrough model that is an alias
+// too: the body is not rewritten).
+func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, key *policy.Key, f *reqFields) bool {
+	x.route = policy.Route{Upstream: s.router.Default()}
+	switch x.ep {
+	case epModels:
+		return true
+	case epModel:
+		id := ctx.Path()[len(prefixModels):]
+		route, ok := s.router.Resolve(string(id))
+		if !ok || !key.AllowsModel(route.Model) {
+			writeModelNotFound(ctx, string(id))
+			return false
+		}
+		x.model = route.Model
+		x.route.Upstream, x.route.Deployment = route.Upstream, route.Deployment
+		return true
+	case epPassthrough:
+		if f.model == nil {
+			return true
+		}
+		route, ok := s.router.Resolve(string(f.model))
+		if ok && !route.Rewritten {
+			x.route.Upstream, x.model = route.Upstream, route.Model
+		}
+		if !key.AllowsModel(string(f.model)) || ok && !key.AllowsModel(route.Model) {
+			writeModelNotFound(ctx, string(f.model))
+			return false
+		}
+		return true
 	}
-	return up, dep, true
+	model, known := s.models.get(f.model)
+	x.modelAsked = model
+	route, ok := s.router.Resolve(model)
+	if !ok || !key.AllowsModel(route.Model) {
+		writeModelNotFound(ctx, model)
+		return false
+	}
+	if !known {
+		s.models.add(model)
+	}
+	x.model, x.route = route.Model, route
+	if route.Rewritten {
+		x.body = rewriteModel(x.body, f, route.Model)
+		_ = scanRequest(x.body, f) // offsets into the new body; it scanned once already
+	}
+	return true
 }
 
-// pickUpstreamFailure is pickUpstream's choice, or the failure to answer.
-func (s *Server) pickUpstreamFailure(route *policy.Route) (*upstream, string, *failure) {
+// pick sets x.up and x.deployment to the route's first upstream whose
+// breaker lets calls through (step 6), or returns the 503 to answer when
+// none does, with the time until the primary half-opens.
+func (s *Server) pick(x *exchange) *failure {
 	now := time.Now()
+	route := &x.route
 	up := s.upstreams[route.Upstream]
 	ok, wait := up.breaker.Allow(now)
 	if ok {
-		return up, route.Deployment, nil
+		x.up, x.deployment = up, route.Deployment
+		return nil
 	}
 	for _, i := range route.Fallbacks {
 		fb := s.upstreams[i]
 		if ok, _ := fb.breaker.Allow(now); ok {
-			dep := ""
+			x.up, x.deployment = fb, ""
 			if fb.azure {
-				dep = route.Model
+				x.deployment = route.Model
 			}
-			return fb, dep, nil
+			return nil
 		}
 	}
-	return nil, "", &failure{kind: errUpstreamUnavailable, retry: max(wait, time.Second), position: -1,
+	return &failure{kind: errUpstreamUnavailable, retry: max(wait, time.Second), position: -1,
 		msg: "The upstream provider is failing; Sluice stopped calling it for " + wait.Round(time.Second).String() + ". Retry the request later."}
 }
 

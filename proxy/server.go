@@ -79,6 +79,9 @@ type Server struct {
 	models names
 	// endUsers interns the end-user names trusted keys send.
 	endUsers names
+	// watch checks the clients of calls waiting for an answer and of
+	// streams (watch.go).
+	watch watchSet
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -103,7 +106,7 @@ func New(opts Options) (*Server, error) {
 
 	index := make(map[string]int, len(cfg.Upstreams))
 	for i := range cfg.Upstreams {
-		up, err := newUpstream(&cfg.Upstreams[i], s.m)
+		up, err := newUpstream(&cfg.Upstreams[i], s.m, &s.watch)
 		if err != nil {
 			return nil, err
 		}

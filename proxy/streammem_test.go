@@ -139,7 +139,7 @@ func streamHeap(tb testing.TB, n int, acceptEncoding string, pad int) streamCost
 	_ = s.Shutdown(tb.Context())
 	// Every stream's relay has stopped being watched.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		left := clientWatch.len()
+		left := s.watch.len()
 		if left == 0 {
 			break
 		}

@@ -59,7 +59,7 @@ type upstream struct {
 	staleFound, staleResent prometheus.Counter
 }
 
-func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
+func newUpstream(c *config.Upstream, m *metrics, watch *watchSet) (*upstream, error) {
 	u, err := url.Parse(c.BaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %q: cannot parse base_url: %w", c.Name, err)
@@ -117,7 +117,7 @@ func newUpstream(c *config.Upstream, m *metrics) (*upstream, error) {
 		tlsConfig = clientTLS(tlsConfig, u.Hostname())
 	}
 	t := c.Timeouts
-	up.conns = lines{max: c.MaxConns, perFlow: c.MaxConnsPerUser, wait: c.MaxConnWait, idleTimeout: c.IdleConnTimeout,
+	up.conns = lines{watch: watch, max: c.MaxConns, perFlow: c.MaxConnsPerUser, wait: c.MaxConnWait, idleTimeout: c.IdleConnTimeout,
 		addr: addr, dial: dial, tlsConfig: tlsConfig, connect: t.Connect,
 		firstByte: t.FirstByte, idleRead: t.Idle, total: t.Total}
 	up.duration = m.upstreamDuration.WithLabelValues(c.Name)

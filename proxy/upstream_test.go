@@ -15,7 +15,7 @@ import (
 func testUpstream(t *testing.T, c config.Upstream) *upstream {
 	t.Helper()
 	m := newMetrics(prometheus.NewRegistry(), "test")
-	up, err := newUpstream(&c, m)
+	up, err := newUpstream(&c, m, new(watchSet))
 	if err != nil {
 		t.Fatalf("newUpstream: %v", err)
 	}

@@ -138,6 +138,7 @@ func (s *Server) waitSlot(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) *
 	var f *failure
 	switch end {
 	case waitDone:
+		x.slotDone = true
 		s.qm.Outcome(queue.StageUser, x.tier, "served")
 		s.qm.Wait(queue.StageUser, x.tier, time.Since(start))
 		return nil
@@ -163,19 +164,21 @@ type claim struct {
 	deadline time.Time
 }
 
-// acquire waits for the upstream's capacity; on success x.ticket holds the
-// grant.
-func (s *Server) acquire(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, k *keepalive) *failure {
-	t, f := s.enqueue(ctx, x, up)
+// acquire waits for the capacity of x.up; on success x.ticket holds the
+// grant. call uses it to queue again for a retry.
+func (s *Server) acquire(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) *failure {
+	t, f := s.enqueue(ctx, x)
 	if t == nil {
 		return f
 	}
-	return s.awaitTicket(ctx, x, up, t, k)
+	x.pending = t
+	return s.awaitTicket(ctx, x, k)
 }
 
-// enqueue asks the upstream's queue for capacity: granted at once (x.ticket
+// enqueue asks the queue of x.up for capacity: granted at once (x.ticket
 // set; nil, nil), queued (the ticket to wait for), or refused (the failure).
-func (s *Server) enqueue(ctx *fasthttp.RequestCtx, x *exchange, up *upstream) (*queue.Ticket, *failure) {
+func (s *Server) enqueue(ctx *fasthttp.RequestCtx, x *exchange) (*queue.Ticket, *failure) {
+	up := x.up
 	t := queue.NewTicket()
 	c := &x.claim
 	t.Flow, t.Tier, t.Weight, t.Priority, t.Tokens, t.Deadline = c.flow, x.tier, c.weight, c.priority, c.tokens, c.deadline
@@ -195,9 +198,11 @@ func (s *Server) enqueue(ctx *fasthttp.RequestCtx, x *exchange, up *upstream) (*
 	return t, nil
 }
 
-// awaitTicket waits for a queued ticket; on success x.ticket holds it.
-func (s *Server) awaitTicket(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, t *queue.Ticket, k *keepalive) *failure {
-	sch := up.sched
+// awaitTicket waits for the queued ticket x.pending; on success x.ticket
+// holds it.
+func (s *Server) awaitTicket(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) *failure {
+	t, sch := x.pending, x.up.sched
+	x.pending = nil
 	if k != nil {
 		start := time.Now()
 		k.status = func() (int, time.Duration) { return t.Position, max(t.ETA-time.Since(start), 0) }

@@ -11,12 +11,12 @@ import (
 // failed write to tell. A check costs about half a microsecond.
 const watchInterval = 100 * time.Millisecond
 
-// clientWatch checks the client sockets of all watched calls and streams,
-// every watchInterval, from one goroutine: a goroutine, a ticker and two
-// channels per request cost more than the checks themselves.
-var clientWatch watchSet
+// A Server's watchSet (Server.watch) checks the client sockets of all its
+// watched calls and streams, every watchInterval, from one goroutine that
+// runs while any is watched: a goroutine, a ticker and two channels per
+// request cost more than the checks themselves.
 
-// watched is what clientWatch checks: a relay (a stream) or a line (a call
+// watched is what a watchSet checks: a relay (a stream) or a line (a call
 // waiting for its answer).
 type watched interface {
 	// check polls the client's socket and acts when the client has gone.

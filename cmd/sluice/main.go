@@ -254,8 +254,7 @@ func serve(args []string) error {
 	}
 	if transcripts != nil {
 		srv.SetTranscripts(proxy.TranscriptOptions{Sink: transcripts, Reader: reader,
-			MetadataOnly: cfg.Transcripts.Content == "metadata", MaxContentBytes: cfg.Transcripts.MaxContentBytes,
-			AdminToken: cfg.Server.AdminToken})
+			MetadataOnly: cfg.Transcripts.Content == "metadata", MaxContentBytes: cfg.Transcripts.MaxContentBytes})
 	}
 
 	admin := proxy.AdminOptions{Token: cfg.Server.AdminToken}
