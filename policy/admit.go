@@ -144,16 +144,21 @@ type Limiter struct {
 
 type tokenCounters struct{ reserved, actual prometheus.Counter }
 
-// count increments sluice_limiter_decisions_total{tier, limit, outcome}.
-func (l *Limiter) count(tier, lim, outcome string) {
+// count increments sluice_limiter_decisions_total{tier, limit, scope,
+// outcome}; scope is the deciding limit's owner (user, model, app; none
+// when no limit decided).
+func (l *Limiter) count(tier, lim, scope, outcome string) {
+	if scope == "" {
+		scope = "none"
+	}
 	// The key is built on the stack; only a first sighting allocates.
-	var buf [96]byte
-	key := append(append(append(append(append(buf[:0], tier...), 0), lim...), 0), outcome...)
+	var buf [112]byte
+	key := append(append(append(append(append(append(append(buf[:0], tier...), 0), lim...), 0), scope...), 0), outcome...)
 	if c, ok := l.counters.Load(string(key)); ok {
 		c.(prometheus.Counter).Inc()
 		return
 	}
-	c := l.decisions.WithLabelValues(tier, lim, outcome)
+	c := l.decisions.WithLabelValues(tier, lim, scope, outcome)
 	l.counters.Store(string(key), c)
 	c.Inc()
 }
@@ -200,8 +205,8 @@ func NewLimiter(o LimiterOptions) *Limiter {
 	}
 	l.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_limiter_decisions_total",
-		Help: "Admission decisions by tier, deciding limit (none when admitted) and outcome.",
-	}, []string{"tier", "limit", "outcome"})
+		Help: "Admission decisions by tier, deciding limit (none when admitted), its scope (whose limit: user, model, app; none when admitted) and outcome.",
+	}, []string{"tier", "limit", "scope", "outcome"})
 	l.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_limiter_tokens_total",
 		Help: "Tokens reserved before calls (kind=reserved) and used according to the answers (kind=actual), by tier.",
@@ -299,7 +304,7 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 	l.build(ad, &a.Plan, a.Tokens, a.RequestID, 1)
 	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
-		l.count(ad.tier, "none", "admitted")
+		l.count(ad.tier, "none", "none", "admitted")
 		return ad
 	}
 	ad.Reserved = a.Tokens
@@ -319,12 +324,12 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 		switch pol.OnStoreError {
 		case StoreErrorAllow:
 			ad.store = nil
-			l.count(ad.tier, "none", "store_error_allowed")
+			l.count(ad.tier, "none", "none", "store_error_allowed")
 			return ad
 		case StoreErrorDeny:
 			ad.store = nil
 			ad.Outcome = Unavailable
-			l.count(ad.tier, "none", "store_error_denied")
+			l.count(ad.tier, "none", "none", "store_error_denied")
 			return ad
 		}
 		// local: the same budgets, divided among the replicas, in memory.
@@ -377,7 +382,7 @@ func (l *Limiter) enqueue(ctx context.Context, ad *Admission, pl *Plan) {
 	ad.Outcome = Rejected
 	ad.RetryAfter = ad.Wait
 	ad.Limit, ad.Scope, ad.LimitValue = LimitQueue, "user", int64(depth)
-	l.count(ad.tier, LimitQueue, "rejected")
+	l.count(ad.tier, LimitQueue, "user", "rejected")
 }
 
 // WaitEnded tells the limiter an admitted request stopped waiting (it went
@@ -405,7 +410,7 @@ func (l *Limiter) Cancel(ctx context.Context, ad *Admission) {
 		if err := ad.store.Cancel(ctx, &ad.req); err != nil {
 			l.storeFailed(err)
 		}
-		l.count(ad.tier, "none", "cancelled")
+		l.count(ad.tier, "none", "none", "cancelled")
 	}
 	l.pool.Put(ad)
 }
@@ -437,7 +442,7 @@ func (l *Limiter) decide(ad *Admission) {
 	}
 	if d.Allowed {
 		ad.Outcome = Admitted
-		l.count(ad.tier, "none", "admitted")
+		l.count(ad.tier, "none", "none", "admitted")
 		l.tierTokens(ad.tier).reserved.Add(float64(ad.Reserved))
 		return
 	}
@@ -457,7 +462,7 @@ func (l *Limiter) decide(ad *Admission) {
 	if ad.Outcome == NeverFits {
 		outcome = "never"
 	}
-	l.count(ad.tier, ad.Limit, outcome)
+	l.count(ad.tier, ad.Limit, ad.Scope, outcome)
 }
 
 // Finish settles an admitted request's tokens from the answer's usage

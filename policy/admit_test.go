@@ -88,8 +88,14 @@ func TestLimiterAdmitSettleRelease(t *testing.T) {
 		t.Fatalf("rpm: %+v", a6)
 	}
 	l.Finish(ctx, a6, -1)
-	if got := testutil.ToFloat64(l.decisions.WithLabelValues("free", "rpm", "rejected")); got != 1 {
-		t.Fatalf("rpm rejections counted %v", got)
+	// Decisions carry whose limit decided: the user's here.
+	for _, c := range []struct {
+		limit, scope, outcome string
+		want                  float64
+	}{{"rpm", "user", "rejected", 1}, {"concurrent", "user", "rejected", 1}, {"tpm", "user", "never", 1}, {"none", "none", "admitted", 4}} {
+		if got := testutil.ToFloat64(l.decisions.WithLabelValues("free", c.limit, c.scope, c.outcome)); got != c.want {
+			t.Errorf("sluice_limiter_decisions_total{tier=free,limit=%s,scope=%s,outcome=%s} = %v; want %v", c.limit, c.scope, c.outcome, got, c.want)
+		}
 	}
 }
 

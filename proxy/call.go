@@ -66,6 +66,9 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 		}
 		x.line = line
 		st := resp.StatusCode()
+		if err == nil {
+			up.responses[statusClass(st)].Inc()
+		}
 		failed := err != nil || st >= 500
 		up.breaker.Done(time.Now(), failed)
 		if err != nil {

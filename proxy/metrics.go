@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strconv"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,11 +11,64 @@ import (
 // status/100 (0 stands for "other").
 var statusClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
+// statusCodes are the values of sluice_requests_total's "code" label: the
+// statuses Sluice's error table sends and those OpenAI-compatible upstreams
+// answer. Any other status is counted as code "other" (with its class).
+var statusCodes = [...]int{200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431,
+	500, 501, 502, 503, 504, 529}
+
+// codeCount is the number of code slots: one per statusCodes entry, then
+// "other" for each status class (0 to 5).
+const codeCount = len(statusCodes) + len(statusClasses)
+
+// codeSlots maps a status (100 to 599) to its code slot; built once.
+var codeSlots = func() (t [600]uint8) {
+	for st := range t {
+		c := st / 100
+		if c < 1 || c > 5 {
+			c = 0
+		}
+		t[st] = uint8(len(statusCodes) + c)
+	}
+	for i, st := range statusCodes {
+		t[st] = uint8(i)
+	}
+	return t
+}()
+
+// codeSlot returns the code slot of status; statuses outside 100 to 599
+// are the "other" of class "other".
+func codeSlot(status int) int {
+	if status < 0 || status >= len(codeSlots) {
+		return len(statusCodes)
+	}
+	return int(codeSlots[status])
+}
+
+// codeLabels returns a slot's code and status class label values.
+func codeLabels(slot int) (code, class string) {
+	if slot < len(statusCodes) {
+		st := statusCodes[slot]
+		return strconv.Itoa(st), statusClasses[st/100]
+	}
+	return "other", statusClasses[slot-len(statusCodes)]
+}
+
+// statusClass returns the index of status's class in statusClasses.
+func statusClass(status int) int {
+	c := status / 100
+	if c < 1 || c > 5 {
+		return 0
+	}
+	return c
+}
+
 // metrics holds the proxy's collectors. Every per-request handle is resolved
 // at start, so the hot path never builds a label set.
 type metrics struct {
-	// requests counts finished requests by route and status class.
-	requests [epCount][6]prometheus.Counter
+	// requests counts finished requests by route, status code and status
+	// class, indexed by codeSlot.
+	requests [epCount][codeCount]prometheus.Counter
 	// duration observes request time from arrival to the last byte, seconds.
 	duration [epCount]prometheus.Observer
 	// overhead observes the time Sluice adds: total minus upstream time (for
@@ -47,6 +101,9 @@ type metrics struct {
 	// upstreamRetries the calls Sluice repeated after them.
 	upstreamThrottled *prometheus.CounterVec
 	upstreamRetries   *prometheus.CounterVec
+	// upstreamResponses counts the upstreams' HTTP answers by status class;
+	// each upstream resolves its children at start.
+	upstreamResponses *prometheus.CounterVec
 
 	// streamDuration observes a stream from arrival to its last event,
 	// seconds.
@@ -108,8 +165,8 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	m := &metrics{}
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_requests_total",
-		Help: "Requests answered, by route and status class.",
-	}, []string{"route", "status_class"})
+		Help: "Requests answered, by route, HTTP status code (a fixed list; others are \"other\") and status class.",
+	}, []string{"route", "code", "status_class"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sluice_request_duration_seconds",
 		Help:    "Time from a request's arrival to its last byte sent, streams included.",
@@ -161,6 +218,10 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_retries_total",
 		Help: "Upstream calls repeated after a 429/503 answer, within the request's max wait.",
 	}, []string{"upstream"})
+	m.upstreamResponses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_responses_total",
+		Help: "HTTP answers of upstreams, by upstream and status class (retried and failed-over calls included).",
+	}, []string{"upstream", "status_class"})
 	answerBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_answer_bytes_total",
 		Help: "Bytes of the JSON endpoints' answers before compression (streams: the events relayed).",
@@ -201,8 +262,9 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 
 	for ep := range epCount {
 		route := endpointLabels[ep]
-		for c, class := range statusClasses {
-			m.requests[ep][c] = requests.WithLabelValues(route, class)
+		for slot := range codeCount {
+			code, class := codeLabels(slot)
+			m.requests[ep][slot] = requests.WithLabelValues(route, code, class)
 		}
 		m.duration[ep] = duration.WithLabelValues(route)
 		m.overhead[ep] = overhead.WithLabelValues(route)
@@ -221,18 +283,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamRetries, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
+		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamRetries, m.upstreamResponses, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
 		streamDuration, m.tokens, m.routed, protocol)
 	return m
 }
 
 // done records a finished request.
 func (m *metrics) done(ep endpoint, status int, seconds float64) {
-	class := status / 100
-	if class < 1 || class > 5 {
-		class = 0
-	}
-	m.requests[ep][class].Inc()
+	m.requests[ep][codeSlot(status)].Inc()
 	m.duration[ep].Observe(seconds)
 }
 
@@ -275,11 +333,7 @@ func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
 	if cacheStatus == "" {
 		cacheStatus = "none"
 	}
-	class := status / 100
-	if class < 1 || class > 5 {
-		class = 0
-	}
-	k := routedKey{tier, group, cacheStatus, statusClasses[class]}
+	k := routedKey{tier, group, cacheStatus, statusClasses[statusClass(status)]}
 	m.routedMu.RLock()
 	c := m.routedBy[k]
 	m.routedMu.RUnlock()
@@ -300,6 +354,9 @@ func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
 type connCollector struct {
 	s              *Server
 	clients, upstr *prometheus.Desc
+	// queued and queueMax are each upstream's waiting requests and its
+	// max_queue, read from its scheduler at scrape time.
+	queued, queueMax *prometheus.Desc
 }
 
 func newConnCollector(s *Server) *connCollector {
@@ -308,14 +365,27 @@ func newConnCollector(s *Server) *connCollector {
 			"Client connections open on the API listener, idle keep-alive ones included.", nil, nil),
 		upstr: prometheus.NewDesc("sluice_upstream_connections",
 			"Connections open to an upstream, in use or idle in its pool (idle ones close after upstreams[].idle_conn_timeout, 4 s by default).", []string{"upstream"}, nil),
+		queued: prometheus.NewDesc("sluice_upstream_queue_length",
+			"Requests of this replica waiting for an upstream's capacity (its fair queue), all tiers.", []string{"upstream"}, nil),
+		queueMax: prometheus.NewDesc("sluice_upstream_queue_max",
+			"An upstream's upstreams[].max_queue: beyond it new requests are refused (429) instead of queued.", []string{"upstream"}, nil),
 	}
 }
 
-func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.clients; ch <- c.upstr }
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.clients
+	ch <- c.upstr
+	ch <- c.queued
+	ch <- c.queueMax
+}
 
 func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(c.s.srv.GetOpenConnectionsCount()))
 	for _, up := range c.s.upstreams {
 		ch <- prometheus.MustNewConstMetric(c.upstr, prometheus.GaugeValue, float64(up.conns.open()), up.name)
+		if up.sched != nil {
+			ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(up.sched.Waiting()), up.name)
+			ch <- prometheus.MustNewConstMetric(c.queueMax, prometheus.GaugeValue, float64(up.maxQueue), up.name)
+		}
 	}
 }

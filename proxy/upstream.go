@@ -57,6 +57,11 @@ type upstream struct {
 	// on a new connection because their reused one closed before any byte
 	// of the answer.
 	staleFound, staleResent prometheus.Counter
+	// responses counts this upstream's HTTP answers by status class
+	// (index statusClass).
+	responses [len(statusClasses)]prometheus.Counter
+	// maxQueue is upstreams[].max_queue, for sluice_upstream_queue_max.
+	maxQueue int
 }
 
 func newUpstream(c *config.Upstream, m *metrics, watch *watchSet) (*upstream, error) {
@@ -125,6 +130,10 @@ func newUpstream(c *config.Upstream, m *metrics, watch *watchSet) (*upstream, er
 	up.errTimeout = m.upstreamErrors.WithLabelValues(c.Name, "timeout")
 	up.staleFound = m.upstreamStale.WithLabelValues(c.Name, "before_send")
 	up.staleResent = m.upstreamStale.WithLabelValues(c.Name, "after_send")
+	up.maxQueue = c.MaxQueue
+	for i, class := range statusClasses {
+		up.responses[i] = m.upstreamResponses.WithLabelValues(c.Name, class)
+	}
 	return up, nil
 }
 

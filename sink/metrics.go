@@ -37,7 +37,7 @@ type metrics struct {
 	dropped      map[string]prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, queueLen, writerUp func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, queueLen, writerUp, lag, fill func() float64) *metrics {
 	m := &metrics{
 		enqueued: prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_sink_enqueued_total",
 			Help: "Transcript records the proxy handed to the sink."}),
@@ -76,7 +76,13 @@ func newMetrics(reg prometheus.Registerer, queueLen, writerUp func() float64) *m
 			m.spooled, m.replayed, m.spoolBytes, m.spoolSegs, m.queueLen, dropped,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_sink_writer_up",
 				Help: "1 while the transcript destination (ClickHouse or JSONL) takes batches; 0 from a failed write until the next one succeeds."},
-				writerUp))
+				writerUp),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_sink_lag_seconds",
+				Help: "Age of the oldest transcript record taken from the queue and not yet written or spooled (since its exchange ended); 0 when none waits."},
+				lag),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sluice_sink_queue_fill_ratio",
+				Help: "How full the in-memory transcript queue is, 0 to 1: the larger of records/queue_size and bytes/queue_bytes; at 1 new records are dropped (queue_full)."},
+				fill))
 	}
 	return m
 }

@@ -100,6 +100,11 @@ type Sink struct {
 	queued atomic.Int64
 	// writerDown is set from a failed write until the next one succeeds.
 	writerDown atomic.Bool
+	// pending maps the first record of each batch taken from the queue but
+	// not yet written, spooled or dropped to its oldest record's time (Unix
+	// nanoseconds), for sluice_sink_lag_seconds. At most a few batches.
+	pendMu  sync.Mutex
+	pending map[*Record]int64
 	// base is the parent of every write; Stop cancels it at its deadline so
 	// no write outlives Stop's context.
 	base       context.Context
@@ -147,6 +152,7 @@ func New(opts Options) (*Sink, error) {
 	s := &Sink{opts: opts, log: opts.Logger,
 		in:      make(chan *Record, opts.QueueSize),
 		batches: make(chan []*Record, 1),
+		pending: map[*Record]int64{},
 	}
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	s.m = newMetrics(opts.Registry, func() float64 { return float64(len(s.in)) }, func() float64 {
@@ -154,7 +160,7 @@ func New(opts Options) (*Sink, error) {
 			return 0
 		}
 		return 1
-	})
+	}, s.lagSeconds, s.queueFill)
 	s.updateSpoolGauges()
 	s.wg.Add(2)
 	go s.batchLoop()
@@ -263,6 +269,7 @@ func (s *Sink) batchLoop() {
 			if len(batch) == 0 {
 				first = time.Now()
 				batch = make([]*Record, 0, min(s.opts.BatchRows, 4096))
+				s.batchStarted(r, first)
 			}
 			batch = append(batch, r)
 			bytes += r.size()
@@ -309,7 +316,56 @@ func (s *Sink) hand(batch []*Record) {
 	case s.batches <- batch:
 	default:
 		s.spool(batch)
+		s.batchDone(batch)
 	}
+}
+
+// batchStarted notes a batch whose first record is r, taken from the queue
+// at now: its age is counted from the record's end (when the proxy handed
+// it over), or from now when it has none.
+func (s *Sink) batchStarted(r *Record, now time.Time) {
+	at := r.End
+	if at.IsZero() || at.After(now) {
+		at = now
+	}
+	s.pendMu.Lock()
+	s.pending[r] = at.UnixNano()
+	s.pendMu.Unlock()
+}
+
+// batchDone forgets a batch that was written, spooled or dropped.
+func (s *Sink) batchDone(b []*Record) {
+	if len(b) == 0 {
+		return
+	}
+	s.pendMu.Lock()
+	delete(s.pending, b[0])
+	s.pendMu.Unlock()
+}
+
+// lagSeconds is the age of the oldest record taken from the queue and not
+// yet written or spooled (0 when none waits): how far the transcripts lag
+// behind the traffic. Records still in the queue are newer than those.
+func (s *Sink) lagSeconds() float64 {
+	s.pendMu.Lock()
+	oldest := int64(0)
+	for _, at := range s.pending {
+		if oldest == 0 || at < oldest {
+			oldest = at
+		}
+	}
+	s.pendMu.Unlock()
+	if oldest == 0 {
+		return 0
+	}
+	return max(time.Since(time.Unix(0, oldest)).Seconds(), 0)
+}
+
+// queueFill is how full the in-memory queue is, 0 to 1: the larger of its
+// records over queue_size and its bytes over queue_bytes. At 1 new records
+// are dropped (queue_full).
+func (s *Sink) queueFill() float64 {
+	return max(float64(len(s.in))/float64(cap(s.in)), float64(s.queued.Load())/float64(s.opts.QueueBytes))
 }
 
 // spool appends a batch to the spool, counting what it costs.
@@ -400,6 +456,7 @@ func (s *Sink) spoolHasSegments() bool {
 // ship writes one fresh batch, or spools it when the writer is failing,
 // when the write fails, or (with no spool) retries then drops it.
 func (s *Sink) ship(b []*Record, retryAt *time.Time, fail, ok func()) {
+	defer s.batchDone(b)
 	stop := s.stopping()
 	if s.opts.Spool != nil && (time.Now().Before(*retryAt) || (stop != nil && stop.Err() != nil)) {
 		s.spool(b)
