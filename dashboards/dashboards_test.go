@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -151,9 +152,11 @@ func TestDashboardsUseExportedMetrics(t *testing.T) {
 
 // rule is one Prometheus rule of alerts.yaml.
 type rule struct {
-	Alert  string `yaml:"alert"`
-	Record string `yaml:"record"`
-	Expr   string `yaml:"expr"`
+	Alert       string            `yaml:"alert"`
+	Record      string            `yaml:"record"`
+	Expr        string            `yaml:"expr"`
+	Labels      map[string]string `yaml:"labels"`
+	Annotations map[string]string `yaml:"annotations"`
 }
 
 // readRules returns the rules of alerts.yaml in file order.
@@ -366,6 +369,93 @@ func TestDashboardStructure(t *testing.T) {
 					t.Errorf("%s: query datasource %q, want ${datasource}", where, tg.Datasource.UID)
 				}
 			}
+		}
+	}
+}
+
+// githubAnchor is the anchor GitHub gives a Markdown heading: lower case,
+// punctuation other than '-' and '_' dropped, spaces as '-'.
+func githubAnchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r == ' ':
+			b.WriteByte('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// runbookURL is an alert's runbook_url: the runbooks file and an anchor.
+var runbookURL = regexp.MustCompile(`^docs/runbooks\.md#([a-z0-9_-]+)$`)
+
+// dashboardURL is an alert's dashboard_url: a Grafana path to one of the
+// dashboards by uid, optionally with variables.
+var dashboardURL = regexp.MustCompile(`^/d/([a-z0-9-]+)(\?.*)?$`)
+
+// TestAlertsActionable: every alert has a severity (critical, warning,
+// info), a summary, a description, a runbook_url whose anchor is a section
+// of docs/runbooks.md, and a dashboard_url naming one of the dashboards; and
+// every section of the runbooks belongs to an alert.
+func TestAlertsActionable(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "docs", "runbooks.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if h, ok := strings.CutPrefix(line, "## "); ok {
+			sections[githubAnchor(h)] = true
+		}
+	}
+	uids := map[string]bool{}
+	for _, f := range wantBoards {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d board
+		if err := json.Unmarshal(b, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		uids[d.UID] = true
+	}
+	used := map[string]bool{}
+	n := 0
+	for _, r := range readRules(t) {
+		if r.Alert == "" {
+			continue
+		}
+		n++
+		if sev := r.Labels["severity"]; sev != "critical" && sev != "warning" && sev != "info" {
+			t.Errorf("alert %s: severity %q, want critical, warning or info", r.Alert, sev)
+		}
+		for _, a := range []string{"summary", "description"} {
+			if strings.TrimSpace(r.Annotations[a]) == "" {
+				t.Errorf("alert %s: no %s", r.Alert, a)
+			}
+		}
+		if m := runbookURL.FindStringSubmatch(r.Annotations["runbook_url"]); m == nil {
+			t.Errorf("alert %s: runbook_url %q is not docs/runbooks.md#section", r.Alert, r.Annotations["runbook_url"])
+		} else if !sections[m[1]] {
+			t.Errorf("alert %s: runbook_url %q: docs/runbooks.md has no section with anchor #%s", r.Alert, r.Annotations["runbook_url"], m[1])
+		} else {
+			used[m[1]] = true
+		}
+		if m := dashboardURL.FindStringSubmatch(r.Annotations["dashboard_url"]); m == nil {
+			t.Errorf("alert %s: dashboard_url %q is not /d/UID", r.Alert, r.Annotations["dashboard_url"])
+		} else if !uids[m[1]] {
+			t.Errorf("alert %s: dashboard_url %q: no dashboard has uid %s", r.Alert, r.Annotations["dashboard_url"], m[1])
+		}
+	}
+	if n == 0 {
+		t.Fatal("no alerts in alerts.yaml")
+	}
+	for s := range sections {
+		if !used[s] {
+			t.Errorf("docs/runbooks.md: section #%s belongs to no alert", s)
 		}
 	}
 }
