@@ -459,3 +459,147 @@ func TestAlertsActionable(t *testing.T) {
 		}
 	}
 }
+
+// oncallBoard is the part of a dashboard TestDashboardsForOnCall reads.
+type oncallBoard struct {
+	Annotations struct {
+		List []struct {
+			Name string `json:"name"`
+			Expr string `json:"expr"`
+		} `json:"list"`
+	} `json:"annotations"`
+	Templating struct {
+		List []struct {
+			Name string `json:"name"`
+		} `json:"list"`
+	} `json:"templating"`
+	Panels []struct {
+		Title       string                   `json:"title"`
+		Type        string                   `json:"type"`
+		GridPos     struct{ X, Y, W, H int } `json:"gridPos"`
+		FieldConfig struct {
+			Defaults struct {
+				Unit       string `json:"unit"`
+				Thresholds *struct {
+					Steps []struct {
+						Color string   `json:"color"`
+						Value *float64 `json:"value"`
+					} `json:"steps"`
+				} `json:"thresholds"`
+				Mappings []any    `json:"mappings"`
+				Max      *float64 `json:"max"`
+			} `json:"defaults"`
+		} `json:"fieldConfig"`
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
+
+// boardVars are the variables each dashboard must have: job and instance
+// everywhere, upstream and tier where their metrics are.
+var boardVars = map[string][]string{
+	"sluice-overview.json":     {"datasource", "job", "instance", "tier"},
+	"sluice-limits-queue.json": {"datasource", "job", "instance", "upstream", "tier"},
+	"sluice-cache.json":        {"datasource", "job", "instance"},
+	"sluice-transcripts.json":  {"datasource", "job", "instance"},
+	"sluice-upstreams.json":    {"datasource", "job", "instance", "upstream"},
+}
+
+// TestDashboardsForOnCall: every panel has thresholds chosen for it (not
+// Grafana's default green, red at 80), 0-1 ratios have a max of 1 and
+// thresholds inside it, 0/1 health gauges have value mappings; the variables
+// are there and every query filters by instance; policy reloads are
+// annotated; the overview's first row answers "is it healthy"; and every
+// metric of docs/metrics.md has a panel.
+func TestDashboardsForOnCall(t *testing.T) {
+	all := ""
+	for _, f := range wantBoards {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d oncallBoard
+		if err := json.Unmarshal(data, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		var names []string
+		for _, v := range d.Templating.List {
+			names = append(names, v.Name)
+		}
+		for _, want := range boardVars[f] {
+			if !slices.Contains(names, want) {
+				t.Errorf("%s: no %s variable (has %v)", f, want, names)
+			}
+		}
+		reloads := false
+		for _, a := range d.Annotations.List {
+			if strings.Contains(a.Expr, "sluice_policy_") {
+				reloads = true
+			}
+		}
+		if !reloads {
+			t.Errorf("%s: no annotation for policy reloads", f)
+		}
+		for _, p := range d.Panels {
+			where := fmt.Sprintf("%s: panel %q", f, p.Title)
+			def := p.FieldConfig.Defaults
+			if def.Thresholds == nil || len(def.Thresholds.Steps) == 0 {
+				t.Errorf("%s: no thresholds (Grafana's default is green, red at 80)", where)
+				continue
+			}
+			steps := def.Thresholds.Steps
+			if len(steps) == 2 && steps[1].Value != nil && *steps[1].Value == 80 {
+				t.Errorf("%s: Grafana's default thresholds (red at 80)", where)
+			}
+			if def.Unit == "percentunit" && len(steps) > 1 {
+				if def.Max == nil || *def.Max != 1 {
+					t.Errorf("%s: a 0-1 ratio with thresholds needs max 1", where)
+				}
+				for _, s := range steps[1:] {
+					if s.Value == nil || *s.Value <= 0 || *s.Value > 1 {
+						t.Errorf("%s: threshold %v outside the ratio's 0-1", where, s.Value)
+					}
+				}
+			}
+			if def.Unit == "bool_yes_no" && len(def.Mappings) == 0 {
+				t.Errorf("%s: a 0/1 health gauge needs value mappings", where)
+			}
+			for _, tg := range p.Targets {
+				all += tg.Expr + "\n"
+				if strings.Contains(tg.Expr, `job=~"$job"`) && !strings.Contains(tg.Expr, `instance=~"$instance"`) {
+					t.Errorf("%s: query does not filter by $instance: %s", where, tg.Expr)
+				}
+			}
+		}
+		if f == "sluice-overview.json" {
+			var first []string
+			for _, p := range d.Panels {
+				if p.GridPos.Y == 0 {
+					first = append(first, p.Title)
+					if p.Type != "stat" {
+						t.Errorf("%s: first row panel %q is a %s; want stat", f, p.Title, p.Type)
+					}
+				}
+			}
+			for _, want := range []string{"Targets down", "Error ratio (5xx)", "429 ratio", "Time to first token p95"} {
+				if !slices.Contains(first, want) {
+					t.Errorf("%s: first row %v lacks %q", f, first, want)
+				}
+			}
+		}
+	}
+	data, err := os.ReadFile(filepath.Join("..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	catalogued := regexp.MustCompile("(?m)^\\| `(sluice_[a-z0-9_]+)`").FindAllStringSubmatch(string(data), -1)
+	if len(catalogued) < 50 {
+		t.Fatalf("only %d metrics read from docs/metrics.md", len(catalogued))
+	}
+	for _, m := range catalogued {
+		if !regexp.MustCompile(`\b` + m[1] + `(_bucket|_count|_sum)?\b`).MatchString(all) {
+			t.Errorf("metric %s has no panel", m[1])
+		}
+	}
+}

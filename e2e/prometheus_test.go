@@ -64,6 +64,7 @@ tiers:
     max_queue: 100
   tight:
     rpm: 2
+    shadow: {rpm: 1}
 keys:
   - id: demo
     key_env: SLUICE_DEMO_KEY
@@ -116,8 +117,10 @@ func TestPrometheusEvaluatesDashboardsAndRules(t *testing.T) {
 	time.Sleep(3 * time.Second)
 
 	// Grafana's variables, made concrete. One minute covers the whole load.
+	// The instance, upstream and tier variables at "All" (their allValue).
 	vars := strings.NewReplacer("$__rate_interval", "1m", "$__range", "1m", "$__interval", "1s",
-		"${datasource}", "", "$datasource", "", "$job", "sluice")
+		"${datasource}", "", "$datasource", "", "$job", "sluice",
+		"$instance", ".*", "$upstream", ".*", "$tier", ".*")
 	var exprs []promExpr
 	files, _ := filepath.Glob(filepath.Join(moduleRoot, "dashboards", "*.json"))
 	if len(files) == 0 {
@@ -198,8 +201,9 @@ func mixedLoad(t *testing.T, s *sluiceProc) {
 			t.Fatalf("cacheable chat: %v", err)
 		}
 	}
-	// Streams with usage.
-	for i := range 5 {
+	// Streams with usage: ten, so the rate over five minutes passes the
+	// time-to-first-token alert's guard (0.02 streams/s).
+	for i := range 10 {
 		st := demo.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
 			Model: "gpt-4o-mini", Messages: userMessages(fmt.Sprintf("stream %d %s", i, nonce())), MaxTokens: openai.Int(8),
 			Temperature:   openai.Float(1),
@@ -275,6 +279,12 @@ func dashboardExprs(t *testing.T, file string) []promExpr {
 		t.Fatal(err)
 	}
 	var d struct {
+		Annotations struct {
+			List []struct {
+				Name string `json:"name"`
+				Expr string `json:"expr"`
+			} `json:"list"`
+		} `json:"annotations"`
 		Templating struct {
 			List []struct {
 				Name  string `json:"name"`
@@ -310,11 +320,28 @@ func dashboardExprs(t *testing.T, file string) []promExpr {
 			out = append(out, promExpr{where: fmt.Sprintf("%s: panel %q %s", base, p.Title, tg.RefID), expr: tg.Expr})
 		}
 	}
+	// Annotation queries mark events (a policy reload): the whole query is
+	// evaluated for validity, its part before the final threshold must
+	// return series.
+	for _, a := range d.Annotations.List {
+		if a.Expr == "" {
+			continue
+		}
+		signal := threshold.ReplaceAllString(a.Expr, "")
+		if signal == a.Expr {
+			t.Errorf("%s: annotation %s: no final threshold: %s", base, a.Name, a.Expr)
+		}
+		out = append(out, promExpr{where: fmt.Sprintf("%s: annotation %q", base, a.Name), expr: a.Expr, mayBeEmpty: true},
+			promExpr{where: fmt.Sprintf("%s: annotation %q without its threshold", base, a.Name), expr: signal})
+	}
 	return out
 }
 
 // labelValues matches a Grafana variable query label_values(metric, label).
 var labelValues = regexp.MustCompile(`^label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)$`)
+
+// absentArg matches an alert expression absent(x) and captures x.
+var absentArg = regexp.MustCompile(`^absent\((.+)\)$`)
 
 // threshold is an alert expression's final comparison with a number.
 var threshold = regexp.MustCompile(`\s*(==|!=|>=|<=|>|<)\s*[0-9.e+-]+\s*$`)
@@ -347,6 +374,11 @@ func ruleExprs(t *testing.T, file string) []promExpr {
 				continue
 			}
 			signal := threshold.ReplaceAllString(expr, "")
+			// absent(x) has no threshold: it returns a series only when x
+			// has none, so x itself must return series.
+			if m := absentArg.FindStringSubmatch(expr); m != nil {
+				signal = m[1]
+			}
 			if signal == expr {
 				t.Errorf("alert %s: no final threshold to strip: %s", r.Alert, expr)
 			}

@@ -13,8 +13,9 @@ var statusClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 // statusCodes are the values of sluice_requests_total's "code" label: the
 // statuses Sluice's error table sends and those OpenAI-compatible upstreams
-// answer. Any other status is counted as code "other" (with its class).
-var statusCodes = [...]int{200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431,
+// answer, and 499 (the client left before its answer). Any other status is
+// counted as code "other" (with its class).
+var statusCodes = [...]int{200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 499,
 	500, 501, 502, 503, 504, 529}
 
 // codeCount is the number of code slots: one per statusCodes entry, then
