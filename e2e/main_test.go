@@ -391,7 +391,7 @@ func (f *fakeUpstream) directClient() *openai.Client {
 	return &c
 }
 
-// metric returns the value of the first sample of name whose labels include
+// metric returns the sum of the samples of name whose labels include
 // every one of labels (`route="chat_completions"`), and whether there is one.
 func (s *sluiceProc) metric(t *testing.T, name string, labels ...string) (float64, bool) {
 	t.Helper()
@@ -405,6 +405,8 @@ func (s *sluiceProc) metric(t *testing.T, name string, labels ...string) (float6
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
+	var sum float64
+	found := false
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.HasPrefix(line, "#") {
@@ -432,9 +434,9 @@ func (s *sluiceProc) metric(t *testing.T, name string, labels ...string) (float6
 		if err != nil {
 			t.Fatalf("metric line %q: %v", line, err)
 		}
-		return v, true
+		sum, found = sum+v, true // several series may match (code within status_class)
 	}
-	return 0, false
+	return sum, found
 }
 
 // waitLogLine waits up to d for an output line containing every one of
