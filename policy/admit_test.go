@@ -161,3 +161,56 @@ func TestAdmitClampsTokens(t *testing.T) {
 		t.Fatalf("store errors = %v, want 0", n)
 	}
 }
+
+// TestDecisionScopes: a rejection is counted with whose limit decided it: a
+// per-model limit (scope model), an app key's shared limit (scope app).
+func TestDecisionScopes(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(`
+tiers:
+  free:
+    rpm: {limit: 100, burst: 100}
+    models:
+      "gpt-4o*": {rpm: {limit: 1, burst: 1}}
+keys:
+  - id: alice
+    sha256: `+HashKey("sk-alice")+`
+    user: alice
+    tier: free
+  - id: app
+    sha256: `+HashKey("sk-app")+`
+    trusted: true
+    tier: free
+    app_limits: {rpm: {limit: 2, burst: 2}}
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
+	defer mem.Close()
+	l := NewLimiter(LimiterOptions{Store: mem, Registry: prometheus.NewRegistry()})
+	ctx := context.Background()
+	alice, _ := p.Identify([]byte("sk-alice"))
+	app, _ := p.Identify([]byte("sk-app"))
+	ask := func(k *Key, user, model, id string) *Admission {
+		a := l.Admit(ctx, p, &Ask{Plan: p.Plan(p.Principal(k, user), k, model), RequestID: id})
+		l.Finish(ctx, a, -1)
+		return a
+	}
+	ask(alice, "", "gpt-4o", "a1")
+	if a := ask(alice, "", "gpt-4o", "a2"); a.Outcome != Rejected || a.Scope != "model" {
+		t.Fatalf("second gpt-4o call: %+v; want rejected by the model limit", a)
+	}
+	ask(app, "bob", "o1", "b1")
+	ask(app, "carol", "o1", "c1")
+	if a := ask(app, "dave", "o1", "d1"); a.Outcome != Rejected || a.Scope != "app" {
+		t.Fatalf("third app call: %+v; want rejected by the app limit", a)
+	}
+	for _, c := range []struct{ scope, outcome string }{{"model", "rejected"}, {"app", "rejected"}} {
+		if got := testutil.ToFloat64(l.decisions.WithLabelValues("free", "rpm", c.scope, c.outcome)); got != 1 {
+			t.Errorf("sluice_limiter_decisions_total{limit=rpm,scope=%s,outcome=%s} = %v; want 1", c.scope, c.outcome, got)
+		}
+	}
+	if got := testutil.ToFloat64(l.decisions.WithLabelValues("free", "none", "none", "admitted")); got != 3 {
+		t.Errorf("admitted = %v; want 3", got)
+	}
+}
