@@ -129,9 +129,11 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
-	if x.ep.parsesBody() {
-		x.decoding = decodeAnswer(resp)
-	}
+	// Every answer is read decoded: the JSON endpoints' for usage, cache
+	// and transcripts, and all of them so the relay can scrub the upstream's
+	// key (a passthrough answer compressed at the client's request reaches
+	// it decoded, in identity, rather than unscrubbed).
+	x.decoding = decodeAnswer(resp)
 	up.scrubError(resp)
 	if x.line != nil && resp.BodyStream() == nil {
 		x.releaseLine(false) // the answer was read whole after all (an error, decoded or scrubbed)
