@@ -248,7 +248,7 @@ func (r *relay) next() ([]byte, error) {
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
 			r.scrubEvent() // before the cache, the transcript and the client see it
 			if r.x.cache != nil {
-				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
+				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (cachecall.go)
 				if isDoneEvent(r.ev) && r.resp.StatusCode() == fasthttp.StatusOK {
 					// The answer is whole: store it before the client reads
 					// its end, so the client's next identical request hits.
