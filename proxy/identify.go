@@ -8,31 +8,6 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
-	want := ""
-	switch {
-	case ep.parsesBody():
-		if !ctx.IsPost() {
-			want = fasthttp.MethodPost
-		}
-	case ep == epModels:
-		if !ctx.IsGet() {
-			want = fasthttp.MethodGet
-		}
-	case ep == epModel:
-		// GET retrieves a model, DELETE removes a fine-tuned one.
-		if !ctx.IsGet() && !ctx.IsDelete() {
-			want = fasthttp.MethodGet
-		}
-	}
-	if want == "" {
-		return true
-	}
-	ctx.Response.Header.Set("Allow", want)
-	writeError(ctx, errMethodNotAllowed, "", "Method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path())+"; use "+want+".")
-	return false
-}
-
 var (
 	bearerPrefix   = []byte("Bearer ")
 	acceptEncoding = []byte("Accept-Encoding")

@@ -7,18 +7,6 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func writeModelNotFound(ctx *fasthttp.RequestCtx, model string) {
-	writeError(ctx, errModelNotFound, "model", "The model `"+model+"` does not exist or you do not have access to it.")
-}
-
-// rewriteModel returns body with its model value replaced by model.
-func rewriteModel(body []byte, f *reqFields, model string) []byte {
-	out := make([]byte, 0, len(body)+len(model))
-	out = append(out, body[:f.modelStart]...)
-	out = appendJSONString(out, model)
-	return append(out, body[f.modelEnd:]...)
-}
-
 // route resolves the request's model to its route (step 3): the upstream
 // pool, fallbacks and deployment, after aliases and wildcards. A model the
 // router does not know or the key may not use is a 404. An alias rewrites
@@ -114,4 +102,18 @@ func (s *Server) fallback(x *exchange, cur *upstream) *upstream {
 		}
 	}
 	return nil
+}
+
+// writeModelNotFound answers 404 model_not_found, as OpenAI does for a
+// model that does not exist or that the key may not use.
+func writeModelNotFound(ctx *fasthttp.RequestCtx, model string) {
+	writeError(ctx, errModelNotFound, "model", "The model `"+model+"` does not exist or you do not have access to it.")
+}
+
+// rewriteModel returns body with its model value replaced by model.
+func rewriteModel(body []byte, f *reqFields, model string) []byte {
+	out := make([]byte, 0, len(body)+len(model))
+	out = append(out, body[:f.modelStart]...)
+	out = appendJSONString(out, model)
+	return append(out, body[f.modelEnd:]...)
 }
