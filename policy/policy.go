@@ -32,6 +32,12 @@ type File struct {
 	// Replicas is the number of Sluice replicas sharing the store, used to
 	// divide limits in "local" mode. Default 1.
 	Replicas int64 `yaml:"replicas"`
+	// Prices are the models' prices in USD per 1M tokens, by model pattern
+	// (exact name, prefix*, or *), matched after aliases (price.go).
+	Prices map[string]PriceSpec `yaml:"prices"`
+	// Unpriced is what a model without a price costs: "free" (counted at
+	// $0, the default) or "refuse" (its requests answer 403).
+	Unpriced string `yaml:"unpriced"`
 }
 
 // TierSpec describes one tier.
@@ -184,6 +190,8 @@ type Policy struct {
 	OnStoreError string
 	// Replicas divides limits in "local" store-error mode.
 	Replicas int64
+	// Prices is the price table (price.go).
+	Prices Prices
 }
 
 // Tier is a compiled tier.
@@ -368,6 +376,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	default:
 		add("on_store_error", "must be allow, deny or local, not %s", yamlfile.ShowValue(p.OnStoreError))
 	}
+	p.Prices = compilePrices(f.Prices, f.Unpriced, add)
 	if p.Replicas == 0 {
 		p.Replicas = 1
 	} else if p.Replicas < 0 {
