@@ -83,6 +83,9 @@ func normalize(p *Policy) {
 	if len(p.UnmatchedUsers) == 0 {
 		p.UnmatchedUsers = nil
 	}
+	if len(p.Prices.specs) == 0 {
+		p.Prices.specs = nil
+	}
 	for _, k := range p.keys {
 		if len(k.CacheNamespaces) == 0 {
 			k.CacheNamespaces = nil

@@ -157,6 +157,10 @@ type KeySpec struct {
 	// project. Default false: those endpoints answer 403; a key with its
 	// own project may always use them.
 	StoredObjects bool `yaml:"stored_objects"`
+	// ShowCost adds X-Sluice-Cost-Usd, the answer's cost at the policy's
+	// prices, to this key's buffered answers. Default false: clients do not
+	// see prices.
+	ShowCost bool `yaml:"show_cost"`
 	// Endpoints, when set, are the only /v1 paths the key may call: exact
 	// paths ("/v1/chat/completions") or prefixes ending in "*"
 	// ("/v1/audio/*"). Others answer 403. Default: every path.
@@ -262,6 +266,8 @@ type Key struct {
 	// StoredObjects reports that the key may use the stored-object
 	// endpoints: it has a project of its own, or stored_objects is set.
 	StoredObjects bool
+	// ShowCost adds the answer's cost to its headers (see KeySpec).
+	ShowCost bool
 }
 
 // Principal is who a request acts for.
@@ -516,7 +522,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
-			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "",
+			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "", ShowCost: ks.ShowCost,
 			SharedCache: ks.SharedCache, Endpoints: ks.Endpoints, Models: ks.Models}
 		if k.User == "" {
 			k.User = k.ID

@@ -31,6 +31,7 @@ type exchange struct {
 	project    string
 	user       string
 	team, tier string
+	showCost   bool
 
 	// read: the body to send (rewritten by route, cacheStart and admit when
 	// they change it) and the client's stream flag (on endpoints that
@@ -45,6 +46,9 @@ type exchange struct {
 	model      string
 	route      policy.Route
 	deployment string
+	// route: the model's price (priced false: the table has none).
+	price  policy.Price
+	priced bool
 
 	// claimFor and admit: what the request asks of its upstream's queue,
 	// the admission of the user's buckets (settled by finish; nil without
@@ -104,6 +108,22 @@ type exchange struct {
 	usage       usage
 	bodyUsage   usage
 	bodyScanned bool
+	// cost is the answer's cost in USD at the policy's prices, once known
+	// (costed): 0 for cache hits, errors and unpriced models.
+	cost   float64
+	costed bool
+}
+
+// answerCost sets x.cost from x.usage, once: what the provider bills for
+// the answer it sent (a hit or a coalesced answer cost nothing).
+func (x *exchange) answerCost() float64 {
+	if !x.costed {
+		x.costed = true
+		if x.usage.ok && x.priced && x.cacheStatus != cacheHit && x.cacheStatus != cacheCoalesced {
+			x.cost = x.price.Cost(policy.Usage{Prompt: x.usage.prompt, Completion: x.usage.completion})
+		}
+	}
+	return x.cost
 }
 
 // slotAhead reports a request whose user's slot is still in the future.

@@ -30,7 +30,7 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Pol
 	}
 	// Every record names its tenant, models and passthrough calls too:
 	// /admin/transcripts?team= keeps them.
-	x.keyID, x.project, x.user, x.team, x.tier = key.ID, key.Project, key.User, key.Team, key.Tier
+	x.keyID, x.project, x.user, x.team, x.tier, x.showCost = key.ID, key.Project, key.User, key.Team, key.Tier, key.ShowCost
 	if !key.AllowsPath(ctx.Path()) {
 		writeError(ctx, errEndpointForbidden, "", "This key may not call "+string(ctx.Path())+".")
 		return nil, false

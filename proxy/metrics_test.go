@@ -11,9 +11,9 @@ import (
 // pair of children per tier and group.
 func TestUsedTokens(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), "test")
-	m.usedTokens("free", "gpt-4o*", usage{prompt: 10, completion: 3, ok: true})
-	m.usedTokens("free", "gpt-4o*", usage{prompt: 5, completion: 2, ok: true})
-	m.usedTokens("pro", "*", usage{prompt: 1, completion: 1, ok: true})
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 10, completion: 3, ok: true}, 0.25)
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 5, completion: 2, ok: true}, 0.5)
+	m.usedTokens("pro", "*", usage{prompt: 1, completion: 1, ok: true}, 0)
 	for _, c := range []struct {
 		dir, tier, group string
 		want             float64
@@ -24,6 +24,9 @@ func TestUsedTokens(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.tokens); n != 4 {
 		t.Errorf("%d children; want 4 (two directions × two tier/group pairs)", n)
+	}
+	if got := testutil.ToFloat64(m.spend.WithLabelValues("free", "gpt-4o*")); got != 0.75 {
+		t.Errorf("sluice_spend_usd_total{free,gpt-4o*} = %v; want 0.75", got)
 	}
 }
 

@@ -33,45 +33,17 @@ func TestPassthroughUsageCharged(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			image := `{"created":1,"data":[{"b64_json":"` + strings.Repeat("QUJD", 16<<10) + `"}]` + c.usage + "}\n"
-			up := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			addr := policyServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
 				if r.URL.Path == "/v1/images/generations" {
 					_, _ = w.Write([]byte(image))
 					return
 				}
 				_, _ = w.Write([]byte(connTestAnswer))
-			})}
-			upLn, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go up.Serve(upLn) //nolint:errcheck // ends with Close
-			t.Cleanup(func() { _ = up.Close() })
-
-			cfg, err := config.Parse("test.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n    api_key: sk-upstream-0123456789abcdef\n"), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pol, err := policy.Parse("p.yaml", []byte("tiers:\n  t:\n    tpm: {limit: 1000, burst: 1000}\n    default_max_tokens: 300\n"+
-				"keys:\n  - id: k\n    user: u\n    tier: t\n    sha256: "+policy.HashKey("sk-client")+"\n"), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reg := prometheus.NewRegistry()
-			lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
-			s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler), Limiter: lim})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go s.Serve(ln) //nolint:errcheck // ends with the listener
-			t.Cleanup(func() { _ = ln.Close() })
-
+			}), "tiers:\n  t:\n    tpm: {limit: 1000, burst: 1000}\n    default_max_tokens: 300\n"+
+				"keys:\n  - id: k\n    user: u\n    tier: t\n    sha256: "+policy.HashKey("sk-client")+"\n", nil)
 			do := func(path, body string) (int, []byte) {
-				req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+path, strings.NewReader(body))
+				req, _ := http.NewRequest("POST", "http://"+addr+path, strings.NewReader(body))
 				req.Header.Set("Authorization", "Bearer sk-client")
 				req.Header.Set("Content-Type", "application/json")
 				resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
@@ -96,4 +68,41 @@ func TestPassthroughUsageCharged(t *testing.T) {
 			}
 		})
 	}
+}
+
+// policyServer runs a Server with limits (a memory store) and the policy
+// polYAML on a loopback listener, in front of an upstream served by h; it
+// returns the Server's address. reg, when not nil, receives the metrics.
+func policyServer(t *testing.T, h http.Handler, polYAML string, reg *prometheus.Registry) string {
+	t.Helper()
+	up := &http.Server{Handler: h}
+	upLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go up.Serve(upLn) //nolint:errcheck // ends with Close
+	t.Cleanup(func() { _ = up.Close() })
+	cfg, err := config.Parse("test.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n    api_key: sk-upstream-0123456789abcdef\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("p.yaml", []byte(polYAML), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
+	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler), Limiter: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends with the listener
+	t.Cleanup(func() { _ = ln.Close() })
+	return ln.Addr().String()
 }

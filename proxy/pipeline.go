@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -60,7 +61,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	if !s.route(ctx, x, key, &f) { // 3
+	if !s.route(ctx, x, pol, key, &f) { // 3
 		return false
 	}
 	wait, ok := s.claimFor(ctx, x, pol, p)
@@ -120,6 +121,9 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, fl
 	fl.write(ctx)
 }
 
+// hdrCost is the answer's cost in USD for keys with show_cost.
+const hdrCost = "X-Sluice-Cost-Usd"
+
 // finishBuffered runs steps 8 and 10 for an answer written whole (an
 // error, a buffered answer, a cache hit): its usage found once for the
 // transcript, the settlement and the metrics, then finish.
@@ -153,6 +157,10 @@ func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
 	}
 	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
 		x.usage = u
+		if x.showCost && x.answerCost() > 0 {
+			var b [32]byte
+			ctx.Response.Header.SetBytesV(hdrCost, strconv.AppendFloat(b[:0], x.cost, 'f', -1, 64))
+		}
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), x, end, x.gone, actual)
 }
@@ -188,7 +196,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 		s.m.routedRequest(x.tier, x.route.Group, x.cacheStatus, x.status)
 	}
 	if x.usage.ok {
-		s.m.usedTokens(x.tier, x.route.Group, x.usage)
+		s.m.usedTokens(x.tier, x.route.Group, x.usage, x.answerCost())
 	}
 	if x.adm != nil {
 		s.limiter.Settle(x.adm, actual)
