@@ -304,6 +304,32 @@ func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
 	c.Inc()
 }
 
+// forgetTiers deletes the per-tier series (tokens, spend, routed requests)
+// of every tier that keep does not have, and their cached handles: a tier
+// removed by a reload stops being exported instead of living forever. A
+// request still finishing under the old policy may create its child again;
+// the next reload removes it.
+func (m *metrics) forgetTiers(keep func(tier string) bool) {
+	m.tokenMu.Lock()
+	for k := range m.tokenPairs {
+		if !keep(k.tier) {
+			m.tokens.DeleteLabelValues("prompt", k.tier, k.group)
+			m.tokens.DeleteLabelValues("completion", k.tier, k.group)
+			m.spend.DeleteLabelValues(k.tier, k.group)
+			delete(m.tokenPairs, k)
+		}
+	}
+	m.tokenMu.Unlock()
+	m.routedMu.Lock()
+	for k := range m.routedBy {
+		if !keep(k.tier) {
+			m.routed.DeleteLabelValues(k.tier, k.group, k.cache, k.class)
+			delete(m.routedBy, k)
+		}
+	}
+	m.routedMu.Unlock()
+}
+
 // connCollector reports open connections at scrape time: the clients'
 // (fasthttp's count of accepted, not yet closed connections) and each
 // upstream's pool (busy and idle). Nothing on the request path updates it.

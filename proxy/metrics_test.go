@@ -30,6 +30,27 @@ func TestUsedTokens(t *testing.T) {
 	}
 }
 
+// TestForgetTiers: the series of a tier a reload removed are deleted, the
+// others kept.
+func TestForgetTiers(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), "test")
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0.5)
+	m.usedTokens("gone", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0.5)
+	m.routedRequest("free", "gpt-4o*", "hit", 200)
+	m.routedRequest("gone", "gpt-4o*", "hit", 200)
+	m.forgetTiers(func(tier string) bool { return tier == "free" })
+	if n := testutil.CollectAndCount(m.tokens) + testutil.CollectAndCount(m.spend) + testutil.CollectAndCount(m.routed); n != 4 {
+		t.Fatalf("%d children after the reload; want 4 (free's tokens ×2, spend, routed)", n)
+	}
+	if len(m.tokenPairs) != 1 || len(m.routedBy) != 1 {
+		t.Fatalf("cached handles: %d token pairs, %d routed; want 1 and 1", len(m.tokenPairs), len(m.routedBy))
+	}
+	m.usedTokens("gone", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0)
+	if got := testutil.ToFloat64(m.tokens.WithLabelValues("prompt", "gone", "gpt-4o*")); got != 1 {
+		t.Fatalf("a tier added back starts again at %v; want 1", got)
+	}
+}
+
 func TestRoutedRequest(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), "test")
 	m.routedRequest("free", "gpt-4o*", "hit", 200)

@@ -172,7 +172,10 @@ func New(opts Options) (*Server, error) {
 
 // SetPolicy swaps in a new compiled policy. Requests already past identity
 // finish under the policy they started with.
-func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
+func (s *Server) SetPolicy(p *policy.Policy) {
+	s.policy.Store(p)
+	s.m.forgetTiers(func(tier string) bool { _, ok := p.Tiers[tier]; return ok })
+}
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
