@@ -72,7 +72,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	x.tr.noteContent(f.content(x.body), f.stream)
+	if x.ep.parsesBody() {
+		x.tr.noteContent(f.content(x.body), f.stream) // the transcript keeps what the client asked
+	}
 	if !s.admit(ctx, x, pol, key, p, &f, wait) { // 5
 		cc.abandon()
 		return false
