@@ -35,6 +35,9 @@ func (s *Server) servePlain(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 			"Ask the admin for a key with a project of its own.")
 		return false
 	}
+	if !s.ownedAccess(ctx, x, key) { // stored objects' owners (owners.go)
+		return false
+	}
 	switch x.ep {
 	case epModel:
 		id := ctx.Path()[len(prefixModels):]

@@ -83,6 +83,8 @@ type Server struct {
 	models names
 	// endUsers interns the end-user names trusted keys send.
 	endUsers names
+	// own holds the owners of stored objects (owners.go).
+	own *owners
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -166,6 +168,9 @@ func New(opts Options) (*Server, error) {
 		ReduceMemoryUsage: true,
 	}
 	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
+		return nil, err
+	}
+	if s.own, err = newOwners(&opts); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -279,6 +284,8 @@ type exchange struct {
 	// streamed answer from: the upstream compressed it although asked for
 	// identity (answerenc.go). "" for most answers.
 	decoding string
+	// own is the exchange's part in owned mode (owners.go).
+	own ownCall
 }
 
 // clientSocket is the client's socket, or nil when there is none to poll
@@ -317,6 +324,7 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	if s.serve(ctx, &x) {
 		return // the relay finishes the exchange when the stream ends
 	}
+	s.ownedAnswer(ctx, &x) // owned mode: record created ids, filter lists (owners.go)
 	x.status = ctx.Response.StatusCode()
 	if !x.gone && !x.upStart.IsZero() {
 		// A buffered answer: nothing watched the client while the upstream
@@ -446,6 +454,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	if f.model == nil {
 		writeError(ctx, errInvalidRequest, "model", "You must provide a model parameter.")
+		return false
+	}
+	if !s.ownedRequest(ctx, x, key, body, f.model) { // stored objects' owners (owners.go)
 		return false
 	}
 	endUser, ok := s.endUser(ctx, key, &f)
@@ -888,7 +899,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, up *upstream, body 
 		}
 		// Streams and passthrough answers (files, audio) are relayed as they
 		// arrive; JSON answers are read whole.
-		resp.StreamBody = stream || x.ep == epPassthrough
+		resp.StreamBody = stream || x.ep == epPassthrough && !x.own.buffer // owners.go reads some whole
 		x.upStart = time.Now()
 		line, err := up.do(req, resp, x.claim.flow, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)
