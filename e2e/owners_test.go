@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"sluice/fakeai"
+)
+
+// ownersPolicy: teams a and b share the upstream's provider project and
+// may use the stored-object endpoints (owned mode); "solo" has no team.
+func ownersPolicy() string {
+	return `tiers:
+  default: {}
+keys:
+  - id: a
+    key_env: SLUICE_DEMO_KEY
+    user: ua
+    team: a
+    tier: default
+    stored_objects: true
+  - id: b
+    sha256: ` + sha256Hex(otherKey) + `
+    user: ub
+    team: b
+    tier: default
+    stored_objects: true
+`
+}
+
+// uploadThrough posts a file through Sluice with key and returns the
+// status and answer.
+func uploadThrough(t *testing.T, base, key, content string) (int, map[string]any) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	_ = mw.WriteField("purpose", "batch")
+	fw, _ := mw.CreateFormFile("file", "in.jsonl")
+	_, _ = fw.Write([]byte(content))
+	_ = mw.Close()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/files", &buf)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set("Authorization", "Bearer "+key)
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	return resp.StatusCode, m
+}
+
+// listIDs returns the ids of a list answer's data.
+func listIDs(t *testing.T, body string) []string {
+	t.Helper()
+	var l struct {
+		Object string `json:"object"`
+		Data   []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(body), &l); err != nil || l.Object != "list" {
+		t.Fatalf("not a list: %s", body)
+	}
+	ids := make([]string, len(l.Data))
+	for i, d := range l.Data {
+		ids[i] = d.ID
+	}
+	return ids
+}
+
+// TestSecurityOwnedObjects: two teams share the provider project with
+// stored_objects: true (the review's finding 2). Sluice records what each
+// creates; team b cannot read, download, delete, list or reference team a's
+// file, batch, stored response or fine-tuned model (404s in the provider's
+// shape), and the recording relay shows none of b's refused calls reached
+// the upstream. Team a reaches all of its own.
+func TestSecurityOwnedObjects(t *testing.T) {
+	fake := startFake(t, fakeai.Config{})
+	relay := startRecordingRelay(t, fake.URL)
+	s := startSluice(t, sluiceOptions{Config: makeConfig(configOptions{}), Policies: ownersPolicy(), BaseURL: relay.URL})
+	addr := strings.TrimPrefix(s.URL, "http://")
+
+	st, fa := uploadThrough(t, s.URL, demoKey, "team a's data\n")
+	if st != 200 {
+		t.Fatalf("team a uploads: %d %v", st, fa)
+	}
+	fileA := fa["id"].(string)
+	st, fb := uploadThrough(t, s.URL, otherKey, "team b's data\n")
+	if st != 200 {
+		t.Fatalf("team b uploads: %d %v", st, fb)
+	}
+	fileB := fb["id"].(string)
+
+	// Team a's own file: read, downloaded.
+	if st, body := rawRequest(t, addr, "GET", "/v1/files/"+fileA, demoKey, ""); st != 200 || !strings.Contains(body, fileA) {
+		t.Fatalf("team a reads its file: %d %s", st, body)
+	}
+	if st, body := rawRequest(t, addr, "GET", "/v1/files/"+fileA+"/content", demoKey, ""); st != 200 || body != "team a's data\n" {
+		t.Fatalf("team a downloads its file: %d %q", st, body)
+	}
+	// Team a creates a batch (its output file comes with it) and a
+	// fine-tuning job (its model comes with the job).
+	st, body := rawRequest(t, addr, "POST", "/v1/batches", demoKey,
+		`{"input_file_id":"`+fileA+`","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+	if st != 200 {
+		t.Fatalf("team a's batch: %d %s", st, body)
+	}
+	var batch struct {
+		ID           string `json:"id"`
+		OutputFileID string `json:"output_file_id"`
+	}
+	_ = json.Unmarshal([]byte(body), &batch)
+	if batch.ID == "" || batch.OutputFileID == "" {
+		t.Fatalf("batch answer: %s", body)
+	}
+	if st, body := rawRequest(t, addr, "GET", "/v1/files/"+batch.OutputFileID, demoKey, ""); st != 200 {
+		t.Fatalf("team a reads its batch's output file: %d %s", st, body)
+	}
+	st, body = rawRequest(t, addr, "POST", "/v1/fine_tuning/jobs", demoKey, `{"model":"gpt-4o-mini","training_file":"`+fileA+`"}`)
+	if st != 200 {
+		t.Fatalf("team a's fine-tuning job: %d %s", st, body)
+	}
+	var job struct {
+		ID    string `json:"id"`
+		Model string `json:"fine_tuned_model"`
+	}
+	_ = json.Unmarshal([]byte(body), &job)
+	if st, body := rawRequest(t, addr, "GET", "/v1/fine_tuning/jobs/"+job.ID, demoKey, ""); st != 200 {
+		t.Fatalf("team a reads its job: %d %s", st, body)
+	}
+	st, body = rawRequest(t, addr, "POST", "/v1/responses", demoKey, `{"model":"gpt-4o-mini","input":"hi","max_output_tokens":5}`)
+	if st != 200 {
+		t.Fatalf("team a's response: %d %s", st, body)
+	}
+	var resp struct{ ID string }
+	_ = json.Unmarshal([]byte(body), &resp)
+
+	// Team b: every access to team a's objects is a 404, never forwarded.
+	before := len(relay.Sent())
+	chatFT := `{"model":"` + job.Model + `","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`
+	refused := 0
+	for _, c := range []struct{ method, path, body, want string }{
+		{"GET", "/v1/files/" + fileA, "", "No such File object: " + fileA},
+		{"GET", "/v1/files/" + fileA + "/content", "", "No such File object: " + fileA},
+		{"DELETE", "/v1/files/" + fileA, "", "No such File object: " + fileA},
+		{"GET", "/v1/files/" + batch.OutputFileID + "/content", "", "No such File object"},
+		{"GET", "/v1/batches/" + batch.ID, "", "No such Batch object: " + batch.ID},
+		{"POST", "/v1/batches/" + batch.ID + "/cancel", "", "No such Batch object"},
+		{"POST", "/v1/batches", `{"input_file_id":"` + fileA + `","endpoint":"/v1/chat/completions","completion_window":"24h"}`, "No such object: " + fileA},
+		{"GET", "/v1/fine_tuning/jobs/" + job.ID, "", "No such FineTuningJob object"},
+		{"GET", "/v1/responses/" + resp.ID, "", "No such Response object: " + resp.ID},
+		{"POST", "/v1/responses", `{"model":"gpt-4o-mini","input":"hi","previous_response_id":"` + resp.ID + `"}`, "No such object: " + resp.ID},
+		{"DELETE", "/v1/models/" + job.Model, "", `"code":"model_not_found"`},
+		{"POST", "/v1/chat/completions", chatFT, `"code":"model_not_found"`},
+	} {
+		st, body := rawRequest(t, addr, c.method, c.path, otherKey, c.body)
+		if st != http.StatusNotFound || !strings.Contains(body, c.want) || !strings.Contains(body, `"type":"invalid_request_error"`) {
+			t.Errorf("team b: %s %s: %d %s; want 404 %q", c.method, c.path, st, body, c.want)
+			continue
+		}
+		refused++
+	}
+	if sent := relay.Sent()[before:]; sent != "" {
+		t.Fatalf("team b's refused calls reached the upstream:\n%s", sent)
+	}
+	t.Logf("team b: %d of 12 calls on team a's objects refused with 404, 0 bytes sent upstream", refused)
+
+	// Lists: each team sees its own.
+	st, body = rawRequest(t, addr, "GET", "/v1/files", otherKey, "")
+	if ids := listIDs(t, body); st != 200 || len(ids) != 1 || ids[0] != fileB {
+		t.Fatalf("team b lists files: %d %v; want only %s", st, ids, fileB)
+	}
+	st, body = rawRequest(t, addr, "GET", "/v1/files", demoKey, "")
+	if ids := listIDs(t, body); st != 200 || len(ids) != 2 || strings.Contains(body, fileB) {
+		t.Fatalf("team a lists files: %d %v; want its file and its batch's output", st, ids)
+	}
+	for _, path := range []string{"/v1/batches", "/v1/fine_tuning/jobs"} {
+		st, body = rawRequest(t, addr, "GET", path, otherKey, "")
+		if ids := listIDs(t, body); st != 200 || len(ids) != 0 {
+			t.Fatalf("team b lists %s: %d %v; want none", path, st, ids)
+		}
+		st, body = rawRequest(t, addr, "GET", path, demoKey, "")
+		if ids := listIDs(t, body); st != 200 || len(ids) != 1 {
+			t.Fatalf("team a lists %s: %d %v; want its one", path, st, ids)
+		}
+	}
+	// Page by page: the provider's cursor survives the filter.
+	st, body = rawRequest(t, addr, "GET", "/v1/files?limit=1", otherKey, "")
+	var page struct {
+		Data    []any   `json:"data"`
+		FirstID *string `json:"first_id"`
+		LastID  *string `json:"last_id"`
+		HasMore bool    `json:"has_more"`
+	}
+	_ = json.Unmarshal([]byte(body), &page)
+	if st != 200 || len(page.Data) != 0 || !page.HasMore || page.FirstID != nil || page.LastID == nil {
+		t.Fatalf("team b's first page of one (team a's newest file filtered out): %d %s", st, body)
+	}
+
+	// Team a still reaches its own, b's do not go upstream: a uses its
+	// fine-tuned model, deletes its file.
+	if st, body := rawRequest(t, addr, "POST", "/v1/chat/completions", demoKey, chatFT); st == http.StatusNotFound && strings.Contains(body, "Sluice") {
+		t.Fatalf("team a's own fine-tuned model refused: %d %s", st, body)
+	}
+	if st, body := rawRequest(t, addr, "GET", "/v1/responses/"+resp.ID, demoKey, ""); st == 0 || !strings.Contains(relay.Sent(), "GET /v1/responses/"+resp.ID) {
+		t.Fatalf("team a's response by id did not reach the upstream: %d %s", st, body)
+	}
+	if st, body := rawRequest(t, addr, "DELETE", "/v1/files/"+fileA, demoKey, ""); st != 200 || !strings.Contains(body, `"deleted":true`) {
+		t.Fatalf("team a deletes its file: %d %s", st, body)
+	}
+	if st, _ := rawRequest(t, addr, "GET", "/v1/files/"+fileB, otherKey, ""); st != 200 {
+		t.Fatalf("team b reads its own file: %d", st)
+	}
+}
