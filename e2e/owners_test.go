@@ -6,6 +6,8 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -220,5 +222,73 @@ func TestSecurityOwnedObjects(t *testing.T) {
 	}
 	if st, _ := rawRequest(t, addr, "GET", "/v1/files/"+fileB, otherKey, ""); st != 200 {
 		t.Fatalf("team b reads its own file: %d", st)
+	}
+}
+
+// TestSecurityOwnedObjectsReplicas: two Sluice processes on one Redis
+// share the owner records (a file made through one is team a's on the
+// other, with a 30-day TTL), a streamed stored response is recorded from
+// its first event, and when Redis is gone an owned-mode call is refused
+// with 503 (fail closed, counted) without reaching the upstream.
+func TestSecurityOwnedObjectsReplicas(t *testing.T) {
+	rd := startRedis(t)
+	fake := startFake(t, fakeai.Config{})
+	relay := startRecordingRelay(t, fake.URL)
+	prefix := "e2e-" + nonce() + ":"
+	cfg := limitsConfig(rd.addr, prefix)
+	r1 := startSluice(t, sluiceOptions{Config: cfg, Policies: ownersPolicy(), BaseURL: relay.URL})
+	r2 := startSluice(t, sluiceOptions{Config: cfg, Policies: ownersPolicy(), BaseURL: relay.URL})
+	a1, a2 := strings.TrimPrefix(r1.URL, "http://"), strings.TrimPrefix(r2.URL, "http://")
+
+	st, fa := uploadThrough(t, r1.URL, demoKey, "made on replica 1\n")
+	if st != 200 {
+		t.Fatalf("upload on replica 1: %d %v", st, fa)
+	}
+	fileA := fa["id"].(string)
+	if st, body := rawRequest(t, a2, "GET", "/v1/files/"+fileA, demoKey, ""); st != 200 {
+		t.Fatalf("team a's file on replica 2: %d %s", st, body)
+	}
+	out, err := exec.Command("redis-cli", "-p", rd.port, "pttl", prefix+"own:"+fileA).Output()
+	ttl, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	if err != nil || ttl < (30*24*time.Hour-time.Hour).Milliseconds() {
+		t.Fatalf("the record's TTL in Redis: %q %v; want about 30 days", out, err)
+	}
+
+	// A streamed response is recorded from its response.created event.
+	st, body := rawRequest(t, a1, "POST", "/v1/responses", demoKey, `{"model":"gpt-4o-mini","input":"hi","stream":true}`)
+	i := strings.Index(body, `"id":"resp_`)
+	if st != 200 || i < 0 {
+		t.Fatalf("streamed response: %d %s", st, body)
+	}
+	respID := body[i+len(`"id":"`) : i+len(`"id":"`)+strings.Index(body[i+len(`"id":"`):], `"`)]
+	before := len(relay.Sent())
+	for _, p := range []string{"/v1/files/" + fileA, "/v1/responses/" + respID} {
+		if st, body := rawRequest(t, a2, "GET", p, otherKey, ""); st != http.StatusNotFound {
+			t.Fatalf("team b on replica 2: GET %s: %d %s; want 404", p, st, body)
+		}
+	}
+	if sent := relay.Sent()[before:]; sent != "" {
+		t.Fatalf("team b's refused calls reached the upstream:\n%s", sent)
+	}
+	rawRequest(t, a2, "GET", "/v1/responses/"+respID, demoKey, "")
+	if !strings.Contains(relay.Sent()[before:], "GET /v1/responses/"+respID) {
+		t.Fatal("team a's streamed response by id did not reach the upstream")
+	}
+
+	// Redis gone: refused, counted, nothing sent.
+	rd.kill(t)
+	before = len(relay.Sent())
+	st, body = rawRequest(t, a1, "GET", "/v1/files/"+fileA, demoKey, "")
+	if st != http.StatusServiceUnavailable || !strings.Contains(body, `"type":"server_error"`) {
+		t.Fatalf("owned call with Redis down: %d %s; want 503", st, body)
+	}
+	if st, body := rawRequest(t, a1, "GET", "/v1/files", demoKey, ""); st != http.StatusServiceUnavailable {
+		t.Fatalf("owned list with Redis down: %d %s; want 503", st, body)
+	}
+	if sent := relay.Sent()[before:]; strings.Contains(sent, "GET /v1/files/") {
+		t.Fatalf("a call refused for the store reached the upstream:\n%s", sent)
+	}
+	if n := metricValue(t, r1, "sluice_stored_objects_store_errors_total"); n < 2 {
+		t.Fatalf("sluice_stored_objects_store_errors_total = %v; want at least 2", n)
 	}
 }
