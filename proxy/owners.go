@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"mime"
+	"mime/multipart"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -194,8 +196,10 @@ var refKeys = map[string]bool{
 }
 
 // refHints are quick byte checks: a body that holds none of them names no
-// object, and is not parsed.
-var refHints = [][]byte{[]byte(`_id"`), []byte(`_ids"`), []byte(`_file"`), []byte(`"conversation"`), []byte(`"ft:`)}
+// object, and is not parsed. An escape (`\u`) may spell any name, so a body
+// with one is always parsed.
+var refHints = [][]byte{[]byte(`_id"`), []byte(`_ids"`), []byte(`_file"`), []byte(`"conversation"`), []byte(`"ft:`),
+	[]byte(`\u`)}
 
 // derivedKeys are the fields of an owned object that name other objects
 // made for its owner (a batch's output and error files, a fine-tuning job's
@@ -296,6 +300,9 @@ func topLevelTrue(body []byte, name string) bool {
 // ownedRefs checks the objects a JSON body names (refKeys, and "model"
 // when it is a fine-tuned one). A body that is not JSON names none.
 func (s *Server) ownedRefs(ctx *fasthttp.RequestCtx, owner string, body []byte) bool {
+	if ids := formRefs(ctx, body); len(ids) > 0 {
+		return s.ownedIDs(ctx, owner, ids, ownReference, "", true)
+	}
 	if len(body) == 0 || body[0] != '{' {
 		return true
 	}
@@ -319,6 +326,34 @@ func (s *Server) ownedRefs(ctx *fasthttp.RequestCtx, owner string, body []byte) 
 		return false
 	}
 	return len(models) == 0 || s.ownedIDs(ctx, owner, models, ownModel, "", false)
+}
+
+// maxFormRef bounds the bytes of a form field read as an object id.
+const maxFormRef = 1024
+
+// formRefs returns the object ids a multipart/form-data body names in
+// fields of refKeys (a container file made from a file_id); none for other
+// bodies. A body that does not parse names none: the upstream refuses it.
+func formRefs(ctx *fasthttp.RequestCtx, body []byte) []string {
+	mt, params, err := mime.ParseMediaType(string(ctx.Request.Header.ContentType()))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		return nil
+	}
+	var ids []string
+	mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			return ids
+		}
+		if refKeys[p.FormName()] {
+			v, _ := io.ReadAll(io.LimitReader(p, maxFormRef))
+			if id := strings.TrimSpace(string(v)); id != "" {
+				ids = append(ids, id)
+			}
+		}
+		_ = p.Close()
+	}
 }
 
 // collectRefs appends the object ids v names under refKeys to ids, and

@@ -1,9 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
+	"mime/multipart"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 )
 
 func TestParseObjectPath(t *testing.T) {
@@ -51,5 +58,49 @@ func TestCollectRefs(t *testing.T) {
 	}
 	if len(models) != 1 || models[0] != "ft:gpt-4o-mini:org::x" {
 		t.Errorf("models %v", models)
+	}
+}
+
+// TestOwnedRefs: a body naming another team's object is refused, however
+// the name is spelled (JSON escapes) and in multipart forms too.
+func TestOwnedRefs(t *testing.T) {
+	o, err := newOwners(&Options{Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{own: o, log: slog.New(slog.DiscardHandler)}
+	_ = o.store.Own(context.Background(), "team:a", "file-a")
+	_ = o.store.Own(context.Background(), "team:b", "file-b")
+	var form bytes.Buffer
+	mw := multipart.NewWriter(&form)
+	_ = mw.WriteField("file_id", "file-a")
+	_ = mw.Close()
+	for _, c := range []struct {
+		name, ct, body string
+		ok             bool
+	}{
+		{"own", "application/json", `{"input_file_id":"file-b"}`, true},
+		{"other's", "application/json", `{"input_file_id":"file-a"}`, false},
+		{"unrecorded", "application/json", `{"training_file":"file-x"}`, false},
+		{"escaped key", "application/json", `{"input_file\u005fid":"file-a"}`, false},
+		{"nested", "application/json", `{"input":[{"content":[{"type":"input_file","file_id":"file-a"}]}]}`, false},
+		{"other's model", "application/json", `{"model":"ft:m:o::a","training_file":"file-b"}`, true}, // unrecorded model: allowed
+		{"form", mw.FormDataContentType(), form.String(), false},
+		{"no refs", "application/json", `{"name":"file-a"}`, true},
+	} {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.Header.SetContentType(c.ct)
+		if got := s.ownedRefs(&ctx, "team:b", []byte(c.body)); got != c.ok {
+			t.Errorf("%s: ownedRefs = %v; want %v (%d %s)", c.name, got, c.ok, ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+		if !c.ok && ctx.Response.StatusCode() != 404 {
+			t.Errorf("%s: status %d; want 404", c.name, ctx.Response.StatusCode())
+		}
+	}
+	_ = o.store.Own(context.Background(), "team:a", "ft:m:o::a")
+	var ctx fasthttp.RequestCtx
+	if s.ownedRefs(&ctx, "team:b", []byte(`{"model":"ft:m:o::a","training_file":"file-b"}`)) ||
+		!bytes.Contains(ctx.Response.Body(), []byte("model_not_found")) {
+		t.Errorf("another team's recorded model: %d %s; want 404 model_not_found", ctx.Response.StatusCode(), ctx.Response.Body())
 	}
 }
