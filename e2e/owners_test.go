@@ -209,6 +209,15 @@ func TestSecurityOwnedObjects(t *testing.T) {
 		t.Fatalf("team b's first page of one (team a's newest file filtered out): %d %s", st, body)
 	}
 
+	// The model listing: team b's lacks team a's fine-tuned model.
+	if st, body := rawRequest(t, addr, "GET", "/v1/models", otherKey, ""); st != 200 || strings.Contains(body, job.Model) ||
+		!strings.Contains(body, `"gpt-4o-mini"`) {
+		t.Fatalf("team b's model listing: %d %s; want without %s", st, body, job.Model)
+	}
+	if st, body := rawRequest(t, addr, "GET", "/v1/models", demoKey, ""); st != 200 || !strings.Contains(body, job.Model) {
+		t.Fatalf("team a's model listing: %d %s; want with %s", st, body, job.Model)
+	}
+
 	// Team a still reaches its own, b's do not go upstream: a uses its
 	// fine-tuned model, deletes its file.
 	if st, body := rawRequest(t, addr, "POST", "/v1/chat/completions", demoKey, chatFT); st == http.StatusNotFound && strings.Contains(body, "Sluice") {
@@ -219,6 +228,9 @@ func TestSecurityOwnedObjects(t *testing.T) {
 	}
 	if st, body := rawRequest(t, addr, "DELETE", "/v1/files/"+fileA, demoKey, ""); st != 200 || !strings.Contains(body, `"deleted":true`) {
 		t.Fatalf("team a deletes its file: %d %s", st, body)
+	}
+	if st, body := rawRequest(t, addr, "DELETE", "/v1/models/"+job.Model, demoKey, ""); st != 200 || !strings.Contains(body, `"deleted":true`) {
+		t.Fatalf("team a deletes its fine-tuned model: %d %s", st, body)
 	}
 	if st, _ := rawRequest(t, addr, "GET", "/v1/files/"+fileB, otherKey, ""); st != 200 {
 		t.Fatalf("team b reads its own file: %d", st)

@@ -43,6 +43,8 @@ type batchObject struct {
 }
 
 type jobObject struct {
+	modelDeleted bool
+
 	ID             string   `json:"id"`
 	Object         string   `json:"object"`
 	Model          string   `json:"model"`
@@ -316,4 +318,33 @@ func (c *call) jobRoutes(method, path string) bool {
 		return false
 	}
 	return true
+}
+
+// fineTunedModels are the models of the succeeded jobs not deleted.
+func (s *Server) fineTunedModels() []modelObject {
+	s.objs.mu.Lock()
+	defer s.objs.mu.Unlock()
+	var out []modelObject
+	for _, j := range s.objs.jobs {
+		if j.FineTunedModel != nil && !j.modelDeleted {
+			out = append(out, modelObject{ID: *j.FineTunedModel, Object: "model", Created: j.CreatedAt, OwnedBy: "user-fakeai"})
+		}
+	}
+	return out
+}
+
+// deleteModel answers DELETE /v1/models/ID: a fine-tuned model is deleted,
+// any other is the real API's 404 (or 403 for the provider's own models).
+func (c *call) deleteModel(id string) {
+	s := c.s
+	s.objs.mu.Lock()
+	defer s.objs.mu.Unlock()
+	for _, j := range s.objs.jobs {
+		if j.FineTunedModel != nil && *j.FineTunedModel == id && !j.modelDeleted {
+			j.modelDeleted = true
+			c.writeJSON(http.StatusOK, map[string]any{"id": id, "object": "model", "deleted": true})
+			return
+		}
+	}
+	c.fail(http.StatusNotFound, typeInvalidRequest, "model_not_found", "model", "The model '"+id+"' does not exist")
 }

@@ -61,9 +61,19 @@ func TestStoredObjects(t *testing.T) {
 		t.Fatalf("get batch: %d %s", resp.StatusCode, body)
 	}
 	resp, body = post(t, base+"/fine_tuning/jobs", `{"model":"gpt-4o-mini","training_file":"`+b+`"}`)
-	if jm := decodeJSON(t, body); resp.StatusCode != 200 || jm["fine_tuned_model"] == nil {
+	jm := decodeJSON(t, body)
+	if resp.StatusCode != 200 || jm["fine_tuned_model"] == nil {
 		t.Fatalf("job: %d %s", resp.StatusCode, body)
 	}
+	model := jm["fine_tuned_model"].(string)
+	if _, body := do(t, http.MethodGet, base+"/models", ""); !bytes.Contains(body, []byte(`"`+model+`"`)) {
+		t.Fatalf("the model listing lacks %s: %s", model, body)
+	}
+	if resp, body := do(t, http.MethodDelete, base+"/models/"+model, ""); resp.StatusCode != 200 || decodeJSON(t, body)["deleted"] != true {
+		t.Fatalf("delete %s: %d %s", model, resp.StatusCode, body)
+	}
+	resp, body = do(t, http.MethodGet, base+"/models/"+model, "")
+	wantError(t, resp, body, 404, "invalid_request_error", "model_not_found")
 	if resp, body := do(t, http.MethodGet, base+"/fine_tuning/jobs", ""); resp.StatusCode != 200 || len(jpath(t, decodeJSON(t, body), "data").([]any)) != 1 {
 		t.Fatalf("jobs list: %d %s", resp.StatusCode, body)
 	}

@@ -231,6 +231,8 @@ func (s *Server) route(c *call) {
 		c.listModels()
 	case get && strings.HasPrefix(path, "/v1/models/") && len(path) > len("/v1/models/"):
 		c.getModel(path[len("/v1/models/"):])
+	case method == http.MethodDelete && strings.HasPrefix(path, "/v1/models/") && len(path) > len("/v1/models/"):
+		c.deleteModel(path[len("/v1/models/"):])
 	case c.fileRoutes(method, path), c.batchRoutes(method, path), c.jobRoutes(method, path):
 	default:
 		c.unknownURL()

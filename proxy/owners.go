@@ -50,6 +50,7 @@ const (
 	ownCreate         // record the new object's id (and ids it names)
 	ownList           // keep only the owner's items
 	ownRead           // record the ids a read object names (a batch's output file, a job's model)
+	ownModels         // drop other owners' fine-tuned models from the model listing
 )
 
 // ownCall is an exchange's part in owned mode (exchange.own).
@@ -215,6 +216,10 @@ func (s *Server) ownedAccess(ctx *fasthttp.RequestCtx, x *exchange, key *policy.
 		return true
 	}
 	owner := ownerOf(key)
+	if x.ep == epModels {
+		x.own.owner, x.own.mode = owner, ownModels // read whole already
+		return true
+	}
 	if x.ep == epModel {
 		id := string(ctx.Path()[len(prefixModels):])
 		if !strings.HasPrefix(id, "ft:") {
@@ -383,8 +388,8 @@ func collectRefs(v any, key string, ids, models *[]string) {
 // one recorded as another owner's (fine-tuned models by name). kind names
 // the object in the error ("" with reason ownModel: model_not_found).
 func (s *Server) ownedIDs(ctx *fasthttp.RequestCtx, owner string, ids []string, reason ownReason, kind string, strict bool) bool {
-	got := make([]string, len(ids))
-	if err := s.own.store.Lookup(context.Background(), ids, got); err != nil {
+	got, err := s.lookupSome(ids)
+	if err != nil {
 		s.own.storeErrors.Inc()
 		s.own.refused[ownStore].Inc()
 		s.log.Error("owner store failing; stored-object request refused", "request_id",
@@ -443,7 +448,11 @@ func (s *Server) ownedAnswer(ctx *fasthttp.RequestCtx, x *exchange) {
 		ids = appendDerived(ids, obj)
 		s.recordOwned(x, ids)
 	case ownList:
-		s.filterList(ctx, x, body)
+		s.filterList(ctx, x, body, false)
+	case ownModels:
+		if bytes.Contains(body, ftQuoted) {
+			s.filterList(ctx, x, body, true)
+		}
 	}
 }
 
@@ -522,12 +531,17 @@ func appendDerived(ids []string, obj map[string]json.RawMessage) []string {
 	return ids
 }
 
+// ftQuoted starts a fine-tuned model's id in a JSON answer.
+var ftQuoted = []byte(`"ft:`)
+
 // filterList keeps the owner's items of a list answer ({"object":"list",
 // "data":[…],"first_id","last_id","has_more"}). first_id becomes the first
 // kept item's id (null when none); last_id stays the provider's, the
 // cursor of the next page (after=last_id skips nothing); has_more stays
 // the provider's: a page may hold fewer items than asked, none at all.
-func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte) {
+// models: the model listing, which loses only the fine-tuned models
+// recorded as other owners'.
+func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte, models bool) {
 	var list map[string]json.RawMessage
 	var items []json.RawMessage
 	if json.Unmarshal(body, &list) != nil || json.Unmarshal(list["data"], &items) != nil {
@@ -538,13 +552,13 @@ func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte) 
 	objs := make([]map[string]json.RawMessage, len(items))
 	for i, it := range items {
 		if json.Unmarshal(it, &objs[i]) == nil {
-			if got := appendString(nil, objs[i]["id"]); len(got) == 1 {
+			if got := appendString(nil, objs[i]["id"]); len(got) == 1 && (!models || strings.HasPrefix(got[0], "ft:")) {
 				ids[i] = got[0]
 			}
 		}
 	}
-	got := make([]string, len(ids))
-	if err := s.own.store.Lookup(context.Background(), ids, got); err != nil {
+	got, err := s.lookupSome(ids)
+	if err != nil {
 		s.own.storeErrors.Inc()
 		s.own.refused[ownStore].Inc()
 		s.log.Error("owner store failing; list refused", "error", err)
@@ -556,6 +570,10 @@ func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte) 
 	kept := make([]json.RawMessage, 0, len(items))
 	var derived []string
 	for i, it := range items {
+		if models && (got[i] == "" || got[i] == x.own.owner) {
+			kept = append(kept, it)
+			continue
+		}
 		if ids[i] == "" || got[i] != x.own.owner {
 			continue
 		}
@@ -563,7 +581,9 @@ func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte) 
 		derived = appendDerived(derived, objs[i])
 	}
 	s.own.filtered.Add(float64(len(items) - len(kept)))
-	s.recordOwned(x, derived)
+	if !models {
+		s.recordOwned(x, derived)
+	}
 	if len(kept) == len(items) {
 		return
 	}
@@ -580,6 +600,29 @@ func (s *Server) filterList(ctx *fasthttp.RequestCtx, x *exchange, body []byte) 
 		return
 	}
 	ctx.Response.SetBody(out)
+}
+
+// lookupSome returns the owners of ids, "" for the "" ids (not looked up).
+func (s *Server) lookupSome(ids []string) ([]string, error) {
+	got := make([]string, len(ids))
+	var look []string
+	var at []int
+	for i, id := range ids {
+		if id != "" {
+			look, at = append(look, id), append(at, i)
+		}
+	}
+	if len(look) == 0 {
+		return got, nil
+	}
+	res := make([]string, len(look))
+	if err := s.own.store.Lookup(context.Background(), look, res); err != nil {
+		return nil, err
+	}
+	for j, i := range at {
+		got[i] = res[j]
+	}
+	return got, nil
 }
 
 // indexOfKept is the index of the first item owner holds.
