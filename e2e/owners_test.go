@@ -146,6 +146,18 @@ func TestSecurityOwnedObjects(t *testing.T) {
 	}
 	var resp struct{ ID string }
 	_ = json.Unmarshal([]byte(body), &resp)
+	// Stored chat completions, buffered and streamed.
+	var chatIDs []string
+	for _, stream := range []string{"false", "true"} {
+		st, body = rawRequest(t, addr, "POST", "/v1/chat/completions", demoKey,
+			`{"model":"gpt-4o-mini","store":true,"stream":`+stream+`,"max_tokens":5,"messages":[{"role":"user","content":"keep `+stream+`"}]}`)
+		i := strings.Index(body, `"id":"chatcmpl-`)
+		if st != 200 || i < 0 {
+			t.Fatalf("team a's stored chat (stream %s): %d %s", stream, st, body)
+		}
+		rest := body[i+len(`"id":"`):]
+		chatIDs = append(chatIDs, rest[:strings.IndexByte(rest, '"')])
+	}
 
 	// Team b: every access to team a's objects is a 404, never forwarded.
 	before := len(relay.Sent())
@@ -163,6 +175,8 @@ func TestSecurityOwnedObjects(t *testing.T) {
 		{"GET", "/v1/responses/" + resp.ID, "", "No such Response object: " + resp.ID},
 		{"POST", "/v1/responses", `{"model":"gpt-4o-mini","input":"hi","previous_response_id":"` + resp.ID + `"}`, "No such object: " + resp.ID},
 		{"DELETE", "/v1/models/" + job.Model, "", `"code":"model_not_found"`},
+		{"GET", "/v1/chat/completions/" + chatIDs[0], "", "No such ChatCompletion object: " + chatIDs[0]},
+		{"GET", "/v1/chat/completions/" + chatIDs[1] + "/messages", "", "No such ChatCompletion object: " + chatIDs[1]},
 		{"POST", "/v1/chat/completions", chatFT, `"code":"model_not_found"`},
 	} {
 		st, body := rawRequest(t, addr, c.method, c.path, otherKey, c.body)
@@ -175,7 +189,7 @@ func TestSecurityOwnedObjects(t *testing.T) {
 	if sent := relay.Sent()[before:]; sent != "" {
 		t.Fatalf("team b's refused calls reached the upstream:\n%s", sent)
 	}
-	t.Logf("team b: %d of 12 calls on team a's objects refused with 404, 0 bytes sent upstream", refused)
+	t.Logf("team b: %d of 14 calls on team a's objects refused with 404, 0 bytes sent upstream", refused)
 
 	// Lists: each team sees its own.
 	st, body = rawRequest(t, addr, "GET", "/v1/files", otherKey, "")
@@ -225,6 +239,12 @@ func TestSecurityOwnedObjects(t *testing.T) {
 	}
 	if st, body := rawRequest(t, addr, "GET", "/v1/responses/"+resp.ID, demoKey, ""); st == 0 || !strings.Contains(relay.Sent(), "GET /v1/responses/"+resp.ID) {
 		t.Fatalf("team a's response by id did not reach the upstream: %d %s", st, body)
+	}
+	for _, id := range chatIDs {
+		rawRequest(t, addr, "GET", "/v1/chat/completions/"+id, demoKey, "")
+		if !strings.Contains(relay.Sent(), "GET /v1/chat/completions/"+id) {
+			t.Fatalf("team a's stored chat %s by id did not reach the upstream", id)
+		}
 	}
 	if st, body := rawRequest(t, addr, "DELETE", "/v1/files/"+fileA, demoKey, ""); st != 200 || !strings.Contains(body, `"deleted":true`) {
 		t.Fatalf("team a deletes its file: %d %s", st, body)
