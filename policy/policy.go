@@ -153,9 +153,11 @@ type KeySpec struct {
 	// endpoints of objects stored at the provider (files, uploads, batches,
 	// stored responses and chat completions by id, vector stores,
 	// fine-tuning, assistants, threads, containers, conversations, evals,
-	// deleting a model). Such objects are shared by every key of the
-	// project. Default false: those endpoints answer 403; a key with its
-	// own project may always use them.
+	// deleting a model) in owned mode: Sluice records the objects made
+	// through it with the key's team (the key alone without a team) and
+	// answers another team's access 404 and lists with the team's own
+	// (docs/security.md). Default false: those endpoints answer 403; a key
+	// with its own project may always use them.
 	StoredObjects bool `yaml:"stored_objects"`
 	// ShowCost adds X-Sluice-Cost-Usd, the answer's cost at the policy's
 	// prices, to this key's buffered answers. Default false: clients do not

@@ -45,7 +45,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 		}
 		// Streams and passthrough answers (files, audio) are relayed as they
 		// arrive; JSON answers are read whole.
-		resp.StreamBody = x.stream || x.ep == epPassthrough
+		resp.StreamBody = x.stream || x.ep == epPassthrough && !x.own.buffer // owners.go reads some whole
 		x.upStart = time.Now()
 		line, err := up.do(req, resp, x.claim.flow, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)

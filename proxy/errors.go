@@ -36,6 +36,7 @@ const (
 	errStoredObjects                      // a stored-object endpoint for a key that shares its provider project
 	errEndpointForbidden                  // a path outside the key's endpoints allow-list
 	errModelNotPriced                     // a model without a price while the policy refuses unpriced models
+	errObjectNotFound                     // a stored object another team owns, or none Sluice recorded (owners.go)
 	errKindCount
 )
 
@@ -74,6 +75,7 @@ var statusTable = [errKindCount]errRow{
 	errStoredObjects:       {fasthttp.StatusForbidden, "invalid_request_error", "stored_objects_forbidden"},
 	errEndpointForbidden:   {fasthttp.StatusForbidden, "invalid_request_error", "endpoint_forbidden"},
 	errModelNotPriced:      {fasthttp.StatusForbidden, "invalid_request_error", "model_not_priced"},
+	errObjectNotFound:      {fasthttp.StatusNotFound, "invalid_request_error", ""},
 }
 
 // writeError answers with an OpenAI-shaped error:

@@ -33,6 +33,10 @@ type exchange struct {
 	team, tier string
 	showCost   bool
 
+	// owned: the exchange's part in owned mode (owners.go): the owner, and
+	// what its answer is read for (ids to record, a list to filter).
+	own ownCall
+
 	// read: the body to send (rewritten by route, cacheStart and admit when
 	// they change it) and the client's stream flag (on endpoints that
 	// stream).

@@ -12,6 +12,7 @@ import (
 //
 //	1  accept, read       the request line; the body decoded and scanned once  read.go, compress.go, scan.go
 //	2  identify           the key, then the end user and the principal          identify.go
+//	   owned              the stored objects it names are its team's            owners.go
 //	3  route              model → upstream (aliases, fallbacks)                 route.go
 //	   claimFor           what the request asks of the upstream's queue          admit.go
 //	4  cacheStart         a hit, a follower of an identical call, or a leader    cachecall.go
@@ -55,6 +56,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	var f reqFields
 	if !s.read(ctx, x, &f) { // 1: the body, decoded and scanned once
+		return false
+	}
+	if !s.owned(ctx, x, key, &f) { // 2: the stored objects it names are its owner's (owners.go)
 		return false
 	}
 	p, ok := s.principal(ctx, x, pol, key, &f) // 2: the end user, tier and team
@@ -130,6 +134,7 @@ const hdrCost = "X-Sluice-Cost-Usd"
 // error, a buffered answer, a cache hit): its usage found once for the
 // transcript, the settlement and the metrics, then finish.
 func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
+	s.ownedAnswer(ctx, x) // owned mode: record created ids, filter lists (owners.go)
 	x.status = ctx.Response.StatusCode()
 	if !x.gone && !x.upStart.IsZero() {
 		// A buffered answer: nothing watched the client while the upstream

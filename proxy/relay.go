@@ -256,6 +256,9 @@ func (r *relay) next() ([]byte, error) {
 				}
 			}
 			r.x.tr.event(r.x.ep, r.ev)
+			if r.x.own.mode == ownCreate {
+				r.s.ownedEvent(&r.x, r.ev) // a stored response's id (owners.go)
+			}
 			if r.x.adm == nil && r.x.ticket == nil && !r.x.stripUsage {
 				return r.ev, nil
 			}

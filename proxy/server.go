@@ -82,6 +82,8 @@ type Server struct {
 	// watch checks the clients of calls waiting for an answer and of
 	// streams (watch.go).
 	watch watchSet
+	// own holds the owners of stored objects (owners.go).
+	own *owners
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -165,6 +167,9 @@ func New(opts Options) (*Server, error) {
 		ReduceMemoryUsage: true,
 	}
 	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
+		return nil, err
+	}
+	if s.own, err = newOwners(&opts); err != nil {
 		return nil, err
 	}
 	return s, nil
