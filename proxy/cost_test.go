@@ -21,7 +21,7 @@ import (
 // usage chunk, reaches the metric; a key without show_cost sees no price;
 // an unpriced model is refused 403 when the policy says so.
 func TestCostOfAnswers(t *testing.T) {
-	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500}}`
+	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":120}}}`
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if strings.Contains(string(body), `"stream":true`) {
@@ -38,7 +38,7 @@ func TestCostOfAnswers(t *testing.T) {
 	pol := "tiers: {t: {}}\nkeys:\n" +
 		"  - {id: shown, user: u, tier: t, show_cost: true, sha256: " + policy.HashKey("sk-shown") + "}\n" +
 		"  - {id: hidden, user: v, tier: t, sha256: " + policy.HashKey("sk-hidden") + "}\n" +
-		"prices:\n  \"gpt-4o-mini\": {input: 0.15, output: 0.60}\nunpriced: refuse\n"
+		"prices:\n  \"gpt-4o-mini\": {input: 0.15, output: 0.60, cached_input: 0.075}\nunpriced: refuse\n"
 	addr := policyServer(t, h, pol, reg)
 	do := func(key, body string) (*http.Response, string) {
 		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
@@ -52,8 +52,9 @@ func TestCostOfAnswers(t *testing.T) {
 		_ = resp.Body.Close()
 		return resp, string(b)
 	}
-	// 1,200 × $0.15 + 300 × $0.60 per 1M = $0.00036.
-	const buffered = (1200*0.15 + 300*0.60) / 1e6
+	// 176 uncached × $0.15 + 1,024 cached × $0.075 + 300 (120 of them
+	// reasoning) × $0.60 per 1M = $0.0002832.
+	const buffered = (176*0.15 + 1024*0.075 + 300*0.60) / 1e6
 	resp, body := do("sk-shown", `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`)
 	got, err := strconv.ParseFloat(resp.Header.Get("X-Sluice-Cost-Usd"), 64)
 	if resp.StatusCode != 200 || err != nil || math.Abs(got-buffered) > 1e-12 {
@@ -100,4 +101,21 @@ func gatherCounter(t *testing.T, reg *prometheus.Registry, name string) float64 
 		}
 	}
 	return sum
+}
+
+// TestFindUsageCached: the cached prompt tokens of chat
+// (prompt_tokens_details) and responses (input_tokens_details) usage; a
+// null or absent details object leaves them 0.
+func TestFindUsageCached(t *testing.T) {
+	for body, want := range map[string]usage{
+		`{"usage":{"prompt_tokens":1200,"completion_tokens":3,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":1024}}}`: {prompt: 1200, completion: 3, cached: 1024, ok: true},
+		`{"response":{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":40},"output_tokens":7}}}`:               {prompt: 50, completion: 7, cached: 40, ok: true},
+		`{"usage":{"prompt_tokens":5,"prompt_tokens_details":null,"completion_tokens":1}}`:                                       {prompt: 5, completion: 1, ok: true},
+		`{"usage":{"prompt_tokens":5,"completion_tokens":1}}`:                                                                    {prompt: 5, completion: 1, ok: true},
+		`{"usage":{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":"x"}}}`:                                            {},
+	} {
+		if got := findUsage([]byte(body)); got != want {
+			t.Errorf("findUsage(%s) = %+v; want %+v", body, got, want)
+		}
+	}
 }

@@ -124,7 +124,7 @@ func (x *exchange) answerCost() float64 {
 	if !x.costed {
 		x.costed = true
 		if x.usage.ok && x.priced && x.cacheStatus != cacheHit && x.cacheStatus != cacheCoalesced {
-			x.cost = x.price.Cost(policy.Usage{Prompt: x.usage.prompt, Completion: x.usage.completion})
+			x.cost = x.price.Cost(policy.Usage{Prompt: x.usage.prompt, CachedPrompt: x.usage.cached, Completion: x.usage.completion})
 		}
 	}
 	return x.cost
