@@ -24,6 +24,12 @@ func TestCostOfAnswers(t *testing.T) {
 	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":300,"total_tokens":1500,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":120}}}`
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"content":"cut"`) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprintf(w, `data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}`+"\n\n", strings.Repeat("x", 300))
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // the connection drops: no usage, no [DONE]
+		}
 		if strings.Contains(string(body), `"stream":true`) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			fmt.Fprint(w, `data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}`+"\n\n")
@@ -78,6 +84,24 @@ func TestCostOfAnswers(t *testing.T) {
 	}
 	if math.Abs(spent-want) > 1e-12 {
 		t.Fatalf("sluice_spend_usd_total = %g; want %g", spent, want)
+	}
+	// A stream the upstream cuts after 300 bytes of text, before its usage
+	// chunk: its cost is estimated from the relayed text (3 bytes a token)
+	// and the prompt's estimate.
+	before := gatherCounter(t, reg, "sluice_spend_usd_total")
+	resp, body = do("sk-hidden", `{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"cut"}]}`)
+	if resp.StatusCode != 200 || strings.Contains(body, "[DONE]") {
+		t.Fatalf("cut stream: %d %s", resp.StatusCode, body)
+	}
+	minCut := 100 * 0.60 / 1e6 // at least the 100 tokens of text
+	var cut float64
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cut = gatherCounter(t, reg, "sluice_spend_usd_total") - before; cut >= minCut {
+			break
+		}
+	}
+	if cut < minCut || cut > minCut+1000*0.15/1e6 {
+		t.Fatalf("a cut stream cost $%g; want at least $%g (its text) plus a small prompt", cut, minCut)
 	}
 	resp, body = do("sk-shown", `{"model":"llama-3","messages":[{"role":"user","content":"hi"}]}`)
 	if resp.StatusCode != 403 || !strings.Contains(body, "model_not_priced") {

@@ -108,8 +108,12 @@ type exchange struct {
 	// (metrics; zero for answers from the cache). bodyUsage is a buffered
 	// answer's usage once scanned (bodyScanned), so the cache, the
 	// transcript and the limits share one scan.
-	status      int
-	usage       usage
+	status int
+	usage  usage
+	// cutUsage estimates what a stream the upstream cut before its usage
+	// chunk used (the prompt's estimate, the relayed text's): for its cost
+	// only, never for the token metrics.
+	cutUsage    usage
 	bodyUsage   usage
 	bodyScanned bool
 	// cost is the answer's cost in USD at the policy's prices, once known
@@ -123,8 +127,12 @@ type exchange struct {
 func (x *exchange) answerCost() float64 {
 	if !x.costed {
 		x.costed = true
-		if x.usage.ok && x.priced && x.cacheStatus != cacheHit && x.cacheStatus != cacheCoalesced {
-			x.cost = x.price.Cost(policy.Usage{Prompt: x.usage.prompt, CachedPrompt: x.usage.cached, Completion: x.usage.completion})
+		u := x.usage
+		if !u.ok {
+			u = x.cutUsage
+		}
+		if u.ok && x.priced && x.cacheStatus != cacheHit && x.cacheStatus != cacheCoalesced {
+			x.cost = x.price.Cost(policy.Usage{Prompt: u.prompt, CachedPrompt: u.cached, Completion: u.completion})
 		}
 	}
 	return x.cost

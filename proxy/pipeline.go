@@ -202,7 +202,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	if x.route.Group != "" {
 		s.m.routedRequest(x.tier, x.route.Group, x.cacheStatus, x.status)
 	}
-	if x.usage.ok {
+	if x.usage.ok || x.cutUsage.ok {
 		s.m.usedTokens(x.tier, x.route.Group, x.usage, x.answerCost())
 	}
 	if x.adm != nil {

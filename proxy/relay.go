@@ -399,6 +399,9 @@ func (r *relay) CloseWithError(err error) error {
 	}
 	if r.usage.ok {
 		r.x.usage = r.usage
+	} else if r.sse && r.x.status == fasthttp.StatusOK && r.generated > 0 {
+		// Cut before its usage chunk: the provider bills what it sent.
+		r.x.cutUsage = usage{prompt: r.x.promptEst, completion: (r.generated + bytesPerToken - 1) / bytesPerToken, ok: true}
 	}
 	if r.x.tr != nil {
 		if r.x.status >= 400 {
