@@ -85,6 +85,9 @@ keys:
 // and return at least one series. An alert's expression is also evaluated
 // without its final threshold, since a healthy load must not fire it.
 func TestPrometheusEvaluatesDashboardsAndRules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Prometheus: skipped under -short")
+	}
 	promURL, targets := os.Getenv("SLUICE_TEST_PROMETHEUS"), os.Getenv("SLUICE_TEST_PROMETHEUS_TARGETS")
 	if promURL == "" || targets == "" {
 		t.Skip("SLUICE_TEST_PROMETHEUS and SLUICE_TEST_PROMETHEUS_TARGETS unset (scripts/test.sh starts Prometheus: start_prometheus)")

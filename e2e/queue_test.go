@@ -285,6 +285,9 @@ func TestQueueUserWaitsForOwnSlot(t *testing.T) {
 // whose clients hang up are dropped before any upstream call, the queue
 // drains, and no slot leaks.
 func TestQueueClientsHangUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 20 s (100 hung-up clients, then the settle check): skipped under -short")
+	}
 	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
 	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(60, 1, 0, 3, "", ""),
 		Policies: queuePolicy(1000, "300s")})
