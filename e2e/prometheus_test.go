@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"sluice/fakeai"
+	"sluice/internal/testkit"
 )
 
 // promConfig: one budgeted upstream that lets two calls run at once (so a
@@ -469,11 +470,7 @@ func (p *promClient) ruleHealth(t *testing.T) map[string]string {
 // waitUntil polls cond every 200 ms until it holds or d passes.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if !testkit.PollEvery(d, 200*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }

@@ -9,18 +9,23 @@ import (
 const PollInterval = 10 * time.Millisecond
 
 // Poll calls cond every PollInterval until it holds or d passes, and
-// reports whether it held. cond is called at least once, and once more
-// after the deadline.
+// reports whether it held. cond is called at least once.
 func Poll(d time.Duration, cond func() bool) bool {
+	return PollEvery(d, PollInterval, cond)
+}
+
+// PollEvery is Poll trying every interval, for a condition that costs more
+// than a loopback round trip (a query to Prometheus, a scan of a file).
+func PollEvery(d, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
 	for {
 		if cond() {
 			return true
 		}
 		if time.Now().After(deadline) {
-			return cond()
+			return false
 		}
-		time.Sleep(PollInterval)
+		time.Sleep(interval)
 	}
 }
 
