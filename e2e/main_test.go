@@ -448,7 +448,8 @@ func logField(line, key string) string {
 // ---------------------------------------------------------------------------
 // One fake plus one sluice
 
-// env is a fake upstream and a sluice in front of it.
+// env is a fake upstream and a sluice in front of it; the fault suites'
+// depEnv and faultEnv build on it.
 type env struct {
 	fake *fakeUpstream
 	s    *sluiceProc
