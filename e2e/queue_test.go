@@ -610,7 +610,9 @@ func TestQueueShutdownAnswersQueued(t *testing.T) {
 	// In flight while the signal comes: a slow answer holding the slot.
 	inFlight := make(chan error, 1)
 	go func() { inFlight <- ask("slow", option.WithHeader("X-Fake-Latency", "1500ms")) }()
-	time.Sleep(200 * time.Millisecond)
+	if !waitFor(5*time.Second, func() bool { return fake.Stats().Requests == 1 }) {
+		t.Fatal("the slow request did not reach the upstream")
+	}
 	type result struct {
 		err  error
 		took time.Duration
