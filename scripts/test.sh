@@ -10,6 +10,8 @@
 # Usage: scripts/test.sh   (FUZZTIME=5s: every fuzz target for that long, through
 # scripts/fuzz.sh, which tells the time-limit flake of Go 1.26 from a failure;
 # FUZZTIME=0 skips fuzzing. SLUICE_SOAK=10m: the soak's duration; 0 skips it)
+# For everyday work, scripts/quick.sh runs go vet and go test -short with no
+# services in about two minutes; this script is the full suite CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
