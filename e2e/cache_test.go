@@ -379,6 +379,9 @@ func TestCacheCoalesce100(t *testing.T) {
 // unique to the test whose keys are deleted at the end.
 func testRedisAddr(t *testing.T) (addr, prefix string, rc *redis.Client) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis: skipped under -short")
+	}
 	addr = os.Getenv("SLUICE_TEST_REDIS_ADDR")
 	if addr == "" {
 		t.Skip("SLUICE_TEST_REDIS_ADDR is not set (source scripts/services.sh; start_redis)")

@@ -19,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/internal/testkit"
 )
 
 // connTestServer runs a Server on a loopback TCP listener in front of the
@@ -240,9 +242,7 @@ func TestClientGoneCancelsCall(t *testing.T) {
 	}
 	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
 	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nX-Test-Hold: 1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	for u.requests.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the upstream call", func() bool { return u.requests.Load() > 0 })
 	time.Sleep(300 * time.Millisecond) // the upstream thinks
 	left := time.Now()
 	_ = c.Close()
@@ -289,13 +289,7 @@ func TestIdleConnsClosed(t *testing.T) {
 	if g := gauge(); g != 1 {
 		t.Fatalf("connections after one call: %v; want 1", g)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for gauge() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("an idle connection still open 2 s after idle_conn_timeout 100ms")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "the idle connection to close (idle_conn_timeout 100ms)", func() bool { return gauge() == 0 })
 }
 
 // TestStreamBodyReleasesLine: streamed answers give their line back, so
