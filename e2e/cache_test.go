@@ -656,7 +656,7 @@ keys:
 // what a hit costs over a provider that answers instantly. The figures are
 // logged; the test fails when a hit adds 1 ms or more at the median (the
 // p99 of both on a shared 2-core machine moves by milliseconds between runs,
-// see README).
+// see docs/cache.md#measured).
 func TestCacheHitLatencyBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load measurement; skipped with -short")

@@ -525,7 +525,7 @@ func TestFaultClientFraming(t *testing.T) {
 // the connection closes after the answer unless the client asked for
 // keep-alive. A stream to an HTTP/1.0 client arrives whole and the
 // connection closes after [DONE] (framed chunked by fasthttp: see the
-// README's reliability table).
+// docs/testing.md#the-fault-suite).
 func TestFaultClientHTTP10(t *testing.T) {
 	e := newFaultEnv(t)
 	base := e.s.resources(t)
