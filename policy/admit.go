@@ -127,6 +127,11 @@ type Limiter struct {
 	// resolves no label set.
 	counters sync.Map // string → prometheus.Counter
 	tierTok  sync.Map // tier → *tokenCounters
+	// tierMu serialises adding children to the caches above with dropping
+	// a removed tier's (tiermetrics.go), so no cached handle outlives its
+	// series; tierGen is the newest policy whose removed tiers were dropped.
+	tierMu  sync.Mutex
+	tierGen atomic.Uint64
 
 	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
 	keys  sync.Map // string → *bucketKeys
@@ -153,8 +158,10 @@ func (l *Limiter) count(tier, lim, outcome string) {
 		c.(prometheus.Counter).Inc()
 		return
 	}
+	l.tierMu.Lock()
 	c := l.decisions.WithLabelValues(tier, lim, outcome)
 	l.counters.Store(string(key), c)
+	l.tierMu.Unlock()
 	c.Inc()
 }
 
@@ -162,8 +169,10 @@ func (l *Limiter) tierTokens(tier string) *tokenCounters {
 	if t, ok := l.tierTok.Load(tier); ok {
 		return t.(*tokenCounters)
 	}
+	l.tierMu.Lock()
 	t := &tokenCounters{l.tokens.WithLabelValues(tier, "reserved"), l.tokens.WithLabelValues(tier, "actual")}
 	l.tierTok.Store(tier, t)
+	l.tierMu.Unlock()
 	return t
 }
 
@@ -289,6 +298,9 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 // there would be allocated on every request; here it stays on the caller's
 // stack.)
 func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact func() int64) *Admission {
+	if pol != nil && pol.gen > l.tierGen.Load() {
+		l.retireTiers(pol)
+	}
 	a.Tokens = clampTokens(a.Tokens)
 	l.shadow(ctx, a)
 	ad := l.pool.Get().(*Admission)

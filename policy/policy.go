@@ -184,6 +184,8 @@ type Policy struct {
 	OnStoreError string
 	// Replicas divides limits in "local" store-error mode.
 	Replicas int64
+	// gen orders compiled policies (tiermetrics.go); 0 for a literal.
+	gen uint64
 }
 
 // Tier is a compiled tier.
@@ -360,6 +362,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		Tiers:        make(map[string]*Tier, len(f.Tiers)),
 		OnStoreError: f.OnStoreError,
 		Replicas:     f.Replicas,
+		gen:          policyGen.Add(1),
 	}
 	switch p.OnStoreError {
 	case "":
