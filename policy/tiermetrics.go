@@ -12,6 +12,35 @@ import (
 // request that started before a reload.
 var policyGen atomic.Uint64
 
+type tokenCounters struct{ reserved, actual prometheus.Counter }
+
+// count increments sluice_limiter_decisions_total{tier, limit, outcome}.
+func (l *Limiter) count(tier, lim, outcome string) {
+	// The key is built on the stack; only a first sighting allocates.
+	var buf [96]byte
+	key := append(append(append(append(append(buf[:0], tier...), 0), lim...), 0), outcome...)
+	if c, ok := l.counters.Load(string(key)); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	l.tierMu.Lock()
+	c := l.decisions.WithLabelValues(tier, lim, outcome)
+	l.counters.Store(string(key), c)
+	l.tierMu.Unlock()
+	c.Inc()
+}
+
+func (l *Limiter) tierTokens(tier string) *tokenCounters {
+	if t, ok := l.tierTok.Load(tier); ok {
+		return t.(*tokenCounters)
+	}
+	l.tierMu.Lock()
+	t := &tokenCounters{l.tokens.WithLabelValues(tier, "reserved"), l.tokens.WithLabelValues(tier, "actual")}
+	l.tierTok.Store(tier, t)
+	l.tierMu.Unlock()
+	return t
+}
+
 // retireTiers drops the metric series and cached handles of tiers that pol
 // no longer has, once per newer policy (the first request admitted under
 // it does it). A request of a removed tier still running under the old
