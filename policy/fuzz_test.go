@@ -72,8 +72,9 @@ func FuzzParse(f *testing.F) {
 }
 
 // normalize makes empty maps and slices nil, as written-back YAML has
-// "users: {}" where the source had nothing.
+// "users: {}" where the source had nothing, and clears the compile order.
 func normalize(p *Policy) {
+	p.gen = 0
 	if len(p.users) == 0 {
 		p.users = nil
 	}

@@ -198,6 +198,8 @@ type Policy struct {
 	Replicas int64
 	// Prices is the price table (price.go).
 	Prices Prices
+	// gen orders compiled policies (tiermetrics.go); 0 for a literal.
+	gen uint64
 }
 
 // Tier is a compiled tier.
@@ -376,6 +378,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		Tiers:        make(map[string]*Tier, len(f.Tiers)),
 		OnStoreError: f.OnStoreError,
 		Replicas:     f.Replicas,
+		gen:          policyGen.Add(1),
 	}
 	switch p.OnStoreError {
 	case "":
