@@ -178,8 +178,16 @@ func New(opts Options) (*Server, error) {
 // SetPolicy swaps in a new compiled policy. Requests already past identity
 // finish under the policy they started with.
 func (s *Server) SetPolicy(p *policy.Policy) {
-	s.policy.Store(p)
-	s.m.forgetTiers(func(tier string) bool { _, ok := p.Tiers[tier]; return ok })
+	old := s.policy.Swap(p)
+	keep := func(tier string) bool { _, ok := p.Tiers[tier]; return ok }
+	s.m.forgetTiers(keep)
+	if old != nil {
+		for name := range old.Tiers {
+			if !keep(name) {
+				s.qm.ForgetTier(name) // the queues' wait and outcome series
+			}
+		}
+	}
 }
 
 // Serve accepts connections on ln until Shutdown.
