@@ -176,7 +176,8 @@ func New(opts Options) (*Server, error) {
 }
 
 // SetPolicy swaps in a new compiled policy. Requests already past identity
-// finish under the policy they started with.
+// finish under the policy they started with. The per-tier series of tiers
+// the new policy lacks are deleted (metrics and queue waits).
 func (s *Server) SetPolicy(p *policy.Policy) {
 	old := s.policy.Swap(p)
 	keep := func(tier string) bool { _, ok := p.Tiers[tier]; return ok }
