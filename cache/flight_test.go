@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 func TestSingleFlightOneLeaderAllFollowersGetTheAnswer(t *testing.T) {
@@ -113,9 +115,11 @@ func TestFlightFinishCopiesTheBodyOnlyForFollowers(t *testing.T) {
 		e, _ := follower.Wait(context.Background())
 		got <- e
 	}()
-	for f.Followers() == 0 || func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.changed == nil }() {
-		time.Sleep(time.Millisecond) // until the follower waits
-	}
+	testkit.Eventually(t, 5*time.Second, "the follower to wait", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.followers > 0 && f.changed != nil
+	})
 	f.Finish(&Entry{Body: buf})
 	copy(buf, "ANSWER TWO") // the leader's buffer, reused
 	if e := <-got; e == nil || string(e.Body) != "answer one" {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sluice/internal/testkit"
 )
 
 func TestPurgeKeyAndNamespace(t *testing.T) {
@@ -97,13 +99,7 @@ func TestPurgeNamespaceReachesReplicas(t *testing.T) {
 	if g, err := a.PurgeNamespace(ctx, "team:x"); err != nil || g != 1 {
 		t.Fatalf("PurgeNamespace = %d, %v", g, err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for b.Namespace("team:x") == "team:x" {
-		if time.Now().After(deadline) {
-			t.Fatal("replica b never took up the purge")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "replica b to take up the purge", func() bool { return b.Namespace("team:x") != "team:x" })
 	if a.Namespace("team:x") != b.Namespace("team:x") {
 		t.Fatalf("replicas disagree: %q vs %q", a.Namespace("team:x"), b.Namespace("team:x"))
 	}
@@ -112,11 +108,7 @@ func TestPurgeNamespaceReachesReplicas(t *testing.T) {
 	}
 	// A third replica started later takes the generation up at once.
 	c := replica(time.Hour)
-	deadline = time.Now().Add(5 * time.Second)
-	for c.Namespace("team:x") != a.Namespace("team:x") {
-		if time.Now().After(deadline) {
-			t.Fatal("a new replica did not take up the generation")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "a new replica to take up the generation", func() bool {
+		return c.Namespace("team:x") == a.Namespace("team:x")
+	})
 }

@@ -15,6 +15,9 @@ import (
 // key prefix unique to this test; the test's keys are deleted at the end.
 func testRedis(t *testing.T) (*redis.Client, string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis: skipped under -short")
+	}
 	addr := os.Getenv("SLUICE_TEST_REDIS_ADDR")
 	if addr == "" {
 		t.Skip("SLUICE_TEST_REDIS_ADDR is not set (source scripts/services.sh; start_redis)")

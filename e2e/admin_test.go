@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"sluice/fakeai"
+	"sluice/internal/testkit"
 )
 
 // reloadPolicies is a policies.yaml with a "load" tier for the trusted app
@@ -234,16 +235,9 @@ func statusHistogram(r *loadResult) map[int]int {
 // waitMetric waits up to 5 s for a metric sample to reach want.
 func waitMetric(t *testing.T, s *sluiceProc, name string, want float64, labels ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		v, _ := s.metric(t, name, labels...)
-		if v == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s%v = %v; want %v\n%s", name, labels, v, want, s.Output())
-		}
-		time.Sleep(10 * time.Millisecond)
+	var v float64
+	if !testkit.Poll(5*time.Second, func() bool { v, _ = s.metric(t, name, labels...); return v == want }) {
+		t.Fatalf("%s%v = %v; want %v\n%s", name, labels, v, want, s.Output())
 	}
 }
 

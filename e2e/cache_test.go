@@ -379,6 +379,9 @@ func TestCacheCoalesce100(t *testing.T) {
 // unique to the test whose keys are deleted at the end.
 func testRedisAddr(t *testing.T) (addr, prefix string, rc *redis.Client) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis: skipped under -short")
+	}
 	addr = os.Getenv("SLUICE_TEST_REDIS_ADDR")
 	if addr == "" {
 		t.Skip("SLUICE_TEST_REDIS_ADDR is not set (source scripts/services.sh; start_redis)")
@@ -653,7 +656,7 @@ keys:
 // what a hit costs over a provider that answers instantly. The figures are
 // logged; the test fails when a hit adds 1 ms or more at the median (the
 // p99 of both on a shared 2-core machine moves by milliseconds between runs,
-// see README).
+// see docs/cache.md#measured).
 func TestCacheHitLatencyBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load measurement; skipped with -short")

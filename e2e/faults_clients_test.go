@@ -56,10 +56,9 @@ upstreams:
 `
 }
 
-// faultEnv is a fake upstream and a Sluice with faultConfig.
+// faultEnv is an env whose Sluice runs faultConfig.
 type faultEnv struct {
-	fake *fakeUpstream
-	s    *sluiceProc
+	env
 	// dir holds the JSONL transcripts.
 	dir string
 	// host is the API listener's host:port.
@@ -75,7 +74,7 @@ func newFaultEnvWith(t *testing.T, budget, policies string) *faultEnv {
 	dir := t.TempDir()
 	f := startFake(t, fakeai.Config{})
 	s := startSluice(t, sluiceOptions{Config: faultConfig(dir, budget), Policies: policies, BaseURL: f.URL})
-	return &faultEnv{fake: f, s: s, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
+	return &faultEnv{env: env{fake: f, s: s}, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
 }
 
 // dial opens a raw connection to the API listener.
@@ -526,7 +525,7 @@ func TestFaultClientFraming(t *testing.T) {
 // the connection closes after the answer unless the client asked for
 // keep-alive. A stream to an HTTP/1.0 client arrives whole and the
 // connection closes after [DONE] (framed chunked by fasthttp: see the
-// README's reliability table).
+// docs/testing.md#the-fault-suite).
 func TestFaultClientHTTP10(t *testing.T) {
 	e := newFaultEnv(t)
 	base := e.s.resources(t)
@@ -835,7 +834,7 @@ func TestFaultClientIdleConnections10k(t *testing.T) {
 		"idle_timeout: 3s", "idle_timeout: 60s", 1)
 	fake := startFake(t, fakeai.Config{})
 	s := startSluice(t, sluiceOptions{Config: cfg, Policies: trustedPolicies(), BaseURL: fake.URL})
-	e := &faultEnv{fake: fake, s: s, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
+	e := &faultEnv{env: env{fake: fake, s: s}, dir: dir, host: strings.TrimPrefix(s.URL, "http://")}
 	client := s.client(demoKey)
 	ask := func() time.Duration {
 		t.Helper()

@@ -25,11 +25,10 @@ import (
 	"sluice/fakeai"
 )
 
-// depEnv (dependency faults) is a fake upstream and a sluice in front of it that writes its
-// transcripts as JSONL into dir, with the resources it held once warm.
+// depEnv (dependency faults) is an env whose sluice writes its transcripts
+// as JSONL into dir, with the resources it held once warm.
 type depEnv struct {
-	fake *fakeUpstream
-	s    *sluiceProc
+	env
 	dir  string
 	base resources
 	sent int // requests the test sent, for the transcript count
@@ -54,8 +53,7 @@ func newDepEnv(t *testing.T, co configOptions, cfg, policies string) *depEnv {
 	if policies == "" {
 		policies = trustedPolicies()
 	}
-	e := &depEnv{fake: f, dir: dir}
-	e.s = startSluice(t, sluiceOptions{Config: cfg, Policies: policies, BaseURL: f.URL})
+	e := &depEnv{env: env{fake: f, s: startSluice(t, sluiceOptions{Config: cfg, Policies: policies, BaseURL: f.URL})}, dir: dir}
 	if _, err := e.chat(t, "warm up"); err != nil {
 		t.Fatalf("warm-up request: %v", err)
 	}
@@ -578,7 +576,7 @@ func TestFaultUpstreamUnreachable(t *testing.T) {
 			s := startSluice(t, sluiceOptions{BaseURL: baseURL, Config: makeConfig(configOptions{}) + transcriptsYAML(dir),
 				Policies: trustedPolicies()})
 			base := s.resources(t)
-			e := &depEnv{s: s, dir: dir, base: base}
+			e := &depEnv{env: env{s: s}, dir: dir, base: base}
 			start := time.Now()
 			_, err := e.chat(t, "anyone "+name)
 			checkSluiceError(t, err, 502, "server_error", "upstream_unreachable", "")

@@ -1,12 +1,11 @@
 package e2e
 
 import (
-	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 // resources is what a Sluice process holds, read from its own metrics:
@@ -34,28 +33,11 @@ func (s *sluiceProc) resources(t *testing.T) resources {
 // metricSum adds up every series of the metric name.
 func (s *sluiceProc) metricSum(t *testing.T, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(s.AdminURL + "/metrics")
+	m, err := testkit.Scrape(s.AdminURL + "/metrics")
 	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	var sum float64
-	for _, line := range strings.Split(string(body), "\n") {
-		series, value, ok := strings.Cut(line, " ")
-		if n, _, _ := strings.Cut(series, "{"); !ok || n != name {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum += v
-	}
-	return sum
+	return m.Sum(name)
 }
 
 // leakSlack is how far goroutines and descriptors may sit above the

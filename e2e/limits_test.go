@@ -397,11 +397,11 @@ func TestLimitsRedisDown(t *testing.T) {
 // testRedis returns the suite's Redis address, failing unless -short.
 func testRedis(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis: skipped under -short")
+	}
 	addr := os.Getenv("SLUICE_TEST_REDIS_ADDR")
 	if addr == "" {
-		if testing.Short() {
-			t.Skip("needs Redis (SLUICE_TEST_REDIS_ADDR); run scripts/test.sh")
-		}
 		t.Fatal("SLUICE_TEST_REDIS_ADDR is not set: run the suite with scripts/test.sh, which starts Redis")
 	}
 	return addr

@@ -4,7 +4,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -28,6 +27,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"sluice/fakeai"
+	"sluice/internal/testkit"
 )
 
 // Keys used by the suite. The fake upstream accepts only upstreamKey, so a
@@ -391,52 +391,15 @@ func (f *fakeUpstream) directClient() *openai.Client {
 	return &c
 }
 
-// metric returns the sum of the samples of name whose labels include
+// metric returns the value of the first sample of name whose labels include
 // every one of labels (`route="chat_completions"`), and whether there is one.
 func (s *sluiceProc) metric(t *testing.T, name string, labels ...string) (float64, bool) {
 	t.Helper()
-	resp, err := http.Get(s.AdminURL + "/metrics")
+	m, err := testkit.Scrape(s.AdminURL + "/metrics")
 	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: status %d", resp.StatusCode)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	var sum float64
-	found := false
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		series, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		n, lbl, _ := strings.Cut(series, "{")
-		if n != name {
-			continue
-		}
-		match := true
-		for _, l := range labels {
-			if !strings.Contains(lbl, l) {
-				match = false
-				break
-			}
-		}
-		if !match {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		sum, found = sum+v, true // several series may match (code within status_class)
-	}
-	return sum, found
+	return m.Value(name, labels...)
 }
 
 // waitLogLine waits up to d for an output line containing every one of
@@ -485,7 +448,8 @@ func logField(line, key string) string {
 // ---------------------------------------------------------------------------
 // One fake plus one sluice
 
-// env is a fake upstream and a sluice in front of it.
+// env is a fake upstream and a sluice in front of it; the fault suites'
+// depEnv and faultEnv build on it.
 type env struct {
 	fake *fakeUpstream
 	s    *sluiceProc
@@ -647,19 +611,8 @@ func errorBody(t *testing.T, e *openai.Error) []byte {
 	return b
 }
 
-// waitFor polls cond every 10 ms for up to d and reports whether it held.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor polls cond for up to d and reports whether it held.
+func waitFor(d time.Duration, cond func() bool) bool { return testkit.Poll(d, cond) }
 
 // syncBuffer is a bytes.Buffer safe for one writer and many readers.
 type syncBuffer struct {

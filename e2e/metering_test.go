@@ -112,7 +112,9 @@ func TestSecurityPassthroughConcurrency(t *testing.T) {
 	statuses := make([]int, 2)
 	for i := range statuses {
 		wg.Go(func() { statuses[i] = speech(ctx, t, demo, slow) })
-		time.Sleep(200 * time.Millisecond) // the first one holds its lease
+		if i == 0 && !waitFor(5*time.Second, func() bool { return e.fake.Stats().Requests == 1 }) {
+			t.Fatal("the first speech call did not reach the upstream") // it holds its lease until answered
+		}
 	}
 	wg.Wait()
 	if !(statuses[0] == 200 && statuses[1] == http.StatusTooManyRequests) {

@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"sluice/fakeai"
+	"sluice/internal/testkit"
 )
 
 // promConfig: one budgeted upstream that lets two calls run at once (so a
@@ -86,6 +87,9 @@ keys:
 // and return at least one series. An alert's expression is also evaluated
 // without its final threshold, since a healthy load must not fire it.
 func TestPrometheusEvaluatesDashboardsAndRules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs Prometheus: skipped under -short")
+	}
 	promURL, targets := os.Getenv("SLUICE_TEST_PROMETHEUS"), os.Getenv("SLUICE_TEST_PROMETHEUS_TARGETS")
 	if promURL == "" || targets == "" {
 		t.Skip("SLUICE_TEST_PROMETHEUS and SLUICE_TEST_PROMETHEUS_TARGETS unset (scripts/test.sh starts Prometheus: start_prometheus)")
@@ -498,11 +502,7 @@ func (p *promClient) ruleHealth(t *testing.T) map[string]string {
 // waitUntil polls cond every 200 ms until it holds or d passes.
 func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if !testkit.PollEvery(d, 200*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", d, what)
 	}
 }

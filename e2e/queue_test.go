@@ -285,6 +285,9 @@ func TestQueueUserWaitsForOwnSlot(t *testing.T) {
 // whose clients hang up are dropped before any upstream call, the queue
 // drains, and no slot leaks.
 func TestQueueClientsHangUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about 20 s (100 hung-up clients, then the settle check): skipped under -short")
+	}
 	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
 	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: queueConfig(60, 1, 0, 3, "", ""),
 		Policies: queuePolicy(1000, "300s")})
@@ -607,7 +610,9 @@ func TestQueueShutdownAnswersQueued(t *testing.T) {
 	// In flight while the signal comes: a slow answer holding the slot.
 	inFlight := make(chan error, 1)
 	go func() { inFlight <- ask("slow", option.WithHeader("X-Fake-Latency", "1500ms")) }()
-	time.Sleep(200 * time.Millisecond)
+	if !waitFor(5*time.Second, func() bool { return fake.Stats().Requests == 1 }) {
+		t.Fatal("the slow request did not reach the upstream")
+	}
 	type result struct {
 		err  error
 		took time.Duration

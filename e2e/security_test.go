@@ -592,6 +592,9 @@ func TestSecurityTranscriptsTeamKeepsPassthrough(t *testing.T) {
 // timeout, so a client that promised a body and never sent it held its
 // connection for ever. The read timeout (30 s) closes it.
 func TestSecurityAdminReadTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the admin read timeout (30 s): skipped under -short")
+	}
 	f := startFake(t, fakeai.Config{})
 	s := startSluice(t, sluiceOptions{Policies: trustedPolicies(), BaseURL: f.URL,
 		Env: map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}})

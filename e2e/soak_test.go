@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"sluice/fakeai"
+	"sluice/internal/testkit"
 )
 
 // The soak: SLUICE_SOAK (a duration, e.g. "10m") of mixed load through the
@@ -92,42 +93,20 @@ type soakSample struct {
 
 // scrapeResources reads the three series from one GET /metrics.
 func (s *sluiceProc) scrapeResources() (soakSample, error) {
-	resp, err := http.Get(s.AdminURL + "/metrics")
+	m, err := testkit.Scrape(s.AdminURL + "/metrics")
 	if err != nil {
 		return soakSample{}, err
 	}
-	defer resp.Body.Close()
 	var out soakSample
-	found := 0
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
+	for name, dst := range map[string]*float64{"process_resident_memory_bytes": &out.rss,
+		"go_goroutines": &out.goroutines, "process_open_fds": &out.fds} {
+		v, ok := m.Value(name)
 		if !ok {
-			continue
-		}
-		var dst *float64
-		switch name {
-		case "process_resident_memory_bytes":
-			dst = &out.rss
-		case "go_goroutines":
-			dst = &out.goroutines
-		case "process_open_fds":
-			dst = &out.fds
-		default:
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			return soakSample{}, fmt.Errorf("metric %s: %v", name, err)
+			return soakSample{}, fmt.Errorf("/metrics: no %s", name)
 		}
 		*dst = v
-		found++
 	}
-	if found != 3 {
-		return soakSample{}, fmt.Errorf("/metrics: %d of process_resident_memory_bytes, go_goroutines, process_open_fds", found)
-	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // soakTally is what the clients saw.

@@ -91,6 +91,9 @@ func startUvicornUpstream(t *testing.T) *upstreamServer {
 // answers, and kills it by its PID when the test ends.
 func startUpstreamProc(t *testing.T, name, prog string, args ...string) *upstreamServer {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs a %s upstream: skipped under -short", name)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("%s upstream: listen: %v", name, err)

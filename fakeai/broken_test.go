@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 func TestFaultTrickleBody(t *testing.T) {
@@ -86,7 +88,7 @@ func TestFaultTrickleStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = resp.Body.Close()
-	waitFor(t, func() bool { return s.Stats().Aborted == 1 })
+	testkit.Eventually(t, 2*time.Second, "1 aborted", func() bool { return s.Stats().Aborted == 1 })
 }
 
 func TestFaultMalformedSSE(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 const chatBody = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"one two three four"}]}`
@@ -102,18 +104,7 @@ func TestFaultHang(t *testing.T) {
 	if d := time.Since(start); d < 100*time.Millisecond {
 		t.Fatalf("answered after %v", d)
 	}
-	waitFor(t, func() bool { return s.Stats().Aborted == 1 })
-}
-
-// waitFor polls cond for up to 2 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatal("condition not met within 2s")
+	testkit.Eventually(t, 2*time.Second, "1 aborted", func() bool { return s.Stats().Aborted == 1 })
 }
 
 func TestFaultCutStream(t *testing.T) {
@@ -154,7 +145,7 @@ func TestFaultCutStream(t *testing.T) {
 	if n := len(parseSSE(t, body)); n != 7 { // role + 5 content + finish
 		t.Fatalf("%d events, want 7", n)
 	}
-	waitFor(t, func() bool { return s.Stats().Aborted == 2 })
+	testkit.Eventually(t, 2*time.Second, "2 aborted", func() bool { return s.Stats().Aborted == 2 })
 }
 
 func TestFaultCutBody(t *testing.T) {
@@ -201,7 +192,7 @@ func TestFaultHangAfter(t *testing.T) {
 	}
 	cancel()
 	<-got
-	waitFor(t, func() bool { return s.Stats().Aborted == 1 })
+	testkit.Eventually(t, 2*time.Second, "1 aborted", func() bool { return s.Stats().Aborted == 1 })
 }
 
 func TestLatency(t *testing.T) {

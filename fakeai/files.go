@@ -40,6 +40,7 @@ func (c *call) files() {
 	}
 	f := fileObject{Object: "file", ExpiresAt: jsonNull, Status: "processed", StatusDetails: jsonNull}
 	haveFile := false
+	var content []byte
 	mr := multipart.NewReader(bytes.NewReader(c.body), params["boundary"])
 	for {
 		p, err := mr.NextRawPart()
@@ -60,7 +61,9 @@ func (c *call) files() {
 			f.Purpose = string(b)
 		case "file":
 			h := sha256.New()
-			n, err := io.Copy(h, p)
+			kept := &limitedBuffer{max: maxKeptFileBytes}
+			n, err := io.Copy(io.MultiWriter(h, kept), p)
+			content = kept.b
 			if err != nil {
 				c.invalid("file", "", "Could not read 'file': "+err.Error())
 				return
@@ -86,5 +89,20 @@ func (c *call) files() {
 		return
 	}
 	f.ID, f.CreatedAt = newID("file-", 22), time.Now().Unix()
+	c.s.storeFile(f, content)
 	c.writeJSON(http.StatusOK, &f)
+}
+
+// limitedBuffer keeps the first max bytes written to it and takes the rest
+// without keeping them.
+type limitedBuffer struct {
+	b   []byte
+	max int
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := l.max - len(l.b); room > 0 {
+		l.b = append(l.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
 }

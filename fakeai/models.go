@@ -43,11 +43,12 @@ type modelList struct {
 }
 
 func (c *call) listModels() {
-	c.writeJSON(http.StatusOK, modelList{Object: "list", Data: knownModels})
+	data := append(append([]modelObject(nil), knownModels...), c.s.fineTunedModels()...)
+	c.writeJSON(http.StatusOK, modelList{Object: "list", Data: data})
 }
 
 func (c *call) getModel(id string) {
-	for _, m := range knownModels {
+	for _, m := range append(c.s.fineTunedModels(), knownModels...) {
 		if m.ID == id {
 			c.writeJSON(http.StatusOK, m)
 			return

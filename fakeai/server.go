@@ -31,6 +31,9 @@ type Server struct {
 
 	lastMu sync.Mutex
 	last   RecordedRequest
+
+	// objs are the stored files, batches and fine-tuning jobs (objects.go).
+	objs objects
 }
 
 // Stats counts what the server has served since New.
@@ -228,6 +231,9 @@ func (s *Server) route(c *call) {
 		c.listModels()
 	case get && strings.HasPrefix(path, "/v1/models/") && len(path) > len("/v1/models/"):
 		c.getModel(path[len("/v1/models/"):])
+	case method == http.MethodDelete && strings.HasPrefix(path, "/v1/models/") && len(path) > len("/v1/models/"):
+		c.deleteModel(path[len("/v1/models/"):])
+	case c.fileRoutes(method, path), c.batchRoutes(method, path), c.jobRoutes(method, path):
 	default:
 		c.unknownURL()
 	}

@@ -127,6 +127,11 @@ type Limiter struct {
 	// resolves no label set.
 	counters sync.Map // string → prometheus.Counter
 	tierTok  sync.Map // tier → *tokenCounters
+	// tierMu serialises adding children to the caches above with dropping
+	// a removed tier's (tiermetrics.go), so no cached handle outlives its
+	// series; tierGen is the newest policy whose removed tiers were dropped.
+	tierMu  sync.Mutex
+	tierGen atomic.Uint64
 
 	// keys caches bucket keys by scope (keysFor); keysN counts its entries.
 	keys  sync.Map // string → *bucketKeys
@@ -140,36 +145,6 @@ type Limiter struct {
 	// user scope; entries are dropped when they fall to zero.
 	waitMu  sync.Mutex
 	waiting map[string]*atomic.Int64
-}
-
-type tokenCounters struct{ reserved, actual prometheus.Counter }
-
-// count increments sluice_limiter_decisions_total{tier, limit, scope,
-// outcome}; scope is the deciding limit's owner (user, model, app; none
-// when no limit decided).
-func (l *Limiter) count(tier, lim, scope, outcome string) {
-	if scope == "" {
-		scope = "none"
-	}
-	// The key is built on the stack; only a first sighting allocates.
-	var buf [112]byte
-	key := append(append(append(append(append(append(append(buf[:0], tier...), 0), lim...), 0), scope...), 0), outcome...)
-	if c, ok := l.counters.Load(string(key)); ok {
-		c.(prometheus.Counter).Inc()
-		return
-	}
-	c := l.decisions.WithLabelValues(tier, lim, scope, outcome)
-	l.counters.Store(string(key), c)
-	c.Inc()
-}
-
-func (l *Limiter) tierTokens(tier string) *tokenCounters {
-	if t, ok := l.tierTok.Load(tier); ok {
-		return t.(*tokenCounters)
-	}
-	t := &tokenCounters{l.tokens.WithLabelValues(tier, "reserved"), l.tokens.WithLabelValues(tier, "actual")}
-	l.tierTok.Store(tier, t)
-	return t
 }
 
 // LimiterOptions configure a Limiter.
@@ -294,6 +269,9 @@ func (l *Limiter) Admit(ctx context.Context, pol *Policy, a *Ask) *Admission {
 // there would be allocated on every request; here it stays on the caller's
 // stack.)
 func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact func() int64) *Admission {
+	if pol != nil && pol.gen > l.tierGen.Load() {
+		l.retireTiers(pol)
+	}
 	a.Tokens = clampTokens(a.Tokens)
 	l.shadow(ctx, a)
 	ad := l.pool.Get().(*Admission)
@@ -520,84 +498,6 @@ func (ad *Admission) reset() {
 	*ad = Admission{}
 	ad.req.Rules, ad.req.Leases, ad.kinds, ad.leases, ad.settle = rules, leases, kinds, lkinds, settle
 	ad.dec.Remaining, ad.dec.Reset = rem, res
-}
-
-const (
-	usPerMinute = int64(time.Minute / time.Microsecond)
-	usPerDay    = int64(24 * time.Hour / time.Microsecond)
-)
-
-// build fills ad.req with the plan's buckets and leases, every limit divided
-// by div (the replica count in local fallback mode).
-func (l *Limiter) build(ad *Admission, pl *Plan, tokens int64, reqID string, div int64) {
-	ad.req.LeaseID = reqID
-	add := func(scope string, keys *bucketKeys, lim Limits) {
-		if lim.IsZero() {
-			return
-		}
-		l.addRate(ad, scope, keys.rpm, LimitRPM, lim.RPM, usPerMinute, 1, div)
-		l.addRate(ad, scope, keys.tpm, LimitTPM, lim.TPM, usPerMinute, tokens, div)
-		l.addRate(ad, scope, keys.tpd, LimitTPD, lim.TPD, usPerDay, tokens, div)
-		if lim.Concurrent > 0 {
-			ad.req.Leases = append(ad.req.Leases, limit.Lease{
-				Key: keys.conc, Limit: max(lim.Concurrent/div, 1), TTL: int64(l.leaseTTL / time.Microsecond)})
-			ad.leases = append(ad.leases, ruleInfo{kind: LimitConcurrent, scope: scope, limit: lim.Concurrent})
-		}
-	}
-	if !pl.User.IsZero() {
-		add("user", l.keysFor(pl.UserScope, ""), pl.User)
-	}
-	if pl.Model != nil {
-		add("model", l.keysFor(pl.UserScope, pl.Model.Pattern), pl.Model.Limits)
-	}
-	if !pl.App.IsZero() {
-		add("app", l.keysFor(pl.AppScope, ""), pl.App)
-	}
-}
-
-// bucketKeys are one scope's bucket and lease keys.
-type bucketKeys struct{ rpm, tpm, tpd, conc string }
-
-// maxCachedScopes bounds the key cache; past it the cache starts over.
-const maxCachedScopes = 100_000
-
-// keysFor returns the keys of a scope (and model pattern), built once per
-// scope and cached, so admitting a known user allocates nothing.
-func (l *Limiter) keysFor(scope, model string) *bucketKeys {
-	var buf [128]byte
-	id := append(append(append(buf[:0], scope...), 0), model...)
-	if k, ok := l.keys.Load(string(id)); ok {
-		return k.(*bucketKeys)
-	}
-	base := scope
-	if model != "" {
-		base = scope + ":m:" + model
-	}
-	k := &bucketKeys{rpm: base + ":rpm", tpm: base + ":tpm", tpd: base + ":tpd", conc: base + ":conc"}
-	if l.keysN.Add(1) > maxCachedScopes {
-		l.keys.Clear()
-		l.keysN.Store(1)
-	}
-	l.keys.Store(string(id), k)
-	return k
-}
-
-func (l *Limiter) addRate(ad *Admission, scope, key, kind string, r Rate, period, cost, div int64) {
-	if r.Limit <= 0 {
-		return
-	}
-	lim := max(r.Limit/div, 1)
-	burst := max(r.burst()/div, 1)
-	ad.req.Rules = append(ad.req.Rules, limit.Rule{Key: key, Interval: max(period/lim, 1), Burst: burst, Cost: cost})
-	ad.kinds = append(ad.kinds, ruleInfo{kind: kind, scope: scope, limit: r.Limit, token: kind != LimitRPM})
-}
-
-func (l *Limiter) setTokenCosts(ad *Admission, tokens int64) {
-	for i, k := range ad.kinds {
-		if k.token {
-			ad.req.Rules[i].Cost = tokens
-		}
-	}
 }
 
 // Stores returns the limiter's bucket store and, for a shared store, its

@@ -142,6 +142,7 @@ func Diff(old, new *Policy) []string {
 	}
 	out = field(out, "policy", "on_store_error", old.OnStoreError, new.OnStoreError)
 	out = field(out, "policy", "replicas", old.Replicas, new.Replicas)
+	out = append(out, priceChanges(&old.Prices, &new.Prices)...)
 	return out
 }
 

@@ -72,8 +72,9 @@ func FuzzParse(f *testing.F) {
 }
 
 // normalize makes empty maps and slices nil, as written-back YAML has
-// "users: {}" where the source had nothing.
+// "users: {}" where the source had nothing, and clears the compile order.
 func normalize(p *Policy) {
+	p.gen = 0
 	if len(p.users) == 0 {
 		p.users = nil
 	}
@@ -82,6 +83,9 @@ func normalize(p *Policy) {
 	}
 	if len(p.UnmatchedUsers) == 0 {
 		p.UnmatchedUsers = nil
+	}
+	if len(p.Prices.specs) == 0 {
+		p.Prices.specs = nil
 	}
 	for _, k := range p.keys {
 		if len(k.CacheNamespaces) == 0 {

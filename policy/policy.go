@@ -32,6 +32,12 @@ type File struct {
 	// Replicas is the number of Sluice replicas sharing the store, used to
 	// divide limits in "local" mode. Default 1.
 	Replicas int64 `yaml:"replicas"`
+	// Prices are the models' prices in USD per 1M tokens, by model pattern
+	// (exact name, prefix*, or *), matched after aliases (price.go).
+	Prices map[string]PriceSpec `yaml:"prices"`
+	// Unpriced is what a model without a price costs: "free" (counted at
+	// $0, the default) or "refuse" (its requests answer 403).
+	Unpriced string `yaml:"unpriced"`
 }
 
 // TierSpec describes one tier.
@@ -147,10 +153,16 @@ type KeySpec struct {
 	// endpoints of objects stored at the provider (files, uploads, batches,
 	// stored responses and chat completions by id, vector stores,
 	// fine-tuning, assistants, threads, containers, conversations, evals,
-	// deleting a model). Such objects are shared by every key of the
-	// project. Default false: those endpoints answer 403; a key with its
-	// own project may always use them.
+	// deleting a model) in owned mode: Sluice records the objects made
+	// through it with the key's team (the key alone without a team) and
+	// answers another team's access 404 and lists with the team's own
+	// (docs/security.md). Default false: those endpoints answer 403; a key
+	// with its own project may always use them.
 	StoredObjects bool `yaml:"stored_objects"`
+	// ShowCost adds X-Sluice-Cost-Usd, the answer's cost at the policy's
+	// prices, to this key's buffered answers. Default false: clients do not
+	// see prices.
+	ShowCost bool `yaml:"show_cost"`
 	// Endpoints, when set, are the only /v1 paths the key may call: exact
 	// paths ("/v1/chat/completions") or prefixes ending in "*"
 	// ("/v1/audio/*"). Others answer 403. Default: every path.
@@ -184,6 +196,10 @@ type Policy struct {
 	OnStoreError string
 	// Replicas divides limits in "local" store-error mode.
 	Replicas int64
+	// Prices is the price table (price.go).
+	Prices Prices
+	// gen orders compiled policies (tiermetrics.go); 0 for a literal.
+	gen uint64
 }
 
 // Tier is a compiled tier.
@@ -254,6 +270,8 @@ type Key struct {
 	// StoredObjects reports that the key may use the stored-object
 	// endpoints: it has a project of its own, or stored_objects is set.
 	StoredObjects bool
+	// ShowCost adds the answer's cost to its headers (see KeySpec).
+	ShowCost bool
 }
 
 // Principal is who a request acts for.
@@ -360,6 +378,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		Tiers:        make(map[string]*Tier, len(f.Tiers)),
 		OnStoreError: f.OnStoreError,
 		Replicas:     f.Replicas,
+		gen:          policyGen.Add(1),
 	}
 	switch p.OnStoreError {
 	case "":
@@ -368,6 +387,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 	default:
 		add("on_store_error", "must be allow, deny or local, not %s", yamlfile.ShowValue(p.OnStoreError))
 	}
+	p.Prices = compilePrices(f.Prices, f.Unpriced, add)
 	if p.Replicas == 0 {
 		p.Replicas = 1
 	} else if p.Replicas < 0 {
@@ -507,7 +527,7 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		}
 		k := &Key{ID: ks.ID, User: ks.User, Team: ks.Team, Tier: ks.Tier, Trusted: ks.Trusted,
 			UserTier: ks.UserTier, Limits: ks.Limits, AppLimits: ks.AppLimits, CacheNamespaces: ks.CacheNamespaces,
-			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "",
+			Shadow: ks.Shadow, EndUsers: ks.EndUsers, Project: ks.Project, StoredObjects: ks.StoredObjects || ks.Project != "", ShowCost: ks.ShowCost,
 			SharedCache: ks.SharedCache, Endpoints: ks.Endpoints, Models: ks.Models}
 		if k.User == "" {
 			k.User = k.ID

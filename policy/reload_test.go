@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"sluice/internal/testkit"
 	"sluice/policy/limit"
 )
 
@@ -106,17 +107,6 @@ func writeAtomic(t *testing.T, path, data string) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestReloadBrokenFileKeepsLastGood(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policies.yaml")
 	writeAtomic(t, path, policyWithRPM(10))
@@ -173,7 +163,7 @@ func TestReloadWatchRenameOver(t *testing.T) {
 	writeAtomic(t, path, policyWithRPM(10))
 	f := newFixture(t, path, 10*time.Millisecond)
 	writeAtomic(t, path, policyWithRPM(30))
-	waitFor(t, "the renamed-over file to load", func() bool { return f.count() == 2 })
+	testkit.Eventually(t, 5*time.Second, "the renamed-over file to load", func() bool { return f.count() == 2 })
 	if rpmOf(f.last()) != 30 {
 		t.Fatalf("rpm = %d; want 30", rpmOf(f.last()))
 	}
@@ -183,7 +173,7 @@ func TestReloadWatchRenameOver(t *testing.T) {
 	if err := os.WriteFile(path, []byte(policyWithRPM(40)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the rewritten file to load", func() bool { return f.count() == 3 })
+	testkit.Eventually(t, 5*time.Second, "the rewritten file to load", func() bool { return f.count() == 3 })
 	if rpmOf(f.last()) != 40 {
 		t.Fatalf("rpm = %d; want 40", rpmOf(f.last()))
 	}
@@ -265,7 +255,7 @@ func TestReloadWatchSymlinkSwap(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "..v1")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the swapped ConfigMap to load", func() bool { return f.count() == 2 })
+	testkit.Eventually(t, 5*time.Second, "the swapped ConfigMap to load", func() bool { return f.count() == 2 })
 	if rpmOf(f.last()) != 50 {
 		t.Fatalf("rpm = %d; want 50", rpmOf(f.last()))
 	}

@@ -85,8 +85,10 @@ func (l *Limiter) shadowCount(tier, lim, outcome string) {
 		c.(prometheus.Counter).Inc()
 		return
 	}
+	l.tierMu.Lock()
 	c := l.shadowDecisions.WithLabelValues(tier, lim, outcome)
 	l.counters.Store(string(key), c)
+	l.tierMu.Unlock()
 	c.Inc()
 }
 

@@ -29,8 +29,8 @@ func TestScanRequestNoAllocs(t *testing.T) {
 func TestUsedTokensNoAllocs(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), "test")
 	u := usage{prompt: 10, completion: 3, ok: true}
-	m.usedTokens("free", "gpt-4o*", u)
-	if n := testing.AllocsPerRun(100, func() { m.usedTokens("free", "gpt-4o*", u) }); n != 0 {
+	m.usedTokens("free", "gpt-4o*", u, 0.001)
+	if n := testing.AllocsPerRun(100, func() { m.usedTokens("free", "gpt-4o*", u, 0.001) }); n != 0 {
 		t.Fatalf("usedTokens allocates %v times per call; want 0", n)
 	}
 }

@@ -45,7 +45,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 		}
 		// Streams and passthrough answers (files, audio) are relayed as they
 		// arrive; JSON answers are read whole.
-		resp.StreamBody = x.stream || x.ep == epPassthrough
+		resp.StreamBody = x.stream || x.ep == epPassthrough && !x.own.buffer // owners.go reads some whole
 		x.upStart = time.Now()
 		line, err := up.do(req, resp, x.claim.flow, x.clientSocket(ctx), x.cache)
 		fasthttp.ReleaseRequest(req)
@@ -132,9 +132,11 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 	}
 	x.upFirst = time.Now()
 	x.upEnd = x.upFirst
-	if x.ep.parsesBody() {
-		x.decoding = decodeAnswer(resp)
-	}
+	// Every answer is read decoded: the JSON endpoints' for usage, cache
+	// and transcripts, and all of them so the relay can scrub the upstream's
+	// key (a passthrough answer compressed at the client's request reaches
+	// it decoded, in identity, rather than unscrubbed).
+	x.decoding = decodeAnswer(resp)
 	up.scrubError(resp)
 	if x.line != nil && resp.BodyStream() == nil {
 		x.releaseLine(false) // the answer was read whole after all (an error, decoded or scrubbed)

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"sluice/internal/testnet"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/internal/testkit"
 )
 
 // connTestServer runs a Server on a loopback TCP listener in front of the
@@ -238,9 +242,7 @@ func TestClientGoneCancelsCall(t *testing.T) {
 	}
 	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
 	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-client\r\nX-Test-Hold: 1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	for u.requests.Load() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the upstream call", func() bool { return u.requests.Load() > 0 })
 	time.Sleep(300 * time.Millisecond) // the upstream thinks
 	left := time.Now()
 	_ = c.Close()
@@ -287,13 +289,7 @@ func TestIdleConnsClosed(t *testing.T) {
 	if g := gauge(); g != 1 {
 		t.Fatalf("connections after one call: %v; want 1", g)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for gauge() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("an idle connection still open 2 s after idle_conn_timeout 100ms")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "the idle connection to close (idle_conn_timeout 100ms)", func() bool { return gauge() == 0 })
 }
 
 // TestStreamBodyReleasesLine: streamed answers give their line back, so
@@ -544,5 +540,59 @@ func TestPerIPListener(t *testing.T) {
 		_ = s3.Close()
 	case <-time.After(time.Second):
 		t.Fatal("no connection accepted after the first one closed")
+	}
+}
+
+// TestCloseNotifyBeforeFINNotReused: a TLS upstream that ends each
+// keep-alive connection 100 ms after its answer with a close_notify alert
+// but leaves the TCP connection open for seconds (the alert and the FIN
+// race in the field; here the FIN never comes in time). The next call does
+// not reuse the connection (its unread alert makes it stale before the
+// request is sent) and succeeds on a new one: no 502, no resend.
+func TestCloseNotifyBeforeFINNotReused(t *testing.T) {
+	pki := testnet.NewPKI(t, "private")
+	srvCert, _, _ := pki.Issue(t, "server", false, nil, net.ParseIP("127.0.0.1"))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srvCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	var requests, conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func(c *tls.Conn) {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				requests.Add(1)
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(connTestAnswer), connTestAnswer)
+				time.Sleep(100 * time.Millisecond)
+				_ = c.CloseWrite() // close_notify only; the socket stays open
+				time.Sleep(3 * time.Second)
+			}(c.(*tls.Conn))
+		}
+	}()
+	addr, reg := connTestServer(t, "https://"+ln.Addr().String(), "    idle_conn_timeout: 10s\n    tls:\n      ca_file: "+pki.CAFile+"\n")
+	for i := range 3 {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond) // the alert has arrived; the FIN has not
+		}
+		if st, body := post(t, addr, false); st != 200 || !strings.Contains(body, "hello") {
+			t.Fatalf("request %d: %d %s", i, st, body)
+		}
+	}
+	if r, c := requests.Load(), conns.Load(); r != 3 || c != 3 {
+		t.Errorf("upstream saw %d requests on %d connections; want 3 on 3 (none resent)", r, c)
+	}
+	if n := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "before_send")); n != 2 {
+		t.Errorf("stale before send: %v; want 2", n)
 	}
 }

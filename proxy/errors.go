@@ -35,6 +35,8 @@ const (
 	errInvalidPath                        // a path with dot segments, encoded dots, double encoding or control bytes
 	errStoredObjects                      // a stored-object endpoint for a key that shares its provider project
 	errEndpointForbidden                  // a path outside the key's endpoints allow-list
+	errModelNotPriced                     // a model without a price while the policy refuses unpriced models
+	errObjectNotFound                     // a stored object another team owns, or none Sluice recorded (owners.go)
 	errKindCount
 )
 
@@ -72,6 +74,8 @@ var statusTable = [errKindCount]errRow{
 	errInvalidPath:         {fasthttp.StatusBadRequest, "invalid_request_error", "invalid_path"},
 	errStoredObjects:       {fasthttp.StatusForbidden, "invalid_request_error", "stored_objects_forbidden"},
 	errEndpointForbidden:   {fasthttp.StatusForbidden, "invalid_request_error", "endpoint_forbidden"},
+	errModelNotPriced:      {fasthttp.StatusForbidden, "invalid_request_error", "model_not_priced"},
+	errObjectNotFound:      {fasthttp.StatusNotFound, "invalid_request_error", ""},
 }
 
 // writeError answers with an OpenAI-shaped error:

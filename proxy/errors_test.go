@@ -36,6 +36,8 @@ func TestStatusTable(t *testing.T) {
 		errInvalidPath:         {400, "invalid_request_error", "invalid_path"},
 		errStoredObjects:       {403, "invalid_request_error", "stored_objects_forbidden"},
 		errEndpointForbidden:   {403, "invalid_request_error", "endpoint_forbidden"},
+		errModelNotPriced:      {403, "invalid_request_error", "model_not_priced"},
+		errObjectNotFound:      {404, "invalid_request_error", ""},
 	}
 	if len(want) != int(errKindCount) {
 		t.Fatalf("test covers %d kinds; the table has %d", len(want), errKindCount)

@@ -31,6 +31,11 @@ type exchange struct {
 	project    string
 	user       string
 	team, tier string
+	showCost   bool
+
+	// owned: the exchange's part in owned mode (owners.go): the owner, and
+	// what its answer is read for (ids to record, a list to filter).
+	own ownCall
 
 	// read: the body to send (rewritten by route, cacheStart and admit when
 	// they change it) and the client's stream flag (on endpoints that
@@ -45,6 +50,9 @@ type exchange struct {
 	model      string
 	route      policy.Route
 	deployment string
+	// route: the model's price (priced false: the table has none).
+	price  policy.Price
+	priced bool
 
 	// claimFor and admit: what the request asks of its upstream's queue,
 	// the admission of the user's buckets (settled by finish; nil without
@@ -100,10 +108,34 @@ type exchange struct {
 	// (metrics; zero for answers from the cache). bodyUsage is a buffered
 	// answer's usage once scanned (bodyScanned), so the cache, the
 	// transcript and the limits share one scan.
-	status      int
-	usage       usage
+	status int
+	usage  usage
+	// cutUsage estimates what a stream the upstream cut before its usage
+	// chunk used (the prompt's estimate, the relayed text's): for its cost
+	// only, never for the token metrics.
+	cutUsage    usage
 	bodyUsage   usage
 	bodyScanned bool
+	// cost is the answer's cost in USD at the policy's prices, once known
+	// (costed): 0 for cache hits, errors and unpriced models.
+	cost   float64
+	costed bool
+}
+
+// answerCost sets x.cost from x.usage, once: what the provider bills for
+// the answer it sent (a hit or a coalesced answer cost nothing).
+func (x *exchange) answerCost() float64 {
+	if !x.costed {
+		x.costed = true
+		u := x.usage
+		if !u.ok {
+			u = x.cutUsage
+		}
+		if u.ok && x.priced && x.cacheStatus != cacheHit && x.cacheStatus != cacheCoalesced {
+			x.cost = x.price.Cost(policy.Usage{Prompt: u.prompt, CachedPrompt: u.cached, Completion: u.completion})
+		}
+	}
+	return x.cost
 }
 
 // slotAhead reports a request whose user's slot is still in the future.

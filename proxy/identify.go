@@ -8,31 +8,6 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
-	want := ""
-	switch {
-	case ep.parsesBody():
-		if !ctx.IsPost() {
-			want = fasthttp.MethodPost
-		}
-	case ep == epModels:
-		if !ctx.IsGet() {
-			want = fasthttp.MethodGet
-		}
-	case ep == epModel:
-		// GET retrieves a model, DELETE removes a fine-tuned one.
-		if !ctx.IsGet() && !ctx.IsDelete() {
-			want = fasthttp.MethodGet
-		}
-	}
-	if want == "" {
-		return true
-	}
-	ctx.Response.Header.Set("Allow", want)
-	writeError(ctx, errMethodNotAllowed, "", "Method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path())+"; use "+want+".")
-	return false
-}
-
 var (
 	bearerPrefix   = []byte("Bearer ")
 	acceptEncoding = []byte("Accept-Encoding")
@@ -55,7 +30,7 @@ func (s *Server) identify(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Pol
 	}
 	// Every record names its tenant, models and passthrough calls too:
 	// /admin/transcripts?team= keeps them.
-	x.keyID, x.project, x.user, x.team, x.tier = key.ID, key.Project, key.User, key.Team, key.Tier
+	x.keyID, x.project, x.user, x.team, x.tier, x.showCost = key.ID, key.Project, key.User, key.Team, key.Tier, key.ShowCost
 	if !key.AllowsPath(ctx.Path()) {
 		writeError(ctx, errEndpointForbidden, "", "This key may not call "+string(ctx.Path())+".")
 		return nil, false

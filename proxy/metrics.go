@@ -113,6 +113,7 @@ type metrics struct {
 	// direction, tier and model group; children resolved once per tier and
 	// group (both from configuration) in tokenPairs.
 	tokens     *prometheus.CounterVec
+	spend      *prometheus.CounterVec
 	tokenMu    sync.RWMutex
 	tokenPairs map[tokenKey]*tokenPair
 
@@ -153,8 +154,9 @@ type routedKey struct{ tier, group, cache, class string }
 // tokenKey names one tier and model group.
 type tokenKey struct{ tier, group string }
 
-// tokenPair is the prompt and completion counters of one tier and group.
-type tokenPair struct{ prompt, completion prometheus.Counter }
+// tokenPair is the prompt and completion counters, and the spend counter,
+// of one tier and group.
+type tokenPair struct{ prompt, completion, spend prometheus.Counter }
 
 // overheadBuckets resolve what a gateway adds: 25 µs to 50 ms.
 var overheadBuckets = []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3}
@@ -248,6 +250,10 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_tokens_total",
 		Help: "Tokens the upstreams' answers reported in their usage, by direction (prompt, completion), tier and model group (the matching routes[].model pattern).",
 	}, []string{"direction", "tier", "model_group"})
+	m.spend = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_spend_usd_total",
+		Help: "What the upstreams' answers cost at the policy's prices, in USD, by tier and model group (the matching routes[].model pattern); cache hits cost nothing.",
+	}, []string{"tier", "model_group"})
 	m.tokenPairs = map[tokenKey]*tokenPair{}
 	m.routed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_routed_requests_total",
@@ -285,7 +291,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
 		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamRetries, m.upstreamResponses, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
-		streamDuration, m.tokens, m.routed, protocol)
+		streamDuration, m.tokens, m.spend, m.routed, protocol)
 	return m
 }
 
@@ -310,7 +316,7 @@ func (m *metrics) retry(upstream string) { m.upstreamRetries.WithLabelValues(ups
 // usedTokens counts the prompt and completion tokens of an answer's usage.
 // Tiers and groups come from the configuration, so the children stay
 // bounded; each pair is created once.
-func (m *metrics) usedTokens(tier, group string, u usage) {
+func (m *metrics) usedTokens(tier, group string, u usage, cost float64) {
 	k := tokenKey{tier, group}
 	m.tokenMu.RLock()
 	p := m.tokenPairs[k]
@@ -318,13 +324,17 @@ func (m *metrics) usedTokens(tier, group string, u usage) {
 	if p == nil {
 		m.tokenMu.Lock()
 		if p = m.tokenPairs[k]; p == nil {
-			p = &tokenPair{m.tokens.WithLabelValues("prompt", tier, group), m.tokens.WithLabelValues("completion", tier, group)}
+			p = &tokenPair{m.tokens.WithLabelValues("prompt", tier, group), m.tokens.WithLabelValues("completion", tier, group),
+				m.spend.WithLabelValues(tier, group)}
 			m.tokenPairs[k] = p
 		}
 		m.tokenMu.Unlock()
 	}
 	p.prompt.Add(float64(u.prompt))
 	p.completion.Add(float64(u.completion))
+	if cost > 0 {
+		p.spend.Add(cost)
+	}
 }
 
 // routedRequest counts a routed request. Every label value comes from the
@@ -347,6 +357,32 @@ func (m *metrics) routedRequest(tier, group, cacheStatus string, status int) {
 		m.routedMu.Unlock()
 	}
 	c.Inc()
+}
+
+// forgetTiers deletes the per-tier series (tokens, spend, routed requests)
+// of every tier that keep does not have, and their cached handles: a tier
+// removed by a reload stops being exported instead of living forever. A
+// request still finishing under the old policy may create its child again;
+// the next reload removes it.
+func (m *metrics) forgetTiers(keep func(tier string) bool) {
+	m.tokenMu.Lock()
+	for k := range m.tokenPairs {
+		if !keep(k.tier) {
+			m.tokens.DeleteLabelValues("prompt", k.tier, k.group)
+			m.tokens.DeleteLabelValues("completion", k.tier, k.group)
+			m.spend.DeleteLabelValues(k.tier, k.group)
+			delete(m.tokenPairs, k)
+		}
+	}
+	m.tokenMu.Unlock()
+	m.routedMu.Lock()
+	for k := range m.routedBy {
+		if !keep(k.tier) {
+			m.routed.DeleteLabelValues(k.tier, k.group, k.cache, k.class)
+			delete(m.routedBy, k)
+		}
+	}
+	m.routedMu.Unlock()
 }
 
 // connCollector reports open connections at scrape time: the clients'

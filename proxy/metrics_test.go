@@ -15,9 +15,9 @@ import (
 // pair of children per tier and group.
 func TestUsedTokens(t *testing.T) {
 	m := newMetrics(prometheus.NewRegistry(), "test")
-	m.usedTokens("free", "gpt-4o*", usage{prompt: 10, completion: 3, ok: true})
-	m.usedTokens("free", "gpt-4o*", usage{prompt: 5, completion: 2, ok: true})
-	m.usedTokens("pro", "*", usage{prompt: 1, completion: 1, ok: true})
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 10, completion: 3, ok: true}, 0.25)
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 5, completion: 2, ok: true}, 0.5)
+	m.usedTokens("pro", "*", usage{prompt: 1, completion: 1, ok: true}, 0)
 	for _, c := range []struct {
 		dir, tier, group string
 		want             float64
@@ -28,6 +28,30 @@ func TestUsedTokens(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(m.tokens); n != 4 {
 		t.Errorf("%d children; want 4 (two directions × two tier/group pairs)", n)
+	}
+	if got := testutil.ToFloat64(m.spend.WithLabelValues("free", "gpt-4o*")); got != 0.75 {
+		t.Errorf("sluice_spend_usd_total{free,gpt-4o*} = %v; want 0.75", got)
+	}
+}
+
+// TestForgetTiers: the series of a tier a reload removed are deleted, the
+// others kept.
+func TestForgetTiers(t *testing.T) {
+	m := newMetrics(prometheus.NewRegistry(), "test")
+	m.usedTokens("free", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0.5)
+	m.usedTokens("gone", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0.5)
+	m.routedRequest("free", "gpt-4o*", "hit", 200)
+	m.routedRequest("gone", "gpt-4o*", "hit", 200)
+	m.forgetTiers(func(tier string) bool { return tier == "free" })
+	if n := testutil.CollectAndCount(m.tokens) + testutil.CollectAndCount(m.spend) + testutil.CollectAndCount(m.routed); n != 4 {
+		t.Fatalf("%d children after the reload; want 4 (free's tokens ×2, spend, routed)", n)
+	}
+	if len(m.tokenPairs) != 1 || len(m.routedBy) != 1 {
+		t.Fatalf("cached handles: %d token pairs, %d routed; want 1 and 1", len(m.tokenPairs), len(m.routedBy))
+	}
+	m.usedTokens("gone", "gpt-4o*", usage{prompt: 1, completion: 1, ok: true}, 0)
+	if got := testutil.ToFloat64(m.tokens.WithLabelValues("prompt", "gone", "gpt-4o*")); got != 1 {
+		t.Fatalf("a tier added back starts again at %v; want 1", got)
 	}
 }
 

@@ -38,9 +38,13 @@ func newSocketCheck(c net.Conn) *socketCheck {
 	}
 	k := &socketCheck{raw: raw}
 	k.poll = func(fd uintptr) {
-		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		// An idle HTTP/1.1 connection has nothing to read: bytes waiting
+		// (POLLIN) are a TLS close_notify that came before the FIN, or an
+		// unsolicited answer such as a 408: the connection is done either
+		// way.
+		fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP | unix.POLLIN}}
 		n, err := unix.Poll(fds[:], 0)
-		k.closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+		k.closed = err == nil && n > 0 && fds[0].Revents&(unix.POLLIN|unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
 	}
 	return k
 }

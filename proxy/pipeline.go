@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -11,6 +12,7 @@ import (
 //
 //	1  accept, read       the request line; the body decoded and scanned once  read.go, compress.go, scan.go
 //	2  identify           the key, then the end user and the principal          identify.go
+//	   owned              the stored objects it names are its team's            owners.go
 //	3  route              model → upstream (aliases, fallbacks)                 route.go
 //	   claimFor           what the request asks of the upstream's queue          admit.go
 //	4  cacheStart         a hit, a follower of an identical call, or a leader    cachecall.go
@@ -56,11 +58,14 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !s.read(ctx, x, &f) { // 1: the body, decoded and scanned once
 		return false
 	}
+	if !s.owned(ctx, x, key, &f) { // 2: the stored objects it names are its owner's (owners.go)
+		return false
+	}
 	p, ok := s.principal(ctx, x, pol, key, &f) // 2: the end user, tier and team
 	if !ok {
 		return false
 	}
-	if !s.route(ctx, x, key, &f) { // 3
+	if !s.route(ctx, x, pol, key, &f) { // 3
 		return false
 	}
 	wait, ok := s.claimFor(ctx, x, pol, p)
@@ -71,7 +76,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	if !ok {
 		return false
 	}
-	x.tr.noteContent(f.content(x.body), f.stream)
+	if x.ep.parsesBody() {
+		x.tr.noteContent(f.content(x.body), f.stream) // the transcript keeps what the client asked
+	}
 	if !s.admit(ctx, x, pol, key, p, &f, wait) { // 5
 		cc.abandon()
 		return false
@@ -120,10 +127,14 @@ func (s *Server) refuse(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, fl
 	fl.write(ctx)
 }
 
+// hdrCost is the answer's cost in USD for keys with show_cost.
+const hdrCost = "X-Sluice-Cost-Usd"
+
 // finishBuffered runs steps 8 and 10 for an answer written whole (an
 // error, a buffered answer, a cache hit): its usage found once for the
 // transcript, the settlement and the metrics, then finish.
 func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
+	s.ownedAnswer(ctx, x) // owned mode: record created ids, filter lists (owners.go)
 	x.status = ctx.Response.StatusCode()
 	if !x.gone && !x.upStart.IsZero() {
 		// A buffered answer: nothing watched the client while the upstream
@@ -153,6 +164,10 @@ func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
 	}
 	if x.status == fasthttp.StatusOK && !x.upFirst.IsZero() && !x.cacheFree {
 		x.usage = u
+		if x.showCost && x.answerCost() > 0 {
+			var b [32]byte
+			ctx.Response.Header.SetBytesV(hdrCost, strconv.AppendFloat(b[:0], x.cost, 'f', -1, 64))
+		}
 	}
 	s.finish(ctx.Response.Header.Peek("X-Request-Id"), x, end, x.gone, actual)
 }
@@ -187,8 +202,8 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 	if x.route.Group != "" {
 		s.m.routedRequest(x.tier, x.route.Group, x.cacheStatus, x.status)
 	}
-	if x.usage.ok {
-		s.m.usedTokens(x.tier, x.route.Group, x.usage)
+	if x.usage.ok || x.cutUsage.ok {
+		s.m.usedTokens(x.tier, x.route.Group, x.usage, x.answerCost())
 	}
 	if x.adm != nil {
 		s.limiter.Settle(x.adm, actual)

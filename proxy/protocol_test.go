@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
+
+	"sluice/internal/testkit"
 )
 
 // TestProtocolErrors sends requests fasthttp refuses before the handler
@@ -86,10 +88,7 @@ upstreams:
 		}
 		_, _ = c.Write([]byte(raw))
 		_ = c.Close()
-		deadline := time.Now().Add(2 * time.Second)
-		for testutil.ToFloat64(s.m.protocol[protoIncomplete]) == before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Poll(2*time.Second, func() bool { return testutil.ToFloat64(s.m.protocol[protoIncomplete]) != before })
 		if got := testutil.ToFloat64(s.m.protocol[protoIncomplete]); got != before+1 {
 			t.Fatalf("%q then close: incomplete counted %v, want %v", raw, got, before+1)
 		}
@@ -197,12 +196,9 @@ func TestBufferedAnswerClientGone(t *testing.T) {
 		t.Fatalf("a client that got its answer was counted as gone")
 	}
 	c = send()
-	time.Sleep(100 * time.Millisecond)
+	testkit.Eventually(t, 3*time.Second, "the request in flight", func() bool { return inFlight() == 1 })
 	_ = c.Close()
-	deadline := time.Now().Add(3 * time.Second)
-	for (gone() != 1 || inFlight() != 0) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Poll(3*time.Second, func() bool { return gone() == 1 && inFlight() == 0 })
 	if gone() != 1 || inFlight() != 0 {
 		t.Fatalf("disconnects %v, in flight %v; want 1 and 0", gone(), inFlight())
 	}

@@ -53,3 +53,31 @@ func (s *Server) read(ctx *fasthttp.RequestCtx, x *exchange, f *reqFields) bool 
 	x.stream = f.stream && x.ep.streams()
 	return true
 }
+
+// methodAllowed answers 405 with an Allow header when the method is not
+// the endpoint's: POST for the JSON endpoints, GET for the model list,
+// GET or DELETE for one model; any method for a passthrough path.
+func (s *Server) methodAllowed(ctx *fasthttp.RequestCtx, ep endpoint) bool {
+	want := ""
+	switch {
+	case ep.parsesBody():
+		if !ctx.IsPost() {
+			want = fasthttp.MethodPost
+		}
+	case ep == epModels:
+		if !ctx.IsGet() {
+			want = fasthttp.MethodGet
+		}
+	case ep == epModel:
+		// GET retrieves a model, DELETE removes a fine-tuned one.
+		if !ctx.IsGet() && !ctx.IsDelete() {
+			want = fasthttp.MethodGet
+		}
+	}
+	if want == "" {
+		return true
+	}
+	ctx.Response.Header.Set("Allow", want)
+	writeError(ctx, errMethodNotAllowed, "", "Method "+string(ctx.Method())+" is not allowed on "+string(ctx.Path())+"; use "+want+".")
+	return false
+}

@@ -48,6 +48,10 @@ type relay struct {
 	// errBody keeps the start of an error answer relayed as bytes (a stream
 	// request the upstream refused), for the transcript's error type.
 	errBody []byte
+	// tail keeps the last usageTail bytes of a metered JSON passthrough
+	// answer (images, transcriptions), whose usage object comes last: its
+	// tokens are charged when the answer ends. nil for other answers.
+	tail []byte
 
 	// secrets are the upstream's keys, scrubbed from the body as it passes
 	// (nil: nothing to scrub). An SSE event holding one has it replaced by
@@ -76,6 +80,11 @@ var errClientGone = errors.New("client went away")
 
 // maxErrBody bounds the error answer a relay keeps for the transcript.
 const maxErrBody = 4 << 10
+
+// usageTail is how much of the end of a streamed JSON passthrough answer
+// is kept to find its usage object, in bytes (2 KiB: an images answer's
+// usage, with its details, is about 200).
+const usageTail = 2 << 10
 
 // relayBufSize is the buffer a raw (not SSE) answer is copied through.
 const relayBufSize = 16 << 10
@@ -109,6 +118,12 @@ func newRelay(s *Server, x *exchange, resp *fasthttp.Response, sse bool) *relay 
 	}
 	r.br = readerPool.Get().(*bufio.Reader)
 	r.br.Reset(r.body)
+	if !sse && x.ep == epPassthrough && (x.adm != nil || x.ticket != nil) && resp.StatusCode() == fasthttp.StatusOK &&
+		isJSONType(resp.Header.ContentType()) {
+		// Priced per unit at the provider, but some report tokens (images,
+		// transcriptions): those are charged to the token budgets.
+		r.tail = make([]byte, 0, usageTail)
+	}
 	return r
 }
 
@@ -233,7 +248,7 @@ func (r *relay) next() ([]byte, error) {
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
 			r.scrubEvent() // before the cache, the transcript and the client see it
 			if r.x.cache != nil {
-				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (proxy/cache.go)
+				r.x.cache.event(r.ev) // cache: tee to followers, keep to store (cachecall.go)
 				if isDoneEvent(r.ev) && r.resp.StatusCode() == fasthttp.StatusOK {
 					// The answer is whole: store it before the client reads
 					// its end, so the client's next identical request hits.
@@ -241,6 +256,9 @@ func (r *relay) next() ([]byte, error) {
 				}
 			}
 			r.x.tr.event(r.x.ep, r.ev)
+			if r.x.own.mode == ownCreate {
+				r.s.ownedEvent(&r.x, r.ev) // a stored response's id (owners.go)
+			}
 			if r.x.adm == nil && r.x.ticket == nil && !r.x.stripUsage {
 				return r.ev, nil
 			}
@@ -288,10 +306,28 @@ func (r *relay) nextRaw() ([]byte, error) {
 			}
 		}
 	}
+	if r.tail != nil && end > 0 {
+		r.keepTail(r.ev[:end])
+	}
+	if r.tail != nil && err == io.EOF {
+		r.usage = findUsage(r.tail)
+	}
 	if r.x.tr != nil && end > 0 && len(r.errBody) < maxErrBody && r.resp.StatusCode() >= 400 {
 		r.errBody = append(r.errBody, r.ev[:min(end, maxErrBody-len(r.errBody))]...)
 	}
 	return r.ev[:end], r.noteErr(err)
+}
+
+// keepTail appends b to r.tail, keeping its last usageTail bytes.
+func (r *relay) keepTail(b []byte) {
+	if len(b) >= usageTail {
+		r.tail = append(r.tail[:0], b[len(b)-usageTail:]...)
+		return
+	}
+	if drop := len(r.tail) + len(b) - usageTail; drop > 0 {
+		r.tail = r.tail[:copy(r.tail, r.tail[drop:])]
+	}
+	r.tail = append(r.tail, b...)
 }
 
 func (r *relay) noteErr(err error) error {
@@ -363,6 +399,9 @@ func (r *relay) CloseWithError(err error) error {
 	}
 	if r.usage.ok {
 		r.x.usage = r.usage
+	} else if r.sse && r.x.status == fasthttp.StatusOK && r.generated > 0 {
+		// Cut before its usage chunk: the provider bills what it sent.
+		r.x.cutUsage = usage{prompt: r.x.promptEst, completion: (r.generated + bytesPerToken - 1) / bytesPerToken, ok: true}
 	}
 	if r.x.tr != nil {
 		if r.x.status >= 400 {

@@ -126,10 +126,11 @@ func TestRelayScrubAllocs(t *testing.T) {
 	}
 }
 
-// TestRelayScrubThroughServer: over loopback, an SSE chat stream and a
+// TestRelayScrubThroughServer: over loopback, an SSE chat stream, a
 // streamed passthrough answer (a 40 KiB speech body with Content-Length,
-// the key across the 16 KiB read boundary) both reach the client without
-// the upstream's key; the passthrough answer keeps its declared length.
+// the key across the 16 KiB read boundary) and a gzip-encoded passthrough
+// answer all reach the client without the upstream's key; the speech keeps
+// its declared length, the gzip answer arrives decoded.
 func TestRelayScrubThroughServer(t *testing.T) {
 	speech := bytes.Repeat([]byte{0xff, 0xf3, 'a', 'u'}, 10<<10)
 	copy(speech[relayBufSize-5:], scrubKey)
@@ -140,6 +141,13 @@ func TestRelayScrubThroughServer(t *testing.T) {
 	defer upLn.Close()
 	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
 		switch string(ctx.Path()) {
+		case "/v1/audio/translations":
+			// A passthrough answer compressed because the client accepts
+			// gzip, echoing the key.
+			ctx.SetContentType("application/json")
+			ctx.Response.Header.Set("Content-Encoding", "gzip")
+			text := strings.Repeat(string(ctx.Request.Header.Peek("Authorization"))+" ", 20)
+			ctx.SetBody(fasthttp.AppendGzipBytesLevel(nil, []byte(`{"text":"`+text+`"}`), fasthttp.CompressBestCompression))
 		case "/v1/audio/speech":
 			ctx.SetContentType("audio/mpeg")
 			ctx.SetBody(speech)
@@ -180,6 +188,12 @@ func TestRelayScrubThroughServer(t *testing.T) {
 		t.Fatalf("SSE stream: %s", b)
 	}
 	fasthttp.ReleaseResponse(sse)
+	tr := do("/v1/audio/translations", `{"model":"whisper-1"}`)
+	if b := tr.Body(); len(tr.Header.ContentEncoding()) > 0 || bytes.Contains(b, []byte(scrubKey)) ||
+		!bytes.Contains(b, []byte(`"text":"Bearer `)) {
+		t.Fatalf("gzip passthrough: Content-Encoding %q, body %q", tr.Header.ContentEncoding(), b)
+	}
+	fasthttp.ReleaseResponse(tr)
 	sp := do("/v1/audio/speech", `{"model":"tts-1","input":"hi","voice":"alloy"}`)
 	defer fasthttp.ReleaseResponse(sp)
 	want := bytes.ReplaceAll(speech, []byte(scrubKey), bytes.Repeat([]byte("*"), len(scrubKey)))

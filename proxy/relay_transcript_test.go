@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttputil"
 
+	"sluice/internal/testkit"
 	"sluice/sink"
 )
 
@@ -80,14 +81,12 @@ func TestRelayedErrorsReachTheTranscript(t *testing.T) {
 		fasthttp.ReleaseResponse(resp)
 	}
 	var recs []*sink.Record
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	testkit.Poll(3*time.Second, func() bool {
 		w.mu.Lock()
 		recs = append(recs[:0], w.recs...)
 		w.mu.Unlock()
-		if len(recs) == 2 {
-			break
-		}
-	}
+		return len(recs) == 2
+	})
 	if len(recs) != 2 {
 		t.Fatalf("%d records, want 2", len(recs))
 	}

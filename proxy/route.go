@@ -7,25 +7,14 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func writeModelNotFound(ctx *fasthttp.RequestCtx, model string) {
-	writeError(ctx, errModelNotFound, "model", "The model `"+model+"` does not exist or you do not have access to it.")
-}
-
-// rewriteModel returns body with its model value replaced by model.
-func rewriteModel(body []byte, f *reqFields, model string) []byte {
-	out := make([]byte, 0, len(body)+len(model))
-	out = append(out, body[:f.modelStart]...)
-	out = appendJSONString(out, model)
-	return append(out, body[f.modelEnd:]...)
-}
-
 // route resolves the request's model to its route (step 3): the upstream
 // pool, fallbacks and deployment, after aliases and wildcards. A model the
 // router does not know or the key may not use is a 404. An alias rewrites
-// the body's model. The model endpoints and a passthrough body without a
+// the body's model; a model without a price is refused when the policy
+// says so (403). The model endpoints and a passthrough body without a
 // model go to the default upstream (a passthrough model that is an alias
 // too: the body is not rewritten).
-func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, key *policy.Key, f *reqFields) bool {
+func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy, key *policy.Key, f *reqFields) bool {
 	x.route = policy.Route{Upstream: s.router.Default()}
 	switch x.ep {
 	case epModels:
@@ -47,6 +36,7 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, key *policy.Key, f
 		route, ok := s.router.Resolve(string(f.model))
 		if ok && !route.Rewritten {
 			x.route.Upstream, x.model = route.Upstream, route.Model
+			x.price, x.priced = pol.Prices.Lookup(route.Model) // images and transcriptions may report tokens
 		}
 		if !key.AllowsModel(string(f.model)) || ok && !key.AllowsModel(route.Model) {
 			writeModelNotFound(ctx, string(f.model))
@@ -64,6 +54,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, key *policy.Key, f
 	if !known {
 		s.models.add(model)
 	}
+	if pol.Prices.Refuses(route.Model) {
+		writeError(ctx, errModelNotPriced, "model", "The model `"+route.Model+"` has no price in Sluice's policy, and the policy refuses models without one.")
+		return false
+	}
+	x.price, x.priced = pol.Prices.Lookup(route.Model)
 	x.model, x.route = route.Model, route
 	if route.Rewritten {
 		x.body = rewriteModel(x.body, f, route.Model)
@@ -114,4 +109,18 @@ func (s *Server) fallback(x *exchange, cur *upstream) *upstream {
 		}
 	}
 	return nil
+}
+
+// writeModelNotFound answers 404 model_not_found, as OpenAI does for a
+// model that does not exist or that the key may not use.
+func writeModelNotFound(ctx *fasthttp.RequestCtx, model string) {
+	writeError(ctx, errModelNotFound, "model", "The model `"+model+"` does not exist or you do not have access to it.")
+}
+
+// rewriteModel returns body with its model value replaced by model.
+func rewriteModel(body []byte, f *reqFields, model string) []byte {
+	out := make([]byte, 0, len(body)+len(model))
+	out = append(out, body[:f.modelStart]...)
+	out = appendJSONString(out, model)
+	return append(out, body[f.modelEnd:]...)
 }

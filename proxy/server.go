@@ -82,6 +82,8 @@ type Server struct {
 	// watch checks the clients of calls waiting for an answer and of
 	// streams (watch.go).
 	watch watchSet
+	// own holds the owners of stored objects (owners.go).
+	own *owners
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -167,12 +169,27 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
 		return nil, err
 	}
+	if s.own, err = newOwners(&opts); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
 // SetPolicy swaps in a new compiled policy. Requests already past identity
-// finish under the policy they started with.
-func (s *Server) SetPolicy(p *policy.Policy) { s.policy.Store(p) }
+// finish under the policy they started with. The per-tier series of tiers
+// the new policy lacks are deleted (metrics and queue waits).
+func (s *Server) SetPolicy(p *policy.Policy) {
+	old := s.policy.Swap(p)
+	keep := func(tier string) bool { _, ok := p.Tiers[tier]; return ok }
+	s.m.forgetTiers(keep)
+	if old != nil {
+		for name := range old.Tiers {
+			if !keep(name) {
+				s.qm.ForgetTier(name) // the queues' wait and outcome series
+			}
+		}
+	}
+}
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {

@@ -11,6 +11,10 @@ type usage struct {
 	prompt int64
 	// completion is completion_tokens or output_tokens.
 	completion int64
+	// cached is the prompt tokens the provider served from its prompt
+	// cache (prompt_tokens_details.cached_tokens, or input_tokens_details'
+	// for responses), part of prompt.
+	cached int64
 	// ok reports that a usage object was found.
 	ok bool
 }
@@ -74,6 +78,10 @@ func parseUsage(b []byte) (usage, bool) {
 				u.completion = v
 			}
 			u.ok = true
+		case "prompt_tokens_details", "input_tokens_details":
+			if !parseCached(&s, &u) {
+				return usage{}, false
+			}
 		default:
 			if !s.value(2) {
 				return usage{}, false
@@ -87,6 +95,45 @@ func parseUsage(b []byte) (usage, bool) {
 			return u, true
 		}
 		return usage{}, false
+	}
+}
+
+// parseCached reads a usage details value at s (an object, or null) into
+// u.cached: its cached_tokens.
+func parseCached(s *scanner, u *usage) bool {
+	if s.i >= len(s.b) || s.b[s.i] != '{' {
+		return s.value(2) // null, or a shape Sluice does not read
+	}
+	s.i++
+	for first := true; ; first = false {
+		s.ws()
+		if first && s.byte('}') {
+			return true
+		}
+		keyStart := s.i
+		if !s.string() {
+			return false
+		}
+		key := s.b[keyStart+1 : s.i-1]
+		s.ws()
+		if !s.byte(':') {
+			return false
+		}
+		s.ws()
+		if string(key) == "cached_tokens" {
+			v, ok := s.integer()
+			if !ok {
+				return false
+			}
+			u.cached = v
+		} else if !s.value(3) {
+			return false
+		}
+		s.ws()
+		if s.byte(',') {
+			continue
+		}
+		return s.byte('}')
 	}
 }
 

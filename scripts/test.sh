@@ -10,6 +10,8 @@
 # Usage: scripts/test.sh   (FUZZTIME=5s: every fuzz target for that long, through
 # scripts/fuzz.sh, which tells the time-limit flake of Go 1.26 from a failure;
 # FUZZTIME=0 skips fuzzing. SLUICE_SOAK=10m: the soak's duration; 0 skips it)
+# For everyday work, scripts/quick.sh runs go vet and go test -short with no
+# services in about two minutes; this script is the full suite CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,8 +60,49 @@ step "tests (race detector on)"
 # The soak runs in a step of its own, below, not here.
 env -u SLUICE_SOAK go test -race -count=1 ./...
 
-step "transcripts end to end: ClickHouse 18.16 killed, frozen, sluice stopped under load (no -race: sluice is a subprocess)"
 mkdir -p bin
+step "allocation proofs and the other tests the race detector skips (no -race)"
+# The race detector allocates and adds its own heap, so allocation proofs and
+# heap bounds sit behind //go:build !race or skip when raceEnabled. They are
+# found here, not named: every Test in a file built with !race, and every Test
+# whose body calls testing.AllocsPerRun or reads raceEnabled. Each must report
+# PASS; a skip or a missing test fails the step.
+norace_tests() {
+  git ls-files '*_test.go' | while read -r f; do
+    awk -v dir="$(dirname "$f")" -v file="$f" '
+      FNR == 1 { norace = ($0 ~ /^\/\/go:build !race$/) }
+      /^func / {
+        cur = ""; name = $0; sub(/^func /, "", name); sub(/\(.*/, "", name)
+        if (name ~ /^Test/ && $0 ~ /\*testing\.T\)/) { cur = name; if (norace) print dir, cur }
+      }
+      /raceEnabled|AllocsPerRun/ && !/^(const|var) / {
+        if (cur != "") print dir, cur
+        else if ($0 ~ /AllocsPerRun/) print dir, "HELPER:" file
+      }
+    ' "$f"
+  done | sort -u
+}
+norace_list=$(norace_tests)
+if grep -q ' HELPER:' <<<"$norace_list"; then
+  echo "testing.AllocsPerRun outside a Test function (call it from the Test itself so this step finds it):"
+  grep ' HELPER:' <<<"$norace_list" | sed 's/.* HELPER://'; exit 1
+fi
+for dir in $(cut -d' ' -f1 <<<"$norace_list" | sort -u); do
+  names=$(awk -v d="$dir" '$1 == d { print $2 }' <<<"$norace_list")
+  pattern="^($(paste -sd'|' <<<"$names"))\$"
+  log="bin/norace-$(tr / - <<<"$dir").log"
+  if ! go test -count=1 -v -run "$pattern" "./$dir/" >"$log" 2>&1; then
+    cat "$log"; exit 1
+  fi
+  for name in $names; do
+    if ! grep -q "^--- PASS: $name " "$log"; then
+      cat "$log"; echo "$dir: $name did not pass (skipped or not run) without -race"; exit 1
+    fi
+  done
+  echo "ok ./$dir: $(wc -w <<<"$names") tests: $(paste -sd' ' <<<"$names")"
+done
+
+step "transcripts end to end: ClickHouse 18.16 killed, frozen, sluice stopped under load (no -race: sluice is a subprocess)"
 if ! go test -count=1 -timeout 15m -run 'TestTranscripts|TestSinkNeverSlowsRequests' -v ./e2e/ >bin/transcripts-e2e.log 2>&1; then
   cat bin/transcripts-e2e.log; exit 1
 fi

@@ -17,6 +17,9 @@ import (
 // at the end; it skips the test when none was started.
 func chWriter(t testing.TB) *ClickHouse {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs ClickHouse: skipped under -short")
+	}
 	addr := os.Getenv("SLUICE_TEST_CLICKHOUSE_ADDR")
 	if addr == "" {
 		t.Skip("SLUICE_TEST_CLICKHOUSE_ADDR is empty: no ClickHouse (scripts/services.sh start_clickhouse)")

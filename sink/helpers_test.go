@@ -100,18 +100,6 @@ func newTestSink(t *testing.T, o Options) *Sink {
 
 func counter(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
-// eventually polls cond for up to d.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func wantIDs(t *testing.T, got []string, n int) {
 	t.Helper()
 	if len(got) != n {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 func TestBatchesCutByRows(t *testing.T) {
@@ -56,7 +58,7 @@ func TestBatchesCutByInterval(t *testing.T) {
 		s.Enqueue(rec(i))
 	}
 	// Written by the interval, long before Stop.
-	eventually(t, 2*time.Second, "the interval flush", func() bool { return len(w.rows()) == 3 })
+	testkit.Eventually(t, 2*time.Second, "the interval flush", func() bool { return len(w.rows()) == 3 })
 }
 
 func TestEnqueueNeverBlocksAndCountsDrops(t *testing.T) {
@@ -124,7 +126,7 @@ func TestFailedBatchesSpoolAndReplayInOrder(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		s.Enqueue(rec(i))
 	}
-	eventually(t, 5*time.Second, "all rows spooled", func() bool { return counter(s.m.spooled) == 100 })
+	testkit.Eventually(t, 5*time.Second, "all rows spooled", func() bool { return counter(s.m.spooled) == 100 })
 	if counter(s.m.writeErrors) == 0 {
 		t.Fatal("no write error counted")
 	}
@@ -135,13 +137,13 @@ func TestFailedBatchesSpoolAndReplayInOrder(t *testing.T) {
 		t.Fatal("sluice_sink_writer_up reads 1 while the writer fails")
 	}
 	w.setFail(func() bool { return false })
-	eventually(t, 10*time.Second, "the spool replayed", func() bool { return len(w.rows()) == 100 })
-	eventually(t, 5*time.Second, "sluice_sink_writer_up back to 1", func() bool { return !s.writerDown.Load() })
+	testkit.Eventually(t, 10*time.Second, "the spool replayed", func() bool { return len(w.rows()) == 100 })
+	testkit.Eventually(t, 5*time.Second, "sluice_sink_writer_up back to 1", func() bool { return !s.writerDown.Load() })
 	wantIDs(t, w.rows(), 100)
 	// The replay counts a batch once its write has returned, just after the
 	// writer holds its rows.
-	eventually(t, 2*time.Second, "sluice_sink_replayed_total at 100", func() bool { return counter(s.m.replayed) == 100 })
-	eventually(t, 2*time.Second, "the spool gauges at zero", func() bool {
+	testkit.Eventually(t, 2*time.Second, "sluice_sink_replayed_total at 100", func() bool { return counter(s.m.replayed) == 100 })
+	testkit.Eventually(t, 2*time.Second, "the spool gauges at zero", func() bool {
 		return counter(s.m.spoolBytes) == 0 && counter(s.m.spoolSegs) == 0
 	})
 }
@@ -181,7 +183,7 @@ func TestStopSpoolsWhenDownAndNextStartReplays(t *testing.T) {
 		t.Fatalf("reopened spool counts %d rows, want 50", rows)
 	}
 	s2 := newTestSink(t, Options{Writer: w2, Spool: sp2})
-	eventually(t, 5*time.Second, "replay at start", func() bool { return len(w2.rows()) == 50 })
+	testkit.Eventually(t, 5*time.Second, "replay at start", func() bool { return len(w2.rows()) == 50 })
 	wantIDs(t, w2.rows(), 50)
 	_ = s2.Stop(context.Background())
 	if _, n, _ := sp2.Stats(); n != 0 {
@@ -210,7 +212,7 @@ func TestSlowWriterSpoolsInsteadOfBackingUp(t *testing.T) {
 		}
 	}
 	close(w.block) // thawed
-	eventually(t, 15*time.Second, "every row written", func() bool { return len(w.rows()) == 2000 })
+	testkit.Eventually(t, 15*time.Second, "every row written", func() bool { return len(w.rows()) == 2000 })
 	wantIDs(t, w.rows(), 2000)
 }
 
@@ -221,7 +223,7 @@ func TestNoSpoolRetriesThenDropsAndCounts(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		s.Enqueue(rec(i))
 	}
-	eventually(t, 5*time.Second, "the drop", func() bool { return counter(s.m.dropped[DropWriteError]) == 5 })
+	testkit.Eventually(t, 5*time.Second, "the drop", func() bool { return counter(s.m.dropped[DropWriteError]) == 5 })
 	if w.calls != 2 {
 		t.Fatalf("writer called %d times, want 2", w.calls)
 	}
@@ -259,7 +261,7 @@ func TestStopCancelsAWriteInFlightAtItsDeadline(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		s.Enqueue(rec(i))
 	}
-	eventually(t, 2*time.Second, "the write to start", func() bool {
+	testkit.Eventually(t, 2*time.Second, "the write to start", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return w.calls > 0

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 func batchOf(from, n int) []*Record {
@@ -183,7 +185,7 @@ func TestSinkCountsSpoolFullDrops(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		s.Enqueue(rec(i))
 	}
-	eventually(t, 5*time.Second, "drops counted", func() bool {
+	testkit.Eventually(t, 5*time.Second, "drops counted", func() bool {
 		return counter(s.m.dropped[DropSpoolFull])+counter(s.m.spooled) >= 50 && counter(s.m.dropped[DropSpoolFull]) > 0
 	})
 }

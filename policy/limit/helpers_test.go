@@ -31,11 +31,11 @@ type timedStore interface {
 // test fails (integration tests are part of the suite), unless -short.
 func redisAddr(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("needs Redis: skipped under -short")
+	}
 	addr := os.Getenv("SLUICE_TEST_REDIS_ADDR")
 	if addr == "" {
-		if testing.Short() {
-			t.Skip("SLUICE_TEST_REDIS_ADDR is not set (-short: skipping the Redis tests)")
-		}
 		t.Fatal("SLUICE_TEST_REDIS_ADDR is not set: run the tests via scripts/test.sh, " +
 			"which starts a Redis (scripts/services.sh start_redis), or pass -short to skip them")
 	}

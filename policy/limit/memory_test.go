@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"sluice/internal/testkit"
 )
 
 func (m *Memory) entries() (tats, leaseSets int) {
@@ -41,13 +43,7 @@ func TestMemorySweep(t *testing.T) {
 func TestMemorySweeper(t *testing.T) {
 	m := NewMemory(MemoryOptions{SweepInterval: 5 * time.Millisecond})
 	reserve(t, m, Request{Rules: []Rule{{Key: "k", Interval: ms, Burst: 1, Cost: 1}}}) // full again in 1 ms
-	deadline := time.Now().Add(5 * time.Second)
-	for tats, _ := m.entries(); tats != 0; tats, _ = m.entries() {
-		if time.Now().After(deadline) {
-			t.Fatal("the sweeper did not drop a full bucket")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "the sweeper to drop a full bucket", func() bool { tats, _ := m.entries(); return tats == 0 })
 	m.Close()
 	m.Close() // idempotent
 	if err := m.Release(context.Background(), nil, ""); err != nil {

@@ -9,13 +9,19 @@ import (
 // failures in a rolling window; when at least MinCalls ended in the window
 // and the failed share reaches Ratio it opens: calls are refused (the
 // caller fails over or answers 503) for Cooldown. Then it is half-open:
-// calls go through again, and the first to end decides: a success closes
-// it, a failure opens it for another Cooldown. Safe for concurrent use.
+// one call, the probe, goes through and the others are refused as while
+// open; the first call to end decides: a success closes it, a failure opens
+// it for another Cooldown. A probe that never ends (its request expired in
+// the queue or its client left before the call) is replaced by another one
+// after a Cooldown. Safe for concurrent use.
 type Breaker struct {
 	o     BreakerOptions
 	mu    sync.Mutex
 	state int
 	until time.Time // end of the open period
+	// probe is when the half-open state's probe may be replaced (zero: no
+	// probe out yet).
+	probe time.Time
 	slots [breakerSlots]struct {
 		at            int64 // window slot number (unix time / slot width)
 		calls, failed int64
@@ -69,7 +75,8 @@ func NewBreaker(o BreakerOptions, onState func(state int)) *Breaker {
 }
 
 // Allow reports whether a call may go now, and when it may not, how long
-// until the breaker half-opens.
+// until the breaker half-opens (or, half-open, until a lost probe is
+// replaced). Half-open, the one call allowed is the probe.
 func (b *Breaker) Allow(now time.Time) (ok bool, wait time.Duration) {
 	if b.o.Ratio < 0 {
 		return true, 0
@@ -81,7 +88,14 @@ func (b *Breaker) Allow(now time.Time) (ok bool, wait time.Duration) {
 		if now.Before(b.until) {
 			return false, b.until.Sub(now)
 		}
+		b.probe = time.Time{}
 		b.set(BreakerHalfOpen)
+		fallthrough
+	case BreakerHalfOpen:
+		if now.Before(b.probe) {
+			return false, b.probe.Sub(now)
+		}
+		b.probe = now.Add(b.o.Cooldown)
 	}
 	return true, 0
 }
@@ -95,6 +109,7 @@ func (b *Breaker) Done(now time.Time, failed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.state == BreakerHalfOpen {
+		b.probe = time.Time{}
 		if failed {
 			b.until = now.Add(b.o.Cooldown)
 			b.set(BreakerOpen)

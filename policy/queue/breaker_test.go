@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -79,5 +81,74 @@ func TestBreakerRatioBelowThresholdStaysClosed(t *testing.T) {
 	}
 	if b.State() != BreakerOpen {
 		t.Fatal("old calls still counted: ten of ten failures in the window did not open it")
+	}
+}
+
+// TestBreakerHalfOpenLetsOneProbe: once the cooldown ends, ten callers
+// arriving together get one probe through; the others are refused until the
+// probe ends, and the probe's answer decides.
+func TestBreakerHalfOpenLetsOneProbe(t *testing.T) {
+	for _, probeFails := range []bool{false, true} {
+		b := NewBreaker(BreakerOptions{Ratio: 0.5, MinCalls: 1, Cooldown: 5 * time.Second}, nil)
+		now := time.Unix(1_000_000, 0)
+		b.Allow(now)
+		b.Done(now, true)
+		if b.State() != BreakerOpen {
+			t.Fatal("one of one failed did not open")
+		}
+		later := now.Add(5 * time.Second)
+		var allowed atomic.Int64
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() {
+				if ok, wait := b.Allow(later); ok {
+					allowed.Add(1)
+				} else if wait <= 0 {
+					t.Errorf("refused at half-open with wait %v, want > 0", wait)
+				}
+			})
+		}
+		wg.Wait()
+		if n := allowed.Load(); n != 1 {
+			t.Fatalf("%d of 10 callers passed at half-open, want exactly 1 probe", n)
+		}
+		if b.State() != BreakerHalfOpen {
+			t.Fatalf("state %d while the probe runs, want half-open", b.State())
+		}
+		b.Done(later.Add(time.Second), probeFails)
+		end := later.Add(time.Second)
+		ok, _ := b.Allow(end)
+		if probeFails {
+			if b.State() != BreakerOpen || ok {
+				t.Fatalf("failed probe: state %d allow %v, want open and refused", b.State(), ok)
+			}
+		} else {
+			if b.State() != BreakerClosed || !ok {
+				t.Fatalf("successful probe: state %d allow %v, want closed and allowed", b.State(), ok)
+			}
+		}
+	}
+}
+
+// TestBreakerLostProbeIsReplaced: a probe that never reports (its request
+// expired in the queue, its client left) does not hold the breaker
+// half-open forever: after a cooldown another probe goes.
+func TestBreakerLostProbeIsReplaced(t *testing.T) {
+	b := NewBreaker(BreakerOptions{Ratio: 0.5, MinCalls: 1, Cooldown: 5 * time.Second}, nil)
+	now := time.Unix(1_000_000, 0)
+	b.Allow(now)
+	b.Done(now, true)
+	half := now.Add(5 * time.Second)
+	if ok, _ := b.Allow(half); !ok {
+		t.Fatal("no probe at half-open")
+	}
+	if ok, wait := b.Allow(half.Add(time.Second)); ok || wait != 4*time.Second {
+		t.Fatalf("second caller while the probe runs: allow=%v wait=%v, want refused for 4s", ok, wait)
+	}
+	if ok, _ := b.Allow(half.Add(5 * time.Second)); !ok {
+		t.Fatal("a lost probe was not replaced after a cooldown")
+	}
+	if ok, _ := b.Allow(half.Add(6 * time.Second)); ok {
+		t.Fatal("a second replacement probe went while the first runs")
 	}
 }

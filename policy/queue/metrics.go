@@ -93,6 +93,19 @@ func (m *Metrics) Breaker(upstream string, state int) {
 	}
 }
 
+// ForgetTier drops the wait histogram and outcome series of a tier the
+// policy no longer has (call it after a reload that removed the tier).
+// The depth gauge's series stay: requests of the tier still waiting will
+// take themselves off it, and a deleted gauge would come back negative.
+func (m *Metrics) ForgetTier(tier string) {
+	if m == nil || tier == "" {
+		return
+	}
+	match := prometheus.Labels{"tier": tier}
+	m.waitHist.DeletePartialMatch(match)
+	m.outcomes.DeletePartialMatch(match)
+}
+
 func (m *Metrics) waiting(tier string, d float64) { m.Waiting(StageProvider, tier, d) }
 func (m *Metrics) outcome(tier, o string)         { m.Outcome(StageProvider, tier, o) }
 func (m *Metrics) wait(tier string, d time.Duration) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"sluice/internal/testkit"
 	"sluice/policy/limit"
 )
 
@@ -135,9 +136,7 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 			}
 		})
 	}
-	for s.Waiting() < 90 {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "90 heavy requests queued", func() bool { return s.Waiting() >= 90 })
 	// Nine light users send a request every 270 ms each, staggered by 30 ms
 	// (together a sixth of the budget).
 	type wait struct{ from, to uint64 } // grant numbers around the wait
@@ -212,13 +211,7 @@ func TestWeightsShareByTier(t *testing.T) {
 			})
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Waiting() < 400 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of 400 requests queued", s.Waiting())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "400 requests queued", func() bool { return s.Waiting() >= 400 })
 	s.Done(blocker, -1)
 	wg.Wait()
 	served := map[string]int{}
@@ -249,9 +242,7 @@ func TestPriorityLevelGoesFirst(t *testing.T) {
 			}
 		})
 	}
-	for s.Waiting() < 3 {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "3 requests queued", func() bool { return s.Waiting() >= 3 })
 	wg.Go(func() {
 		if tk, err := take(s, "high", 1, 5, time.Second, "hi"); err == nil {
 			mu.Lock()
