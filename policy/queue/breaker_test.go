@@ -1,6 +1,10 @@
 package queue
 
 import (
+	"context"
+	"errors"
+	"sluice/policy/limit"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,5 +154,50 @@ func TestBreakerLostProbeIsReplaced(t *testing.T) {
 	}
 	if ok, _ := b.Allow(half.Add(6 * time.Second)); ok {
 		t.Fatal("a second replacement probe went while the first runs")
+	}
+}
+
+// stallStore fails every Reserve; the probe's Reserves wait for release.
+type stallStore struct {
+	limit.Store
+	probing chan struct{} // closed at the probe's first Reserve
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *stallStore) Reserve(_ context.Context, req *limit.Request, _ *limit.Decision) error {
+	if len(req.Rules) == 1 && strings.HasSuffix(req.Rules[0].Key, ":probe") {
+		s.once.Do(func() { close(s.probing) })
+		<-s.release
+	}
+	return errors.New("store down")
+}
+
+// TestCloseWaitsForProbe: the goroutine that probes a failing shared store
+// belongs to its Scheduler: Close returns only after it ended.
+func TestCloseWaitsForProbe(t *testing.T) {
+	st := &stallStore{probing: make(chan struct{}), release: make(chan struct{})}
+	s := New(Options{Name: "probe", Budget: Budget{RPM: 600}, Store: st,
+		Fallback: limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})})
+	if now, err := s.Acquire(NewTicket()); !now || err != nil {
+		t.Fatalf("the fallback did not grant: %v %v", now, err)
+	}
+	select {
+	case <-st.probing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no probe of the failing store")
+	}
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the probe still ran")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(st.release)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return after the probe ended")
 	}
 }

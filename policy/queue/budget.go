@@ -82,7 +82,7 @@ func (s *Scheduler) reserve(t *Ticket, k int) (bool, error) {
 	if err != nil && store == s.o.Store && s.o.Fallback != nil {
 		if !s.failing.Swap(true) {
 			s.log.Error("provider budget store failing; using local budgets divided by replicas", "upstream", s.o.Name, "error", err)
-			go s.probe()
+			s.probing.Go(s.probe)
 		}
 		store = s.o.Fallback
 		s.fill(t, s.fbRules[k], s.fbLeases[k])

@@ -127,6 +127,9 @@ type Scheduler struct {
 	released chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
+	// probing tracks the goroutine that checks a failing shared store
+	// (probe); Close waits for it.
+	probing  sync.WaitGroup
 	failing  atomic.Bool
 	ids      atomic.Uint64
 	pickSeq  atomic.Uint64
@@ -272,6 +275,7 @@ func (s *Scheduler) Close() {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.done
+	s.probing.Wait()
 }
 
 // CountsTokens reports whether the budget counts tokens, so tickets need
