@@ -136,7 +136,9 @@ func TestHeavyUserDoesNotDelayLightUsers(t *testing.T) {
 			}
 		})
 	}
-	testkit.Eventually(t, 10*time.Second, "90 heavy requests queued", func() bool { return s.Waiting() >= 90 })
+	if !testkit.PollEvery(10*time.Second, time.Millisecond, func() bool { return s.Waiting() >= 90 }) { // the queue moves every few ms: poll as often
+		t.Fatalf("timed out waiting for %s", "90 heavy requests queued")
+	}
 	// Nine light users send a request every 270 ms each, staggered by 30 ms
 	// (together a sixth of the budget).
 	type wait struct{ from, to uint64 } // grant numbers around the wait
@@ -211,7 +213,9 @@ func TestWeightsShareByTier(t *testing.T) {
 			})
 		}
 	}
-	testkit.Eventually(t, 10*time.Second, "400 requests queued", func() bool { return s.Waiting() >= 400 })
+	if !testkit.PollEvery(10*time.Second, time.Millisecond, func() bool { return s.Waiting() >= 400 }) { // the queue moves every few ms: poll as often
+		t.Fatalf("timed out waiting for %s", "400 requests queued")
+	}
 	s.Done(blocker, -1)
 	wg.Wait()
 	served := map[string]int{}
@@ -242,7 +246,9 @@ func TestPriorityLevelGoesFirst(t *testing.T) {
 			}
 		})
 	}
-	testkit.Eventually(t, 5*time.Second, "3 requests queued", func() bool { return s.Waiting() >= 3 })
+	if !testkit.PollEvery(5*time.Second, time.Millisecond, func() bool { return s.Waiting() >= 3 }) { // the queue moves every few ms: poll as often
+		t.Fatalf("timed out waiting for %s", "3 requests queued")
+	}
 	wg.Go(func() {
 		if tk, err := take(s, "high", 1, 5, time.Second, "hi"); err == nil {
 			mu.Lock()
