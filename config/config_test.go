@@ -69,4 +69,6 @@ func TestBadConfigs(t *testing.T) {
 	f("upstreams:\n  - name: a\n    base_url: http://x/v1\n    timeouts:\n      idle: soon\n", "s.yaml:5: upstreams[0].timeouts.idle")
 	f("upstreams:\n  - name: a\n    type: anthropic\n    base_url: http://x/v1\n", "upstreams[0].type: must be")
 	f(ok+"aliases:\n  a: b\n  b: c\n", "is itself an alias")
+	f("server:\n  shutdown_delay: -1s\n"+ok, "server.shutdown_delay: must be at least 0")
+	f("server:\n  shutdown_delay: 30s\n  shutdown_timeout: 30s\n"+ok, "server.shutdown_delay: must be at least 0 and below shutdown_timeout")
 }
