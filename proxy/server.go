@@ -167,6 +167,9 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
 		return nil, err
 	}
+	if err := opts.Registry.Register(s.m.newActiveGauge(s.queuedAtProviders)); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
