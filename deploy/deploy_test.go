@@ -7,11 +7,13 @@ package deploy
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -615,4 +617,50 @@ func quantity(t *testing.T, q string) int64 {
 		t.Fatalf("size %q: %v", q, err)
 	}
 	return n
+}
+
+var update = flag.Bool("update", false, "rewrite k8s/monitoring/prometheusrule.yaml from ../dashboards/alerts.yaml")
+
+// TestPrometheusOperator checks the ServiceMonitor selects the admin Service
+// by its port, and that the PrometheusRule carries the same groups as
+// dashboards/alerts.yaml (go test ./deploy -run PrometheusOperator -update
+// rewrites it after the alerts change).
+func TestPrometheusOperator(t *testing.T) {
+	objs := k8sObjects(t)
+	sm := readYAML(t, "k8s/monitoring/servicemonitor.yaml")
+	adm := objs["Service/sluice-admin"]
+	for k, v := range get(sm, "spec", "selector", "matchLabels").(m) {
+		if get(adm, "metadata", "labels", k) != v {
+			t.Errorf("the ServiceMonitor selects %s=%v, which Service sluice-admin does not carry", k, v)
+		}
+	}
+	if get(objs["Service/sluice"], "metadata", "labels", "app.kubernetes.io/component") == "admin" {
+		t.Error("the ServiceMonitor would also select the API Service")
+	}
+	port := str(sm, "spec", "endpoints", 0, "port")
+	if ports := list(adm, "spec", "ports"); len(ports) != 1 || str(ports[0], "name") != port {
+		t.Errorf("the ServiceMonitor scrapes port %q; Service sluice-admin has %v", port, ports)
+	}
+
+	alerts := readYAML(t, "../dashboards/alerts.yaml")
+	const path = "k8s/monitoring/prometheusrule.yaml"
+	if *update {
+		out, err := yaml.Marshal(m{"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+			"metadata": m{"name": "sluice", "labels": m{"app.kubernetes.io/name": "sluice"}},
+			"spec":     m{"groups": alerts["groups"]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := "# Generated from dashboards/alerts.yaml by: go test ./deploy -run PrometheusOperator -update\n"
+		if err := os.WriteFile(path, append([]byte(head), out...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pr := readYAML(t, path)
+	if str(pr, "kind") != "PrometheusRule" {
+		t.Fatalf("%s is no PrometheusRule", path)
+	}
+	if !reflect.DeepEqual(get(pr, "spec", "groups"), alerts["groups"]) {
+		t.Errorf("%s differs from dashboards/alerts.yaml; run go test ./deploy -run PrometheusOperator -update", path)
+	}
 }
