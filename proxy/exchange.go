@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"sluice/policy"
 	"sluice/policy/queue"
 	"syscall"
@@ -104,6 +105,14 @@ type exchange struct {
 	usage       usage
 	bodyUsage   usage
 	bodyScanned bool
+
+	// the access log (server.access_log only): the method and the client's
+	// address, taken at arrival; bytesOut is the answer's bytes as sent;
+	// limit and limitScope say which limit a 429 of admission hit.
+	method            string
+	peer              netip.AddrPort
+	bytesOut          int64
+	limit, limitScope string
 }
 
 // slotAhead reports a request whose user's slot is still in the future.
