@@ -84,6 +84,7 @@ func TestFirstRunAndShutdownDelay(t *testing.T) {
 	defer stop()
 	const delay = 1500 * time.Millisecond
 	cmd := exec.Command(bin)
+	cmd.Dir = t.TempDir() // the transcripts and the spool of the embedded config
 	env := []string{}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "SLUICE_") {
