@@ -108,6 +108,12 @@ type Server struct {
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests and
 	// streams before exiting. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// ShutdownDelay is how long SIGTERM keeps the API listener serving with
+	// /readyz answering 503, before the drain of ShutdownTimeout starts: the
+	// time a load balancer or Kubernetes takes to remove the endpoint, so no
+	// new connection is refused during a rollout. Default 0 (locally nothing
+	// routes by /readyz); 5s in the Kubernetes example.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 	// AccessLog logs one line per request (with its request id). Default false:
 	// errors are always logged.
 	AccessLog bool `yaml:"access_log"`
@@ -245,6 +251,9 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	}
 	if c.Server.MaxConnsPerIP < 0 {
 		add("server.max_conns_per_ip", "must not be negative")
+	}
+	if c.Server.ShutdownDelay < 0 || c.Server.ShutdownDelay >= c.Server.ShutdownTimeout {
+		add("server.shutdown_delay", "must be at least 0 and below shutdown_timeout (%s), not %s", c.Server.ShutdownTimeout, c.Server.ShutdownDelay)
 	}
 	switch c.Limits.Store {
 	case "memory":

@@ -33,6 +33,18 @@ func TestExampleConfig(t *testing.T) {
 	if c.Upstreams[0].BaseURL != "http://127.0.0.1:9999/v1" || c.Upstreams[0].APIKey != "sk-up" || c.Server.Listen != "127.0.0.1:1234" {
 		t.Fatalf("env not applied: %+v %+v", c.Server, c.Upstreams[0])
 	}
+	if c.Server.ShutdownDelay != 0 || c.Transcripts.JSONL.MaxFiles != 0 || c.Transcripts.Spool.MaxBytes != 1<<30 {
+		t.Fatalf("example defaults: delay %s, max_files %d, spool %d", c.Server.ShutdownDelay, c.Transcripts.JSONL.MaxFiles, c.Transcripts.Spool.MaxBytes)
+	}
+	// The knobs the Kubernetes example sets through the environment.
+	c, err = Parse("sluice.yaml", configs.Sluice, env(map[string]string{"SLUICE_SHUTDOWN_DELAY": "5s",
+		"SLUICE_TRANSCRIPTS_FILE_BYTES": "67108864", "SLUICE_TRANSCRIPTS_MAX_FILES": "8", "SLUICE_SPOOL_MAX_BYTES": "536870912"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.ShutdownDelay != 5*time.Second || c.Transcripts.JSONL.MaxFileBytes != 64<<20 || c.Transcripts.JSONL.MaxFiles != 8 || c.Transcripts.Spool.MaxBytes != 512<<20 {
+		t.Fatalf("env not applied: delay %s, jsonl %+v, spool %+v", c.Server.ShutdownDelay, c.Transcripts.JSONL, c.Transcripts.Spool)
+	}
 }
 
 func TestDefaults(t *testing.T) {
@@ -69,4 +81,6 @@ func TestBadConfigs(t *testing.T) {
 	f("upstreams:\n  - name: a\n    base_url: http://x/v1\n    timeouts:\n      idle: soon\n", "s.yaml:5: upstreams[0].timeouts.idle")
 	f("upstreams:\n  - name: a\n    type: anthropic\n    base_url: http://x/v1\n", "upstreams[0].type: must be")
 	f(ok+"aliases:\n  a: b\n  b: c\n", "is itself an alias")
+	f("server:\n  shutdown_delay: -1s\n"+ok, "server.shutdown_delay: must be at least 0")
+	f("server:\n  shutdown_delay: 30s\n  shutdown_timeout: 30s\n"+ok, "server.shutdown_delay: must be at least 0 and below shutdown_timeout")
 }

@@ -7,17 +7,22 @@ package deploy
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"sluice/config"
+	"sluice/configs"
 	"sluice/policy"
 )
 
@@ -378,7 +383,7 @@ func TestKubernetes(t *testing.T) {
 			if data == "" {
 				t.Fatalf("SLUICE_POLICIES=%s is no file of a mounted ConfigMap", val)
 			}
-			if _, err := policy.Parse("configmap policies.yaml", []byte(data), func(string) (string, bool) { return "set", true }); err != nil {
+			if _, err := policy.Parse("configmap policies.yaml", []byte(data), func(n string) (string, bool) { return "set-" + n, true }); err != nil {
 				t.Errorf("the ConfigMap's policies do not compile: %v", err)
 			}
 		}
@@ -427,5 +432,235 @@ func TestKubernetes(t *testing.T) {
 	compose := readYAML(t, "compose.yaml")
 	if img := str(c, "image"); img != str(compose, "services", "sluice", "image") {
 		t.Errorf("image %q differs from compose's", img)
+	}
+}
+
+// k8sObjects reads every object of deploy/k8s by kind/name.
+func k8sObjects(t *testing.T) map[string]m {
+	t.Helper()
+	objs := map[string]m{}
+	files, _ := filepath.Glob("k8s/*.yaml")
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			continue
+		}
+		for _, d := range readDocs(t, f) {
+			objs[str(d, "kind")+"/"+str(d, "metadata", "name")] = d
+		}
+	}
+	return objs
+}
+
+func envValue(c any, name string) string {
+	for _, e := range list(c, "env") {
+		if str(e, "name") == name {
+			return str(e, "value")
+		}
+	}
+	return ""
+}
+
+// TestKubernetesOperations checks the on-call points: the HPA's signal and
+// ceiling, the shutdown delay, the bounds of the transcripts volume, the
+// admin port's own Service and its NetworkPolicy, and the first request's key.
+func TestKubernetesOperations(t *testing.T) {
+	objs := k8sObjects(t)
+	dep := objs["Deployment/sluice"]
+	c := get(dep, "spec", "template", "spec", "containers", 0)
+	cfg, err := config.Parse("sluice.yaml (embedded)", configs.Sluice, func(n string) (string, bool) {
+		v := envValue(c, n)
+		return v, v != ""
+	})
+	if err != nil {
+		t.Fatalf("the embedded config with the deployment's env: %v", err)
+	}
+
+	// HPA: scales on the active gauge (not in flight, which counts requests
+	// waiting for the provider), at most the policy's replicas.
+	hpa := objs["HorizontalPodAutoscaler/sluice"]
+	var podMetrics []string
+	for _, met := range list(hpa, "spec", "metrics") {
+		if n := str(met, "pods", "metric", "name"); n != "" {
+			podMetrics = append(podMetrics, n)
+		}
+	}
+	if len(podMetrics) != 1 || podMetrics[0] != "sluice_requests_active" {
+		t.Errorf("the HPA scales on pod metrics %v; want sluice_requests_active only", podMetrics)
+	}
+	cm := objs["ConfigMap/sluice-policies"]
+	pol, err := policy.Parse("configmap", []byte(str(cm, "data", "policies.yaml")), func(n string) (string, bool) { return "k-" + n, true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mx, _ := get(hpa, "spec", "maxReplicas").(int); mx < 2 || int64(mx) > pol.Replicas {
+		t.Errorf("HPA maxReplicas %d; want 2..%d (the policy's replicas)", mx, pol.Replicas)
+	}
+
+	// Shutdown: a delay for the endpoint's removal, and a grace period that
+	// covers delay, drain and the sink's flush.
+	if cfg.Server.ShutdownDelay < 3*time.Second {
+		t.Errorf("server.shutdown_delay %s in the deployment; want a few seconds for the endpoint's removal", cfg.Server.ShutdownDelay)
+	}
+	grace, _ := get(dep, "spec", "template", "spec", "terminationGracePeriodSeconds").(int)
+	need := cfg.Server.ShutdownDelay + cfg.Server.ShutdownTimeout + cfg.Transcripts.WriteTimeout
+	if time.Duration(grace)*time.Second <= need {
+		t.Errorf("terminationGracePeriodSeconds %d; want more than delay+drain+flush = %s", grace, need)
+	}
+
+	// Transcripts volume: rotated files, a file count cap and the spool's
+	// cap fit the emptyDir (the file being written may pass its size by
+	// one batch).
+	home := ""
+	for _, vm := range list(c, "volumeMounts") {
+		if str(vm, "mountPath") == "/home/nonroot" {
+			home = str(vm, "name")
+		}
+	}
+	var limit int64
+	for _, v := range list(dep, "spec", "template", "spec", "volumes") {
+		if str(v, "name") == home {
+			limit = quantity(t, str(v, "emptyDir", "sizeLimit"))
+		}
+	}
+	j, sp := cfg.Transcripts.JSONL, cfg.Transcripts.Spool
+	if j.MaxFiles <= 0 || j.MaxFileBytes <= 0 || sp.MaxBytes <= 0 {
+		t.Fatalf("transcripts unbounded on disk: jsonl %+v, spool max_bytes %d", j, sp.MaxBytes)
+	}
+	used := j.MaxFileBytes*int64(j.MaxFiles+1) + int64(cfg.Transcripts.BatchBytes) + sp.MaxBytes + sp.SegmentBytes
+	if limit == 0 || used > limit*9/10 {
+		t.Errorf("transcripts may use %d bytes of a %d-byte volume; want at most 90%%", used, limit)
+	}
+	t.Logf("transcripts volume: at most %d MiB of %d MiB", used>>20, limit>>20)
+
+	// The admin port has its own Service; the API Service does not carry it.
+	for _, p := range list(objs["Service/sluice"], "spec", "ports") {
+		if str(p, "targetPort") != "api" {
+			t.Errorf("the API Service exposes port %v", get(p, "name"))
+		}
+	}
+	adm := list(objs["Service/sluice-admin"], "spec", "ports")
+	if len(adm) != 1 || str(adm[0], "targetPort") != "admin" {
+		t.Errorf("Service sluice-admin ports %v; want the admin port only", adm)
+	}
+
+	// NetworkPolicy: the API open, the admin port only from monitoring.
+	np := objs["NetworkPolicy/sluice"]
+	if np == nil {
+		t.Fatal("no NetworkPolicy sluice")
+	}
+	for k, v := range get(np, "spec", "podSelector", "matchLabels").(m) {
+		if get(dep, "spec", "template", "metadata", "labels", k) != v {
+			t.Errorf("the NetworkPolicy selects %s=%v, which the pods do not carry", k, v)
+		}
+	}
+	apiOpen, adminFrom := false, []string{}
+	for _, rule := range list(np, "spec", "ingress") {
+		for _, p := range list(rule, "ports") {
+			switch str(p, "port") {
+			case "api":
+				apiOpen = apiOpen || list(rule, "from") == nil
+			case "admin":
+				if list(rule, "from") == nil {
+					adminFrom = append(adminFrom, "everyone")
+				}
+				for _, f := range list(rule, "from") {
+					adminFrom = append(adminFrom, str(f, "namespaceSelector", "matchLabels", "kubernetes.io/metadata.name"))
+				}
+			default:
+				t.Errorf("the NetworkPolicy opens port %v", get(p, "port"))
+			}
+		}
+	}
+	if !apiOpen || len(adminFrom) != 1 || adminFrom[0] != "monitoring" {
+		t.Errorf("NetworkPolicy: api open %v, admin from %v; want the API open and admin from monitoring only", apiOpen, adminFrom)
+	}
+
+	// The first request: the demo key of the secret is a key of the policy.
+	key := ""
+	for _, e := range list(c, "env") {
+		if str(e, "name") == "SLUICE_DEMO_KEY" {
+			key = str(objs["Secret/sluice"], "stringData", str(e, "valueFrom", "secretKeyRef", "key"))
+		}
+	}
+	if key == "" || !strings.Contains(str(cm, "data", "policies.yaml"), "key_env: SLUICE_DEMO_KEY") {
+		t.Error("no documented demo key: the first request would be a 401")
+	}
+	b, _ := os.ReadFile("k8s/deployment.yaml")
+	if !strings.Contains(string(b), "Bearer "+key) {
+		t.Errorf("deployment.yaml's first-request curl does not use the secret's demo key %q", key)
+	}
+
+	// Compose: the first request's key has a documented default.
+	compose := readYAML(t, "compose.yaml")
+	cb, _ := os.ReadFile("compose.yaml")
+	dk := regexp.MustCompile(`^\$\{SLUICE_DEMO_KEY:-(\S+)\}$`).FindStringSubmatch(str(compose, "services", "sluice", "environment", "SLUICE_DEMO_KEY"))
+	if dk == nil || !strings.Contains(string(cb), "Bearer "+dk[1]) {
+		t.Error("compose.yaml: SLUICE_DEMO_KEY has no default documented in a curl line")
+	}
+}
+
+// quantity parses a Kubernetes size such as 2Gi or 512Mi.
+func quantity(t *testing.T, q string) int64 {
+	t.Helper()
+	units := map[string]int64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "": 1}
+	for u, f := range units {
+		if u != "" && strings.HasSuffix(q, u) {
+			var n int64
+			if _, err := fmt.Sscan(strings.TrimSuffix(q, u), &n); err != nil {
+				t.Fatalf("size %q: %v", q, err)
+			}
+			return n * f
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(q, &n); err != nil {
+		t.Fatalf("size %q: %v", q, err)
+	}
+	return n
+}
+
+var update = flag.Bool("update", false, "rewrite k8s/monitoring/prometheusrule.yaml from ../dashboards/alerts.yaml")
+
+// TestPrometheusOperator checks the ServiceMonitor selects the admin Service
+// by its port, and that the PrometheusRule carries the same groups as
+// dashboards/alerts.yaml (go test ./deploy -run PrometheusOperator -update
+// rewrites it after the alerts change).
+func TestPrometheusOperator(t *testing.T) {
+	objs := k8sObjects(t)
+	sm := readYAML(t, "k8s/monitoring/servicemonitor.yaml")
+	adm := objs["Service/sluice-admin"]
+	for k, v := range get(sm, "spec", "selector", "matchLabels").(m) {
+		if get(adm, "metadata", "labels", k) != v {
+			t.Errorf("the ServiceMonitor selects %s=%v, which Service sluice-admin does not carry", k, v)
+		}
+	}
+	if get(objs["Service/sluice"], "metadata", "labels", "app.kubernetes.io/component") == "admin" {
+		t.Error("the ServiceMonitor would also select the API Service")
+	}
+	port := str(sm, "spec", "endpoints", 0, "port")
+	if ports := list(adm, "spec", "ports"); len(ports) != 1 || str(ports[0], "name") != port {
+		t.Errorf("the ServiceMonitor scrapes port %q; Service sluice-admin has %v", port, ports)
+	}
+
+	alerts := readYAML(t, "../dashboards/alerts.yaml")
+	const path = "k8s/monitoring/prometheusrule.yaml"
+	if *update {
+		out, err := yaml.Marshal(m{"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+			"metadata": m{"name": "sluice", "labels": m{"app.kubernetes.io/name": "sluice"}},
+			"spec":     m{"groups": alerts["groups"]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := "# Generated from dashboards/alerts.yaml by: go test ./deploy -run PrometheusOperator -update\n"
+		if err := os.WriteFile(path, append([]byte(head), out...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pr := readYAML(t, path)
+	if str(pr, "kind") != "PrometheusRule" {
+		t.Fatalf("%s is no PrometheusRule", path)
+	}
+	if !reflect.DeepEqual(get(pr, "spec", "groups"), alerts["groups"]) {
+		t.Errorf("%s differs from dashboards/alerts.yaml; run go test ./deploy -run PrometheusOperator -update", path)
 	}
 }

@@ -710,6 +710,13 @@ keys:
 		}) {
 			t.Fatalf("the request did not queue at stage %s", stage)
 		}
+		// A waiting request is in flight but not active: the autoscaling
+		// signal does not count it.
+		inFlight, _ := e.s.metric(t, "sluice_requests_in_flight")
+		active, _ := e.s.metric(t, "sluice_requests_active")
+		if inFlight < 1 || active != inFlight-1 {
+			t.Fatalf("waiting at stage %s: in flight %v, active %v; want active = in flight - 1", stage, inFlight, active)
+		}
 		_ = c.Close()
 		closed := time.Now()
 		e.checkDelta(t, abandoned, 1, "sluice_queue_outcomes_total", `stage="`+stage+`"`, `outcome="abandoned"`)

@@ -113,6 +113,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	}
 	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, exact)
 	if ad.Outcome != policy.Admitted {
+		x.limit, x.limitScope = ad.Limit, ad.Scope
 		writeRejected(ctx, ad, p.User)
 		s.limiter.Finish(context.Background(), ad, -1)
 		return false

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"sluice/policy"
 	"sluice/policy/queue"
 	"syscall"
@@ -120,6 +121,14 @@ type exchange struct {
 	// (costed): 0 for cache hits, errors and unpriced models.
 	cost   float64
 	costed bool
+
+	// the access log (server.access_log only): the method and the client's
+	// address, taken at arrival; bytesOut is the answer's bytes as sent;
+	// limit and limitScope say which limit a 429 of admission hit.
+	method            string
+	peer              netip.AddrPort
+	bytesOut          int64
+	limit, limitScope string
 }
 
 // answerCost sets x.cost from x.usage, once: what the provider bills for

@@ -3,8 +3,10 @@ package proxy
 import (
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // statusClasses are the values of the "status_class" label; index by
@@ -82,6 +84,9 @@ type metrics struct {
 	disconnects [epCount]prometheus.Counter
 	// inFlight is the number of requests being served, streams included.
 	inFlight prometheus.Gauge
+	// userWaiting counts the requests waiting for their user's slot (the
+	// user stage of sluice_queue_depth), for sluice_requests_active.
+	userWaiting atomic.Int64
 	// answerBytes counts the JSON endpoints' answer bytes before
 	// compression; wireBytes the same answers as sent, by coding.
 	answerBytes [epCount]prometheus.Counter
@@ -425,4 +430,35 @@ func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.queueMax, prometheus.GaugeValue, float64(up.maxQueue), up.name)
 		}
 	}
+}
+
+// newActiveGauge is sluice_requests_active: requests in flight minus those
+// waiting for a budget (their user's slot, or the upstream's fair queue,
+// as queued() counts). Unlike sluice_requests_in_flight it does not grow
+// when the provider is the bottleneck, so an autoscaler may use it: more
+// replicas help only the requests Sluice itself is working on. Read at
+// scrape time only.
+func (m *metrics) newActiveGauge(queued func() int64) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_requests_active",
+		Help: "Requests in flight that are not waiting for a budget (user slot or upstream fair queue): the autoscaling signal.",
+	}, func() float64 {
+		var d dto.Metric
+		if m.inFlight.Write(&d) != nil || d.Gauge == nil {
+			return 0
+		}
+		return max(0, d.Gauge.GetValue()-float64(m.userWaiting.Load()+queued()))
+	})
+}
+
+// queuedAtProviders is the number of requests waiting in the upstreams'
+// fair queues.
+func (s *Server) queuedAtProviders() int64 {
+	var n int64
+	for _, up := range s.upstreams {
+		if up.sched != nil {
+			n += int64(up.sched.Waiting())
+		}
+	}
+	return n
 }

@@ -36,6 +36,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	x := exchange{start: time.Now(), ep: classify(ctx.Path())}
 	s.m.inFlight.Inc()
 	s.setRequestID(ctx, &x.idBuf)
+	if s.cfg.Server.AccessLog {
+		x.method, x.peer = accessMethod(ctx.Method()), remoteAddrPort(ctx)
+	}
 	x.tr = s.beginTranscript(ctx, &x)
 	if s.serve(ctx, &x) {
 		return // the body stream finishes the exchange when the stream ends
@@ -136,6 +139,7 @@ const hdrCost = "X-Sluice-Cost-Usd"
 func (s *Server) finishBuffered(ctx *fasthttp.RequestCtx, x *exchange) {
 	s.ownedAnswer(ctx, x) // owned mode: record created ids, filter lists (owners.go)
 	x.status = ctx.Response.StatusCode()
+	x.bytesOut = int64(len(ctx.Response.Body()))
 	if !x.gone && !x.upStart.IsZero() {
 		// A buffered answer: nothing watched the client while the upstream
 		// worked. A client gone meanwhile is counted and recorded as such
@@ -214,9 +218,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 		x.ticket = nil
 	}
 	if s.cfg.Server.AccessLog {
-		s.log.Info("request", "request_id", string(reqID), "route", endpointLabels[x.ep],
-			"status", x.status, "duration_ms", float64(total.Microseconds())/1000,
-			"key_id", x.keyID, "user", x.user, "model", x.model, "client_gone", clientGone)
+		s.accessLog(reqID, x, total, clientGone)
 	}
 	s.record(reqID, x, end, clientGone)
 }

@@ -163,6 +163,7 @@ func (r *relay) WriteTo(w io.Writer) (int64, error) {
 			}
 			r.s.m.wireBytes[r.x.ep][r.enc].Add(float64(cw.n))
 		}
+		r.x.bytesOut = max(cw.n, total)
 	}()
 	for {
 		chunk, err := r.next()

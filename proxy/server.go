@@ -169,6 +169,9 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Registry.Register(newConnCollector(s)); err != nil {
 		return nil, err
 	}
+	if err := opts.Registry.Register(s.m.newActiveGauge(s.queuedAtProviders)); err != nil {
+		return nil, err
+	}
 	if s.own, err = newOwners(&opts); err != nil {
 		return nil, err
 	}

@@ -127,12 +127,14 @@ func parseSeconds(h []byte) (time.Duration, bool) {
 func (s *Server) waitSlot(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) *failure {
 	ad := x.adm
 	s.qm.Waiting(queue.StageUser, x.tier, 1)
+	s.m.userWaiting.Add(1)
 	start := time.Now()
 	if k != nil {
 		k.status = func() (int, time.Duration) { return ad.Queued, time.Until(start.Add(ad.Wait)) }
 	}
 	end := s.await(ctx, ad.Wait, nil, k)
 	s.qm.Waiting(queue.StageUser, x.tier, -1)
+	s.m.userWaiting.Add(-1)
 	s.limiter.WaitEnded(ad)
 	x.queueWait += time.Since(start)
 	var f *failure

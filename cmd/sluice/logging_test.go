@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestNewLogger(t *testing.T) {
@@ -35,6 +37,19 @@ func TestNewLogger(t *testing.T) {
 	log.Debug("dbg")
 	if !strings.Contains(b.String(), "level=DEBUG msg=dbg") {
 		t.Fatalf("text at debug: %q", b.String())
+	}
+
+	// Durations read as Go duration strings, not nanoseconds, in both formats.
+	for _, format := range []string{"json", "text"} {
+		b.Reset()
+		log, err = newLogger(&b, format, "info")
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("d", "took", 1500*time.Millisecond, "group", slog.GroupValue(slog.Duration("wait", 250*time.Millisecond)))
+		if !strings.Contains(b.String(), "1.5s") || !strings.Contains(b.String(), "250ms") || strings.Contains(b.String(), "1500000000") {
+			t.Errorf("%s: durations not in a human unit: %q", format, b.String())
+		}
 	}
 
 	for _, bad := range [][2]string{{"xml", "info"}, {"json", "loud"}} {

@@ -29,6 +29,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,7 +54,7 @@ var version = ""
 func main() {
 	args := os.Args[1:]
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	if len(args) > 0 && (!strings.HasPrefix(args[0], "-") || isHelp(args[0])) {
 		cmd, args = args[0], args[1:]
 	}
 	var err error
@@ -72,10 +73,14 @@ func main() {
 		err = healthcheck(args)
 	case "version":
 		fmt.Println("sluice", buildVersion(), runtime.Version())
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Print(usage)
 	default:
 		err = fmt.Errorf("unknown command %q\n%s", cmd, usage)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		// "sluice serve -h": the flag set printed its flags; asking is no error.
+		return
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sluice:", err)
@@ -83,7 +88,14 @@ func main() {
 	}
 }
 
-const usage = `usage:
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help"
+}
+
+const usage = `Sluice, a gateway for LLM traffic.
+
+usage:
+  sluice help               print this list of commands
   sluice [serve] [-config FILE] [-policies FILE] [-log-format json|text] [-log-level LEVEL]
   sluice validate [-config FILE] [-policies FILE]
   sluice diff OLD NEW       print the effective changes between two policies files
@@ -91,7 +103,9 @@ const usage = `usage:
   sluice gen-key            print a new random key and its sha256
   sluice healthcheck [-addr HOST:PORT]  exit 0 when the admin listener's /readyz answers 200
   sluice version
-Without -config or -policies the embedded example files are used.
+Without -config or -policies the embedded example files are used; with the
+embedded policies and SLUICE_DEMO_KEY unset, serve prints a demo key for the run.
+"sluice COMMAND -h" lists a command's flags.
 `
 
 // files are the two configuration files a command reads.
@@ -200,6 +214,16 @@ func serve(args []string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	// First run: the embedded policies enable the demo key only when
+	// SLUICE_DEMO_KEY is set; without it every request would be a 401. A key
+	// made for this run is set instead and printed once the listener is up.
+	demoKey := ""
+	if f.policies == "" && os.Getenv(demoKeyEnv) == "" {
+		if demoKey, err = newDemoKey(); err != nil {
+			return err
+		}
+		_ = os.Setenv(demoKeyEnv, demoKey)
+	}
 	cfg, pol, err := f.load()
 	if err != nil {
 		return err
@@ -272,6 +296,9 @@ func serve(args []string) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on server.listen=%q: %w", cfg.Server.Listen, err)
 	}
+	// leaving turns /readyz to 503 at SIGTERM, while the API listener still
+	// serves for server.shutdown_delay (the endpoint's removal).
+	var leaving atomic.Bool
 	var adminSrv *http.Server
 	if cfg.Server.AdminListen != "off" {
 		aln, err := net.Listen("tcp", cfg.Server.AdminListen)
@@ -282,7 +309,7 @@ func serve(args []string) error {
 		// request, or never reads the answer, does not hold a connection
 		// for ever. The write timeout leaves room for a 60 s CPU profile
 		// and a large transcript export.
-		adminSrv = &http.Server{Handler: proxy.AdminHandler(reg, srv), ReadHeaderTimeout: 10 * time.Second,
+		adminSrv = &http.Server{Handler: readyGate(&leaving, proxy.AdminHandler(reg, srv)), ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout: 30 * time.Second, WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
 		go func() {
 			if err := adminSrv.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -297,6 +324,11 @@ func serve(args []string) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("sluice listening", "addr", ln.Addr().String(), "version", buildVersion(), "upstreams", len(cfg.Upstreams))
+	if demoKey != "" {
+		log.Warn("no "+demoKeyEnv+" set: a demo key was made for this run (user demo); set "+demoKeyEnv+" to choose it",
+			"demo_key", demoKey)
+		fmt.Fprint(os.Stderr, firstRun(ln.Addr().String(), demoKey))
+	}
 
 wait:
 	for {
@@ -312,8 +344,21 @@ wait:
 			// the file to settle and refuses a policy that lifts limits.
 			_, _ = reloader.Reload("sighup")
 		case s := <-sig:
-			log.Info("shutting down", "signal", s.String(), "deadline", cfg.Server.ShutdownTimeout)
+			log.Info("shutting down", "signal", s.String(), "delay", cfg.Server.ShutdownDelay,
+				"deadline", cfg.Server.ShutdownTimeout)
 			break wait
+		}
+	}
+
+	// Shutdown delay: /readyz answers 503 at once, the API listener keeps
+	// serving until the endpoint is removed from the load balancer (or
+	// Kubernetes' Service), so no new connection is refused at a rollout.
+	leaving.Store(true)
+	if d := cfg.Server.ShutdownDelay; d > 0 {
+		select {
+		case <-time.After(d):
+		case s := <-sig:
+			log.Info("second signal: shutdown delay cut short", "signal", s.String())
 		}
 	}
 
@@ -344,6 +389,42 @@ wait:
 	}
 	log.Info("stopped")
 	return nil
+}
+
+const demoKeyEnv = "SLUICE_DEMO_KEY"
+
+// newDemoKey returns a random key for the embedded policies' demo user.
+func newDemoKey() (string, error) {
+	b := make([]byte, 18)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return "sk-demo-" + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// firstRun is what serve prints when it made the demo key: the key and a
+// request to try.
+func firstRun(addr, key string) string {
+	return fmt.Sprintf(`
+First run: no %[1]s was set, so this run accepts the demo key
+  %[2]s
+Try (the upstream is OPENAI_BASE_URL with OPENAI_API_KEY):
+  curl http://%[3]s/v1/chat/completions -H "Authorization: Bearer %[2]s" \
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+Set %[1]s to choose the key, or -policies FILE to use your own keys.
+
+`, demoKeyEnv, key, addr)
+}
+
+// readyGate answers /readyz 503 once leaving is set; the rest goes to h.
+func readyGate(leaving *atomic.Bool, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" && leaving.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // newRedisClient returns the one Redis client of the process when the
