@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"sluice/internal/testkit"
 )
@@ -106,33 +105,24 @@ func TestStaleConnsNeverFail(t *testing.T) {
 	if got := calls.Load(); got != bursts*n {
 		t.Errorf("upstream saw %d calls; want %d (none repeated)", got, bursts*n)
 	}
-	stale := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "before_send"))
+	stale := staleConns(t, reg, "before_send")
 	if stale == 0 {
 		t.Errorf("no stale connection counted; the upstream closed them all between bursts")
 	}
 }
 
-// mustCounter finds the stale-connection counter of upstream "up" for stage.
-func mustCounter(t *testing.T, reg *prometheus.Registry, name, stage string) prometheus.Collector {
+// staleConns is sluice_upstream_stale_conns_total{stage} in reg.
+func staleConns(t *testing.T, reg *prometheus.Registry, stage string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	m, err := testkit.Gather(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == "stage" && lp.GetValue() == stage {
-					return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "x"}, func() float64 { return m.GetCounter().GetValue() })
-				}
-			}
-		}
+	v, ok := m.Value("sluice_upstream_stale_conns_total", `stage="`+stage+`"`)
+	if !ok {
+		t.Fatalf("sluice_upstream_stale_conns_total{stage=%q} not found", stage)
 	}
-	t.Fatalf("%s{stage=%q} not found", name, stage)
-	return nil
+	return v
 }
 
 // rawUpstream is an HTTP/1.1 upstream written by hand, so a test decides
@@ -208,7 +198,7 @@ func TestClosedAtSendIsResent(t *testing.T) {
 			t.Fatalf("request %d: %d %s", i, st, body)
 		}
 	}
-	if got := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "after_send")); got < 1 {
+	if got := staleConns(t, reg, "after_send"); got < 1 {
 		t.Errorf("after_send stale count %v; want at least 1", got)
 	}
 	if c := u.conns.Load(); c < 3 {
@@ -592,7 +582,7 @@ func TestCloseNotifyBeforeFINNotReused(t *testing.T) {
 	if r, c := requests.Load(), conns.Load(); r != 3 || c != 3 {
 		t.Errorf("upstream saw %d requests on %d connections; want 3 on 3 (none resent)", r, c)
 	}
-	if n := testutil.ToFloat64(mustCounter(t, reg, "sluice_upstream_stale_conns_total", "before_send")); n != 2 {
+	if n := staleConns(t, reg, "before_send"); n != 2 {
 		t.Errorf("stale before send: %v; want 2", n)
 	}
 }

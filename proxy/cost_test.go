@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sluice/internal/testkit"
 	"sluice/policy"
 )
 
@@ -112,19 +113,11 @@ func TestCostOfAnswers(t *testing.T) {
 // gatherCounter sums every child of the counter name in reg.
 func gatherCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	m, err := testkit.Gather(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return m.Sum(name)
 }
 
 // TestFindUsageCached: the cached prompt tokens of chat

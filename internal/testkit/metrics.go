@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -38,6 +39,20 @@ func Scrape(url string) (Metrics, error) {
 	m, err := ParseMetrics(resp.Body)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return m, nil
+}
+
+// Gather reads a registry (or any Gatherer) in process, as Scrape reads a
+// /metrics page.
+func Gather(g prometheus.Gatherer) (Metrics, error) {
+	fams, err := g.Gather()
+	if err != nil {
+		return nil, err
+	}
+	m := make(Metrics, len(fams))
+	for _, f := range fams {
+		m[f.GetName()] = f
 	}
 	return m, nil
 }

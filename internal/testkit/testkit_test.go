@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const page = `# HELP sluice_requests_total Requests.
@@ -95,5 +97,25 @@ func TestPoll(t *testing.T) {
 	}
 	if d := time.Since(start); d < 50*time.Millisecond {
 		t.Fatalf("Poll gave up after %v, before its 50ms", d)
+	}
+}
+
+// TestGather: a registry read in process gives the same families as a
+// scrape, by name, with labels to select.
+func TestGather(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x_total", Help: "x"}, []string{"stage"})
+	reg.MustRegister(c)
+	c.WithLabelValues("a").Add(2)
+	c.WithLabelValues("b").Add(3)
+	m, err := Gather(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := m.Value("x_total", `stage="b"`); !ok || v != 3 {
+		t.Fatalf("x_total{stage=b} = %v %v; want 3", v, ok)
+	}
+	if s := m.Sum("x_total"); s != 5 {
+		t.Fatalf("sum %v; want 5", s)
 	}
 }
