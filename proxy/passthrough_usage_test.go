@@ -11,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"sluice/config"
 	"sluice/policy"
 	"sluice/policy/limit"
 )
@@ -82,10 +81,6 @@ func policyServer(t *testing.T, h http.Handler, polYAML string, reg *prometheus.
 	}
 	go up.Serve(upLn) //nolint:errcheck // ends with Close
 	t.Cleanup(func() { _ = up.Close() })
-	cfg, err := config.Parse("test.yaml", []byte("upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n    api_key: sk-upstream-0123456789abcdef\n"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	pol, err := policy.Parse("p.yaml", []byte(polYAML), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -94,10 +89,8 @@ func policyServer(t *testing.T, h http.Handler, polYAML string, reg *prometheus.
 		reg = prometheus.NewRegistry()
 	}
 	lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
-	s, err := New(Options{Config: cfg, Policy: pol, Registry: reg, Logger: slog.New(slog.DiscardHandler), Limiter: lim})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://"+upLn.Addr().String()+"/v1\n    api_key: sk-upstream-0123456789abcdef\n",
+		Options{Policy: pol, Registry: reg, Limiter: lim})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
