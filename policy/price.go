@@ -88,16 +88,6 @@ func (ps *Prices) Lookup(model string) (Price, bool) {
 	return Price{}, false
 }
 
-// Refuses reports that requests for model are refused: it has no price and
-// the policy refuses unpriced models.
-func (ps *Prices) Refuses(model string) bool {
-	if ps.Unpriced != UnpricedRefuse {
-		return false
-	}
-	_, ok := ps.Lookup(model)
-	return !ok
-}
-
 // maxPrice bounds a price, in USD per 1M tokens: far above any model's, low
 // enough that a cost stays a finite, exact-enough float.
 const maxPrice = 1e6

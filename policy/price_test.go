@@ -53,12 +53,12 @@ func TestPriceLookup(t *testing.T) {
 			t.Fatalf("%s: %+v %v; want input %g", model, pr, ok, want)
 		}
 	}
-	if _, ok := p.Prices.Lookup("llama-3"); ok || p.Prices.Refuses("llama-3") {
+	if _, ok := p.Prices.Lookup("llama-3"); ok || p.Prices.Unpriced != UnpricedFree {
 		t.Fatal("an unpriced model has a price, or is refused by default")
 	}
 	refusing := parsePrices(t, "unpriced: refuse\n")
-	if !refusing.Prices.Refuses("llama-3") || refusing.Prices.Refuses("gpt-4o") {
-		t.Fatal("unpriced: refuse does not refuse exactly the unpriced models")
+	if refusing.Prices.Unpriced != UnpricedRefuse {
+		t.Fatalf("unpriced: refuse compiled to %q", refusing.Prices.Unpriced)
 	}
 	star := parsePrices(t, "  \"*\": {input: 1, output: 2}\n")
 	if pr, ok := star.Prices.Lookup("llama-3"); !ok || pr.Output != 2e-6 {

@@ -54,11 +54,10 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	if !known {
 		s.models.add(model)
 	}
-	if pol.Prices.Refuses(route.Model) {
+	if x.price, x.priced = pol.Prices.Lookup(route.Model); !x.priced && pol.Prices.Unpriced == policy.UnpricedRefuse {
 		writeError(ctx, errModelNotPriced, "model", "The model `"+route.Model+"` has no price in Sluice's policy, and the policy refuses models without one.")
 		return false
 	}
-	x.price, x.priced = pol.Prices.Lookup(route.Model)
 	x.model, x.route = route.Model, route
 	if route.Rewritten {
 		x.body = rewriteModel(x.body, f, route.Model)
