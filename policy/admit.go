@@ -64,6 +64,12 @@ type Admission struct {
 	// Queued is how many of the user's requests were already waiting in
 	// this replica when this one was decided (its place in the user's line).
 	Queued int
+	// Spend is the tightest spend budget after this decision (budget.go);
+	// for a budget's rejection, Limit and Scope name it, LimitValue is its
+	// size in µUSD and RetryAfter runs to the end of its window.
+	Spend Spend
+	// Worst is the request's reserved cost, in µUSD (0 without a budget).
+	Worst int64
 
 	req      limit.Request
 	dec      limit.Decision
@@ -94,8 +100,9 @@ type Budget struct {
 type ruleInfo struct {
 	kind  string
 	scope string
-	limit int64
-	token bool // cost in tokens (settled from usage)
+	limit int64 // per period, concurrent requests, or µUSD (0: a counter without a cap)
+	token bool  // cost in tokens (settled from usage)
+	usd   bool  // a spend counter, in µUSD (settled from the answer's cost)
 }
 
 // Limiter admits requests against the users' budgets and settles their
@@ -145,6 +152,13 @@ type Limiter struct {
 	// user scope; entries are dropped when they fall to zero.
 	waitMu  sync.Mutex
 	waiting map[string]*atomic.Int64
+
+	// win is the current calendar window of the budgets (budget.go);
+	// spendKeys caches spend counter keys by scope, spendN counts them.
+	win        atomic.Pointer[window]
+	spendKeys  sync.Map // string → *spendKeys
+	spendN     atomic.Int64
+	budgetUsed *prometheus.HistogramVec
 }
 
 // LimiterOptions configure a Limiter.
@@ -211,7 +225,12 @@ func NewLimiter(o LimiterOptions) *Limiter {
 		Name: "sluice_shadow_decisions_total",
 		Help: "Decisions of tiers' shadow limits, counted and never enforced, by tier, deciding limit (none when admitted) and outcome (would_admit, would_queue, would_reject, store_error).",
 	}, []string{"tier", "limit", "outcome"})
-	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors, storeUp, l.shadowDecisions)
+	l.budgetUsed = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "sluice_budget_used_ratio",
+		Help:    "At each admission under a spend budget, the used fraction of the request's tightest budget after its reservation, by tier and window (day, month).",
+		Buckets: []float64{0.25, 0.5, 0.75, 0.9, 0.95, 1},
+	}, []string{"tier", "window"})
+	o.Registry.MustRegister(l.decisions, l.tokens, storeDuration, storeErrors, storeUp, l.shadowDecisions, l.budgetUsed)
 	l.pool.New = func() any { return new(Admission) }
 	return l
 }
@@ -254,6 +273,11 @@ type Ask struct {
 	// now or rejects. A request whose slot comes later is rejected with the
 	// exact Retry-After after which it fits within MaxWait.
 	MaxWait time.Duration
+	// Completion is the part of Tokens that is the completion allowance,
+	// and Price the model's price (zero: free), for the worst-case cost a
+	// spend budget reserves.
+	Completion int64
+	Price      Price
 }
 
 // Admit decides a request. The Admission must be given back with Finish,
@@ -279,7 +303,8 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 	if a.Plan.Tier != nil {
 		ad.tier = a.Plan.Tier.Name
 	}
-	l.build(ad, &a.Plan, a.Tokens, a.RequestID, 1)
+	ad.Worst = worstCost(a)
+	l.build(ad, &a.Plan, a.Tokens, ad.Worst, a.RequestID, 1)
 	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
 		l.count(ad.tier, "none", "none", "admitted")
@@ -293,7 +318,10 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 		// The estimate is an upper bound; the exact count may fit.
 		if n := exact(); n < a.Tokens {
 			ad.Reserved = n
-			l.setTokenCosts(ad, n)
+			exactAsk := *a
+			exactAsk.Tokens = n
+			ad.Worst = worstCost(&exactAsk)
+			l.setTokenCosts(ad, n, ad.Worst)
 			err = l.reserve(ctx, store, ad)
 		}
 	}
@@ -313,8 +341,8 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 		// local: the same budgets, divided among the replicas, in memory.
 		tier := ad.tier
 		ad.reset()
-		ad.tier, ad.Reserved = tier, a.Tokens
-		l.build(ad, &a.Plan, a.Tokens, a.RequestID, pol.Replicas)
+		ad.tier, ad.Reserved, ad.Worst = tier, a.Tokens, worstCost(a)
+		l.build(ad, &a.Plan, a.Tokens, ad.Worst, a.RequestID, pol.Replicas)
 		ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 		store = l.local
 		_ = l.reserve(ctx, store, ad) // the memory store fails only on invalid input
@@ -420,6 +448,7 @@ func (l *Limiter) decide(ad *Admission) {
 	}
 	if d.Allowed {
 		ad.Outcome = Admitted
+		l.decideSpend(ad)
 		l.count(ad.tier, "none", "none", "admitted")
 		l.tierTokens(ad.tier).reserved.Add(float64(ad.Reserved))
 		return
@@ -432,6 +461,9 @@ func (l *Limiter) decide(ad *Admission) {
 	if d.Limiting >= 0 && d.Limiting < len(ad.kinds) {
 		k := ad.kinds[d.Limiting]
 		ad.Limit, ad.Scope, ad.LimitValue = k.kind, k.scope, k.limit
+		if k.usd && d.Limiting < len(d.Remaining) {
+			ad.Spend = Spend{Valid: true, Limit: k.kind, Scope: k.scope, Cap: k.limit, Left: min(max(d.Remaining[d.Limiting], 0), k.limit)}
+		}
 	} else if j := d.Limiting - len(ad.kinds); j >= 0 && j < len(ad.leases) {
 		k := ad.leases[j]
 		ad.Limit, ad.Scope, ad.LimitValue = k.kind, k.scope, k.limit
@@ -443,25 +475,35 @@ func (l *Limiter) decide(ad *Admission) {
 	l.count(ad.tier, ad.Limit, ad.Scope, outcome)
 }
 
-// Finish settles an admitted request's tokens from the answer's usage
-// (actual < 0: no usage known, keep the reservation) and releases its
-// concurrency slots; for a request that was not admitted it only returns
-// the Admission to the pool. ad must not be used afterwards.
-func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
+// Finish settles an admitted request's tokens from the answer's usage and
+// its spend from the answer's cost in USD (actual < 0: no usage known,
+// keep the reservations) and releases its concurrency slots; for a request
+// that was not admitted it only returns the Admission to the pool. ad must
+// not be used afterwards.
+func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64, cost float64) {
 	if ad.store != nil && ad.Outcome == Admitted {
-		var delta int64
 		ad.settle = ad.settle[:0]
 		if actual >= 0 {
 			l.tierTokens(ad.tier).actual.Add(float64(actual))
-			delta = actual - ad.Reserved
+			spent := Micros(cost)
 			for i, k := range ad.kinds {
-				if k.token {
-					ad.settle = append(ad.settle, ad.req.Rules[i])
+				r := ad.req.Rules[i]
+				switch {
+				case k.token:
+					r.Cost = actual - ad.Reserved
+				case k.usd:
+					r.Cost = spent - r.Cost
+				default:
+					continue
+				}
+				if r.Cost != 0 {
+					ad.settle = append(ad.settle, r)
 				}
 			}
 		}
-		// One step (one Redis round trip): tokens settled, slots released.
-		if err := ad.store.Settle(ctx, ad.settle, delta, ad.req.Leases, ad.req.LeaseID); err != nil {
+		// One step (one Redis round trip): tokens and spend settled, slots
+		// released.
+		if err := ad.store.Settle(ctx, ad.settle, ad.req.Leases, ad.req.LeaseID); err != nil {
 			l.storeFailed(err)
 		}
 	}
@@ -471,12 +513,12 @@ func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64) {
 // Settle is Finish off the request path: inline for the in-memory store,
 // on a tracked goroutine for a shared store, so the client does not wait
 // for a Redis round trip. Close waits for pending settlements.
-func (l *Limiter) Settle(ad *Admission, actual int64) {
+func (l *Limiter) Settle(ad *Admission, actual int64, cost float64) {
 	if !l.shared || ad.store == nil || ad.Outcome != Admitted {
-		l.Finish(context.Background(), ad, actual)
+		l.Finish(context.Background(), ad, actual, cost)
 		return
 	}
-	l.settling.Go(func() { l.Finish(context.Background(), ad, actual) })
+	l.settling.Go(func() { l.Finish(context.Background(), ad, actual, cost) })
 }
 
 func (l *Limiter) storeFailed(err error) {

@@ -58,36 +58,36 @@ func TestLimiterAdmitSettleRelease(t *testing.T) {
 	if a2.Outcome != Rejected || a2.Limit != LimitConcurrent || a2.Scope != "user" {
 		t.Fatalf("second request while the first runs: %+v", a2)
 	}
-	l.Finish(ctx, a2, -1)
+	l.Finish(ctx, a2, -1, 0)
 	// The answer used 100 tokens: 800 are refunded, and the slot is freed.
-	l.Finish(ctx, a1, 100)
+	l.Finish(ctx, a1, 100, 0)
 	a3 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r3", Tokens: 850})
 	if a3.Outcome != Admitted {
 		t.Fatalf("after the refund 850 tokens must fit: %+v", a3)
 	}
-	l.Finish(ctx, a3, 850)
+	l.Finish(ctx, a3, 850, 0)
 	// A request larger than the token burst can never fit.
 	a4 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r4", Tokens: 5000})
 	if a4.Outcome != NeverFits || a4.Limit != LimitTPM {
 		t.Fatalf("oversized request: %+v", a4)
 	}
-	l.Finish(ctx, a4, -1)
+	l.Finish(ctx, a4, -1, 0)
 	// The estimate is rejected by tpm, the exact count fits.
 	exactCalled := false
 	a5 := l.AdmitCounting(ctx, p, &Ask{Plan: pl, RequestID: "r5", Tokens: 900}, func() int64 { exactCalled = true; return 50 })
 	if !exactCalled || a5.Outcome != Admitted || a5.Reserved != 50 {
 		t.Fatalf("exact recount: called %v, %+v", exactCalled, a5)
 	}
-	l.Finish(ctx, a5, 50)
+	l.Finish(ctx, a5, 50, 0)
 	// rpm burst 4 is used up by r1, r3, r5 and r6: the next is rejected
 	// with a wait under a second per request (60/min).
 	a6 := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r6", Tokens: 0})
-	l.Finish(ctx, a6, 0)
+	l.Finish(ctx, a6, 0, 0)
 	a6 = l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r7", Tokens: 0})
 	if a6.Outcome != Rejected || a6.Limit != LimitRPM || a6.RetryAfter <= 0 || a6.RetryAfter > 2*time.Second {
 		t.Fatalf("rpm: %+v", a6)
 	}
-	l.Finish(ctx, a6, -1)
+	l.Finish(ctx, a6, -1, 0)
 	// Decisions carry whose limit decided: the user's here.
 	for _, c := range []struct {
 		limit, scope, outcome string
@@ -118,17 +118,17 @@ func TestLimiterStoreErrors(t *testing.T) {
 		if a.Outcome != tc.want {
 			t.Fatalf("%s: outcome %d; want %d", tc.mode, a.Outcome, tc.want)
 		}
-		l.Finish(ctx, a, 10)
+		l.Finish(ctx, a, 10, 0)
 		if tc.mode == "local" {
 			// Local buckets hold rpm burst 4 / 2 replicas = 2: the third is rejected.
 			b := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r2", Tokens: 10})
 			bOutcome := b.Outcome
-			l.Finish(ctx, b, 10)
+			l.Finish(ctx, b, 10, 0)
 			c := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r3", Tokens: 10})
 			if bOutcome != Admitted || c.Outcome != Rejected || c.Limit != LimitRPM {
 				t.Fatalf("local fallback must enforce divided limits: %+v", c)
 			}
-			l.Finish(ctx, c, -1)
+			l.Finish(ctx, c, -1, 0)
 		}
 		if testutil.ToFloat64(l.storeErrors) < 1 {
 			t.Fatalf("%s: store errors not counted", tc.mode)
@@ -155,7 +155,7 @@ func TestAdmitClampsTokens(t *testing.T) {
 		if a.Outcome != NeverFits || a.Limit != LimitTPM {
 			t.Fatalf("tokens %d: outcome %v limit %q, want never fits on tpm", tokens, a.Outcome, a.Limit)
 		}
-		l.Finish(ctx, a, -1)
+		l.Finish(ctx, a, -1, 0)
 	}
 	if n := testutil.ToFloat64(l.storeErrors); n != 0 {
 		t.Fatalf("store errors = %v, want 0", n)
@@ -193,7 +193,7 @@ keys:
 	app, _ := p.Identify([]byte("sk-app"))
 	ask := func(k *Key, user, model, id string) *Admission {
 		a := l.Admit(ctx, p, &Ask{Plan: p.Plan(p.Principal(k, user), k, model), RequestID: id})
-		l.Finish(ctx, a, -1)
+		l.Finish(ctx, a, -1, 0)
 		return a
 	}
 	ask(alice, "", "gpt-4o", "a1")

@@ -28,7 +28,7 @@ func benchAdmit(b *testing.B, store limit.Store, shared bool) {
 		if ad.Outcome != Admitted {
 			b.Fatalf("outcome %d", ad.Outcome)
 		}
-		l.Finish(ctx, ad, 300)
+		l.Finish(ctx, ad, 300, 0)
 	}
 }
 

@@ -28,7 +28,7 @@ func TestLimiterNoAllocs(t *testing.T) {
 		if ad.Outcome != Admitted {
 			t.Fatalf("outcome %d", ad.Outcome)
 		}
-		l.Finish(ctx, ad, 300)
+		l.Finish(ctx, ad, 300, 0)
 	})
 	if n != 0 {
 		t.Fatalf("admission allocates %v times per request; want 0", n)
@@ -48,7 +48,7 @@ func TestShadowNoAllocs(t *testing.T) {
 	ask := &Ask{Plan: pl, RequestID: "r", Tokens: 500}
 	ctx := context.Background()
 	n := testing.AllocsPerRun(200, func() {
-		l.Finish(ctx, l.Admit(ctx, p, ask), 300)
+		l.Finish(ctx, l.Admit(ctx, p, ask), 300, 0)
 	})
 	if n != 0 {
 		t.Fatalf("admission with shadow limits allocates %v times per request; want 0", n)

@@ -11,9 +11,10 @@ const (
 	usPerDay    = int64(24 * time.Hour / time.Microsecond)
 )
 
-// build fills ad.req with the plan's buckets and leases, every limit divided
-// by div (the replica count in local fallback mode).
-func (l *Limiter) build(ad *Admission, pl *Plan, tokens int64, reqID string, div int64) {
+// build fills ad.req with the plan's buckets, leases and spend counters
+// (worst: the request's worst-case cost in µUSD), every limit divided by
+// div (the replica count in local fallback mode).
+func (l *Limiter) build(ad *Admission, pl *Plan, tokens, worst int64, reqID string, div int64) {
 	ad.req.LeaseID = reqID
 	add := func(scope string, keys *bucketKeys, lim Limits) {
 		if lim.IsZero() {
@@ -37,6 +38,10 @@ func (l *Limiter) build(ad *Admission, pl *Plan, tokens int64, reqID string, div
 	if !pl.App.IsZero() {
 		add("app", l.keysFor(pl.AppScope, ""), pl.App)
 	}
+	if !pl.Team.IsZero() {
+		add("team", l.keysFor(pl.TeamScope, ""), pl.Team)
+	}
+	l.buildSpend(ad, pl, worst, div)
 }
 
 // bucketKeys are one scope's bucket and lease keys.
@@ -76,10 +81,15 @@ func (l *Limiter) addRate(ad *Admission, scope, key, kind string, r Rate, period
 	ad.kinds = append(ad.kinds, ruleInfo{kind: kind, scope: scope, limit: r.Limit, token: kind != LimitRPM})
 }
 
-func (l *Limiter) setTokenCosts(ad *Admission, tokens int64) {
+// setTokenCosts sets the reservation of the token rules and of the spend
+// counters that have a cap.
+func (l *Limiter) setTokenCosts(ad *Admission, tokens, worst int64) {
 	for i, k := range ad.kinds {
-		if k.token {
+		switch {
+		case k.token:
 			ad.req.Rules[i].Cost = tokens
+		case k.usd && k.limit > 0:
+			ad.req.Rules[i].Cost = worst
 		}
 	}
 }

@@ -54,7 +54,7 @@ func TestEndUserNamesCannotCollide(t *testing.T) {
 				pl := p.Plan(p.Principal(app, user), app, model)
 				a := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: fmt.Sprint(name, i)})
 				o := a.Outcome
-				l.Finish(ctx, a, -1)
+				l.Finish(ctx, a, -1, 0)
 				return o
 			}
 			// The impostor spends two requests of its own rpm; frank's

@@ -75,15 +75,21 @@ type BucketUsage struct {
 	// Used is Burst minus Remaining: what recent requests still hold (a
 	// debt beyond the burst shows as Remaining 0).
 	Used int64 `json:"used"`
-	// ResetSeconds is the time until the bucket is full again.
+	// ResetSeconds is the time until the bucket is full again; for spend,
+	// until the day or month starts over.
 	ResetSeconds float64 `json:"reset_seconds"`
+	// SpentUSD is, for spend (budget_daily, budget_monthly), what the
+	// scope spent this day or month; BudgetUSD its cap (0: none, only
+	// counted). Configured, Burst, Remaining and Used are 0 for spend.
+	SpentUSD  float64 `json:"spent_usd,omitempty"`
+	BudgetUSD float64 `json:"budget_usd,omitempty"`
 }
 
 // Usage reads the buckets of a plan without spending: every rule is asked
 // for with cost 0, which only reports. Concurrency leases are not read.
 func (l *Limiter) Usage(ctx context.Context, pl *Plan) ([]BucketUsage, error) {
 	var ad Admission
-	l.build(&ad, pl, 0, "", 1)
+	l.build(&ad, pl, 0, 0, "", 1)
 	ad.req.Leases = nil
 	for i := range ad.req.Rules {
 		ad.req.Rules[i].Cost = 0
@@ -102,6 +108,10 @@ func (l *Limiter) Usage(ctx context.Context, pl *Plan) ([]BucketUsage, error) {
 			u.ResetSeconds = (time.Duration(ad.dec.Reset[i]) * time.Microsecond).Seconds()
 		}
 		u.Used = max(u.Burst-u.Remaining, 0)
+		if k.usd {
+			u.SpentUSD, u.BudgetUSD = float64(u.Used)/1e6, float64(k.limit)/1e6
+			u.Configured, u.Burst, u.Remaining, u.Used = 0, 0, 0, 0
+		}
 		out = append(out, u)
 	}
 	return out, nil

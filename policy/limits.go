@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -75,6 +76,8 @@ type Limits struct {
 	TPD Rate `yaml:"tpd"`
 	// Concurrent is the number of requests in flight at once.
 	Concurrent int64 `yaml:"concurrent"`
+	// Budget caps spend in USD per calendar day and month (budget.go).
+	Budget SpendBudget `yaml:"budget"`
 }
 
 // override returns l with the non-zero fields of o replacing its own.
@@ -91,6 +94,7 @@ func (l Limits) override(o Limits) Limits {
 	if o.Concurrent != 0 {
 		l.Concurrent = o.Concurrent
 	}
+	l.Budget = l.Budget.override(o.Budget)
 	return l
 }
 
@@ -114,6 +118,7 @@ func (l Limits) validate(path string, add func(path, format string, args ...any)
 	if l.Concurrent < 0 {
 		add(path+"concurrent", "must not be negative")
 	}
+	l.Budget.validate(path, add)
 }
 
 // ModelLimits are extra budgets for the models matching Pattern, inside a
@@ -174,6 +179,15 @@ type Plan struct {
 	App Limits
 	// AppScope prefixes the app budget's bucket keys: "k:KEY".
 	AppScope string
+	// Team is the key's team's shared budget (teams:), and TeamScope its
+	// bucket keys' prefix: "t:TEAM".
+	Team      Limits
+	TeamScope string
+	// Spend reports that the policy prices models, so the request's cost
+	// is counted for its user, key and team (budget.go); Zone is the
+	// budgets' time zone.
+	Spend bool
+	Zone  *time.Location
 	// Shadow are the effective shadow limits (tier, then key and user
 	// overrides): evaluated and counted, never enforced (shadow.go).
 	Shadow Limits
@@ -182,7 +196,11 @@ type Plan struct {
 // Plan resolves the budgets a request by pr with key k for model draws from.
 func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	t := p.Tiers[pr.Tier]
-	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + EscapeKeyPart(k.ID)}
+	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + EscapeKeyPart(k.ID), Team: p.teams[k.Team],
+		Spend: p.Prices.Any(), Zone: p.Zone}
+	if pl.Spend || !pl.Team.IsZero() {
+		pl.TeamScope = "t:" + EscapeKeyPart(k.Team)
+	}
 	if t != nil {
 		pl.User = t.Limits
 		pl.Shadow = t.Shadow
@@ -242,12 +260,13 @@ func EscapeKeyPart(s string) string {
 // included: they are evaluated at admission too).
 func (p *Plan) Limited() bool {
 	return !p.User.IsZero() || !p.App.IsZero() || (p.Model != nil && !p.Model.Limits.IsZero()) ||
-		!p.Shadow.IsZero()
+		!p.Shadow.IsZero() || !p.Team.IsZero() || p.Spend
 }
 
 // CountsTokens reports whether any of the plan's budgets is in tokens, so
 // the request's tokens must be estimated.
 func (p *Plan) CountsTokens() bool {
 	tok := func(l Limits) bool { return l.TPM.Limit > 0 || l.TPD.Limit > 0 }
-	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits)) || tok(p.Shadow)
+	return tok(p.User) || tok(p.App) || (p.Model != nil && tok(p.Model.Limits)) || tok(p.Shadow) || tok(p.Team) ||
+		(p.Spend && p.HasBudget())
 }

@@ -38,6 +38,12 @@ type File struct {
 	// Unpriced is what a model without a price costs: "free" (counted at
 	// $0, the default) or "refuse" (its requests answer 403).
 	Unpriced string `yaml:"unpriced"`
+	// Teams are the limits and budgets of teams, by team name, shared by
+	// every user of the team's keys. Default none.
+	Teams map[string]TeamSpec `yaml:"teams"`
+	// BudgetTimezone is the IANA time zone whose calendar days and months
+	// the spend budgets count in ("Europe/Paris"). Default UTC.
+	BudgetTimezone string `yaml:"budget_timezone"`
 }
 
 // TierSpec describes one tier.
@@ -198,6 +204,10 @@ type Policy struct {
 	Replicas int64
 	// Prices is the price table (price.go).
 	Prices Prices
+	// teams are the teams' limits by team name.
+	teams map[string]Limits
+	// Zone is budget_timezone's location (UTC by default).
+	Zone *time.Location
 	// gen orders compiled policies (tiermetrics.go); 0 for a literal.
 	gen uint64
 }
@@ -388,6 +398,23 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		add("on_store_error", "must be allow, deny or local, not %s", yamlfile.ShowValue(p.OnStoreError))
 	}
 	p.Prices = compilePrices(f.Prices, f.Unpriced, add)
+	p.Zone = time.UTC
+	if f.BudgetTimezone != "" {
+		z, err := time.LoadLocation(f.BudgetTimezone)
+		if err != nil {
+			add("budget_timezone", "unknown time zone %s (an IANA name such as Europe/Paris)", yamlfile.ShowValue(f.BudgetTimezone))
+		} else {
+			p.Zone = z
+		}
+	}
+	if !p.Prices.Any() && hasBudget(f) {
+		add("prices", "the policy sets spend budgets but prices no model: a budget needs prices to count against")
+	}
+	p.teams = make(map[string]Limits, len(f.Teams))
+	for name, ts := range f.Teams {
+		ts.Limits.validate("teams."+name+".", add)
+		p.teams[name] = ts.Limits
+	}
 	if p.Replicas == 0 {
 		p.Replicas = 1
 	} else if p.Replicas < 0 {

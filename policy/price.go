@@ -88,6 +88,9 @@ func (ps *Prices) Lookup(model string) (Price, bool) {
 	return Price{}, false
 }
 
+// Any reports whether the table prices any model.
+func (ps *Prices) Any() bool { return len(ps.specs) > 0 }
+
 // maxPrice bounds a price, in USD per 1M tokens: far above any model's, low
 // enough that a cost stays a finite, exact-enough float.
 const maxPrice = 1e6

@@ -338,7 +338,7 @@ keys:
 		if ad.Outcome != Admitted {
 			t.Fatalf("request %d was not admitted: the shadow limit was enforced", i)
 		}
-		l.Finish(context.Background(), ad, -1)
+		l.Finish(context.Background(), ad, -1, 0)
 	}
 	would := testutil.ToFloat64(l.shadowDecisions.WithLabelValues("t", "rpm", ShadowReject))
 	ok := testutil.ToFloat64(l.shadowDecisions.WithLabelValues("t", "none", ShadowAdmit))
@@ -392,7 +392,7 @@ keys:
 		if ad.Outcome != Admitted || ad.Wait != 0 {
 			t.Fatalf("request %d: outcome %d, wait %v: the shadow had an effect", i, ad.Outcome, ad.Wait)
 		}
-		l.Finish(context.Background(), ad, -1)
+		l.Finish(context.Background(), ad, -1, 0)
 	}
 	got := func(lim, outcome string) float64 {
 		return testutil.ToFloat64(l.shadowDecisions.WithLabelValues("t", lim, outcome))

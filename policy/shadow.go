@@ -17,6 +17,8 @@ const (
 
 // compileShadow checks a tier's shadow limits. Concurrency is not
 // shadowed: a lease must be released, and a shadow has no request to end.
+// A shadow budget is the user's (tier, key and user overrides), checked
+// against the user's real spend.
 func compileShadow(path string, l Limits, add func(path, format string, args ...any)) Limits {
 	l.validate(path+"shadow.", add)
 	if l.Concurrent != 0 {
@@ -55,9 +57,21 @@ func (l *Limiter) shadow(ctx context.Context, a *Ask) {
 	l.addRate(ad, "user", keys.rpm, LimitRPM, sh.RPM, usPerMinute, 1, 1)
 	l.addRate(ad, "user", keys.tpm, LimitTPM, sh.TPM, usPerMinute, a.Tokens, 1)
 	l.addRate(ad, "user", keys.tpd, LimitTPD, sh.TPD, usPerDay, a.Tokens, 1)
+	worst := int64(0)
+	if a.Plan.Spend && sh.Budget != (SpendBudget{}) {
+		// A shadow budget reads the user's real spend counters (cost 0:
+		// never written) and would reject what its cap cannot fit.
+		worst = worstCost(a)
+		w := l.window(a.Plan.Zone)
+		l.addSpend(ad, "user", l.spendKeysFor(a.Plan.UserScope, "", w), sh.Budget, 0, 1, w)
+	}
 	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if err := l.store.Reserve(ctx, &ad.req, &ad.dec); err != nil {
 		l.shadowCount(tier, "none", "store_error")
+		return
+	}
+	if i := shadowSpent(ad, worst); i >= 0 {
+		l.shadowCount(tier, ad.kinds[i].kind, ShadowReject)
 		return
 	}
 	switch d := &ad.dec; {
@@ -106,4 +120,16 @@ func (l *Limiter) shadowKeysFor(scope string) *bucketKeys {
 	}
 	l.shadowKeys.Store(scope, k)
 	return k
+}
+
+// shadowSpent returns the index of the first shadow budget whose cap has
+// less left than worst (µUSD), or -1.
+func shadowSpent(ad *Admission, worst int64) int {
+	for i, k := range ad.kinds {
+		if k.usd && k.limit > 0 && i < len(ad.dec.Remaining) && ad.dec.Remaining[i] >= 0 &&
+			min(ad.dec.Remaining[i], k.limit) < worst {
+			return i
+		}
+	}
+	return -1
 }

@@ -64,7 +64,7 @@ func (l *Limiter) retireTiers(pol *Policy) {
 	}
 	retired := map[string]bool{}
 	l.counters.Range(func(k, _ any) bool {
-		key := strings.TrimPrefix(k.(string), "\x01") // shadowCount's keys start with 1
+		key := strings.TrimLeft(k.(string), "\x01\x02") // shadowCount's keys start with 1, budgetUse's with 2
 		tier, _, _ := strings.Cut(key, "\x00")
 		if gone(tier) {
 			l.counters.Delete(k)
@@ -84,5 +84,6 @@ func (l *Limiter) retireTiers(pol *Policy) {
 		l.decisions.DeletePartialMatch(match)
 		l.shadowDecisions.DeletePartialMatch(match)
 		l.tokens.DeletePartialMatch(match)
+		l.budgetUsed.DeletePartialMatch(match)
 	}
 }

@@ -75,7 +75,7 @@ func TestReloadDropsRemovedTierSeries(t *testing.T) {
 	for _, k := range p1.keys {
 		pl := p1.Plan(p1.Principal(k, ""), k, "gpt-4o")
 		ad := l.Admit(ctx, p1, &Ask{Plan: pl, RequestID: "r-" + k.ID, Tokens: 10})
-		l.Finish(ctx, ad, 5)
+		l.Finish(ctx, ad, 5, 0)
 	}
 	if n := tierSeries(t, reg, "pro"); n == 0 {
 		t.Fatal("no series of tier pro before the reload: the test sees nothing")
@@ -89,7 +89,7 @@ func TestReloadDropsRemovedTierSeries(t *testing.T) {
 	for _, k := range p2.keys {
 		pl := p2.Plan(p2.Principal(k, ""), k, "gpt-4o")
 		ad := l.Admit(ctx, p2, &Ask{Plan: pl, RequestID: "r2-" + k.ID, Tokens: 10})
-		l.Finish(ctx, ad, 5)
+		l.Finish(ctx, ad, 5, 0)
 	}
 	if n := tierSeries(t, reg, "pro"); n != 0 {
 		t.Fatalf("%d series of the removed tier pro left after the reload", n)
@@ -114,7 +114,7 @@ func TestReloadDropsRemovedTierSeries(t *testing.T) {
 		}
 		pl := p1.Plan(p1.Principal(k, ""), k, "gpt-4o")
 		ad := l.Admit(ctx, p1, &Ask{Plan: pl, RequestID: "r3", Tokens: 10})
-		l.Finish(ctx, ad, 5)
+		l.Finish(ctx, ad, 5, 0)
 	}
 	if l.tierGen.Load() != p2.gen {
 		t.Fatalf("an older policy moved the pruning generation to %d, want %d", l.tierGen.Load(), p2.gen)

@@ -96,10 +96,12 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	}
 	model, body := x.model, x.body
 	ask := policy.Ask{
-		Plan:      plan,
-		RequestID: x.requestID(),
-		Tokens:    prompt + completion,
-		MaxWait:   wait,
+		Plan:       plan,
+		RequestID:  x.requestID(),
+		Tokens:     prompt + completion,
+		MaxWait:    wait,
+		Completion: completion,
+		Price:      x.price,
 	}
 	var exact func() int64
 	if countTokens {
@@ -114,13 +116,21 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.Policy
 	ad := s.limiter.AdmitCounting(context.Background(), pol, &ask, exact)
 	if ad.Outcome != policy.Admitted {
 		x.limit, x.limitScope = ad.Limit, ad.Scope
-		writeRejected(ctx, ad, p.User)
-		s.limiter.Finish(context.Background(), ad, -1)
+		writeRejected(ctx, ad, p, pol.Zone)
+		s.limiter.Finish(context.Background(), ad, -1, 0)
 		return false
 	}
 	x.adm, x.promptEst = ad, prompt
+	if x.showCost && ad.Spend.Valid {
+		var b [32]byte
+		ctx.Response.Header.SetBytesV(hdrBudgetRemaining, strconv.AppendFloat(b[:0], ad.Spend.RemainingUSD(), 'f', -1, 64))
+	}
 	return true
 }
+
+// hdrBudgetRemaining is what is left of the request's tightest spend budget
+// after its reservation, in USD, for keys with show_cost.
+const hdrBudgetRemaining = "X-Sluice-Budget-Remaining-Usd"
 
 // limitNames spell out a limit kind in a 429's message.
 var limitNames = map[string]string{
@@ -133,13 +143,19 @@ var limitNames = map[string]string{
 // writeRejected answers a request admission turned down: a 429 with exact
 // retry-after (seconds, rounded up) and retry-after-ms, or, for a request
 // that can never fit, a 429 without them, or a 503 when the bucket store
-// failed and the policy denies.
-func writeRejected(ctx *fasthttp.RequestCtx, ad *policy.Admission, user string) {
+// failed and the policy denies. A spent budget answers as OpenAI does for
+// an exhausted account (writeBudgetRejected).
+func writeRejected(ctx *fasthttp.RequestCtx, ad *policy.Admission, p policy.Principal, zone *time.Location) {
 	setRateLimitHeaders(ctx, ad)
 	if ad.Outcome == policy.Unavailable {
 		writeError(ctx, errLimiterUnavailable, "", "Rate limits cannot be checked right now; retry the request.")
 		return
 	}
+	if ad.Limit == policy.LimitBudgetDaily || ad.Limit == policy.LimitBudgetMonthly {
+		writeBudgetRejected(ctx, ad, p, zone)
+		return
+	}
+	user := p.User
 	kind := errRateLimitRequests
 	if ad.Limit == policy.LimitTPM || ad.Limit == policy.LimitTPD {
 		kind = errRateLimitTokens
@@ -150,6 +166,8 @@ func writeRejected(ctx *fasthttp.RequestCtx, ad *policy.Admission, user string) 
 		owner = "user " + user + " on this model"
 	case "app":
 		owner = "all users of this key"
+	case "team":
+		owner = "team " + p.Team
 	}
 	name := limitNames[ad.Limit]
 	limit := strconv.FormatInt(ad.LimitValue, 10)

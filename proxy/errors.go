@@ -37,6 +37,7 @@ const (
 	errEndpointForbidden                  // a path outside the key's endpoints allow-list
 	errModelNotPriced                     // a model without a price while the policy refuses unpriced models
 	errObjectNotFound                     // a stored object another team owns, or none Sluice recorded (owners.go)
+	errInsufficientQuota                  // a spend budget is used up (budget.go)
 	errKindCount
 )
 
@@ -76,6 +77,7 @@ var statusTable = [errKindCount]errRow{
 	errEndpointForbidden:   {fasthttp.StatusForbidden, "invalid_request_error", "endpoint_forbidden"},
 	errModelNotPriced:      {fasthttp.StatusForbidden, "invalid_request_error", "model_not_priced"},
 	errObjectNotFound:      {fasthttp.StatusNotFound, "invalid_request_error", ""},
+	errInsufficientQuota:   {fasthttp.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"},
 }
 
 // writeError answers with an OpenAI-shaped error:

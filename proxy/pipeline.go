@@ -210,7 +210,7 @@ func (s *Server) finish(reqID []byte, x *exchange, end time.Time, clientGone boo
 		s.m.usedTokens(x.tier, x.route.Group, x.usage, x.answerCost())
 	}
 	if x.adm != nil {
-		s.limiter.Settle(x.adm, actual)
+		s.limiter.Settle(x.adm, actual, x.answerCost())
 		x.adm = nil
 	}
 	if x.ticket != nil {

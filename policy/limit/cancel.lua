@@ -4,9 +4,9 @@
 local now, explicit = clock(ARGV[1])
 local id, nr = ARGV[3], tonumber(ARGV[4])
 for i = 1, nr do
-  local T, burst, n = rule_args(i)
-  if T > 0 and n > 0 and n <= burst then
-    settle_tat(KEYS[i], T, -n, now, explicit)
+  local T, burst, n, ends = rule_args(i)
+  if n <= burst then
+    settle_tat(KEYS[i], T, -n, now, explicit, ends)
   end
 end
 for j = nr + 1, #KEYS do

@@ -30,11 +30,23 @@ local function keep_ms(ends, now, explicit)
   return int(ms)
 end
 
+-- rule_clock is the time a rule's math runs at (clockAt in limit.go): now
+-- for a bucket, the window's end for a counter (ends > 0).
+local function rule_clock(now, ends)
+  if ends > 0 then
+    return ends
+  end
+  return now
+end
+
 -- store_tat writes a bucket's TAT with its TTL, or deletes the key when the
--- bucket is full (TAT <= now), which means the same.
-local function store_tat(key, tat, now, explicit)
-  if tat <= now then
+-- bucket is full (TAT <= its clock), which means the same. A counter's key
+-- lives until its window ends.
+local function store_tat(key, tat, now, explicit, ends)
+  if tat <= rule_clock(now, ends) then
     redis.call('DEL', key)
+  elseif ends > 0 then
+    redis.call('SET', key, int(tat), 'PX', keep_ms(ends, now, explicit))
   else
     redis.call('SET', key, int(tat), 'PX', keep_ms(tat, now, explicit))
   end
@@ -47,21 +59,32 @@ end
 
 -- The arguments of reserve.lua and cancel.lua:
 -- KEYS = nr bucket keys, then the lease keys.
--- ARGV = now, max_wait, lease_id, nr, then interval, burst, cost per rule,
---        then limit, ttl per lease.
+-- ARGV = now, max_wait, lease_id, nr, then interval, burst, cost, ends per
+--        rule, then limit, ttl per lease.
 local function rule_args(i)
-  local a = 4 + 3 * (i - 1)
-  return tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local a = 4 + 4 * (i - 1)
+  return tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+end
+
+-- live is Rule.live in limit.go: enabled, and not a counter whose window
+-- has ended.
+local function live(T, ends, now)
+  return T > 0 and (ends == 0 or ends > now)
 end
 
 -- settle_tat charges (delta > 0) or refunds (delta < 0) delta units of a
--- bucket, as Take and Refund in gcra.go: a refund never fills it past full.
-local function settle_tat(key, T, delta, now, explicit)
+-- bucket, as Take and Refund in gcra.go (shard.settle in memory.go): a
+-- refund never fills it past full; a counter whose window ended is left.
+local function settle_tat(key, T, delta, now, explicit, ends)
+  if delta == 0 or not live(T, ends, now) then
+    return
+  end
+  local t = rule_clock(now, ends)
   local tat = get_tat(key)
   if delta > 0 then
-    tat = math.max(tat, now) + delta * T
-  elseif tat > now then
-    tat = math.max(tat + delta * T, now)
+    tat = math.max(tat, t) + delta * T
+  elseif tat > t then
+    tat = math.max(tat + delta * T, t)
   end
-  store_tat(key, tat, now, explicit)
+  store_tat(key, tat, now, explicit, ends)
 end

@@ -84,19 +84,23 @@ type verdict struct {
 	never     int   // first limit that can never admit the request; -1 if none
 	wait      int64 // longest need over the rules (µs), >= 0
 	waitIdx   int   // rule with that need; -1 if none is > 0
-	leaseWait int64 // longest RetryAfter over the full lease sets (µs), >= 0
-	leaseIdx  int   // limit index (len(Rules)+j) of that lease; -1 if none
+	leaseWait int64 // longest RetryAfter over the full lease sets and spent counters (µs), >= 0
+	leaseIdx  int   // limit index of that lease (len(Rules)+j) or counter; -1 if none
 }
 
 func newVerdict() verdict { return verdict{never: -1, waitIdx: -1, leaseIdx: -1} }
 
-// rule records rule i (enabled) whose bucket is at tat. A rule with Cost 0
+// rule records rule i (live) whose bucket is at tat. A rule with Cost 0
 // does not take part in the decision.
 func (v *verdict) rule(i int, r *Rule, tat, now int64) {
 	switch {
 	case r.Cost == 0:
 	case r.Cost > r.Burst:
 		v.neverAt(i)
+	case r.Until > 0:
+		if Need(tat, r.Until, r) > 0 {
+			v.lease(i, r.Until-now)
+		}
 	default:
 		if need := Need(tat, now, r); need > v.wait {
 			v.wait, v.waitIdx = need, i
@@ -104,8 +108,9 @@ func (v *verdict) rule(i int, r *Rule, tat, now int64) {
 	}
 }
 
-// lease records a full lease set, limit index i, whose first slot frees
-// retry µs from now (> 0).
+// lease records a limit that no wait within MaxWait satisfies, limit index
+// i: a full lease set whose first slot frees retry µs from now (> 0), or a
+// spent window counter, whose window ends retry µs from now.
 func (v *verdict) lease(i int, retry int64) {
 	if retry > v.leaseWait {
 		v.leaseWait, v.leaseIdx = retry, i

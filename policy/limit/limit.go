@@ -19,8 +19,18 @@ type Rule struct {
 	// tau = Burst*Interval µs, at most MaxSpan.
 	Burst int64
 	// Cost is how many units this request takes (>= 0). 0 only reads the
-	// bucket (never denies); Cost > Burst can never be admitted.
+	// bucket (never denies); Cost > Burst can never be admitted. In Settle
+	// it is the rule's delta instead (see Store.Settle).
 	Cost int64
+	// Until, when > 0, makes the rule a window counter rather than a
+	// leaking bucket: its clock stands still at Until (µs since the epoch),
+	// so nothing drains, and at most Burst units are taken in total until
+	// the window ends at Until (the caller then names a new Key). A counter
+	// that cannot take its Cost denies with RetryAfter = Until - now,
+	// whatever MaxWait; its Reset is Until - now. A window that has ended
+	// (Until <= now) is skipped like a disabled rule, and takes no settling.
+	// Interval is the counter's unit (1 counts Cost as is). Default 0.
+	Until int64
 }
 
 // Lease is one concurrency limit: at most Limit live leases under Key. A
@@ -88,9 +98,10 @@ type Store interface {
 	// Release ends a request's leases (normal end, error, disconnect).
 	Release(ctx context.Context, leases []Lease, leaseID string) error
 	// Settle ends an admitted request in one step: every rule is adjusted
-	// by the same delta (as Adjust; the token rules after the answer's
-	// usage is known) and the leases are released (as Release).
-	Settle(ctx context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error
+	// by its own Cost, read as a delta (as Adjust: > 0 charges, < 0
+	// refunds; the token rules and spend counters once the answer's usage
+	// is known), and the leases are released (as Release).
+	Settle(ctx context.Context, rules []Rule, leases []Lease, leaseID string) error
 }
 
 // MaxSpan bounds every duration that enters the math, in µs: tau =
@@ -112,8 +123,8 @@ func invalid(format string, args ...any) error {
 // validate checks the ranges that keep the integer math exact (see MaxSpan).
 func (r *Rule) validate() error {
 	switch {
-	case r.Interval < 0:
-		return invalid("rule %q: interval %d < 0", r.Key, r.Interval)
+	case r.Interval < 0 || r.Until < 0:
+		return invalid("rule %q: interval %d or until %d < 0", r.Key, r.Interval, r.Until)
 	case r.Interval == 0:
 		return nil // disabled
 	case r.Burst < 1 || r.Burst > MaxSpan/r.Interval:
@@ -142,6 +153,28 @@ func (req *Request) validate() error {
 		}
 	}
 	return nil
+}
+
+// live reports whether rule r takes part at now (µs): enabled, and not a
+// window counter whose window has ended.
+func (r *Rule) live(now int64) bool {
+	return r.Interval > 0 && (r.Until == 0 || r.Until > now)
+}
+
+// clockAt is the time rule r's math runs at: now for a bucket, the window's
+// end for a counter (whose clock stands still).
+func (r *Rule) clockAt(now int64) int64 {
+	if r.Until > 0 {
+		return r.Until
+	}
+	return now
+}
+
+// validateSettle checks a rule of Settle, whose Cost is a signed delta.
+func validateSettle(r *Rule) error {
+	c := *r
+	c.Cost = 0
+	return validateAdjust(&c, r.Cost, 0)
 }
 
 func validateAdjust(r *Rule, delta, now int64) error {

@@ -151,7 +151,7 @@ func (m *Memory) Reserve(_ context.Context, req *Request, d *Decision) error {
 
 	v := newVerdict()
 	for i := range req.Rules {
-		if r := &req.Rules[i]; r.Interval > 0 {
+		if r := &req.Rules[i]; r.live(t) {
 			v.rule(i, r, m.shard(r.Key).tats[r.Key], t)
 		}
 	}
@@ -172,17 +172,20 @@ func (m *Memory) Reserve(_ context.Context, req *Request, d *Decision) error {
 	d.Remaining, d.Reset = d.Remaining[:0], d.Reset[:0]
 	for i := range req.Rules {
 		r := &req.Rules[i]
-		if r.Interval == 0 {
+		if !r.live(t) {
 			d.Remaining, d.Reset = append(d.Remaining, -1), append(d.Reset, 0)
 			continue
 		}
 		s := m.shard(r.Key)
 		tat := s.tats[r.Key] // read again: a key listed twice sees the first write
 		if d.Allowed && r.Cost > 0 {
-			tat = Take(tat, at, r.Interval, r.Cost)
+			tat = Take(tat, r.clockAt(at), r.Interval, r.Cost)
 			s.tats[r.Key] = tat
 		}
-		rem, reset := Status(tat, t, r)
+		rem, reset := Status(tat, r.clockAt(t), r)
+		if r.Until > 0 {
+			reset = r.Until - t
+		}
 		d.Remaining, d.Reset = append(d.Remaining, rem), append(d.Reset, reset)
 	}
 	if d.Allowed {
@@ -214,23 +217,28 @@ func (m *Memory) AdjustAt(_ context.Context, r Rule, delta, at int64) error {
 	s := m.shard(r.Key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.settle(r.Key, r.Interval, delta, t)
+	s.settle(&r, delta, t)
 	return nil
 }
 
-// settle moves the TAT of key by delta units (charge or refund, see gcra.go)
-// and deletes it when the bucket is full. The shard must be locked.
-func (s *shard) settle(key string, interval, delta, t int64) {
-	tat := s.tats[key]
+// settle moves the TAT of r's key by delta units (charge or refund, see
+// gcra.go) and deletes it when the bucket is full; a counter whose window
+// has ended is left alone. The shard must be locked.
+func (s *shard) settle(r *Rule, delta, t int64) {
+	if delta == 0 || !r.live(t) {
+		return
+	}
+	t = r.clockAt(t)
+	tat := s.tats[r.Key]
 	if delta > 0 {
-		tat = Take(tat, t, interval, delta)
+		tat = Take(tat, t, r.Interval, delta)
 	} else {
-		tat = Refund(tat, t, interval, -delta)
+		tat = Refund(tat, t, r.Interval, -delta)
 	}
 	if tat <= t {
-		delete(s.tats, key)
+		delete(s.tats, r.Key)
 	} else {
-		s.tats[key] = tat
+		s.tats[r.Key] = tat
 	}
 }
 
@@ -242,8 +250,8 @@ func (m *Memory) Cancel(_ context.Context, req *Request) error {
 	t := clock(req.Now)
 	defer m.unlock(m.lock(req.Rules, req.Leases))
 	for i := range req.Rules {
-		if r := &req.Rules[i]; r.Interval > 0 && r.Cost > 0 && r.Cost <= r.Burst {
-			m.shard(r.Key).settle(r.Key, r.Interval, -r.Cost, t)
+		if r := &req.Rules[i]; r.Cost <= r.Burst {
+			m.shard(r.Key).settle(r, -r.Cost, t)
 		}
 	}
 	for _, l := range req.Leases {
@@ -252,21 +260,18 @@ func (m *Memory) Cancel(_ context.Context, req *Request) error {
 	return nil
 }
 
-// Settle implements Store: Adjust of each rule by delta, then Release.
-func (m *Memory) Settle(_ context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error {
+// Settle implements Store: Adjust of each rule by its Cost, then Release.
+func (m *Memory) Settle(_ context.Context, rules []Rule, leases []Lease, leaseID string) error {
 	for i := range rules {
-		if err := validateAdjust(&rules[i], delta, 0); err != nil {
+		if err := validateSettle(&rules[i]); err != nil {
 			return err
 		}
 	}
 	t := clock(0)
 	defer m.unlock(m.lock(rules, leases))
-	if delta != 0 {
-		for i := range rules {
-			if r := &rules[i]; r.Interval > 0 {
-				m.shard(r.Key).settle(r.Key, r.Interval, delta, t)
-			}
-		}
+	for i := range rules {
+		r := &rules[i]
+		m.shard(r.Key).settle(r, r.Cost, t)
 	}
 	for _, l := range leases {
 		delete(m.shard(l.Key).leases[l.Key], leaseID)

@@ -30,6 +30,7 @@ type step struct {
 func TestParity(t *testing.T) {
 	rpm := func(cost int64) Rule { return Rule{Key: "rpm", Interval: 100 * ms, Burst: 3, Cost: cost} }
 	tpm := func(cost int64) Rule { return Rule{Key: "tpm", Interval: ms, Burst: 1000, Cost: cost} }
+	day := func(cost int64) Rule { return Rule{Key: "day", Interval: 1, Burst: 1000, Cost: cost, Until: t0 + 12*sec} }
 	conc := []Lease{{Key: "conc", Limit: 2, TTL: sec}}
 	c := newRedisClient(t)
 	for name, steps := range map[string][]step{
@@ -64,6 +65,19 @@ func TestParity(t *testing.T) {
 			{op: 'R', rules: []Rule{rpm(2), rpm(1)}, retry: true},
 			{op: 'C', ref: 0},
 			{op: 'R', rules: []Rule{rpm(0), rpm(3)}, leases: conc},
+		},
+		"a window counter": {
+			{op: 'R', rules: []Rule{rpm(1), day(600)}},
+			{op: 'R', rules: []Rule{day(500)}, maxWait: sec}, // spent: no wait helps
+			{op: 'A', advance: 100 * ms, rules: []Rule{day(0)}, delta: -300},
+			{op: 'R', rules: []Rule{day(500), rpm(1)}, leases: conc},
+			{op: 'R', advance: 10 * sec, rules: []Rule{day(300)}, maxWait: sec}, // time refills nothing
+			{op: 'C', ref: 0},
+			{op: 'R', rules: []Rule{day(799)}},
+			{op: 'R', rules: []Rule{day(0), tpm(0)}},
+			{op: 'R', advance: 500 * ms, rules: []Rule{day(1), tpm(5)}, retry: true}, // admitted once the window ends
+			{op: 'R', advance: sec, rules: []Rule{day(5)}},
+			{op: 'A', rules: []Rule{day(0)}, delta: 5}, // a settle after the window: nothing
 		},
 		"leases expire": {
 			{op: 'R', leases: conc}, {op: 'R', advance: 300 * ms, leases: conc},
@@ -194,6 +208,9 @@ func decodeSteps(b []byte) []step {
 	var rules [3]Rule
 	for i := range rules {
 		rules[i] = Rule{Key: fmt.Sprintf("r%d", i), Interval: intervals[next()%7], Burst: 1 + next()%16}
+	}
+	if w := next(); w%2 == 1 { // the last rule a window counter, ending within the timeline one time in two
+		rules[2].Until = t0 + (1+w/2)*unit*4
 	}
 	var leases [2]Lease
 	for j := range leases {

@@ -93,11 +93,11 @@ func (s *Redis) run(ctx context.Context, script *redis.Script, keys []string, ar
 // args lays out KEYS and ARGV for reserve.lua and cancel.lua (see common.lua).
 func (s *Redis) args(req *Request) ([]string, []any) {
 	keys := make([]string, 0, len(req.Rules)+len(req.Leases))
-	args := make([]any, 0, 4+3*len(req.Rules)+2*len(req.Leases))
+	args := make([]any, 0, 4+4*len(req.Rules)+2*len(req.Leases))
 	args = append(args, req.Now, req.MaxWait, req.LeaseID, len(req.Rules))
 	for _, r := range req.Rules {
 		keys = append(keys, s.prefix+r.Key)
-		args = append(args, r.Interval, r.Burst, r.Cost)
+		args = append(args, r.Interval, r.Burst, r.Cost, r.Until)
 	}
 	for _, l := range req.Leases {
 		keys = append(keys, s.prefix+l.Key)
@@ -150,7 +150,7 @@ func (s *Redis) AdjustAt(ctx context.Context, r Rule, delta, now int64) error {
 	if err := validateAdjust(&r, delta, now); err != nil || r.Interval == 0 || delta == 0 {
 		return err
 	}
-	_, err := s.run(ctx, adjustScript, []string{s.prefix + r.Key}, []any{now, r.Interval, delta})
+	_, err := s.run(ctx, adjustScript, []string{s.prefix + r.Key}, []any{now, r.Interval, delta, r.Until})
 	if err != nil {
 		return fmt.Errorf("redis adjust %q: %w", r.Key, err)
 	}
@@ -186,21 +186,23 @@ func (s *Redis) Release(ctx context.Context, leases []Lease, leaseID string) err
 
 // Settle implements Store in one round trip (none when there is nothing to
 // do).
-func (s *Redis) Settle(ctx context.Context, rules []Rule, delta int64, leases []Lease, leaseID string) error {
+func (s *Redis) Settle(ctx context.Context, rules []Rule, leases []Lease, leaseID string) error {
+	charged := false
 	for i := range rules {
-		if err := validateAdjust(&rules[i], delta, 0); err != nil {
+		if err := validateSettle(&rules[i]); err != nil {
 			return err
 		}
+		charged = charged || (rules[i].Cost != 0 && rules[i].Interval > 0)
 	}
-	if (delta == 0 || len(rules) == 0) && len(leases) == 0 {
+	if !charged && len(leases) == 0 {
 		return nil
 	}
 	keys := make([]string, 0, len(rules)+len(leases))
-	args := make([]any, 0, 4+len(rules))
-	args = append(args, 0, len(rules), delta, leaseID)
+	args := make([]any, 0, 3+3*len(rules))
+	args = append(args, 0, len(rules), leaseID)
 	for _, r := range rules {
 		keys = append(keys, s.prefix+r.Key)
-		args = append(args, r.Interval)
+		args = append(args, r.Interval, r.Cost, r.Until)
 	}
 	for _, l := range leases {
 		keys = append(keys, s.prefix+l.Key)

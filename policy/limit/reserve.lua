@@ -7,15 +7,19 @@ local max_wait = tonumber(ARGV[2])
 local id = ARGV[3]
 local nr = tonumber(ARGV[4])
 local nl = #KEYS - nr
-local lease_arg = 4 + 3 * nr
+local lease_arg = 4 + 4 * nr
 
 -- verdict (gcra.go): indexes are 0-based like Go's.
 local never, wait, wait_idx, lease_wait, lease_idx = -1, 0, -1, 0, -1
 for i = 1, nr do
-  local T, burst, n = rule_args(i)
-  if T > 0 and n > 0 then
+  local T, burst, n, ends = rule_args(i)
+  if live(T, ends, now) and n > 0 then
     if n > burst then
       if never < 0 then never = i - 1 end
+    elseif ends > 0 then
+      -- a window counter: its clock stands still at ends
+      local need = math.max(get_tat(KEYS[i]), ends) + n * T - burst * T - ends
+      if need > 0 and ends - now > lease_wait then lease_wait, lease_idx = ends - now, i - 1 end
     else
       local need = math.max(get_tat(KEYS[i]), now) + n * T - burst * T - now
       if need > wait then wait, wait_idx = need, i - 1 end
@@ -56,21 +60,23 @@ if allowed == 0 then wait = 0 end
 local at = now + wait
 local out = {allowed, wait, retry, limiting}
 for i = 1, nr do
-  local T, burst, n = rule_args(i)
-  if T == 0 then
+  local T, burst, n, ends = rule_args(i)
+  if not live(T, ends, now) then
     out[#out + 1] = -1
     out[#out + 1] = 0
   else
+    local t = rule_clock(now, ends)
     local tat = get_tat(KEYS[i])
     if allowed == 1 and n > 0 then
-      tat = math.max(tat, at) + n * T
-      store_tat(KEYS[i], tat, now, explicit)
+      tat = math.max(tat, rule_clock(at, ends)) + n * T
+      store_tat(KEYS[i], tat, now, explicit, ends)
     end
-    local reset = math.max(tat, now) - now
+    local reset = math.max(tat, t) - t
     local left, remaining = burst * T - reset, 0
     if left > 0 then
       remaining = (left - math.fmod(left, T)) / T -- exact floor(left / T)
     end
+    if ends > 0 then reset = ends - now end
     out[#out + 1] = remaining
     out[#out + 1] = reset
   end

@@ -389,7 +389,8 @@ func TestSettle(t *testing.T) {
 			t.Fatalf("reserve 900: %s", show(d))
 		}
 		// used 100 of the 900: refund 800 to both rules, free the slot
-		if err := s.Settle(ctx, []Rule{tpm, tpd}, -800, conc, "a"); err != nil {
+		tpm.Cost, tpd.Cost = -800, -800
+		if err := s.Settle(ctx, []Rule{tpm, tpd}, conc, "a"); err != nil {
 			t.Fatal(err)
 		}
 		probe := Request{Rules: []Rule{{Key: tpm.Key, Interval: tpm.Interval, Burst: tpm.Burst}, {Key: tpd.Key, Interval: tpd.Interval, Burst: tpd.Burst}},
@@ -402,12 +403,58 @@ func TestSettle(t *testing.T) {
 			t.Fatalf("after settling: %s", show(d))
 		}
 		// charging more than reserved pushes the bucket past full use
-		if err := s.Settle(ctx, []Rule{tpm}, 2000, conc, "b"); err != nil {
+		tpm.Cost = 2000
+		if err := s.Settle(ctx, []Rule{tpm}, conc, "b"); err != nil {
 			t.Fatal(err)
 		}
 		d = reserve(t, s, Request{Rules: []Rule{{Key: tpm.Key, Interval: tpm.Interval, Burst: tpm.Burst, Cost: 1}}})
 		if d.Allowed || d.RetryAfter <= 0 {
 			t.Fatalf("after an over-charge: %s", show(d))
+		}
+	})
+}
+
+// TestWindowCounter: a rule with Until counts units over a window that
+// nothing refills; a spent counter denies until the window ends whatever
+// the wait allowed; Settle charges and refunds each rule by its own delta.
+func TestWindowCounter(t *testing.T) {
+	eachStore(t, func(t *testing.T, s timedStore) {
+		ctx := context.Background()
+		now := time.Now().UnixMicro()
+		until := now + 3600*sec
+		spend := Rule{Key: "spend:day", Interval: 1, Burst: 1000, Cost: 700, Until: until}
+		tpm := Rule{Key: "spend:tpm", Interval: ms, Burst: 100000, Cost: 500}
+		d := reserve(t, s, Request{Rules: []Rule{tpm, spend}})
+		if !d.Allowed || d.Remaining[1] != 300 || d.Reset[1] < 3599*sec || d.Reset[1] > 3600*sec {
+			t.Fatalf("reserve 700 of 1000: %s", show(d))
+		}
+		spend.Cost = 400
+		d = reserve(t, s, Request{Rules: []Rule{tpm, spend}, MaxWait: 7200 * sec})
+		if d.Allowed || d.Limiting != 1 || d.RetryAfter < 3599*sec || d.RetryAfter > 3600*sec {
+			t.Fatalf("400 more of 300 left, waiting up to 2 h: %s", show(d))
+		}
+		// the answer cost 100 of the 700 reserved; tokens refund by another delta
+		tpm.Cost, spend.Cost = -450, -600
+		if err := s.Settle(ctx, []Rule{tpm, spend}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		spend.Cost = 0
+		d = reserve(t, s, Request{Rules: []Rule{{Key: tpm.Key, Interval: tpm.Interval, Burst: tpm.Burst}, spend}})
+		if d.Remaining[1] != 900 || d.Remaining[0] < 99950 {
+			t.Fatalf("after settling -450 tokens and -600 spend: %s", show(d))
+		}
+		// a window that has ended is skipped and takes no charge
+		old := Rule{Key: "spend:old", Interval: 1, Burst: 10, Cost: 50, Until: now - sec}
+		if err := s.Settle(ctx, []Rule{old}, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+		old.Cost = 5
+		if d = reserve(t, s, Request{Rules: []Rule{old}}); !d.Allowed || d.Remaining[0] != -1 {
+			t.Fatalf("a counter whose window ended: %s", show(d))
+		}
+		old.Until = until
+		if d = reserve(t, s, Request{Rules: []Rule{old}}); !d.Allowed || d.Remaining[0] != 5 {
+			t.Fatalf("the late charge reached a counter: %s", show(d))
 		}
 	})
 }

@@ -207,18 +207,17 @@ func (s *Scheduler) Cancel(t *Ticket) bool {
 func (s *Scheduler) Done(t *Ticket, actual int64) {
 	if t.store != nil {
 		settle := t.settle[:0]
-		delta := int64(0)
 		if actual >= 0 && s.tokens {
 			for _, r := range t.req.Rules {
 				if r.Key[len(r.Key)-4:] == ":tpm" {
+					r.Cost = actual - r.Cost // the delta to settle
 					settle = append(settle, r)
-					delta = actual - r.Cost
 				}
 			}
 		}
 		t.settle = settle
 		if len(settle) > 0 || len(t.req.Leases) > 0 {
-			if err := t.store.Settle(context.Background(), settle, delta, t.req.Leases, t.req.LeaseID); err != nil {
+			if err := t.store.Settle(context.Background(), settle, t.req.Leases, t.req.LeaseID); err != nil {
 				s.log.Warn("provider budget settle failed", "upstream", s.o.Name, "error", err)
 			}
 		}
