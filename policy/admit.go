@@ -477,28 +477,31 @@ func (l *Limiter) decide(ad *Admission) {
 
 // Finish settles an admitted request's tokens from the answer's usage and
 // its spend from the answer's cost in USD (actual < 0: no usage known,
-// keep the reservations) and releases its concurrency slots; for a request
+// keep the token reservation and count the worst-case cost) and releases
+// its concurrency slots; for a request
 // that was not admitted it only returns the Admission to the pool. ad must
 // not be used afterwards.
 func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64, cost float64) {
 	if ad.store != nil && ad.Outcome == Admitted {
 		ad.settle = ad.settle[:0]
-		if actual >= 0 {
+		spent := Micros(cost)
+		if actual < 0 {
+			spent = ad.Worst // no usage: the answer is taken to cost its worst case
+		} else {
 			l.tierTokens(ad.tier).actual.Add(float64(actual))
-			spent := Micros(cost)
-			for i, k := range ad.kinds {
-				r := ad.req.Rules[i]
-				switch {
-				case k.token:
-					r.Cost = actual - ad.Reserved
-				case k.usd:
-					r.Cost = spent - r.Cost
-				default:
-					continue
-				}
-				if r.Cost != 0 {
-					ad.settle = append(ad.settle, r)
-				}
+		}
+		for i, k := range ad.kinds {
+			r := ad.req.Rules[i]
+			switch {
+			case k.token && actual >= 0:
+				r.Cost = actual - ad.Reserved
+			case k.usd:
+				r.Cost = spent - r.Cost
+			default:
+				continue
+			}
+			if r.Cost != 0 {
+				ad.settle = append(ad.settle, r)
 			}
 		}
 		// One step (one Redis round trip): tokens and spend settled, slots

@@ -54,3 +54,23 @@ func TestShadowNoAllocs(t *testing.T) {
 		t.Fatalf("admission with shadow limits allocates %v times per request; want 0", n)
 	}
 }
+
+// TestBudgetNoAllocs: spend budgets and spend counting (user, key and team
+// counters for the day and the month) add no allocation for a known user.
+func TestBudgetNoAllocs(t *testing.T) {
+	p, ka, _ := budgetFixture(t, budgetPolicy)
+	l, _ := budgetLimiter(t)
+	pl := p.Plan(p.Principal(ka, ""), ka, "gpt-4o-mini")
+	price, _ := p.Prices.Lookup("gpt-4o-mini")
+	ctx := context.Background()
+	n := testing.AllocsPerRun(200, func() {
+		ad := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r", Tokens: 1, Price: price})
+		if ad.Outcome != Admitted || !ad.Spend.Valid {
+			t.Fatalf("outcome %d spend %+v", ad.Outcome, ad.Spend)
+		}
+		l.Finish(ctx, ad, 0, 0)
+	})
+	if n != 0 {
+		t.Fatalf("admission under budgets allocates %v times per request; want 0", n)
+	}
+}

@@ -38,6 +38,9 @@ func limitChanges(out []string, where string, a, b Limits) []string {
 		}
 		out = append(out, fmt.Sprintf("~ %s concurrent: %s -> %s", where, c(a.Concurrent), c(b.Concurrent)))
 	}
+	if a.Budget != b.Budget {
+		out = append(out, fmt.Sprintf("~ %s budget: %s -> %s", where, a.Budget, b.Budget))
+	}
 	return out
 }
 
@@ -120,6 +123,21 @@ func Diff(old, new *Policy) []string {
 		out = field(out, where, "endpoints", strings.Join(a.key.Endpoints, ","), strings.Join(b.key.Endpoints, ","))
 		out = field(out, where, "models", strings.Join(a.key.Models, ","), strings.Join(b.key.Models, ","))
 	}
+	for _, name := range union(old.teams, new.teams) {
+		a, inA := old.teams[name]
+		b, inB := new.teams[name]
+		switch {
+		case !inA:
+			out = append(out, fmt.Sprintf("+ team %s: %s", name, limitsText(b)))
+		case !inB:
+			out = append(out, "- team "+name)
+		default:
+			out = limitChanges(out, "team "+name, a, b)
+		}
+	}
+	if old.Zone != nil && new.Zone != nil && old.Zone.String() != new.Zone.String() {
+		out = append(out, fmt.Sprintf("~ budget_timezone: %s -> %s", old.Zone, new.Zone))
+	}
 	out = userChanges(out, "user ", old.users, new.users)
 	for _, id := range union(ak, bk) {
 		if a, b := ak[id], bk[id]; a != nil && b != nil {
@@ -159,6 +177,9 @@ func limitsText(l Limits) string {
 	}
 	if l.Concurrent != 0 {
 		parts = append(parts, fmt.Sprintf("concurrent %d", l.Concurrent))
+	}
+	if l.Budget != (SpendBudget{}) {
+		parts = append(parts, "budget "+l.Budget.String())
 	}
 	if len(parts) == 0 {
 		return "unlimited"
