@@ -38,6 +38,7 @@ func TestStatusTable(t *testing.T) {
 		errEndpointForbidden:   {403, "invalid_request_error", "endpoint_forbidden"},
 		errModelNotPriced:      {403, "invalid_request_error", "model_not_priced"},
 		errObjectNotFound:      {404, "invalid_request_error", ""},
+		errInsufficientQuota:   {429, "insufficient_quota", "insufficient_quota"},
 	}
 	if len(want) != int(errKindCount) {
 		t.Fatalf("test covers %d kinds; the table has %d", len(want), errKindCount)

@@ -30,7 +30,9 @@ type step struct {
 func TestParity(t *testing.T) {
 	rpm := func(cost int64) Rule { return Rule{Key: "rpm", Interval: 100 * ms, Burst: 3, Cost: cost} }
 	tpm := func(cost int64) Rule { return Rule{Key: "tpm", Interval: ms, Burst: 1000, Cost: cost} }
-	day := func(cost int64) Rule { return Rule{Key: "day", Interval: 1, Burst: 1000, Cost: cost, Until: t0 + 12*sec} }
+	day := func(cost int64) Rule {
+		return Rule{Key: "day", Interval: 1, Burst: 1000, Cost: cost, Until: t0 + 12*sec}
+	}
 	conc := []Lease{{Key: "conc", Limit: 2, TTL: sec}}
 	c := newRedisClient(t)
 	for name, steps := range map[string][]step{
