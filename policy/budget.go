@@ -32,8 +32,8 @@ import (
 // SpendBudget caps spend in USD per calendar day and per calendar month. 0
 // is no cap. In an override, a zero field keeps the inherited value.
 type SpendBudget struct {
-	DailyUSD   float64 `yaml:"daily_usd"`
-	MonthlyUSD float64 `yaml:"monthly_usd"`
+	DailyUSD   float64 `yaml:"daily_usd" json:"daily_usd"`
+	MonthlyUSD float64 `yaml:"monthly_usd" json:"monthly_usd"`
 }
 
 // Budget limit kinds, the values of the "limit" metric label.

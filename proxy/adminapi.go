@@ -113,13 +113,19 @@ type limitsJSON struct {
 	TPM        policy.Rate `json:"tpm"`
 	TPD        policy.Rate `json:"tpd"`
 	Concurrent int64       `json:"concurrent"`
+	// Budget is the spend budget in USD; absent without one.
+	Budget *policy.SpendBudget `json:"budget,omitempty"`
 }
 
 func toLimits(l policy.Limits) *limitsJSON {
 	if l.IsZero() {
 		return nil
 	}
-	return &limitsJSON{RPM: l.RPM, TPM: l.TPM, TPD: l.TPD, Concurrent: l.Concurrent}
+	j := &limitsJSON{RPM: l.RPM, TPM: l.TPM, TPD: l.TPD, Concurrent: l.Concurrent}
+	if l.Budget != (policy.SpendBudget{}) {
+		j.Budget = &l.Budget
+	}
+	return j
 }
 
 // resolve finds the principal of ?key=ID&user=NAME&model=M.
@@ -149,6 +155,7 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
 	out := map[string]any{
 		"key_id": k.ID, "user": p.User, "team": p.Team, "tier": p.Tier, "end_user": p.EndUser,
 		"trusted": k.Trusted, "limits": toLimits(pl.User), "app_limits": toLimits(pl.App), "shadow": toLimits(pl.Shadow),
+		"team_limits": toLimits(pl.Team),
 		"cache_namespaces": k.CacheNamespaces,
 	}
 	if pl.Model != nil {
