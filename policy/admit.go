@@ -314,8 +314,9 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 	store := l.store
 	err := l.reserve(ctx, store, ad)
 	if err == nil && !ad.dec.Allowed && exact != nil && ad.dec.Limiting >= 0 &&
-		ad.dec.Limiting < len(ad.kinds) && ad.kinds[ad.dec.Limiting].token {
-		// The estimate is an upper bound; the exact count may fit.
+		ad.dec.Limiting < len(ad.kinds) && (ad.kinds[ad.dec.Limiting].token || ad.kinds[ad.dec.Limiting].usd) {
+		// The estimate is an upper bound; the exact count (and so the
+		// worst-case cost) may fit.
 		if n := exact(); n < a.Tokens {
 			ad.Reserved = n
 			exactAsk := *a
@@ -478,9 +479,8 @@ func (l *Limiter) decide(ad *Admission) {
 // Finish settles an admitted request's tokens from the answer's usage and
 // its spend from the answer's cost in USD (actual < 0: no usage known,
 // keep the token reservation and count the worst-case cost) and releases
-// its concurrency slots; for a request
-// that was not admitted it only returns the Admission to the pool. ad must
-// not be used afterwards.
+// its concurrency slots; for a request that was not admitted it only
+// returns the Admission to the pool. ad must not be used afterwards.
 func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64, cost float64) {
 	if ad.store != nil && ad.Outcome == Admitted {
 		ad.settle = ad.settle[:0]
