@@ -67,7 +67,7 @@ func values(recs []*sink.Record) string {
 			quote(r.User), quote(r.Team), quote(r.Tier), quote(r.Endpoint), quote(r.ModelRequested), quote(r.Model),
 			quote(r.Upstream), b2(r.Stream), quote(r.Request), quote(r.Response), quote(r.FinishReason),
 			fmt.Sprint(r.PromptTokens), fmt.Sprint(r.CompletionTokens), fmt.Sprint(r.TotalTokens), fmt.Sprint(r.EstimatedTokens),
-			fmt.Sprint(r.Status), quote(r.ErrorType), f(r.LatencyMs), f(r.TTFTMs), f(r.QueueWaitMs), quote(r.CacheStatus),
+			f(r.CostUSD), fmt.Sprint(r.Status), quote(r.ErrorType), f(r.LatencyMs), f(r.TTFTMs), f(r.QueueWaitMs), quote(r.CacheStatus),
 			fmt.Sprint(r.Retries), b2(r.ClientGone), quote(r.UserAgent)}
 		out = append(out, "("+strings.Join(row, ", ")+")")
 	}
