@@ -210,24 +210,30 @@ type AddedColumn struct {
 	// Type is its type and default, e.g. "Float64 DEFAULT 0"; old rows read
 	// the default.
 	Type string
+	// Codec is its compression on current servers (18.16 has no codecs),
+	// as in the modern DDL; "" for the default.
+	Codec string
 	// After is the column it follows, so that the table reads as the DDL.
 	After string
 }
 
 // AddedColumns are the columns Ensure adds to a table that lacks them.
 var AddedColumns = []AddedColumn{
-	{Name: "cost_usd", Type: "Float64 DEFAULT 0", After: "estimated_tokens"},
+	{Name: "cost_usd", Type: "Float64 DEFAULT 0", Codec: "CODEC(Gorilla, ZSTD(1))", After: "estimated_tokens"},
 }
 
 // AddColumnSQL is the ALTER that adds col to table on a server of the given
-// version. 18.16 has no ADD COLUMN IF NOT EXISTS, so there the caller checks
-// system.columns first.
+// version. 18.16 has no ADD COLUMN IF NOT EXISTS (nor codecs), so there the
+// caller checks system.columns first.
 func AddColumnSQL(version, table string, col AddedColumn) string {
-	ifNotExists := ""
 	if Major(version) >= ModernMajor {
-		ifNotExists = "IF NOT EXISTS "
+		typ := col.Type
+		if col.Codec != "" {
+			typ += " " + col.Codec
+		}
+		return "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + col.Name + " " + typ + " AFTER " + col.After
 	}
-	return "ALTER TABLE " + table + " ADD COLUMN " + ifNotExists + col.Name + " " + col.Type + " AFTER " + col.After
+	return "ALTER TABLE " + table + " ADD COLUMN " + col.Name + " " + col.Type + " AFTER " + col.After
 }
 
 // addColumn adds col to the table unless it has it already. Another

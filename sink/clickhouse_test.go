@@ -197,8 +197,8 @@ func TestClickHouseAddsCostColumnToOldTable(t *testing.T) {
 // TestAddColumnSQL: current servers get IF NOT EXISTS; 18.16, which has no
 // such clause, the plain ALTER (Ensure checks system.columns first).
 func TestAddColumnSQL(t *testing.T) {
-	col := AddedColumn{Name: "cost_usd", Type: "Float64 DEFAULT 0", After: "estimated_tokens"}
-	if got, want := AddColumnSQL("24.8.1", "db.t", col), "ALTER TABLE db.t ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0 AFTER estimated_tokens"; got != want {
+	col := AddedColumn{Name: "cost_usd", Type: "Float64 DEFAULT 0", Codec: "CODEC(Gorilla, ZSTD(1))", After: "estimated_tokens"}
+	if got, want := AddColumnSQL("24.8.1", "db.t", col), "ALTER TABLE db.t ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0 CODEC(Gorilla, ZSTD(1)) AFTER estimated_tokens"; got != want {
 		t.Fatalf("modern: %s\nwant %s", got, want)
 	}
 	if got, want := AddColumnSQL("18.16.1", "db.t", col), "ALTER TABLE db.t ADD COLUMN cost_usd Float64 DEFAULT 0 AFTER estimated_tokens"; got != want {
@@ -211,14 +211,26 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	ctx := context.Background()
 	recs := batchOf(0, 500)
 	now := time.Now().UTC()
-	for i, r := range recs { // within every query's window
+	var spent float64                                                // all 500 requests' cost
+	teamCost, userCost := map[string]float64{}, map[string]float64{} // team "t1" by model; user "u3" by team
+	for i, r := range recs {                                         // within every query's window
 		r.Start = now.Add(-time.Duration(i) * time.Second)
 		r.End = r.Start.Add(10 * time.Millisecond)
+		r.Team, r.Model = fmt.Sprintf("t%d", i%3), []string{"gpt-4o-mini", "gpt-4o"}[i%2]
+		// Multiples of 1/4 dollar add up exactly in any order.
+		r.CostUSD = 0.25 * float64(1+i%4)
 		if i%10 == 0 {
-			r.CacheStatus = "hit"
+			r.CacheStatus, r.CostUSD = "hit", 0
 		}
 		if i%25 == 0 {
-			r.Status = 502
+			r.Status, r.CostUSD = 502, 0
+		}
+		spent += r.CostUSD
+		if r.Team == "t1" {
+			teamCost[r.Model] += r.CostUSD
+		}
+		if r.User == "u3" {
+			userCost[r.Team] += r.CostUSD
 		}
 	}
 	if err := c.Write(ctx, recs); err != nil {
@@ -233,9 +245,15 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 		t.Fatalf("raw rows %d, want 700 (the replay duplicated 200)", n)
 	}
 	qs := Queries(c.Table())
-	for _, name := range []string{"requests_per_day", "usage_per_user_per_day", "top_users", "latency_per_model", "cache_savings", "error_rates"} {
+	for _, name := range []string{"requests_per_day", "usage_per_user_per_day", "top_users", "latency_per_model", "cache_savings", "error_rates",
+		"spend_per_team_model_day", "spend_per_user_month"} {
 		if qs[name] == "" {
 			t.Fatalf("shipped query %s missing", name)
+		}
+	}
+	for name, q := range qs { // every shipped file runs on this server
+		if n := chCount(t, c, "SELECT count() FROM ("+q+")"); n == 0 {
+			t.Errorf("shipped query %s returned no rows", name)
 		}
 	}
 	sum := func(name, col string) float64 {
@@ -267,6 +285,43 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	}
 	if got := sum("error_rates", "server_errors"); got != 20 {
 		t.Fatalf("error_rates 5xx %v, want 20", got)
+	}
+	if spent != 280 { // 440 priced answers, $0.25 to $1 each
+		t.Fatalf("test data spends $%v, want $280", spent)
+	}
+	if got := sum("spend_per_team_model_day", "cost_usd"); got != spent {
+		t.Fatalf("spend_per_team_model_day cost %v, want %v", got, spent)
+	}
+	if got := sum("spend_per_user_month", "cost_usd"); got != spent {
+		t.Fatalf("spend_per_user_month cost %v, want %v", got, spent)
+	}
+	if got := sum("spend_per_user_month", "requests"); got != 500 {
+		t.Fatalf("spend_per_user_month requests %v, want 500", got)
+	}
+	// One group at a time: each sum is its own rows', counted once.
+	groups := func(q, key, where string) map[string]float64 {
+		t.Helper()
+		rows, err := c.Conn().Query(ctx, "SELECT "+key+", toFloat64(sum(cost_usd)) FROM ("+q+") WHERE "+where+" GROUP BY "+key)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, q)
+		}
+		defer rows.Close()
+		out := map[string]float64{}
+		for rows.Next() {
+			var k string
+			var v float64
+			if err := rows.Scan(&k, &v); err != nil {
+				t.Fatal(err)
+			}
+			out[k] = v
+		}
+		return out
+	}
+	if got := groups(qs["spend_per_team_model_day"], "model", "team = 't1'"); !reflect.DeepEqual(got, teamCost) {
+		t.Fatalf("spend_per_team_model_day for t1 by model %v, want %v", got, teamCost)
+	}
+	if got := groups(qs["spend_per_user_month"], "team", "user = 'u3'"); !reflect.DeepEqual(got, userCost) {
+		t.Fatalf("spend_per_user_month for u3 by team %v, want %v", got, userCost)
 	}
 	recent, err := c.Recent(ctx, "u0", now.Add(-time.Hour), 1000)
 	if err != nil {
