@@ -211,9 +211,11 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	ctx := context.Background()
 	recs := batchOf(0, 500)
 	now := time.Now().UTC()
-	var spent float64                                                // all 500 requests' cost
-	teamCost, userCost := map[string]float64{}, map[string]float64{} // team "t1" by model; user "u3" by team
-	for i, r := range recs {                                         // within every query's window
+	// spent is what all 500 requests cost; teamCost team t1's by model,
+	// userCost user u3's by team.
+	var spent float64
+	teamCost, userCost := map[string]float64{}, map[string]float64{}
+	for i, r := range recs { // within every query's window
 		r.Start = now.Add(-time.Duration(i) * time.Second)
 		r.End = r.Start.Add(10 * time.Millisecond)
 		r.Team, r.Model = fmt.Sprintf("t%d", i%3), []string{"gpt-4o-mini", "gpt-4o"}[i%2]
