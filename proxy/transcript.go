@@ -346,6 +346,7 @@ func (s *Server) record(reqID []byte, x *exchange, end time.Time, clientGone boo
 		CompletionTokens: t.usage.completion,
 		TotalTokens:      t.usage.total(),
 		EstimatedTokens:  x.promptEst,
+		CostUSD:          x.answerCost(),
 		Status:           x.status,
 		ErrorType:        t.errType,
 		LatencyMs:        ms(end.Sub(x.start)),

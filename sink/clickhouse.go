@@ -75,7 +75,7 @@ const ModernMajor = 20
 var Columns = []string{
 	"request_id", "upstream_request_id", "start", "first_token", "end", "key_id", "user", "team", "tier", "endpoint",
 	"model_requested", "model", "upstream", "stream", "request", "response", "finish_reason",
-	"prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens", "status", "error_type",
+	"prompt_tokens", "completion_tokens", "total_tokens", "estimated_tokens", "cost_usd", "status", "error_type",
 	"latency_ms", "ttft_ms", "queue_wait_ms", "cache_status", "retries", "client_gone", "user_agent",
 }
 
@@ -103,7 +103,7 @@ type columnBufs struct {
 	u8   [2][]uint8
 	i64  [4][]int64
 	u16  [2][]uint16
-	f64  [3][]float64
+	f64  [4][]float64
 	list []any
 	// order is the batch in the table's sort order.
 	order []*Record
@@ -193,8 +193,75 @@ func (c *ClickHouse) Ensure(ctx context.Context) error {
 	if err := c.conn.Exec(ctx, DDL(v, c.Table(), c.opts.TTLDays)); err != nil {
 		return fmt.Errorf("sink: clickhouse create table (server %s): %w", v, err)
 	}
+	for _, col := range AddedColumns {
+		if err := c.addColumn(ctx, v, col); err != nil {
+			return err
+		}
+	}
 	c.version, c.ready = v, true
 	return nil
+}
+
+// AddedColumn is a column added to the table after its first release: a
+// table created by an older Sluice lacks it until Ensure adds it.
+type AddedColumn struct {
+	// Name is the column's name, as in Columns.
+	Name string
+	// Type is its type and default, e.g. "Float64 DEFAULT 0"; old rows read
+	// the default.
+	Type string
+	// Codec is its compression on current servers (18.16 has no codecs),
+	// as in the modern DDL; "" for the default.
+	Codec string
+	// After is the column it follows, so that the table reads as the DDL.
+	After string
+}
+
+// AddedColumns are the columns Ensure adds to a table that lacks them.
+var AddedColumns = []AddedColumn{
+	{Name: "cost_usd", Type: "Float64 DEFAULT 0", Codec: "CODEC(Gorilla, ZSTD(1))", After: "estimated_tokens"},
+}
+
+// AddColumnSQL is the ALTER that adds col to table on a server of the given
+// version. 18.16 has no ADD COLUMN IF NOT EXISTS (nor codecs), so there the
+// caller checks system.columns first.
+func AddColumnSQL(version, table string, col AddedColumn) string {
+	if Major(version) >= ModernMajor {
+		typ := col.Type
+		if col.Codec != "" {
+			typ += " " + col.Codec
+		}
+		return "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + col.Name + " " + typ + " AFTER " + col.After
+	}
+	return "ALTER TABLE " + table + " ADD COLUMN " + col.Name + " " + col.Type + " AFTER " + col.After
+}
+
+// addColumn adds col to the table unless it has it already. Another
+// replica may add it at the same time: a failed ALTER counts as done when
+// the column is there afterwards.
+func (c *ClickHouse) addColumn(ctx context.Context, version string, col AddedColumn) error {
+	has, err := c.hasColumn(ctx, col.Name)
+	if err != nil || has {
+		return err
+	}
+	if err := c.conn.Exec(ctx, AddColumnSQL(version, c.Table(), col)); err != nil {
+		if has, herr := c.hasColumn(ctx, col.Name); herr == nil && has {
+			return nil
+		}
+		return fmt.Errorf("sink: clickhouse add column %s (server %s): %w", col.Name, version, err)
+	}
+	return nil
+}
+
+// hasColumn reports whether the table has a column called name.
+func (c *ClickHouse) hasColumn(ctx context.Context, name string) (bool, error) {
+	var n uint64
+	err := c.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+		c.opts.Database, c.opts.Table, name).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("sink: clickhouse columns of %s: %w", c.Table(), err)
+	}
+	return n > 0, nil
 }
 
 // Major returns the major number of a server version string ("18.16.1" →
@@ -240,6 +307,7 @@ func DDL(version, table string, ttlDays int) string {
   completion_tokens Int64 CODEC(T64, ZSTD(1)),
   total_tokens Int64 CODEC(T64, ZSTD(1)),
   estimated_tokens Int64 CODEC(T64, ZSTD(1)),
+  cost_usd Float64 DEFAULT 0 CODEC(Gorilla, ZSTD(1)),
   status UInt16,
   error_type LowCardinality(String),
   latency_ms Float64 CODEC(Gorilla, ZSTD(1)),
@@ -277,6 +345,7 @@ ORDER BY (user, start, request_id)` + ttl
   completion_tokens Int64,
   total_tokens Int64,
   estimated_tokens Int64,
+  cost_usd Float64 DEFAULT 0,
   status UInt16,
   error_type String,
   latency_ms Float64,
@@ -353,7 +422,7 @@ func (c *ClickHouse) Write(ctx context.Context, recs []*Record) error {
 }
 
 // appendChunk appends recs to batch column by column: one Append per
-// column instead of 30 boxed values per row (about 3x the rows per second).
+// column instead of 31 boxed values per row (about 3x the rows per second).
 // The caller holds wmu.
 func (c *ClickHouse) appendChunk(batch driver.Batch, recs []*Record) error {
 	n := len(recs)
@@ -373,7 +442,7 @@ func (c *ClickHouse) appendChunk(batch driver.Batch, recs []*Record) error {
 		prompt, completion             = resize(&b.i64[0], n), resize(&b.i64[1], n)
 		total, estimated               = resize(&b.i64[2], n), resize(&b.i64[3], n)
 		statuses, retries              = resize(&b.u16[0], n), resize(&b.u16[1], n)
-		lat, ttft, wait                = resize(&b.f64[0], n), resize(&b.f64[1], n), resize(&b.f64[2], n)
+		lat, ttft, wait, costs         = resize(&b.f64[0], n), resize(&b.f64[1], n), resize(&b.f64[2], n), resize(&b.f64[3], n)
 	)
 	for i, r := range recs {
 		ids[i], upIDs[i], keys[i], users[i], teams[i], tiers[i], eps[i] = r.RequestID, r.UpstreamRequestID, r.KeyID, r.User, r.Team, r.Tier, r.Endpoint
@@ -384,12 +453,12 @@ func (c *ClickHouse) appendChunk(batch driver.Batch, recs []*Record) error {
 			firsts[i] = time.Unix(0, 0)
 		}
 		streams[i], gones[i] = b2u8(r.Stream), b2u8(r.ClientGone)
-		prompt[i], completion[i], total[i], estimated[i] = r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.EstimatedTokens
+		prompt[i], completion[i], total[i], estimated[i], costs[i] = r.PromptTokens, r.CompletionTokens, r.TotalTokens, r.EstimatedTokens, r.CostUSD
 		statuses[i], retries[i] = uint16(r.Status), uint16(r.Retries)
 		lat[i], ttft[i], wait[i] = r.LatencyMs, r.TTFTMs, r.QueueWaitMs
 	}
 	cols := append(b.list[:0], ids, upIDs, starts, firsts, ends, keys, users, teams, tiers, eps, asked, models, ups, streams, reqs, resps, finishes,
-		prompt, completion, total, estimated, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents)
+		prompt, completion, total, estimated, costs, statuses, errTypes, lat, ttft, wait, caches, retries, gones, agents)
 	b.list = cols
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
@@ -446,7 +515,7 @@ func (c *ClickHouse) Recent(ctx context.Context, user string, since time.Time, l
 		)
 		if err := rows.Scan(&r.RequestID, &r.UpstreamRequestID, &start, &first, &endTime, &r.KeyID, &r.User, &r.Team, &r.Tier, &r.Endpoint,
 			&r.ModelRequested, &r.Model, &r.Upstream, &stream, &r.Request, &r.Response, &r.FinishReason,
-			&r.PromptTokens, &r.CompletionTokens, &r.TotalTokens, &r.EstimatedTokens, &status, &r.ErrorType,
+			&r.PromptTokens, &r.CompletionTokens, &r.TotalTokens, &r.EstimatedTokens, &r.CostUSD, &status, &r.ErrorType,
 			&r.LatencyMs, &r.TTFTMs, &r.QueueWaitMs, &r.CacheStatus, &retries, &gone, &r.UserAgent); err != nil {
 			return nil, fmt.Errorf("sink: clickhouse scan: %w", err)
 		}

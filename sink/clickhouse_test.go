@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,6 +65,7 @@ func TestClickHouseCreatesTableAndWrites(t *testing.T) {
 	recs := batchOf(0, 1000)
 	recs[0].Stream, recs[0].ClientGone, recs[0].Retries, recs[0].FirstToken = true, true, 2, recs[0].Start.Add(time.Millisecond)
 	recs[0].ErrorType, recs[0].CacheStatus, recs[0].Response = "server_error", "miss", "héllo \"quoted\"\n"
+	recs[0].CostUSD, recs[7].CostUSD = 0.000123, 1.5 // both u0's
 	if err := c.Write(ctx, recs); err != nil {
 		t.Fatal(err)
 	}
@@ -74,23 +76,133 @@ func TestClickHouseCreatesTableAndWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var back *Record
-	for _, r := range got {
-		if r.RequestID == recs[0].RequestID {
-			back = r
+	for _, sent := range []*Record{recs[0], recs[7], recs[14]} {
+		var back *Record
+		for _, r := range got {
+			if r.RequestID == sent.RequestID {
+				back = r
+			}
+		}
+		if back == nil {
+			t.Fatalf("record %s not read back (%d rows for %s)", sent.RequestID, len(got), sent.User)
+		}
+		want := *sent
+		// 18.16 keeps whole seconds; the _ms columns carry the durations.
+		want.Start, want.End, want.FirstToken = want.Start.Truncate(time.Second), want.End.Truncate(time.Second), want.FirstToken.Truncate(time.Second)
+		if Major(c.Version()) >= ModernMajor {
+			want = *sent
+		}
+		if !reflect.DeepEqual(*back, want) {
+			t.Fatalf("read back\n%+v\nwant\n%+v", *back, want)
+		}
+		if back.CostUSD != sent.CostUSD {
+			t.Fatalf("%s: cost_usd read back %v, want exactly %v", sent.RequestID, back.CostUSD, sent.CostUSD)
 		}
 	}
-	if back == nil {
-		t.Fatalf("record %s not read back (%d rows for %s)", recs[0].RequestID, len(got), recs[0].User)
+}
+
+// oldDDL is the table an older Sluice created: DDL without the columns
+// added since (AddedColumns).
+func oldDDL(t *testing.T, version, table string) string {
+	t.Helper()
+	ddl := DDL(version, table, 0)
+	for _, col := range AddedColumns {
+		re := regexp.MustCompile(`(?m)^  ` + col.Name + ` .*\n`)
+		if !re.MatchString(ddl) {
+			t.Fatalf("DDL for %s has no line for %s:\n%s", version, col.Name, ddl)
+		}
+		ddl = re.ReplaceAllString(ddl, "")
 	}
-	want := *recs[0]
-	// 18.16 keeps whole seconds; the _ms columns carry the durations.
-	want.Start, want.End, want.FirstToken = want.Start.Truncate(time.Second), want.End.Truncate(time.Second), want.FirstToken.Truncate(time.Second)
-	if Major(c.Version()) >= ModernMajor {
-		want = *recs[0]
+	if strings.Contains(ddl, "cost_usd") {
+		t.Fatalf("old DDL still has cost_usd:\n%s", ddl)
 	}
-	if !reflect.DeepEqual(*back, want) {
-		t.Fatalf("read back\n%+v\nwant\n%+v", *back, want)
+	return ddl
+}
+
+// TestClickHouseAddsCostColumnToOldTable: a table created by a Sluice
+// without cost_usd, holding a row, gains the column when the sink starts;
+// the old row reads 0 and new rows their cost, and a second start (the
+// column there already) changes nothing.
+func TestClickHouseAddsCostColumnToOldTable(t *testing.T) {
+	c := chWriter(t)
+	ctx := context.Background()
+	var version string
+	if err := c.Conn().QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Conn().Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+c.opts.Database); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Conn().Exec(ctx, oldDDL(t, version, c.Table())); err != nil {
+		t.Fatal(err)
+	}
+	old := rec(0)
+	oldCols := slices.DeleteFunc(slices.Clone(Columns), func(s string) bool { return s == "cost_usd" })
+	batch, err := c.Conn().PrepareBatch(ctx, "INSERT INTO "+c.Table()+" ("+strings.Join(oldCols, ", ")+")")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := batch.Append(old.RequestID, old.UpstreamRequestID, old.Start, time.Unix(0, 0), old.End, old.KeyID, old.User,
+		old.Team, old.Tier, old.Endpoint, old.ModelRequested, old.Model, old.Upstream, uint8(0), old.Request, old.Response, old.FinishReason,
+		old.PromptTokens, old.CompletionTokens, old.TotalTokens, old.EstimatedTokens, uint16(old.Status), old.ErrorType,
+		old.LatencyMs, old.TTFTMs, old.QueueWaitMs, old.CacheStatus, uint16(0), uint8(0), old.UserAgent); err != nil {
+		t.Fatalf("append to the old table's batch: %v", err)
+	}
+	if err := batch.Send(); err != nil {
+		t.Fatalf("insert into the old table: %v", err)
+	}
+	if has, err := c.hasColumn(ctx, "cost_usd"); err != nil || has {
+		t.Fatalf("old table has cost_usd: %v, %v", has, err)
+	}
+
+	recs := []*Record{rec(7), rec(14)}
+	recs[0].CostUSD, recs[1].CostUSD = 0.000123, 1.5
+	if err := c.Write(ctx, recs); err != nil { // Ensure adds the column first
+		t.Fatal(err)
+	}
+	var ddl string
+	if err := c.Conn().QueryRow(ctx, "SHOW CREATE TABLE "+c.Table()).Scan(&ddl); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`estimated_tokens Int64[^,]*,\s*cost_usd Float64`).MatchString(ddl) {
+		t.Fatalf("cost_usd not added after estimated_tokens:\n%s", ddl)
+	}
+	got, err := c.Recent(ctx, "u0", old.Start.Add(-time.Hour), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	costs := map[string]float64{}
+	for _, r := range got {
+		costs[r.RequestID] = r.CostUSD
+	}
+	want := map[string]float64{old.RequestID: 0, recs[0].RequestID: 0.000123, recs[1].RequestID: 1.5}
+	if !reflect.DeepEqual(costs, want) {
+		t.Fatalf("cost_usd by request %v, want %v", costs, want)
+	}
+
+	// A restart: the column is there, Ensure leaves the table alone.
+	again, err := NewClickHouse(c.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := again.Ensure(ctx); err != nil {
+		t.Fatalf("second start: %v", err)
+	}
+	if n := chCount(t, c, "SELECT count() FROM system.columns WHERE database = '"+c.opts.Database+"' AND table = '"+c.opts.Table+"' AND name = 'cost_usd'"); n != 1 {
+		t.Fatalf("%d cost_usd columns, want 1", n)
+	}
+}
+
+// TestAddColumnSQL: current servers get IF NOT EXISTS; 18.16, which has no
+// such clause, the plain ALTER (Ensure checks system.columns first).
+func TestAddColumnSQL(t *testing.T) {
+	col := AddedColumn{Name: "cost_usd", Type: "Float64 DEFAULT 0", Codec: "CODEC(Gorilla, ZSTD(1))", After: "estimated_tokens"}
+	if got, want := AddColumnSQL("24.8.1", "db.t", col), "ALTER TABLE db.t ADD COLUMN IF NOT EXISTS cost_usd Float64 DEFAULT 0 CODEC(Gorilla, ZSTD(1)) AFTER estimated_tokens"; got != want {
+		t.Fatalf("modern: %s\nwant %s", got, want)
+	}
+	if got, want := AddColumnSQL("18.16.1", "db.t", col), "ALTER TABLE db.t ADD COLUMN cost_usd Float64 DEFAULT 0 AFTER estimated_tokens"; got != want {
+		t.Fatalf("18.16: %s\nwant %s", got, want)
 	}
 }
 
@@ -99,14 +211,28 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	ctx := context.Background()
 	recs := batchOf(0, 500)
 	now := time.Now().UTC()
+	// spent is what all 500 requests cost; teamCost team t1's by model,
+	// userCost user u3's by team.
+	var spent float64
+	teamCost, userCost := map[string]float64{}, map[string]float64{}
 	for i, r := range recs { // within every query's window
 		r.Start = now.Add(-time.Duration(i) * time.Second)
 		r.End = r.Start.Add(10 * time.Millisecond)
+		r.Team, r.Model = fmt.Sprintf("t%d", i%3), []string{"gpt-4o-mini", "gpt-4o"}[i%2]
+		// Multiples of 1/4 dollar add up exactly in any order.
+		r.CostUSD = 0.25 * float64(1+i%4)
 		if i%10 == 0 {
-			r.CacheStatus = "hit"
+			r.CacheStatus, r.CostUSD = "hit", 0
 		}
 		if i%25 == 0 {
-			r.Status = 502
+			r.Status, r.CostUSD = 502, 0
+		}
+		spent += r.CostUSD
+		if r.Team == "t1" {
+			teamCost[r.Model] += r.CostUSD
+		}
+		if r.User == "u3" {
+			userCost[r.Team] += r.CostUSD
 		}
 	}
 	if err := c.Write(ctx, recs); err != nil {
@@ -121,9 +247,15 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 		t.Fatalf("raw rows %d, want 700 (the replay duplicated 200)", n)
 	}
 	qs := Queries(c.Table())
-	for _, name := range []string{"requests_per_day", "usage_per_user_per_day", "top_users", "latency_per_model", "cache_savings", "error_rates"} {
+	for _, name := range []string{"requests_per_day", "usage_per_user_per_day", "top_users", "latency_per_model", "cache_savings", "error_rates",
+		"spend_per_team_model_day", "spend_per_user_month"} {
 		if qs[name] == "" {
 			t.Fatalf("shipped query %s missing", name)
+		}
+	}
+	for name, q := range qs { // every shipped file runs on this server
+		if n := chCount(t, c, "SELECT count() FROM ("+q+")"); n == 0 {
+			t.Errorf("shipped query %s returned no rows", name)
 		}
 	}
 	sum := func(name, col string) float64 {
@@ -155,6 +287,43 @@ func TestShippedQueriesCountReplayedRowsOnce(t *testing.T) {
 	}
 	if got := sum("error_rates", "server_errors"); got != 20 {
 		t.Fatalf("error_rates 5xx %v, want 20", got)
+	}
+	if spent != 280 { // 440 priced answers, $0.25 to $1 each
+		t.Fatalf("test data spends $%v, want $280", spent)
+	}
+	if got := sum("spend_per_team_model_day", "cost_usd"); got != spent {
+		t.Fatalf("spend_per_team_model_day cost %v, want %v", got, spent)
+	}
+	if got := sum("spend_per_user_month", "cost_usd"); got != spent {
+		t.Fatalf("spend_per_user_month cost %v, want %v", got, spent)
+	}
+	if got := sum("spend_per_user_month", "requests"); got != 500 {
+		t.Fatalf("spend_per_user_month requests %v, want 500", got)
+	}
+	// One group at a time: each sum is its own rows', counted once.
+	groups := func(q, key, where string) map[string]float64 {
+		t.Helper()
+		rows, err := c.Conn().Query(ctx, "SELECT "+key+", toFloat64(sum(cost_usd)) FROM ("+q+") WHERE "+where+" GROUP BY "+key)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, q)
+		}
+		defer rows.Close()
+		out := map[string]float64{}
+		for rows.Next() {
+			var k string
+			var v float64
+			if err := rows.Scan(&k, &v); err != nil {
+				t.Fatal(err)
+			}
+			out[k] = v
+		}
+		return out
+	}
+	if got := groups(qs["spend_per_team_model_day"], "model", "team = 't1'"); !reflect.DeepEqual(got, teamCost) {
+		t.Fatalf("spend_per_team_model_day for t1 by model %v, want %v", got, teamCost)
+	}
+	if got := groups(qs["spend_per_user_month"], "team", "user = 'u3'"); !reflect.DeepEqual(got, userCost) {
+		t.Fatalf("spend_per_user_month for u3 by team %v, want %v", got, userCost)
 	}
 	recent, err := c.Recent(ctx, "u0", now.Add(-time.Hour), 1000)
 	if err != nil {

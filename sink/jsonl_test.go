@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -159,5 +160,46 @@ func TestJSONLRefusesWhatMarshalRefuses(t *testing.T) {
 	var want *json.UnsupportedValueError
 	if err := j.Write(context.Background(), []*Record{rec(0), bad}); !errors.As(err, &want) {
 		t.Fatalf("Write = %v, want json.UnsupportedValueError", err)
+	}
+}
+
+// TestJSONLKeepsCost: a transcript's cost_usd written to the JSONL file
+// reads back exactly, and a line written before the column existed reads 0.
+func TestJSONLKeepsCost(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)}
+	j, _ := NewJSONL(JSONLOptions{Dir: dir, NoSync: true, Now: c.now})
+	defer j.Close()
+	ctx := context.Background()
+	recs := []*Record{rec(0), rec(7), rec(14)}
+	recs[0].CostUSD, recs[1].CostUSD = 0.000123, 1.5
+	if err := j.Write(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	// An older Sluice's line: no cost_usd at all.
+	old, _ := json.Marshal(rec(21))
+	old = bytes.Replace(old, []byte(`"cost_usd":0,`), nil, 1)
+	if bytes.Contains(old, []byte("cost_usd")) {
+		t.Fatalf("old line still has cost_usd: %s", old)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "transcripts-2026-11-27.0.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(append(old, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	got, err := j.Recent(ctx, "u0", time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	costs := map[string]float64{}
+	for _, r := range got {
+		costs[r.RequestID] = r.CostUSD
+	}
+	want := map[string]float64{"r000000": 0.000123, "r000007": 1.5, "r000014": 0, "r000021": 0}
+	if !reflect.DeepEqual(costs, want) {
+		t.Fatalf("costs read back %v, want %v", costs, want)
 	}
 }

@@ -54,6 +54,10 @@ type Record struct {
 	// EstimatedTokens is Sluice's prompt estimate made before the call (0
 	// when no token limit needed one).
 	EstimatedTokens int64 `json:"estimated_tokens"`
+	// CostUSD is what the answer cost in US dollars at the policy's prices
+	// (its usage times the model's per-token prices); 0 for cache hits,
+	// errors and unpriced models.
+	CostUSD float64 `json:"cost_usd"`
 	// Status is the HTTP status the client got.
 	Status int `json:"status"`
 	// ErrorType is the OpenAI error type of an error answer.

@@ -36,6 +36,7 @@ func appendRecordJSON(b []byte, r *Record) ([]byte, bool) {
 	w.int(`,"completion_tokens":`, r.CompletionTokens)
 	w.int(`,"total_tokens":`, r.TotalTokens)
 	w.int(`,"estimated_tokens":`, r.EstimatedTokens)
+	w.float(`,"cost_usd":`, r.CostUSD)
 	w.int(`,"status":`, int64(r.Status))
 	w.str(`,"error_type":`, r.ErrorType)
 	w.float(`,"latency_ms":`, r.LatencyMs)

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,7 +42,7 @@ func TestRecordJSONMatchesMarshal(t *testing.T) {
 		r := &Record{RequestID: str(), UpstreamRequestID: str(), Start: tm(), FirstToken: tm(), End: tm(), KeyID: str(), User: str(),
 			Team: str(), Tier: str(), Endpoint: str(), ModelRequested: str(), Model: str(), Upstream: str(), Stream: rng.IntN(2) == 0,
 			Request: str(), Response: str(), FinishReason: str(), PromptTokens: rng.Int64() - 1<<62, CompletionTokens: rng.Int64N(1000),
-			TotalTokens: -rng.Int64N(5), EstimatedTokens: rng.Int64(), Status: rng.IntN(600), ErrorType: str(), LatencyMs: flt(),
+			TotalTokens: -rng.Int64N(5), EstimatedTokens: rng.Int64(), CostUSD: flt(), Status: rng.IntN(600), ErrorType: str(), LatencyMs: flt(),
 			TTFTMs: flt(), QueueWaitMs: flt(), CacheStatus: str(), Retries: rng.IntN(5) - 1, ClientGone: rng.IntN(2) == 0, UserAgent: str()}
 		want, err := json.Marshal(r)
 		got, ok := appendRecordJSON(nil, r)
@@ -51,13 +53,45 @@ func TestRecordJSONMatchesMarshal(t *testing.T) {
 			t.Fatalf("record %d differs:\n got %s\nwant %s", i, got, want)
 		}
 	}
-	for _, r := range []*Record{{LatencyMs: math.NaN()}, {TTFTMs: math.Inf(1)}, {Start: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+	for _, r := range []*Record{{LatencyMs: math.NaN()}, {TTFTMs: math.Inf(1)}, {CostUSD: math.NaN()}, {CostUSD: math.Inf(-1)}, {Start: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
 		{End: time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC)}} {
 		if _, err := json.Marshal(r); err == nil {
 			t.Fatalf("Marshal accepted %+v", r)
 		}
 		if _, ok := appendRecordJSON(nil, r); ok {
 			t.Fatalf("ours accepted %+v", r)
+		}
+	}
+}
+
+// TestRecordJSONCost: cost_usd follows estimated_tokens, in shortest
+// decimal form, and comes back exactly through encoding/json.
+func TestRecordJSONCost(t *testing.T) {
+	for _, c := range []struct {
+		cost float64
+		text string
+	}{
+		{0, "0"}, {0.000123, "0.000123"}, {1.5, "1.5"}, {0.0002832, "0.0002832"}, {1.5e-7, "1.5e-7"},
+		{12345.678901234, "12345.678901234"}, {0.30000000000000004, "0.30000000000000004"},
+	} {
+		r := rec(3)
+		r.EstimatedTokens, r.CostUSD = 9, c.cost
+		b, ok := appendRecordJSON(nil, r)
+		if !ok {
+			t.Fatalf("cost %v refused", c.cost)
+		}
+		if want := `"estimated_tokens":9,"cost_usd":` + c.text + `,"status":`; !strings.Contains(string(b), want) {
+			t.Fatalf("cost %v: %s lacks %s", c.cost, b, want)
+		}
+		var back Record
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		if back.CostUSD != c.cost {
+			t.Fatalf("cost %v came back as %v", c.cost, back.CostUSD)
+		}
+		if !reflect.DeepEqual(back, *r) {
+			t.Fatalf("round trip\n%+v\nwant\n%+v", back, *r)
 		}
 	}
 }

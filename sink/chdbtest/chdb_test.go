@@ -3,6 +3,7 @@ package chdbtest
 import (
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,7 +68,7 @@ func values(recs []*sink.Record) string {
 			quote(r.User), quote(r.Team), quote(r.Tier), quote(r.Endpoint), quote(r.ModelRequested), quote(r.Model),
 			quote(r.Upstream), b2(r.Stream), quote(r.Request), quote(r.Response), quote(r.FinishReason),
 			fmt.Sprint(r.PromptTokens), fmt.Sprint(r.CompletionTokens), fmt.Sprint(r.TotalTokens), fmt.Sprint(r.EstimatedTokens),
-			fmt.Sprint(r.Status), quote(r.ErrorType), f(r.LatencyMs), f(r.TTFTMs), f(r.QueueWaitMs), quote(r.CacheStatus),
+			f(r.CostUSD), fmt.Sprint(r.Status), quote(r.ErrorType), f(r.LatencyMs), f(r.TTFTMs), f(r.QueueWaitMs), quote(r.CacheStatus),
 			fmt.Sprint(r.Retries), b2(r.ClientGone), quote(r.UserAgent)}
 		out = append(out, "("+strings.Join(row, ", ")+")")
 	}
@@ -111,11 +112,12 @@ func TestModernDDLAndShippedQueriesOnCurrentEngine(t *testing.T) {
 			Request: `[{"role":"user","content":"it's \"quoted\" ` + fmt.Sprint(i) + `"}]`, Response: "echo",
 			FinishReason: "stop", PromptTokens: 3, CompletionTokens: 4, TotalTokens: 7, Status: 200,
 			LatencyMs: 10, TTFTMs: 3, UserAgent: "OpenAI/Go"}
+		recs[i].CostUSD = 0.25
 		if i%10 == 0 {
-			recs[i].CacheStatus = "hit"
+			recs[i].CacheStatus, recs[i].CostUSD = "hit", 0
 		}
 		if i%25 == 0 {
-			recs[i].Status, recs[i].ErrorType = 502, "upstream_error"
+			recs[i].Status, recs[i].ErrorType, recs[i].CostUSD = 502, "upstream_error", 0
 		}
 	}
 	insert := "INSERT INTO " + table + " (" + strings.Join(sink.Columns, ", ") + ") VALUES\n"
@@ -139,9 +141,18 @@ func TestModernDDLAndShippedQueriesOnCurrentEngine(t *testing.T) {
 		{"cache_savings", "tokens_saved", "350"},
 		{"error_rates", "server_errors", "20"},
 		{"error_rates", "requests", "500"},
+		{"spend_per_team_model_day", "cost_usd * 4", "440"}, // 440 priced answers at $0.25
+		{"spend_per_team_model_day", "requests", "500"},
+		{"spend_per_user_month", "cost_usd * 4", "440"},
+		{"spend_per_user_month", "requests", "500"},
 	} {
 		if got := sum(c.name, c.col); got != c.want {
 			t.Errorf("%s: sum(%s) = %s, want %s", c.name, c.col, got, c.want)
+		}
+	}
+	for name, q := range qs { // every shipped file runs on this engine
+		if got := query(t, s, "SELECT count() FROM ("+q+")"); got == "0" {
+			t.Errorf("shipped query %s returned no rows", name)
 		}
 	}
 	// The admin endpoint's query shape, on the modern types.
@@ -149,5 +160,42 @@ func TestModernDDLAndShippedQueriesOnCurrentEngine(t *testing.T) {
 		" FINAL WHERE user = 'u0' AND start >= now() - INTERVAL 1 DAY ORDER BY start DESC, request_id DESC LIMIT 1000"
 	if got := len(strings.Split(query(t, s, recent), "\n")); got != (500+6)/7 {
 		t.Fatalf("recent u0: %d rows, want %d", got, (500+6)/7)
+	}
+}
+
+// TestAddCostColumnOnCurrentEngine: a table made by a Sluice without
+// cost_usd gains it through sink.AddColumnSQL (IF NOT EXISTS: running it
+// twice is harmless), after estimated_tokens; the old row reads 0, new rows
+// their cost exactly.
+func TestAddCostColumnOnCurrentEngine(t *testing.T) {
+	s := session(t)
+	version := query(t, s, "SELECT version()")
+	const table = "sluice_chdb_old.transcripts"
+	query(t, s, "CREATE DATABASE IF NOT EXISTS sluice_chdb_old")
+	ddl := sink.DDL(version, table, 0)
+	line := regexp.MustCompile(`(?m)^  cost_usd .*\n`)
+	if !line.MatchString(ddl) {
+		t.Fatalf("modern DDL has no cost_usd line:\n%s", ddl)
+	}
+	query(t, s, line.ReplaceAllString(ddl, ""))
+	query(t, s, "INSERT INTO "+table+" (request_id, user, start, first_token, end) VALUES ('old', 'u0', now(), now(), now())")
+	for _, col := range sink.AddedColumns {
+		alter := sink.AddColumnSQL(version, table, col)
+		query(t, s, alter)
+		query(t, s, alter) // a second replica, or a restart
+	}
+	show := query(t, s, "SHOW CREATE TABLE "+table)
+	if !regexp.MustCompile("`estimated_tokens` Int64 CODEC\\(T64, ZSTD\\(1\\)\\),(\\\\n| )*`cost_usd` Float64 DEFAULT 0 CODEC\\(Gorilla").MatchString(show) {
+		t.Fatalf("cost_usd not added after estimated_tokens:\n%s", show)
+	}
+	start := time.Now().UTC()
+	recs := []*sink.Record{{RequestID: "new1", User: "u0", Start: start, End: start, CostUSD: 0.000123},
+		{RequestID: "new2", User: "u0", Start: start, End: start, CostUSD: 1.5}}
+	query(t, s, "INSERT INTO "+table+" ("+strings.Join(sink.Columns, ", ")+") VALUES\n"+values(recs))
+	if got, want := query(t, s, "SELECT request_id, cost_usd FROM "+table+" FINAL ORDER BY request_id"), "new1\t0.000123\nnew2\t1.5\nold\t0"; got != want {
+		t.Fatalf("cost_usd by request:\n%s\nwant\n%s", got, want)
+	}
+	if got := query(t, s, "SELECT countIf(cost_usd = 0.000123) + countIf(cost_usd = 1.5) FROM "+table); got != "2" {
+		t.Fatalf("exact cost matches %s, want 2", got)
 	}
 }
