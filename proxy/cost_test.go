@@ -136,3 +136,45 @@ func TestFindUsageCached(t *testing.T) {
 		}
 	}
 }
+
+// TestCostEmbeddingsAndChoices: an embedding is priced by its input
+// tokens alone; an answer with n > 1 choices by the usage the provider
+// reports, which counts every choice's completion tokens.
+func TestCostEmbeddingsAndChoices(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasSuffix(r.URL.Path, "/embeddings") {
+			fmt.Fprint(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":1000,"total_tokens":1000}}`)
+			return
+		}
+		// three choices of 200 completion tokens each: the usage says 600
+		fmt.Fprint(w, `{"id":"c","object":"chat.completion","model":"gpt-4o-mini","choices":[`+
+			`{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"stop"},`+
+			`{"index":1,"message":{"role":"assistant","content":"b"},"finish_reason":"stop"},`+
+			`{"index":2,"message":{"role":"assistant","content":"c"},"finish_reason":"stop"}],`+
+			`"usage":{"prompt_tokens":50,"completion_tokens":600,"total_tokens":650}}`)
+	})
+	pol := "tiers: {t: {}}\nkeys:\n  - {id: k, user: u, tier: t, show_cost: true, sha256: " + policy.HashKey("sk-k") + "}\n" +
+		"prices:\n  \"gpt-4o-mini\": {input: 0.15, output: 0.60}\n  \"text-embedding-3-small\": {input: 0.02}\n"
+	addr := policyServer(t, h, pol, nil)
+	for _, c := range []struct {
+		path, body string
+		want       float64
+	}{
+		{"/v1/embeddings", `{"model":"text-embedding-3-small","input":"hello"}`, 1000 * 0.02 / 1e6},
+		{"/v1/chat/completions", `{"model":"gpt-4o-mini","n":3,"messages":[{"role":"user","content":"hi"}]}`, (50*0.15 + 600*0.60) / 1e6},
+	} {
+		req, _ := http.NewRequest("POST", "http://"+addr+c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer sk-k")
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		got, err := strconv.ParseFloat(resp.Header.Get("X-Sluice-Cost-Usd"), 64)
+		if resp.StatusCode != 200 || err != nil || math.Abs(got-c.want) > 1e-15 {
+			t.Errorf("%s: %d, X-Sluice-Cost-Usd %q, want %g", c.path, resp.StatusCode, resp.Header.Get("X-Sluice-Cost-Usd"), c.want)
+		}
+	}
+}
