@@ -3,12 +3,10 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"sluice/policy"
 )
@@ -30,16 +28,8 @@ func TestBudgetAnswers(t *testing.T) {
 		"prices:\n  \"gpt-4o-mini\": {input: 1, output: 2}\n"
 	addr := policyServer(t, h, pol, nil)
 	do := func(maxTokens int) (*http.Response, string) {
-		body := `{"model":"gpt-4o-mini","max_tokens":` + strconv.Itoa(maxTokens) + `,"messages":[{"role":"user","content":"hi"}]}`
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer sk-k")
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		return resp, string(b)
+		return postAs(t, addr, "sk-k", "/v1/chat/completions",
+			`{"model":"gpt-4o-mini","max_tokens":`+strconv.Itoa(maxTokens)+`,"messages":[{"role":"user","content":"hi"}]}`)
 	}
 	// worst case: a few prompt tokens at $1/M plus 1000 completion at $2/M
 	// ≈ $0.002; the answer costs $0.002 too. Two fit $0.005, a third's

@@ -48,16 +48,7 @@ func TestCostOfAnswers(t *testing.T) {
 		"prices:\n  \"gpt-4o-mini\": {input: 0.15, output: 0.60, cached_input: 0.075}\nunpriced: refuse\n"
 	addr := policyServer(t, h, pol, reg)
 	do := func(key, body string) (*http.Response, string) {
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions", strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+key)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		_ = resp.Body.Close()
-		return resp, string(b)
+		return postAs(t, addr, key, "/v1/chat/completions", body)
 	}
 	// 176 uncached × $0.15 + 1,024 cached × $0.075 + 300 (120 of them
 	// reasoning) × $0.60 per 1M = $0.0002832.
@@ -108,6 +99,22 @@ func TestCostOfAnswers(t *testing.T) {
 	if resp.StatusCode != 403 || !strings.Contains(body, "model_not_priced") {
 		t.Fatalf("unpriced model: %d %s", resp.StatusCode, body)
 	}
+}
+
+// postAs posts a JSON body to path on the server at addr with the key, and
+// returns the answer and its body.
+func postAs(t *testing.T, addr, key, path, body string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	return resp, string(b)
 }
 
 // gatherCounter sums every child of the counter name in reg.
@@ -164,14 +171,7 @@ func TestCostEmbeddingsAndChoices(t *testing.T) {
 		{"/v1/embeddings", `{"model":"text-embedding-3-small","input":"hello"}`, 1000 * 0.02 / 1e6},
 		{"/v1/chat/completions", `{"model":"gpt-4o-mini","n":3,"messages":[{"role":"user","content":"hi"}]}`, (50*0.15 + 600*0.60) / 1e6},
 	} {
-		req, _ := http.NewRequest("POST", "http://"+addr+c.path, strings.NewReader(c.body))
-		req.Header.Set("Authorization", "Bearer sk-k")
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
+		resp, _ := postAs(t, addr, "sk-k", c.path, c.body)
 		got, err := strconv.ParseFloat(resp.Header.Get("X-Sluice-Cost-Usd"), 64)
 		if resp.StatusCode != 200 || err != nil || math.Abs(got-c.want) > 1e-15 {
 			t.Errorf("%s: %d, X-Sluice-Cost-Usd %q, want %g", c.path, resp.StatusCode, resp.Header.Get("X-Sluice-Cost-Usd"), c.want)
