@@ -47,9 +47,7 @@ func BenchmarkIter(b *testing.B) {
 
 // BenchmarkAppendUnescaped decodes the escaped user message of the body.
 func BenchmarkAppendUnescaped(b *testing.B) {
-	it := NewIter(chat1K)
-	msgs := Field(chat1K, "messages")
-	it = NewIter(msgs)
+	it := NewIter(Field(chat1K, "messages"))
 	it.Next()
 	_, user, _ := it.Next()
 	body, _ := StrBody(Field(user, "content"))
