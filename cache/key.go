@@ -8,8 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"unicode/utf16"
 	"unicode/utf8"
+
+	"sluice/internal/jsonw"
 )
 
 // Key identifies one cached answer: the SHA-256 of a canonical form of the
@@ -414,74 +415,22 @@ func (c *canon) readString(dst []byte) ([]byte, error) {
 			c.i++
 			return dst, nil
 		}
-		// An escape.
+		// An escape: checked here, decoded by jsonw (a surrogate pair is
+		// one rune, a lone surrogate U+FFFD, as encoding/json decodes them).
 		if c.i+1 >= len(c.b) {
 			return dst, ErrSyntax
 		}
-		e := c.b[c.i+1]
-		c.i += 2
-		switch e {
-		case '"', '\\', '/':
-			dst = append(dst, e)
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
+		switch c.b[c.i+1] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 		case 'u':
-			r, ok := c.hex4()
-			if !ok {
+			if jsonw.Hex4(c.b[c.i+2:]) < 0 {
 				return dst, ErrSyntax
 			}
-			if utf16.IsSurrogate(r) {
-				r2 := rune(-1)
-				if c.i+1 < len(c.b) && c.b[c.i] == '\\' && c.b[c.i+1] == 'u' {
-					save := c.i
-					c.i += 2
-					var ok2 bool
-					if r2, ok2 = c.hex4(); !ok2 {
-						return dst, ErrSyntax
-					}
-					if d := utf16.DecodeRune(r, r2); d != utf8.RuneError {
-						r = d
-					} else {
-						c.i = save
-						r = utf8.RuneError
-					}
-				} else {
-					r = utf8.RuneError
-				}
-			}
-			dst = utf8.AppendRune(dst, r)
 		default:
 			return dst, ErrSyntax
 		}
+		r, n := jsonw.Unescape(c.b[c.i:])
+		c.i += n
+		dst = utf8.AppendRune(dst, r)
 	}
-}
-
-func (c *canon) hex4() (rune, bool) {
-	if c.i+4 > len(c.b) {
-		return 0, false
-	}
-	var r rune
-	for _, h := range c.b[c.i : c.i+4] {
-		r <<= 4
-		switch {
-		case h >= '0' && h <= '9':
-			r |= rune(h - '0')
-		case h >= 'a' && h <= 'f':
-			r |= rune(h - 'a' + 10)
-		case h >= 'A' && h <= 'F':
-			r |= rune(h - 'A' + 10)
-		default:
-			return 0, false
-		}
-	}
-	c.i += 4
-	return r, true
 }

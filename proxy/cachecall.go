@@ -9,6 +9,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"sluice/cache"
+	"sluice/internal/jsonw"
 	"sluice/policy"
 )
 
@@ -263,11 +264,11 @@ var (
 
 // isJSONObject reports whether body is one whole, valid JSON object.
 func isJSONObject(body []byte) bool {
-	sc := scanner{b: body}
-	sc.ws()
-	if sc.kind() != 'o' || !sc.value(1) {
+	sc := jsonw.Scanner{B: body}
+	sc.WS()
+	if sc.Kind() != jsonw.Object || !sc.Value(1) {
 		return false
 	}
-	sc.ws()
-	return sc.i == len(sc.b)
+	sc.WS()
+	return sc.I == len(sc.B)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 
+	"sluice/internal/jsonw"
 	"sluice/policy"
 )
 
@@ -64,124 +65,125 @@ type scanError struct {
 func (e *scanError) Error() string { return e.msg }
 
 // maxJSONDepth bounds nesting of the request body; deeper bodies are a 400.
-const maxJSONDepth = 128
+const maxJSONDepth = jsonw.MaxDepth
+
+// reqScanner is the request scan: the JSON walker, and the 400s it
+// reports in OpenAI's words.
+type reqScanner struct{ jsonw.Scanner }
 
 // scanRequest validates body as one JSON object and fills f with the fields
 // the proxy needs. It returns nil or a *scanError.
 func scanRequest(body []byte, f *reqFields) *scanError {
 	f.reset()
-	s := scanner{b: body}
-	s.ws()
-	if s.i >= len(s.b) || s.b[s.i] != '{' {
-		if s.i >= len(s.b) {
+	s := reqScanner{jsonw.Scanner{B: body}}
+	s.WS()
+	if s.I >= len(s.B) || s.B[s.I] != '{' {
+		if s.I >= len(s.B) {
 			return &scanError{msg: "We could not parse the JSON body of your request: the body is empty. The API expects a JSON object."}
 		}
 		return &scanError{msg: "We could not parse the JSON body of your request: the body must be a JSON object."}
 	}
-	s.i++
+	s.I++
 	for first := true; ; first = false {
-		s.ws()
-		if s.i < len(s.b) && s.b[s.i] == '}' && first {
-			s.i++
+		s.WS()
+		if s.I < len(s.B) && s.B[s.I] == '}' && first {
+			s.I++
 			break
 		}
-		keyStart := s.i
-		if !s.string() {
+		keyStart := s.I
+		if !s.Str() {
 			return s.syntaxError()
 		}
-		key := s.b[keyStart+1 : s.i-1]
-		if s.escaped {
-			key = unescape(s.b[keyStart:s.i])
-		}
-		s.ws()
-		if !s.byte(':') {
+		key := s.StrValue(keyStart)
+		s.WS()
+		if !s.Byte(':') {
 			return s.syntaxError()
 		}
-		s.ws()
+		s.WS()
 		if err := s.field(key, f); err != nil {
 			return err
 		}
-		s.ws()
-		if s.byte(',') {
+		s.WS()
+		if s.Byte(',') {
 			continue
 		}
-		if s.byte('}') {
+		if s.Byte('}') {
 			break
 		}
 		return s.syntaxError()
 	}
-	s.ws()
-	if s.i != len(s.b) {
+	s.WS()
+	if s.I != len(s.B) {
 		return s.syntaxError()
 	}
 	return nil
 }
 
 // field scans the value of one top-level key.
-func (s *scanner) field(key []byte, f *reqFields) *scanError {
+func (s *reqScanner) field(key []byte, f *reqFields) *scanError {
 	switch string(key) {
 	case "model":
-		start := s.i
-		switch s.kind() {
-		case 's':
-			if !s.string() {
+		start := s.I
+		switch s.Kind() {
+		case jsonw.String:
+			if !s.Str() {
 				return s.syntaxError()
 			}
-			f.modelStart, f.modelEnd = start, s.i
-			f.model = s.strValue(start)
+			f.modelStart, f.modelEnd = start, s.I
+			f.model = s.StrValue(start)
 			return nil
 		}
 		return s.typeError("model", "a string")
 	case "user":
-		start := s.i
-		switch s.kind() {
-		case 's':
-			if !s.string() {
+		start := s.I
+		switch s.Kind() {
+		case jsonw.String:
+			if !s.Str() {
 				return s.syntaxError()
 			}
-			f.user = s.strValue(start)
+			f.user = s.StrValue(start)
 			return nil
-		case 'n':
+		case jsonw.Null:
 			return s.null()
 		}
 		return s.typeError("user", "a string")
 	case "stream":
-		switch s.kind() {
-		case 't', 'f':
-			v, ok := s.bool()
+		switch s.Kind() {
+		case jsonw.True, jsonw.False:
+			v, ok := s.Bool()
 			if !ok {
 				return s.syntaxError()
 			}
 			f.stream = v
 			return nil
-		case 'n':
+		case jsonw.Null:
 			return s.null()
 		}
 		return s.typeError("stream", "a boolean")
 	case "stream_options":
-		f.optsStart = s.i
-		switch s.kind() {
-		case 'o':
+		f.optsStart = s.I
+		switch s.Kind() {
+		case jsonw.Object:
 			f.hasStreamOptions = true
 			err := s.streamOptions(f)
-			f.optsEnd = s.i
+			f.optsEnd = s.I
 			return err
-		case 'n':
+		case jsonw.Null:
 			err := s.null()
-			f.optsEnd = s.i
+			f.optsEnd = s.I
 			return err
 		}
 		return s.typeError("stream_options", "an object")
 	case "max_tokens", "max_completion_tokens", "max_output_tokens", "n":
-		switch s.kind() {
-		case 'd':
-			start := s.i
-			v, ok := s.integer()
+		switch s.Kind() {
+		case jsonw.Number:
+			start := s.I
+			v, ok := s.Integer()
 			if !ok {
-				if s.i != start {
+				if s.I != start {
 					// A whole number beyond int64: past any bound.
 					v = maxInt64
-					if s.b[start] == '-' {
+					if s.B[start] == '-' {
 						v = -maxInt64 - 1
 					}
 				} else {
@@ -200,86 +202,74 @@ func (s *scanner) field(key []byte, f *reqFields) *scanError {
 				f.maxTokens = v
 			}
 			return nil
-		case 'n':
+		case jsonw.Null:
 			return s.null()
 		}
 		return s.typeError(string(key), "an integer")
 	}
-	start := s.i
-	if !s.value(1) {
+	start := s.I
+	if !s.Value(1) {
 		return s.syntaxError()
 	}
 	if f.contentEnd == 0 {
 		switch string(key) {
 		case "messages", "input", "prompt":
-			f.contentStart, f.contentEnd = start, s.i
+			f.contentStart, f.contentEnd = start, s.I
 		}
 	}
 	return nil
 }
 
-func (s *scanner) streamOptions(f *reqFields) *scanError {
-	s.i++ // '{'
+func (s *reqScanner) streamOptions(f *reqFields) *scanError {
+	s.I++ // '{'
 	for first := true; ; first = false {
-		s.ws()
-		if first && s.byte('}') {
+		s.WS()
+		if first && s.Byte('}') {
 			return nil
 		}
-		keyStart := s.i
-		if !s.string() {
+		keyStart := s.I
+		if !s.Str() {
 			return s.syntaxError()
 		}
-		key := s.b[keyStart+1 : s.i-1]
-		if s.escaped {
-			key = unescape(s.b[keyStart:s.i])
-		}
-		s.ws()
-		if !s.byte(':') {
+		key := s.StrValue(keyStart)
+		s.WS()
+		if !s.Byte(':') {
 			return s.syntaxError()
 		}
-		s.ws()
+		s.WS()
 		if string(key) == "include_usage" {
-			f.usageStart = s.i
-			switch s.kind() {
-			case 't', 'f':
-				v, ok := s.bool()
+			f.usageStart = s.I
+			switch s.Kind() {
+			case jsonw.True, jsonw.False:
+				v, ok := s.Bool()
 				if !ok {
 					return s.syntaxError()
 				}
 				f.includeUsage = v
-			case 'n':
+			case jsonw.Null:
 				if err := s.null(); err != nil {
 					return err
 				}
 			default:
 				return s.typeError("stream_options.include_usage", "a boolean")
 			}
-			f.usageEnd = s.i
-		} else if !s.value(2) {
+			f.usageEnd = s.I
+		} else if !s.Value(2) {
 			return s.syntaxError()
 		}
-		s.ws()
-		if s.byte(',') {
+		s.WS()
+		if s.Byte(',') {
 			continue
 		}
-		if s.byte('}') {
+		if s.Byte('}') {
 			return nil
 		}
 		return s.syntaxError()
 	}
 }
 
-// plainASCII marks the bytes a JSON string holds as they are: printable
-// ASCII other than the quote and the backslash.
-var plainASCII = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
-		t[c] = c != '"' && c != '\\'
-	}
-	return t
-}()
-
-func (s *scanner) null() *scanError {
-	if s.literal("null") {
+func (s *reqScanner) null() *scanError {
+	if s.Literal("null") {
 		return nil
 	}
 	return s.syntaxError()
@@ -323,29 +313,29 @@ func intRange(key []byte, v, lo, hi int64) *scanError {
 	return nil
 }
 
-func (s *scanner) syntaxError() *scanError {
+func (s *reqScanner) syntaxError() *scanError {
 	return &scanError{msg: "We could not parse the JSON body of your request: invalid JSON at byte " +
-		strconv.Itoa(s.i) + ". The API expects a JSON object."}
+		strconv.Itoa(s.I) + ". The API expects a JSON object."}
 }
 
-func (s *scanner) typeError(param, want string) *scanError {
+func (s *reqScanner) typeError(param, want string) *scanError {
 	got := ""
-	switch s.kind() {
-	case 0:
+	switch s.Kind() {
+	case jsonw.Invalid:
 		// No JSON value starts here (the body ends, or a stray byte): the
 		// body is malformed, whatever the field.
 		return s.syntaxError()
-	case 's':
+	case jsonw.String:
 		got = "a string"
-	case 'o':
+	case jsonw.Object:
 		got = "an object"
-	case 'a':
+	case jsonw.Array:
 		got = "an array"
-	case 't', 'f':
+	case jsonw.True, jsonw.False:
 		got = "a boolean"
-	case 'n':
+	case jsonw.Null:
 		got = "null"
-	case 'd':
+	case jsonw.Number:
 		got = "a number"
 	}
 	return &scanError{param: param, msg: "Invalid type for '" + param + "': expected " + want + ", but got " + got + " instead."}
@@ -367,9 +357,9 @@ func withIncludeUsage(body []byte, f *reqFields) []byte {
 		at = f.optsStart + 1
 		end = at
 		insert = `"include_usage":true,`
-		s := scanner{b: body, i: at}
-		s.ws()
-		if s.i < len(body) && body[s.i] == '}' {
+		s := jsonw.Scanner{B: body, I: at}
+		s.WS()
+		if s.I < len(body) && body[s.I] == '}' {
 			insert = `"include_usage":true`
 		}
 	case f.optsEnd > f.optsStart: // "stream_options": null

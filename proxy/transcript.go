@@ -11,6 +11,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"sluice/internal/jsonw"
 	"sluice/sink"
 )
 
@@ -134,34 +135,34 @@ func (t *txState) noteContent(v []byte, stream bool) {
 // topLevelValue returns the raw JSON value of the first of keys found at
 // the top level of the object body (already validated), or nil.
 func topLevelValue(body []byte, keys []string) []byte {
-	s := scanner{b: body}
-	s.ws()
-	if !s.byte('{') {
+	s := jsonw.Scanner{B: body}
+	s.WS()
+	if !s.Byte('{') {
 		return nil
 	}
 	for {
-		s.ws()
-		keyStart := s.i
-		if !s.string() {
+		s.WS()
+		keyStart := s.I
+		if !s.Str() {
 			return nil
 		}
-		key := s.b[keyStart+1 : s.i-1]
-		s.ws()
-		if !s.byte(':') {
+		key := s.B[keyStart+1 : s.I-1]
+		s.WS()
+		if !s.Byte(':') {
 			return nil
 		}
-		s.ws()
-		start := s.i
-		if !s.value(1) {
+		s.WS()
+		start := s.I
+		if !s.Value(1) {
 			return nil
 		}
 		for _, k := range keys {
 			if string(key) == k {
-				return body[start:s.i]
+				return body[start:s.I]
 			}
 		}
-		s.ws()
-		if !s.byte(',') {
+		s.WS()
+		if !s.Byte(',') {
 			return nil
 		}
 	}
@@ -222,17 +223,17 @@ func nextString(b, key []byte) (val, rest []byte, ok bool) {
 		if i < 0 {
 			return nil, nil, false
 		}
-		s := scanner{b: b, i: i + len(key)}
-		s.ws()
-		start := s.i
-		if s.kind() != 's' {
-			b = b[s.i:]
+		s := jsonw.Scanner{B: b, I: i + len(key)}
+		s.WS()
+		start := s.I
+		if s.Kind() != jsonw.String {
+			b = b[s.I:]
 			continue
 		}
-		if !s.string() {
+		if !s.Str() {
 			return nil, nil, false
 		}
-		return s.strValue(start), b[s.i:], true
+		return s.StrValue(start), b[s.I:], true
 	}
 }
 

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bytes"
+
+	"sluice/internal/jsonw"
 )
 
 // usage is what an answer reports it cost, in tokens.
@@ -49,26 +51,26 @@ func findUsage(b []byte) usage {
 
 // parseUsage reads the token counts of the usage object at the start of b.
 func parseUsage(b []byte) (usage, bool) {
-	s := scanner{b: b, i: 1}
+	s := jsonw.Scanner{B: b, I: 1}
 	var u usage
 	for first := true; ; first = false {
-		s.ws()
-		if first && s.byte('}') {
+		s.WS()
+		if first && s.Byte('}') {
 			return u, true
 		}
-		keyStart := s.i
-		if !s.string() {
+		keyStart := s.I
+		if !s.Str() {
 			return usage{}, false
 		}
-		key := s.b[keyStart+1 : s.i-1]
-		s.ws()
-		if !s.byte(':') {
+		key := s.B[keyStart+1 : s.I-1]
+		s.WS()
+		if !s.Byte(':') {
 			return usage{}, false
 		}
-		s.ws()
+		s.WS()
 		switch string(key) {
 		case "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens":
-			v, ok := s.integer()
+			v, ok := s.Integer()
 			if !ok {
 				return usage{}, false
 			}
@@ -83,15 +85,15 @@ func parseUsage(b []byte) (usage, bool) {
 				return usage{}, false
 			}
 		default:
-			if !s.value(2) {
+			if !s.Value(2) {
 				return usage{}, false
 			}
 		}
-		s.ws()
-		if s.byte(',') {
+		s.WS()
+		if s.Byte(',') {
 			continue
 		}
-		if s.byte('}') {
+		if s.Byte('}') {
 			return u, true
 		}
 		return usage{}, false
@@ -100,40 +102,40 @@ func parseUsage(b []byte) (usage, bool) {
 
 // parseCached reads a usage details value at s (an object, or null) into
 // u.cached: its cached_tokens.
-func parseCached(s *scanner, u *usage) bool {
-	if s.i >= len(s.b) || s.b[s.i] != '{' {
-		return s.value(2) // null, or a shape Sluice does not read
+func parseCached(s *jsonw.Scanner, u *usage) bool {
+	if s.I >= len(s.B) || s.B[s.I] != '{' {
+		return s.Value(2) // null, or a shape Sluice does not read
 	}
-	s.i++
+	s.I++
 	for first := true; ; first = false {
-		s.ws()
-		if first && s.byte('}') {
+		s.WS()
+		if first && s.Byte('}') {
 			return true
 		}
-		keyStart := s.i
-		if !s.string() {
+		keyStart := s.I
+		if !s.Str() {
 			return false
 		}
-		key := s.b[keyStart+1 : s.i-1]
-		s.ws()
-		if !s.byte(':') {
+		key := s.B[keyStart+1 : s.I-1]
+		s.WS()
+		if !s.Byte(':') {
 			return false
 		}
-		s.ws()
+		s.WS()
 		if string(key) == "cached_tokens" {
-			v, ok := s.integer()
+			v, ok := s.Integer()
 			if !ok {
 				return false
 			}
 			u.cached = v
-		} else if !s.value(3) {
+		} else if !s.Value(3) {
 			return false
 		}
-		s.ws()
-		if s.byte(',') {
+		s.WS()
+		if s.Byte(',') {
 			continue
 		}
-		return s.byte('}')
+		return s.Byte('}')
 	}
 }
 

@@ -35,7 +35,7 @@ const (
 // object.
 func (w *walker) request(kind Kind, body []byte) (uint64, bool) {
 	it := newIter(body[skipWS(body, 0):])
-	if it.end != '}' {
+	if !it.IsObject() {
 		return 0, false
 	}
 	var sum uint64
@@ -76,7 +76,7 @@ func (w *walker) request(kind Kind, body []byte) (uint64, bool) {
 			}
 		}
 	}
-	if it.bad {
+	if it.Bad() {
 		return 0, false
 	}
 	if kind == Chat || kind == Responses {
