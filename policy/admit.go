@@ -76,6 +76,11 @@ type Admission struct {
 	kinds    []ruleInfo   // per rule of req.Rules
 	leases   []ruleInfo   // per lease of req.Leases
 	settle   []limit.Rule // scratch: the token rules to settle
+	// track are the spend counters without a cap (budget.go): nothing to
+	// decide, so they are left out of the reservation and only charged
+	// when the request is settled; trackKinds describe them.
+	track      []limit.Rule
+	trackKinds []ruleInfo
 	store    limit.Store
 	tier     string
 	finished bool
@@ -307,7 +312,13 @@ func (l *Limiter) AdmitCounting(ctx context.Context, pol *Policy, a *Ask, exact 
 	l.build(ad, &a.Plan, a.Tokens, ad.Worst, a.RequestID, 1)
 	ad.req.MaxWait = int64(a.MaxWait / time.Microsecond)
 	if len(ad.req.Rules) == 0 && len(ad.req.Leases) == 0 {
+		// Nothing to decide; spend counters without a cap are still
+		// charged at settlement, in the limiter's store.
 		l.count(ad.tier, "none", "none", "admitted")
+		ad.Outcome = Admitted
+		if len(ad.track) > 0 {
+			ad.store = l.store
+		}
 		return ad
 	}
 	ad.Reserved = a.Tokens
@@ -504,6 +515,12 @@ func (l *Limiter) Finish(ctx context.Context, ad *Admission, actual int64, cost 
 				ad.settle = append(ad.settle, r)
 			}
 		}
+		if spent > 0 {
+			for _, r := range ad.track {
+				r.Cost = spent
+				ad.settle = append(ad.settle, r)
+			}
+		}
 		// One step (one Redis round trip): tokens and spend settled, slots
 		// released.
 		if err := ad.store.Settle(ctx, ad.settle, ad.req.Leases, ad.req.LeaseID); err != nil {
@@ -539,10 +556,10 @@ func (l *Limiter) storeRecovered() {
 
 func (ad *Admission) reset() {
 	rules, leases, kinds, lkinds, settle := ad.req.Rules[:0], ad.req.Leases[:0], ad.kinds[:0], ad.leases[:0], ad.settle[:0]
-	rem, res := ad.dec.Remaining[:0], ad.dec.Reset[:0]
+	rem, res, track, tkinds := ad.dec.Remaining[:0], ad.dec.Reset[:0], ad.track[:0], ad.trackKinds[:0]
 	*ad = Admission{}
 	ad.req.Rules, ad.req.Leases, ad.kinds, ad.leases, ad.settle = rules, leases, kinds, lkinds, settle
-	ad.dec.Remaining, ad.dec.Reset = rem, res
+	ad.dec.Remaining, ad.dec.Reset, ad.track, ad.trackKinds = rem, res, track, tkinds
 }
 
 // Stores returns the limiter's bucket store and, for a shared store, its

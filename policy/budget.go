@@ -174,8 +174,9 @@ func (l *Limiter) spendKeysFor(scope, model string, w *window) *spendKeys {
 
 // addSpend adds a scope's day and month counters: a budget reserves the
 // request's worst case (µUSD) against its cap (divided by div in local
-// fallback mode); a scope without a cap only counts (cost 0 until
-// settled).
+// fallback mode); a counter without a cap only counts, so it stays out of
+// the reservation (ad.track) and is charged at settlement: spend counting
+// costs the store nothing at admission.
 func (l *Limiter) addSpend(ad *Admission, scope string, keys *spendKeys, b SpendBudget, worst, div int64, w *window) {
 	for _, c := range [2]struct {
 		kind  string
@@ -185,10 +186,12 @@ func (l *Limiter) addSpend(ad *Admission, scope string, keys *spendKeys, b Spend
 	}{{LimitBudgetDaily, keys.dayKey, b.DailyUSD, w.dayEnd}, {LimitBudgetMonthly, keys.monthKey, b.MonthlyUSD, w.monthEnd}} {
 		r := limit.Rule{Key: c.key, Interval: 1, Burst: unlimitedMicros, Until: c.until}
 		info := ruleInfo{kind: c.kind, scope: scope, usd: true}
-		if c.usd > 0 {
-			info.limit = Micros(c.usd)
-			r.Burst, r.Cost = max(info.limit/div, 1), worst
+		if c.usd <= 0 {
+			ad.track, ad.trackKinds = append(ad.track, r), append(ad.trackKinds, info)
+			continue
 		}
+		info.limit = Micros(c.usd)
+		r.Burst, r.Cost = max(info.limit/div, 1), worst
 		ad.req.Rules = append(ad.req.Rules, r)
 		ad.kinds = append(ad.kinds, info)
 	}

@@ -91,6 +91,7 @@ func (l *Limiter) Usage(ctx context.Context, pl *Plan) ([]BucketUsage, error) {
 	var ad Admission
 	l.build(&ad, pl, 0, 0, "", 1)
 	ad.req.Leases = nil
+	ad.req.Rules, ad.kinds = append(ad.req.Rules, ad.track...), append(ad.kinds, ad.trackKinds...)
 	for i := range ad.req.Rules {
 		ad.req.Rules[i].Cost = 0
 	}

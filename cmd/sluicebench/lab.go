@@ -31,14 +31,21 @@ var benchKeys = func() []string {
 // with and without burst, tpm, tpd, concurrency, a per-model rule, weights,
 // a max wait) high enough never to refuse the benchmark's load, so every
 // request runs the bucket arithmetic but none waits; the cache on for every
-// tier ("all": a request with temperature 0.3 is looked up too).
+// tier ("all": a request with temperature 0.3 is looked up too); prices, so
+// every request's spend is counted for its user, key and team, and budgets
+// (starter's users, the research team) too large to refuse anything.
 const benchPolicies = `on_store_error: local
+prices:
+  "*": {input: 0.15, output: 0.60}
+teams:
+  research: {budget: {daily_usd: 1000000, monthly_usd: 1000000}}
 tiers:
   starter:
     rpm: 100000000
     tpm: 1000000000000
     tpd: 100000000000000
     concurrent: 20000
+    budget: {daily_usd: 1000000, monthly_usd: 1000000}
     cache: all
   pro:
     rpm: {limit: 100000000, burst: 10000000}

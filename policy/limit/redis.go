@@ -95,9 +95,10 @@ func (s *Redis) args(req *Request) ([]string, []any) {
 	keys := make([]string, 0, len(req.Rules)+len(req.Leases))
 	args := make([]any, 0, 4+4*len(req.Rules)+2*len(req.Leases))
 	args = append(args, req.Now, req.MaxWait, req.LeaseID, len(req.Rules))
+	var b boxer
 	for _, r := range req.Rules {
 		keys = append(keys, s.prefix+r.Key)
-		args = append(args, r.Interval, r.Burst, r.Cost, r.Until)
+		args = append(args, b.box(r.Interval), b.box(r.Burst), b.box(r.Cost), b.box(r.Until))
 	}
 	for _, l := range req.Leases {
 		keys = append(keys, s.prefix+l.Key)
@@ -200,9 +201,10 @@ func (s *Redis) Settle(ctx context.Context, rules []Rule, leases []Lease, leaseI
 	keys := make([]string, 0, len(rules)+len(leases))
 	args := make([]any, 0, 3+3*len(rules))
 	args = append(args, 0, len(rules), leaseID)
+	var b boxer
 	for _, r := range rules {
 		keys = append(keys, s.prefix+r.Key)
-		args = append(args, r.Interval, r.Cost, r.Until)
+		args = append(args, b.box(r.Interval), b.box(r.Cost), b.box(r.Until))
 	}
 	for _, l := range leases {
 		keys = append(keys, s.prefix+l.Key)
@@ -211,4 +213,31 @@ func (s *Redis) Settle(ctx context.Context, rules []Rule, leases []Lease, leaseI
 		return fmt.Errorf("redis settle: %w", err)
 	}
 	return nil
+}
+
+// boxer turns a call's integer arguments into interface values, boxing
+// each distinct value once: a request's rules repeat theirs (the windows'
+// ends, a cost charged to several counters, equal bursts), and every box
+// of a value above 255 is an allocation.
+type boxer struct {
+	v [8]int64
+	b [8]any
+	n int
+}
+
+func (x *boxer) box(v int64) any {
+	if v >= 0 && v < 256 {
+		return v // the runtime boxes these without allocating
+	}
+	for i := range x.n {
+		if x.v[i] == v {
+			return x.b[i]
+		}
+	}
+	b := any(v)
+	if x.n < len(x.v) {
+		x.v[x.n], x.b[x.n] = v, b
+		x.n++
+	}
+	return b
 }
