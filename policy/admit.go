@@ -71,19 +71,19 @@ type Admission struct {
 	// Worst is the request's reserved cost, in µUSD (0 without a budget).
 	Worst int64
 
-	req      limit.Request
-	dec      limit.Decision
-	kinds    []ruleInfo   // per rule of req.Rules
-	leases   []ruleInfo   // per lease of req.Leases
-	settle   []limit.Rule // scratch: the token rules to settle
+	req    limit.Request
+	dec    limit.Decision
+	kinds  []ruleInfo   // per rule of req.Rules
+	leases []ruleInfo   // per lease of req.Leases
+	settle []limit.Rule // scratch: the token rules to settle
 	// track are the spend counters without a cap (budget.go): nothing to
 	// decide, so they are left out of the reservation and only charged
 	// when the request is settled; trackKinds describe them.
 	track      []limit.Rule
 	trackKinds []ruleInfo
-	store    limit.Store
-	tier     string
-	finished bool
+	store      limit.Store
+	tier       string
+	finished   bool
 	// waiting is the user's waiting counter this request holds, if any,
 	// and waitScope the user scope it is filed under.
 	waiting   *atomic.Int64
