@@ -204,32 +204,18 @@ func getOrHead(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// policyPage is the policy page's data: the view plus the filtered keys.
+// policyPage is the policy page's data: the view plus the filter.
 type policyPage struct {
 	PolicyView
-	// Query is the key filter; Shown the keys it matched, at most
-	// maxKeysShown; Matched how many matched in all.
-	Query   string
-	Shown   []KeyView
-	Matched int
+	// Query is the key filter.
+	Query string
 	// MoreChanges is how many change lines are not shown.
 	MoreChanges int
 }
 
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
-	pv := h.o.Source.Policy()
 	q := strings.TrimSpace(r.URL.Query().Get("q"))
-	pp := policyPage{PolicyView: pv, Query: q}
-	for _, k := range pv.Keys {
-		if q != "" && !strings.Contains(k.ID, q) && !strings.Contains(k.User, q) &&
-			!strings.Contains(k.Team, q) && k.Tier != q {
-			continue
-		}
-		pp.Matched++
-		if len(pp.Shown) < maxKeysShown {
-			pp.Shown = append(pp.Shown, k)
-		}
-	}
+	pp := policyPage{PolicyView: h.o.Source.Policy(q, maxKeysShown), Query: q}
 	if n := len(pp.Changes); n > maxChangesShown {
 		pp.Changes, pp.MoreChanges = pp.Changes[:maxChangesShown], n-maxChangesShown
 	}

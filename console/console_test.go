@@ -39,14 +39,25 @@ func (f *fakeSource) User(_ context.Context, key, user string) (UserView, error)
 	return u, nil
 }
 
-func (f *fakeSource) Policy() PolicyView {
-	return PolicyView{Reload: ReloadView{Known: true, SHA256: "abcdef0123456789"}, OnStoreError: "local", Zone: "UTC",
+func (f *fakeSource) Policy(filter string, max int) PolicyView {
+	pv := PolicyView{Reload: ReloadView{Known: true, SHA256: "abcdef0123456789"}, OnStoreError: "local", Zone: "UTC",
 		Tiers: []TierView{{Name: "gold-tier", Limits: "rpm 600", Shadow: "rpm 300", ShadowWouldReject: 7, Queue: "max wait 5s"},
 			{Name: "free-tier", Limits: "rpm 10"}},
 		Keys: []KeyView{{ID: "k-alice", User: "alice", Team: "red", Tier: "gold-tier"},
 			{ID: "k-script", User: "<script>alert(1)</script>", Tier: "free-tier"},
 			{ID: "app", User: "app", Tier: "free-tier", Trusted: true}},
 		Changes: []string{"~ tier free-tier rpm: 5 -> 10"}, ChangedAt: time.Unix(1e9, 0)}
+	all := pv.Keys
+	pv.Keys, pv.KeysTotal = nil, len(all)
+	for _, k := range all {
+		if filter == "" || strings.Contains(k.ID, filter) || strings.Contains(k.User, filter) || k.Tier == filter {
+			pv.KeysMatched++
+			if len(pv.Keys) < max {
+				pv.Keys = append(pv.Keys, k)
+			}
+		}
+	}
+	return pv
 }
 
 func (f *fakeSource) Providers() []ProviderView {

@@ -17,8 +17,10 @@ type Source interface {
 	// user's first own key; both a trusted key's end user. ErrNotFound
 	// when no key serves them.
 	User(ctx context.Context, keyID, user string) (UserView, error)
-	// Policy is the policy in force.
-	Policy() PolicyView
+	// Policy is the policy in force, with at most max of the keys that
+	// match filter (a substring of the key's id or user, or its tier's
+	// name; "" matches every key).
+	Policy(filter string, max int) PolicyView
 	// Providers are the upstreams' queue and breaker states.
 	Providers() []ProviderView
 }
@@ -162,9 +164,11 @@ type PolicyView struct {
 	Reload ReloadView
 	// Tiers are the tiers by name.
 	Tiers []TierView
-	// Keys are every key, sorted by id. The page shows a filtered, bounded
-	// part of them.
-	Keys []KeyView
+	// Keys are the keys matching the filter, sorted by id, at most the
+	// max asked for; KeysMatched is how many matched, KeysTotal how many
+	// the policy has.
+	Keys                   []KeyView
+	KeysMatched, KeysTotal int
 	// OnStoreError and Zone are the policy's store-error mode and budget
 	// time zone.
 	OnStoreError, Zone string
