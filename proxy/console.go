@@ -454,4 +454,3 @@ func listKeys(pol *policy.Policy) []keyRow {
 	}
 	return rows
 }
-
