@@ -25,6 +25,10 @@ var chromiumFlags = []string{"--headless", "--disable-gpu", "--no-sandbox", "--d
 	"--no-first-run", "--no-default-browser-check", "--disable-background-networking",
 	"--disable-component-update", "--disable-sync", "--disable-extensions", "--hide-scrollbars"}
 
+// envRequireChromium, when set (scripts/services.sh's ensure_chromium
+// sets it), makes a missing chromium a failure instead of a skip.
+const envRequireChromium = "SLUICE_TEST_CHROMIUM"
+
 // browser runs headless Chromium with a profile of its own.
 type browser struct {
 	bin, profile string
@@ -34,6 +38,9 @@ func newBrowser(t *testing.T) *browser {
 	t.Helper()
 	bin, err := exec.LookPath("chromium")
 	if err != nil {
+		if os.Getenv(envRequireChromium) != "" {
+			t.Fatalf("%s is set but chromium is not installed: %v", envRequireChromium, err)
+		}
 		t.Skip("chromium is not installed (scripts/services.sh: ensure_chromium)")
 	}
 	return &browser{bin: bin, profile: t.TempDir()}
