@@ -105,7 +105,7 @@ func TestPagesRenderData(t *testing.T) {
 	}{
 		{"/console/", []string{"1234", "rpm (user)", "budget_daily (team)", "75.0%", "openai", "abcdef012345"}},
 		{"/console/policy", []string{"gold-tier", "free-tier", "rpm 300", ">7<", "k-alice", "/console/users/alice?key=k-alice",
-			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted"}},
+			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
 		{"/console/providers", []string{"openai", "0.50", "breaker-open", "limited"}},
 		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red"}},

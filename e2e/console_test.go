@@ -207,6 +207,12 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("user page: remaining rpm %v, want 6 (10 - %d)\n%s", m, n, dom)
 	}
 
+	// An end user the app key names under load, reached through the key.
+	dom = br.dom(t, p.URL+"/console/users/load-3?key=app")
+	if !strings.Contains(dom, `<dd id="tier">load</dd>`) || !strings.Contains(dom, "end user of app key app") {
+		t.Errorf("end user page: not the app key's end user in tier load\n%s", dom)
+	}
+
 	dom = br.dom(t, p.URL+"/console/")
 	if !regexp.MustCompile(`id="requests">[1-9]\d*<`).MatchString(dom) || !strings.Contains(dom, "openai") {
 		t.Errorf("overview: no request count or upstream\n%s", dom)

@@ -76,17 +76,21 @@ func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 		LoginFailed: st.failures.Inc,
 		Logger:      s.log,
 	})
-	if err != nil {
-		// The templates are embedded and tested: this is a build defect.
-		panic(err)
-	}
 	mux.Handle(console.Prefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a := s.admin; a == nil || a.o.Token == "" {
 			http.NotFound(w, r)
 			return
 		}
+		if err != nil {
+			// The templates are embedded and tested: a build defect.
+			http.Error(w, "the console is broken in this build", http.StatusInternalServerError)
+			return
+		}
 		h.ServeHTTP(w, r)
 	}))
+	if err != nil && s.log != nil {
+		s.log.Error("console: cannot start", "error", err)
+	}
 }
 
 // consoleSource is the console's view of the server.
