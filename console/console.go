@@ -109,7 +109,12 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("%.2f", v)
 	},
 	"pct": func(v float64) string { return fmt.Sprintf("%.1f%%", 100*v) },
-	"usd": func(v float64) string { return fmt.Sprintf("$%.4f", v) },
+	"usd": func(v float64) string {
+		if v != 0 && v < 0.01 {
+			return fmt.Sprintf("$%.6f", v) // a few requests' worth
+		}
+		return fmt.Sprintf("$%.4f", v)
+	},
 	"dur": func(d time.Duration) string {
 		if d < time.Second {
 			return d.Round(time.Millisecond).String()

@@ -154,6 +154,34 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 		t.Errorf("overview: %d, want 3 requests\n%s", code, body)
 	}
 
+	// Spend today: three answers of 10 prompt and 5 completion tokens at
+	// $1 and $2 per 1M tokens.
+	_, body = consoleGet(t, h, "/console/users/alice")
+	if !strings.Contains(body, "$0.000060") {
+		t.Errorf("user page: want $0.000060 spent today\n%s", body)
+	}
+	// Past the burst: 429s, shown by cause on the overview.
+	limited := 0
+	for i := 0; i < 10; i++ {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"more `+fmt.Sprint(i)+`"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-alice-secret")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == 429 {
+			limited++
+		}
+	}
+	_, body = consoleGet(t, h, "/console/")
+	if limited == 0 || !strings.Contains(body, "<td>429</td>") || !strings.Contains(body, fmt.Sprintf("<td>rpm (user)</td><td class=\"n\">%d</td>", limited)) {
+		t.Errorf("overview after %d refusals: want the 429s and rpm (user) %d\n%s", limited, limited, body)
+	}
+
 	// A wrong token typed into the form: 401, counted.
 	req := httptest.NewRequest("POST", "/console/login", strings.NewReader(url.Values{"token": {"nope"}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
