@@ -61,7 +61,7 @@ func (f *fakeSource) Policy(filter string, max int) PolicyView {
 }
 
 func (f *fakeSource) Providers() []ProviderView {
-	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Breaker: "open", Throttled: 9}}
+	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Budget: "rpm 500", Keys: 3, Breaker: "open", Throttled: 9}}
 }
 
 func newTestHandler(t *testing.T) (*Handler, *atomic.Int64) {
@@ -107,7 +107,7 @@ func TestPagesRenderData(t *testing.T) {
 		{"/console/policy", []string{"gold-tier", "free-tier", "rpm 300", ">7<", "k-alice", "/console/users/alice?key=k-alice",
 			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
-		{"/console/providers", []string{"openai", "0.50", "breaker-open", "limited"}},
+		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`}},
 		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red"}},
 	} {
 		rec := get(t, h, c.path, true)

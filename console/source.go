@@ -187,8 +187,12 @@ type ProviderView struct {
 	Waiting int
 	// Factor is the AIMD drain factor (1 = full budget).
 	Factor float64
-	// Limited reports that the upstream has a budget of its own.
+	// Limited reports that the upstream has a budget of its own; Budget
+	// describes it ("rpm 500, concurrent 20"; "" without one).
 	Limited bool
+	Budget  string
+	// Keys is the size of the upstream's key pool (0: one key, no pool).
+	Keys int
 	// Breaker is "closed", "half-open" or "open".
 	Breaker string
 	// InFlight is granted calls not yet finished; Throttled the 429/503

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"sluice/config"
 	"sluice/console"
 	"sluice/policy"
 	"sluice/policy/queue"
@@ -268,7 +269,7 @@ var breakerStates = map[int]string{queue.BreakerClosed: "closed", queue.BreakerH
 
 func (c *consoleSource) providers(f families) []console.ProviderView {
 	out := make([]console.ProviderView, 0, len(c.s.upstreams))
-	for _, up := range c.s.upstreams {
+	for i, up := range c.s.upstreams {
 		p := console.ProviderView{Name: up.name, Factor: 1, Breaker: "closed",
 			InFlight:  f.sum("sluice_upstream_budget_in_flight", "upstream", up.name),
 			Throttled: f.sum("sluice_upstream_throttled_total", "upstream", up.name)}
@@ -278,9 +279,29 @@ func (c *consoleSource) providers(f families) []console.ProviderView {
 		if up.breaker != nil {
 			p.Breaker = breakerStates[up.breaker.State()]
 		}
+		if c.s.cfg != nil && i < len(c.s.cfg.Upstreams) {
+			// s.upstreams are built from cfg.Upstreams in order.
+			uc := &c.s.cfg.Upstreams[i]
+			p.Budget, p.Keys = budgetLine(uc.Budget), len(uc.Keys)
+		}
 		out = append(out, p)
 	}
 	return out
+}
+
+// budgetLine describes an upstream's budget: "rpm 500, tpm 200000,
+// concurrent 20"; "" without one.
+func budgetLine(b config.Budget) string {
+	var parts []string
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"rpm", b.RPM}, {"tpm", b.TPM}, {"concurrent", b.Concurrent}} {
+		if f.v != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", f.name, f.v))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // User reads a user's buckets without spending (as GET /admin/usage).

@@ -59,7 +59,7 @@ func consoleServer(t *testing.T, polYAML string) (*Server, http.Handler, *promet
 	}
 	reg := prometheus.NewRegistry()
 	lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
-	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+up.URL+"/v1\n    api_key: sk-upstream-0123456789abcdef\n",
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+up.URL+"/v1\n    api_key: sk-upstream-0123456789abcdef\n    budget: {rpm: 6000, concurrent: 20}\n",
 		Options{Policy: pol, Registry: reg, Limiter: lim})
 	s.SetAdmin(AdminOptions{Token: consoleToken, Status: func() policy.Status {
 		return policy.Status{SHA256: "0123456789abcdef0123", LastSuccess: time.Now()}
@@ -146,7 +146,7 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	}
 
 	code, body = consoleGet(t, h, "/console/providers")
-	if code != 200 || !strings.Contains(body, ">up<") || !strings.Contains(body, "closed") {
+	if code != 200 || !strings.Contains(body, ">up<") || !strings.Contains(body, "closed") || !strings.Contains(body, "rpm 6000, concurrent 20") {
 		t.Errorf("providers page: %d\n%s", code, body)
 	}
 	code, body = consoleGet(t, h, "/console/")
