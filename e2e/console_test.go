@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
@@ -231,6 +233,31 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Error("the browser never loaded the stylesheet")
 	}
 	t.Logf("screenshots in %s", dir)
+
+	// The login form against the binary: a wrong token is 401 and counted
+	// on /metrics; the right one opens the pages with the cookie alone.
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	resp, err := c.PostForm(s.AdminURL+"/console/login", url.Values{"token": {"not-the-token"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("wrong token: %d, want 401", resp.StatusCode)
+	}
+	if v, _ := s.metric(t, "sluice_console_login_failures_total"); v != 1 {
+		t.Errorf("sluice_console_login_failures_total = %v, want 1", v)
+	}
+	resp, err = c.PostForm(s.AdminURL+"/console/login", url.Values{"token": {adminToken}, "next": {"/console/users/demo"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/console/users/demo" || !strings.Contains(string(b), `id="tier">probe<`) {
+		t.Errorf("after signing in: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
 	// The token reached no log line.
 	if strings.Contains(s.Output(), adminToken) {
 		t.Error("the admin token is in sluice's output")
