@@ -91,7 +91,7 @@ func New(o Options) (*Handler, error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	h.css = css
-	for _, name := range []string{"login", "overview", "user", "policy", "providers", "notfound"} {
+	for _, name := range []string{"login", "overview", "user", "requests", "policy", "providers", "notfound"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", name, err)
@@ -116,7 +116,12 @@ var funcs = template.FuncMap{
 		return fmt.Sprintf("$%.4f", v)
 	},
 	"dur": func(d time.Duration) string {
-		if d < time.Second {
+		switch {
+		case d == 0:
+			return "0"
+		case d < 10*time.Millisecond:
+			return d.Round(10 * time.Microsecond).String()
+		case d < time.Second:
 			return d.Round(time.Millisecond).String()
 		}
 		return d.Round(time.Second).String()
@@ -132,6 +137,13 @@ var funcs = template.FuncMap{
 			return s[:12]
 		}
 		return s
+	},
+	"requestsURL": func(user, key string) string {
+		v := url.Values{"user": {user}}
+		if key != "" {
+			v.Set("key", key)
+		}
+		return Prefix + "requests?" + v.Encode()
 	},
 	"userURL": func(user, key string) string {
 		u := Prefix + "users/" + url.PathEscape(user)
@@ -193,6 +205,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.policy(w, r)
 	case rest == "providers":
 		h.render(w, http.StatusOK, "providers", page{Title: "Providers", Nav: "providers", Data: h.o.Source.Providers()})
+	case rest == "requests":
+		h.requests(w, r)
 	case rest == "users" || strings.HasPrefix(rest, "users/"):
 		h.user(w, r, strings.TrimPrefix(strings.TrimPrefix(rest, "users"), "/"))
 	default:
@@ -256,6 +270,40 @@ func (h *Handler) user(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 	h.render(w, http.StatusOK, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv})
+}
+
+// maxRequestsShown bounds the recent requests page.
+const maxRequestsShown = 50
+
+// requests shows a user's recent requests (?user=NAME&key=ID), read from
+// the transcripts only when asked for: on JSONL files it scans the day's
+// files.
+func (h *Handler) requests(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	user, key := q.Get("user"), q.Get("key")
+	if user == "" && key == "" {
+		h.render(w, http.StatusBadRequest, "notfound", page{Title: "Recent requests", Nav: "policy",
+			Error: "Give a user (?user=NAME) or a key id (?key=ID)."})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	rv, err := h.o.Source.Requests(ctx, key, user, maxRequestsShown)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		h.render(w, http.StatusNotFound, "notfound", page{Title: "Recent requests", Nav: "policy",
+			Error: "No key serves this user or key."})
+		return
+	case errors.Is(err, ErrNoTranscripts):
+		h.render(w, http.StatusServiceUnavailable, "notfound", page{Title: "Recent requests", Nav: "policy",
+			Error: "Transcripts are off, or their store did not answer."})
+		return
+	case err != nil:
+		h.o.Logger.Warn("console: requests page", "error", err)
+		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "Recent requests", Error: "The requests could not be read."})
+		return
+	}
+	h.render(w, http.StatusOK, "requests", page{Title: "Recent requests of " + rv.User, Nav: "policy", Data: rv})
 }
 
 // render executes a page into a buffer first, so a template error never

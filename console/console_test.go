@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -60,6 +61,22 @@ func (f *fakeSource) Policy(filter string, max int) PolicyView {
 	return pv
 }
 
+func (f *fakeSource) Requests(_ context.Context, key, user string, limit int) (RequestsView, error) {
+	switch {
+	case key == "off":
+		return RequestsView{}, ErrNoTranscripts
+	case user != "alice":
+		return RequestsView{}, ErrNotFound
+	}
+	rv := RequestsView{User: user, KeyID: key, Since: time.Unix(1e9, 0)}
+	for i := 0; i < 60 && len(rv.Requests) < limit; i++ {
+		rv.Requests = append(rv.Requests, RequestView{Start: time.Unix(1e9+int64(i), 0), ID: fmt.Sprintf("req-%02d", i), KeyID: "k-alice",
+			Endpoint: "chat", Model: "gpt-4o-mini", Status: 200, PromptTokens: 12, CompletionTokens: 34, Latency: 250 * time.Millisecond})
+	}
+	rv.Requests[1].Status, rv.Requests[1].ErrorType = 429, "rate_limit_exceeded"
+	return rv, nil
+}
+
 func (f *fakeSource) Providers() []ProviderView {
 	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Budget: "rpm 500", Keys: 3, Breaker: "open", Throttled: 9}}
 }
@@ -108,7 +125,8 @@ func TestPagesRenderData(t *testing.T) {
 			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
 		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`}},
-		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red"}},
+		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},
+		{"/console/requests?user=alice", []string{"req-00", "req-49", "429 rate_limit_exceeded", "gpt-4o-mini", ">34<", "250ms", "50 shown"}},
 	} {
 		rec := get(t, h, c.path, true)
 		if rec.Code != http.StatusOK {
@@ -120,6 +138,9 @@ func TestPagesRenderData(t *testing.T) {
 			if !strings.Contains(body, w) {
 				t.Errorf("%s: the page lacks %q", c.path, w)
 			}
+		}
+		if c.path == "/console/requests?user=alice" && strings.Contains(body, "req-50") {
+			t.Errorf("%s: more than %d requests shown", c.path, maxRequestsShown)
 		}
 		if c.path == "/console/policy?q=alice" && strings.Contains(body, "k-script") {
 			t.Errorf("%s: the filter let k-script through", c.path)
@@ -140,6 +161,9 @@ func TestUserPageErrors(t *testing.T) {
 		"/console/users?user=alice":    http.StatusOK,
 		"/console/users/?user=nobody":  http.StatusNotFound,
 		"/console/users/alice?key=any": http.StatusOK,
+		"/console/requests":            http.StatusBadRequest,
+		"/console/requests?user=bob":   http.StatusNotFound,
+		"/console/requests?key=off":    http.StatusServiceUnavailable,
 	} {
 		if rec := get(t, h, path, true); rec.Code != want {
 			t.Errorf("%s: %d, want %d", path, rec.Code, want)

@@ -23,6 +23,47 @@ type Source interface {
 	Policy(filter string, max int) PolicyView
 	// Providers are the upstreams' queue and breaker states.
 	Providers() []ProviderView
+	// Requests are a user's recent requests from the transcripts, newest
+	// first, at most limit, without their content; keyID and user as for
+	// User. ErrNotFound when no key serves them; ErrNoTranscripts when
+	// transcripts are not recorded or not readable.
+	Requests(ctx context.Context, keyID, user string, limit int) (RequestsView, error)
+}
+
+// ErrNoTranscripts is returned by Source.Requests when transcripts are off
+// or their store did not answer.
+var ErrNoTranscripts = errors.New("console: transcripts unavailable")
+
+// RequestsView is the recent requests page's data.
+type RequestsView struct {
+	// User and KeyID are who was asked about; EndUser an app key's end user.
+	User, KeyID string
+	EndUser     bool
+	// Since is the start of the window searched.
+	Since time.Time
+	// Requests are the newest first.
+	Requests []RequestView
+}
+
+// RequestView is one request's transcript, metadata only.
+type RequestView struct {
+	// Start is when it arrived; ID Sluice's request id; KeyID the key.
+	Start time.Time
+	ID    string
+	KeyID string
+	// Endpoint and Model are what was called (the model after aliases).
+	Endpoint, Model string
+	// Stream reports a streamed answer.
+	Stream bool
+	// Status is the HTTP status answered; ErrorType the error's type.
+	Status    int
+	ErrorType string
+	// PromptTokens and CompletionTokens are from the answer's usage.
+	PromptTokens, CompletionTokens int64
+	// Latency is arrival to the last byte; QueueWait the time spent waiting.
+	Latency, QueueWait time.Duration
+	// CacheStatus is "hit", "miss", "coalesced", "bypass" or "".
+	CacheStatus string
 }
 
 // ErrNotFound is returned by Source.User when no key serves the key and

@@ -209,6 +209,20 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("user page: remaining rpm %v, want 6 (10 - %d)\n%s", m, n, dom)
 	}
 
+	// The demo user's recent requests, from the JSONL transcripts (written
+	// in batches: wait for them).
+	recent := regexp.MustCompile(`<td><code>[^<]+</code></td></tr>`)
+	if !waitFor(10*time.Second, func() bool {
+		_, b := s.admin(t, "GET", "/console/requests?user=demo", adminToken, "")
+		return len(recent.FindAllString(string(b), -1)) >= n
+	}) {
+		t.Errorf("the recent requests page never listed the demo user's %d requests", n)
+	}
+	dom = br.dom(t, p.URL+"/console/requests?user=demo")
+	if got := len(recent.FindAllString(dom, -1)); got != n || !strings.Contains(dom, "gpt-4o-mini") {
+		t.Errorf("recent requests in the browser: %d rows, want %d\n%s", got, n, dom)
+	}
+
 	// An end user the app key names under load, reached through the key.
 	dom = br.dom(t, p.URL+"/console/users/load-3?key=app")
 	if !strings.Contains(dom, `<dd id="tier">load</dd>`) || !strings.Contains(dom, "end user of app key app") {
@@ -225,7 +239,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 
 	for name, path := range map[string]string{"overview": "/console/", "policy": "/console/policy",
-		"user": "/console/users/demo", "providers": "/console/providers"} {
+		"user": "/console/users/demo", "providers": "/console/providers", "requests": "/console/requests?user=demo"} {
 		br.screenshot(t, p.URL+path, filepath.Join(dir, name+".png"), "1280,900")
 	}
 	br.screenshot(t, p.URL+"/console/users/demo", filepath.Join(dir, "user-phone.png"), "390,844")

@@ -289,6 +289,57 @@ func (c *consoleSource) providers(f families) []console.ProviderView {
 	return out
 }
 
+// consoleRequestsWindow is how far back the recent requests page looks.
+const consoleRequestsWindow = 24 * time.Hour
+
+// Requests reads a user's recent transcripts, metadata only: of the key
+// given, of the app key for its end user, else of the user's own keys (a
+// name is not unique: an app key's end user may share it).
+func (c *consoleSource) Requests(ctx context.Context, keyID, user string, limit int) (console.RequestsView, error) {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.RequestsView{}, console.ErrNotFound
+	}
+	k, p, err := pol.Resolve(keyID, user)
+	if err != nil {
+		return console.RequestsView{}, console.ErrNotFound
+	}
+	rv := console.RequestsView{User: p.User, EndUser: p.EndUser, Since: time.Now().Add(-consoleRequestsWindow)}
+	keys := map[string]bool{k.ID: true}
+	if keyID != "" || p.EndUser {
+		rv.KeyID = k.ID
+	} else {
+		for _, id := range pol.KeysOf(p.User) {
+			keys[id] = true
+		}
+	}
+	t := c.s.tr
+	if t == nil || t.reader == nil {
+		return rv, console.ErrNoTranscripts
+	}
+	recs, err := t.reader.Recent(ctx, p.User, rv.Since, maxTranscripts)
+	if err != nil {
+		if c.s.log != nil {
+			c.s.log.Warn("console requests: transcript store failed", "error", err)
+		}
+		return rv, fmt.Errorf("%w: %w", console.ErrNoTranscripts, err)
+	}
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	for _, r := range recs {
+		if !keys[r.KeyID] {
+			continue
+		}
+		rv.Requests = append(rv.Requests, console.RequestView{Start: r.Start, ID: r.RequestID, KeyID: r.KeyID,
+			Endpoint: r.Endpoint, Model: r.Model, Stream: r.Stream, Status: r.Status, ErrorType: r.ErrorType,
+			PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens,
+			Latency: ms(r.LatencyMs), QueueWait: ms(r.QueueWaitMs), CacheStatus: r.CacheStatus})
+		if len(rv.Requests) == limit {
+			break
+		}
+	}
+	return rv, nil
+}
+
 // budgetLine describes an upstream's budget: "rpm 500, tpm 200000,
 // concurrent 20"; "" without one.
 func budgetLine(b config.Budget) string {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	"sluice/policy"
 	"sluice/policy/limit"
+	"sluice/sink"
 )
 
 const consoleToken = "console-admin-token"
@@ -301,5 +303,52 @@ func BenchmarkConsole10kUsers(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// fakeReader is a transcript store of fixed records.
+type fakeReader struct{ recs []*sink.Record }
+
+func (f *fakeReader) Recent(_ context.Context, user string, since time.Time, limit int) ([]*sink.Record, error) {
+	var out []*sink.Record
+	for _, r := range f.recs {
+		if r.User == user && !r.Start.Before(since) && len(out) < limit {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// TestConsoleRecentRequests: a user's recent requests are those of the
+// user's own keys (not an app key's end user of the same name), or of the
+// key asked for; without transcripts the page says so.
+func TestConsoleRecentRequests(t *testing.T) {
+	pol, err := policy.Parse("p.yaml", []byte(fmt.Sprintf(consolePolicy, policy.HashKey("a"), policy.HashKey("b"))+
+		"  - id: app\n    sha256: "+policy.HashKey("c")+"\n    trusted: true\n    tier: gold\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{Policy: pol})
+	s.SetAdmin(AdminOptions{Token: consoleToken})
+	h := AdminHandler(prometheus.NewRegistry(), s)
+	if code, _ := consoleGet(t, h, "/console/requests?user=alice"); code != http.StatusServiceUnavailable {
+		t.Errorf("without transcripts: %d, want 503", code)
+	}
+	now := time.Now()
+	s.SetTranscripts(TranscriptOptions{Reader: &fakeReader{recs: []*sink.Record{
+		{RequestID: "req-own", User: "alice", KeyID: "k-alice", Start: now.Add(-time.Minute), Model: "gpt-4o-mini", Status: 200, PromptTokens: 11},
+		{RequestID: "req-app", User: "alice", KeyID: "app", Start: now.Add(-2 * time.Minute), Status: 429, ErrorType: "rate_limit_exceeded"},
+		{RequestID: "req-old", User: "alice", KeyID: "k-alice", Start: now.Add(-48 * time.Hour), Status: 200},
+	}}})
+	code, body := consoleGet(t, h, "/console/requests?user=alice")
+	if code != 200 || !strings.Contains(body, "req-own") || strings.Contains(body, "req-app") || strings.Contains(body, "req-old") {
+		t.Errorf("alice's own requests: %d, want req-own only\n%s", code, body)
+	}
+	code, body = consoleGet(t, h, "/console/requests?user=alice&key=app")
+	if code != 200 || !strings.Contains(body, "req-app") || strings.Contains(body, "req-own") || !strings.Contains(body, "End user of app key app") {
+		t.Errorf("the app key's end user alice: %d, want req-app only\n%s", code, body)
+	}
+	if code, _ := consoleGet(t, h, "/console/requests?user=nobody"); code != http.StatusNotFound {
+		t.Errorf("unknown user: %d, want 404", code)
 	}
 }
