@@ -18,6 +18,7 @@ func AdminHandler(g prometheus.Gatherer, s *Server) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	s.adminRoutes(mux)
+	s.consoleRoutes(mux, g)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.Ready() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)

@@ -84,6 +84,8 @@ type Server struct {
 	watch watchSet
 	// own holds the owners of stored objects (owners.go).
 	own *owners
+	// console is the web console's state (console.go).
+	console *consoleState
 }
 
 // New builds a Server from its configuration. It opens no socket.
@@ -170,6 +172,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	if err := opts.Registry.Register(s.m.newActiveGauge(s.queuedAtProviders)); err != nil {
+		return nil, err
+	}
+	if s.console, err = newConsoleState(opts.Registry, opts.Policy); err != nil {
 		return nil, err
 	}
 	if s.own, err = newOwners(&opts); err != nil {

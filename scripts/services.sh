@@ -11,6 +11,8 @@
 #   ensure_uvicorn         # Debian's python3-uvicorn for /usr/bin/python3 (the conformance suite's
 #                          #   uvicorn upstream); exports SLUICE_TEST_UVICORN=1 so a missing one fails
 #   ensure_node            # Node.js for the conformance suite's Node http upstream
+#   ensure_chromium        # Debian's chromium for the console's browser test; exports
+#                          #   SLUICE_TEST_CHROMIUM=1 so a missing one fails
 #
 # Debian's packages are installed only when the binary is missing. Nothing is
 # killed by name: stop_services ends exactly the PIDs recorded here.
@@ -261,6 +263,16 @@ ensure_node() {
     echo "services.sh: installing nodejs (Debian package)" >&2
     _apt_install nodejs || { echo "services.sh: cannot install nodejs" >&2; return 1; }
   fi
+}
+
+# ensure_chromium installs Debian's chromium when it is missing (the e2e
+# suite drives it headless to load the console's pages).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null; then
+    echo "services.sh: installing chromium (Debian package)" >&2
+    _apt_install chromium || { echo "services.sh: cannot install chromium" >&2; return 1; }
+  fi
+  export SLUICE_TEST_CHROMIUM=1
 }
 
 # stop_services ends the recorded PIDs (and only those) and removes the

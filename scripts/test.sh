@@ -50,6 +50,9 @@ start_prometheus
 echo "prometheus at $SLUICE_TEST_PROMETHEUS"
 ensure_node
 ensure_uvicorn
+ensure_chromium
+# The console's browser test keeps its screenshots here.
+export SLUICE_TEST_ARTIFACTS="$PWD/bin/artifacts"
 echo "conformance upstreams: $(node --version 2>/dev/null || /usr/bin/node --version), uvicorn $(/usr/bin/python3 -c 'import uvicorn; print(uvicorn.__version__)')"
 
 step "alert rules: promtool check rules, promtool test rules"

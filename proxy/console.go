@@ -1,0 +1,532 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"sluice/config"
+	"sluice/console"
+	"sluice/policy"
+	"sluice/policy/queue"
+)
+
+// consoleState is what the web console keeps between page views: its
+// login failure counter, the last policy swap it saw, and the key list of
+// the policy in force.
+type consoleState struct {
+	// failures is sluice_console_login_failures_total.
+	failures prometheus.Counter
+
+	// mu guards the fields below.
+	mu sync.Mutex
+	// seen is the last policy a policy page compared with; changes are
+	// its effective changes from the one before (policy.Diff), noticed at
+	// changedAt (zero: no swap seen since start).
+	seen      *policy.Policy
+	changes   []string
+	changedAt time.Time
+	// keysOf is the policy keys lists the keys of, by id.
+	keysOf *policy.Policy
+	keys   []keyRow
+}
+
+// keyRow is a key as the policy lists it: id, own user and tier.
+type keyRow struct{ id, user, tier string }
+
+// newConsoleState registers the console's counter on reg; pol is the
+// policy at start, which the first swap is compared with.
+func newConsoleState(reg prometheus.Registerer, pol *policy.Policy) (*consoleState, error) {
+	c := &consoleState{seen: pol, failures: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_console_login_failures_total",
+		Help: "Console logins with a wrong admin token.",
+	})}
+	if reg != nil {
+		if err := reg.Register(c.failures); err != nil {
+			return nil, fmt.Errorf("console metrics: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// consoleRoutes registers the web console (package console) under
+// /console/: 404 like /admin/ without an admin token configured. g is the
+// registry /metrics serves, the overview's numbers.
+func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
+	st := s.console
+	if st == nil { // a Server not built by New (tests)
+		st, _ = newConsoleState(nil, s.policy.Load())
+	}
+	h, err := console.New(console.Options{
+		Source: &consoleSource{s: s, g: g, st: st},
+		BearerOK: func(header string) bool {
+			a := s.admin
+			return a != nil && a.o.Token != "" && tokenOK(header, a.tokenHash)
+		},
+		TokenOK: func(token string) bool {
+			a := s.admin
+			return a != nil && a.o.Token != "" && tokenOK("Bearer "+token, a.tokenHash)
+		},
+		LoginFailed: st.failures.Inc,
+		Logger:      s.log,
+	})
+	mux.Handle(console.Prefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := s.admin; a == nil || a.o.Token == "" {
+			http.NotFound(w, r)
+			return
+		}
+		if err != nil {
+			// The templates are embedded and tested: a build defect.
+			http.Error(w, "the console is broken in this build", http.StatusInternalServerError)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	if err != nil && s.log != nil {
+		s.log.Error("console: cannot start", "error", err)
+	}
+}
+
+// consoleSource is the console's view of the server.
+type consoleSource struct {
+	s  *Server
+	g  prometheus.Gatherer
+	st *consoleState
+}
+
+// families gathers the metrics by name; nil on an error (the pages then
+// show zeros rather than nothing).
+func (c *consoleSource) families() families {
+	if c.g == nil {
+		return nil
+	}
+	mfs, err := c.g.Gather()
+	if err != nil && c.s.log != nil {
+		c.s.log.Warn("console: gathering metrics", "error", err)
+	}
+	f := make(families, len(mfs))
+	for _, mf := range mfs {
+		f[mf.GetName()] = mf
+	}
+	return f
+}
+
+// families are gathered metric families by name.
+type families map[string]*dto.MetricFamily
+
+// value is a counter's, gauge's or untyped metric's value.
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	return 0
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// sum adds the series of name whose labels have the given values (pairs
+// of name and value).
+func (f families) sum(name string, match ...string) float64 {
+	var t float64
+	for _, m := range f[name].GetMetric() {
+		if matches(m, match) {
+			t += value(m)
+		}
+	}
+	return t
+}
+
+func matches(m *dto.Metric, match []string) bool {
+	for i := 0; i+1 < len(match); i += 2 {
+		if label(m, match[i]) != match[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+// group sums name's matching series by the text key makes of each, and
+// drops zero rows.
+func (f families) group(name string, key func(*dto.Metric) string, match ...string) []console.Count {
+	by := map[string]float64{}
+	for _, m := range f[name].GetMetric() {
+		if matches(m, match) {
+			by[key(m)] += value(m)
+		}
+	}
+	out := make([]console.Count, 0, len(by))
+	for k, v := range by {
+		if v != 0 {
+			out = append(out, console.Count{Label: k, Value: v})
+		}
+	}
+	return out
+}
+
+func (c *consoleSource) reload() console.ReloadView {
+	a := c.s.admin
+	if a == nil || a.o.Status == nil {
+		return console.ReloadView{}
+	}
+	st := a.o.Status()
+	return console.ReloadView{Known: true, SHA256: st.SHA256, LastSuccess: st.LastSuccess, LastError: st.LastError}
+}
+
+// Overview reads the process's own metrics.
+func (c *consoleSource) Overview() console.Overview {
+	f := c.families()
+	o := console.Overview{
+		Requests:       f.sum("sluice_requests_total"),
+		CacheHits:      f.sum("sluice_cache_hits_total"),
+		CacheMisses:    f.sum("sluice_cache_misses_total"),
+		CacheCoalesced: f.sum("sluice_cache_coalesced_total"),
+		QueueUser:      f.sum("sluice_queue_depth", "stage", "user"),
+		QueueProvider:  f.sum("sluice_queue_depth", "stage", "provider"),
+		InFlight:       f.sum("sluice_requests_in_flight"),
+		SpendUSD:       f.sum("sluice_spend_usd_total"),
+		Reload:         c.reload(),
+		Providers:      c.providers(f),
+	}
+	for _, m := range f["sluice_build_info"].GetMetric() {
+		o.Version = label(m, "version")
+	}
+	o.Statuses = f.group("sluice_requests_total", func(m *dto.Metric) string {
+		if code := label(m, "code"); code != "other" {
+			return code
+		}
+		return "other " + label(m, "status_class")
+	})
+	slices.SortFunc(o.Statuses, func(a, b console.Count) int { return strings.Compare(a.Label, b.Label) })
+	// What was answered 429 and why: the limiter's refusals (rejected up
+	// front, or a request that could never fit), then waits that ended
+	// without a slot.
+	for _, outcome := range []string{"rejected", "never"} {
+		o.Rejections = append(o.Rejections, f.group("sluice_limiter_decisions_total", func(m *dto.Metric) string {
+			return label(m, "limit") + " (" + label(m, "scope") + ")"
+		}, "outcome", outcome)...)
+	}
+	for _, outcome := range []string{"rejected", "expired"} {
+		o.Rejections = append(o.Rejections, f.group("sluice_queue_outcomes_total", func(m *dto.Metric) string {
+			return label(m, "stage") + " queue " + outcome
+		}, "outcome", outcome)...)
+	}
+	o.Rejections = mergeCounts(o.Rejections)
+	if fam, ok := f["sluice_sink_writer_up"]; ok && len(fam.GetMetric()) > 0 {
+		o.SinkKnown = true
+		o.SinkUp = f.sum("sluice_sink_writer_up") > 0
+		o.SinkEnqueued = f.sum("sluice_sink_enqueued_total")
+		o.SinkWritten = f.sum("sluice_sink_written_total")
+		o.SinkSpooled = f.sum("sluice_sink_spooled_total")
+	}
+	return o
+}
+
+// mergeCounts adds rows of the same label and sorts them, largest first.
+func mergeCounts(cs []console.Count) []console.Count {
+	by := map[string]float64{}
+	for _, c := range cs {
+		by[c.Label] += c.Value
+	}
+	out := make([]console.Count, 0, len(by))
+	for k, v := range by {
+		out = append(out, console.Count{Label: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b console.Count) int {
+		if a.Value != b.Value {
+			if a.Value > b.Value {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Label, b.Label)
+	})
+	return out
+}
+
+// Providers reads each upstream's queue and breaker.
+func (c *consoleSource) Providers() []console.ProviderView { return c.providers(c.families()) }
+
+var breakerStates = map[int]string{queue.BreakerClosed: "closed", queue.BreakerHalfOpen: "half-open", queue.BreakerOpen: "open"}
+
+func (c *consoleSource) providers(f families) []console.ProviderView {
+	out := make([]console.ProviderView, 0, len(c.s.upstreams))
+	for i, up := range c.s.upstreams {
+		p := console.ProviderView{Name: up.name, Factor: 1, Breaker: "closed",
+			InFlight:  f.sum("sluice_upstream_budget_in_flight", "upstream", up.name),
+			Throttled: f.sum("sluice_upstream_throttled_total", "upstream", up.name)}
+		if up.sched != nil {
+			p.Waiting, p.Factor, p.Limited = up.sched.Waiting(), up.sched.Factor(), up.sched.Limited()
+		}
+		if up.breaker != nil {
+			p.Breaker = breakerStates[up.breaker.State()]
+		}
+		if c.s.cfg != nil && i < len(c.s.cfg.Upstreams) {
+			// s.upstreams are built from cfg.Upstreams in order.
+			uc := &c.s.cfg.Upstreams[i]
+			p.Budget, p.Keys = budgetLine(uc.Budget), len(uc.Keys)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// consoleRequestsWindow is how far back the recent requests page looks.
+const consoleRequestsWindow = 24 * time.Hour
+
+// Requests reads a user's recent transcripts, metadata only: of the key
+// given, of the app key for its end user, else of the user's own keys (a
+// name is not unique: an app key's end user may share it).
+func (c *consoleSource) Requests(ctx context.Context, keyID, user string, limit int) (console.RequestsView, error) {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.RequestsView{}, console.ErrNotFound
+	}
+	k, p, err := pol.Resolve(keyID, user)
+	if err != nil {
+		return console.RequestsView{}, console.ErrNotFound
+	}
+	rv := console.RequestsView{User: p.User, EndUser: p.EndUser, Since: time.Now().Add(-consoleRequestsWindow)}
+	keys := map[string]bool{k.ID: true}
+	if keyID != "" || p.EndUser {
+		rv.KeyID = k.ID
+	} else {
+		for _, id := range pol.KeysOf(p.User) {
+			keys[id] = true
+		}
+	}
+	t := c.s.tr
+	if t == nil || t.reader == nil {
+		return rv, console.ErrNoTranscripts
+	}
+	recs, err := t.reader.Recent(ctx, p.User, rv.Since, maxTranscripts)
+	if err != nil {
+		if c.s.log != nil {
+			c.s.log.Warn("console requests: transcript store failed", "error", err)
+		}
+		return rv, fmt.Errorf("%w: %w", console.ErrNoTranscripts, err)
+	}
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	for _, r := range recs {
+		if !keys[r.KeyID] {
+			continue
+		}
+		rv.Requests = append(rv.Requests, console.RequestView{Start: r.Start, ID: r.RequestID, KeyID: r.KeyID,
+			Endpoint: r.Endpoint, Model: r.Model, Stream: r.Stream, Status: r.Status, ErrorType: r.ErrorType,
+			PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens,
+			Latency: ms(r.LatencyMs), QueueWait: ms(r.QueueWaitMs), CacheStatus: r.CacheStatus})
+		if len(rv.Requests) == limit {
+			break
+		}
+	}
+	return rv, nil
+}
+
+// budgetLine describes an upstream's budget: "rpm 500, tpm 200000,
+// concurrent 20"; "" without one.
+func budgetLine(b config.Budget) string {
+	var parts []string
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"rpm", b.RPM}, {"tpm", b.TPM}, {"concurrent", b.Concurrent}} {
+		if f.v != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", f.name, f.v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// User reads a user's buckets without spending (as GET /admin/usage).
+func (c *consoleSource) User(ctx context.Context, keyID, user string) (console.UserView, error) {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.UserView{}, console.ErrNotFound
+	}
+	k, p, err := pol.Resolve(keyID, user)
+	if err != nil {
+		return console.UserView{}, console.ErrNotFound
+	}
+	pl := pol.Plan(p, k, "")
+	uv := console.UserView{User: p.User, KeyID: k.ID, Team: p.Team, Tier: p.Tier, EndUser: p.EndUser}
+	if !p.EndUser {
+		uv.Keys = pol.KeysOf(p.User)
+	}
+	for _, l := range []struct {
+		scope string
+		l     policy.Limits
+	}{{"user", pl.User}, {"app key, all its users", pl.App}, {"team", pl.Team}, {"shadow (counted only)", pl.Shadow}} {
+		if !l.l.IsZero() {
+			uv.Limits = append(uv.Limits, l.scope+": "+limitsLine(l.l))
+		}
+	}
+	if pl.Model != nil {
+		uv.Limits = append(uv.Limits, "model "+pl.Model.Pattern+": "+limitsLine(pl.Model.Limits))
+	}
+	if c.s.limiter == nil {
+		return uv, console.ErrUnavailable
+	}
+	us, err := c.s.limiter.Usage(ctx, &pl)
+	if err != nil {
+		if c.s.log != nil {
+			c.s.log.Warn("console usage: bucket store failed", "error", err)
+		}
+		return uv, fmt.Errorf("%w: %w", console.ErrUnavailable, err)
+	}
+	for _, u := range us {
+		reset := time.Duration(u.ResetSeconds * float64(time.Second))
+		switch u.Limit {
+		case policy.LimitBudgetDaily, policy.LimitBudgetMonthly:
+			w := "today"
+			if u.Limit == policy.LimitBudgetMonthly {
+				w = "this month"
+			}
+			uv.Spend = append(uv.Spend, console.Spend{Window: w, Scope: u.Scope, SpentUSD: u.SpentUSD, BudgetUSD: u.BudgetUSD, Reset: reset})
+		default:
+			uv.Buckets = append(uv.Buckets, console.Bucket{Limit: u.Limit, Scope: u.Scope, Configured: u.Configured,
+				Burst: u.Burst, Remaining: u.Remaining, Used: u.Used, Reset: reset})
+		}
+	}
+	return uv, nil
+}
+
+// limitsLine describes limits in one line: "rpm 60, tpm 40000 (burst
+// 20000), budget daily $5, monthly -".
+func limitsLine(l policy.Limits) string {
+	if l.IsZero() {
+		return "unlimited"
+	}
+	var parts []string
+	for _, r := range []struct {
+		name string
+		r    policy.Rate
+	}{{"rpm", l.RPM}, {"tpm", l.TPM}, {"tpd", l.TPD}} {
+		if r.r.Limit != 0 {
+			parts = append(parts, r.name+" "+r.r.String())
+		}
+	}
+	if l.Concurrent != 0 {
+		parts = append(parts, fmt.Sprintf("concurrent %d", l.Concurrent))
+	}
+	if l.Budget != (policy.SpendBudget{}) {
+		parts = append(parts, "budget "+l.Budget.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Policy describes the policy in force.
+func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.PolicyView{}
+	}
+	f := c.families()
+	pv := console.PolicyView{Reload: c.reload(), OnStoreError: pol.OnStoreError}
+	if pol.Zone != nil {
+		pv.Zone = pol.Zone.String()
+	}
+	names := make([]string, 0, len(pol.Tiers))
+	for n := range pol.Tiers {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		t := pol.Tiers[n]
+		tv := console.TierView{Name: n, Limits: limitsLine(t.Limits),
+			Queue:             queueLine(t.Queue),
+			ShadowWouldReject: f.sum("sluice_shadow_decisions_total", "tier", n, "outcome", "would_reject")}
+		if !t.Shadow.IsZero() {
+			tv.Shadow = limitsLine(t.Shadow)
+		}
+		for _, m := range t.Models {
+			tv.Models = append(tv.Models, m.Pattern+": "+limitsLine(m.Limits))
+		}
+		pv.Tiers = append(pv.Tiers, tv)
+	}
+	rows, changes, at := c.st.observe(pol)
+	pv.Changes, pv.ChangedAt = changes, at
+	pv.KeysTotal = len(rows)
+	for _, r := range rows {
+		if filter != "" && !strings.Contains(r.id, filter) && !strings.Contains(r.user, filter) && r.tier != filter {
+			continue
+		}
+		pv.KeysMatched++
+		if len(pv.Keys) >= max {
+			continue
+		}
+		kv := console.KeyView{ID: r.id, User: r.user, Tier: r.tier}
+		if k, ok := pol.KeyByID(r.id); ok {
+			kv.Team, kv.Trusted = k.Team, k.Trusted
+		}
+		pv.Keys = append(pv.Keys, kv)
+	}
+	return pv
+}
+
+func queueLine(q policy.Queue) string {
+	if q.MaxWait == 0 {
+		return fmt.Sprintf("no waiting (over a limit: 429 at once); weight %d, priority %d", q.Weight, q.Priority)
+	}
+	return fmt.Sprintf("wait up to %s, %d per user; weight %d, priority %d", q.MaxWait, q.MaxQueue, q.Weight, q.Priority)
+}
+
+// observe notes pol as the policy in force: when it is not the one seen
+// last, its changes from that one become the last change. It returns the
+// policy's keys and the last change.
+func (c *consoleState) observe(pol *policy.Policy) ([]keyRow, []string, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen != pol {
+		if c.seen != nil {
+			c.changes, c.changedAt = policy.Diff(c.seen, pol), time.Now()
+		}
+		c.seen = pol
+	}
+	if c.keysOf != pol {
+		c.keys, c.keysOf = listKeys(pol), pol
+	}
+	return c.keys, c.changes, c.changedAt
+}
+
+// listKeys lists a policy's keys by id. The policy has no key iterator of
+// its own, so the keys are read from its description as an addition to an
+// empty policy (policy.Diff), whose lines for keys are
+// "+ key ID: user USER, tier TIER", sorted by id.
+func listKeys(pol *policy.Policy) []keyRow {
+	var rows []keyRow
+	for _, line := range policy.Diff(&policy.Policy{}, pol) {
+		rest, ok := strings.CutPrefix(line, "+ key ")
+		if !ok {
+			continue
+		}
+		i := strings.LastIndex(rest, ", tier ")
+		if i < 0 {
+			continue
+		}
+		head, tier := rest[:i], rest[i+len(", tier "):]
+		j := strings.LastIndex(head, ": user ")
+		if j < 0 {
+			continue
+		}
+		rows = append(rows, keyRow{id: head[:j], user: head[j+len(": user "):], tier: tier})
+	}
+	return rows
+}

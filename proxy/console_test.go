@@ -1,0 +1,354 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/policy"
+	"sluice/policy/limit"
+	"sluice/sink"
+)
+
+const consoleToken = "console-admin-token"
+
+const consolePolicy = `tiers:
+  gold:
+    rpm: 600
+    shadow: {rpm: 300}
+  probe:
+    rpm: {limit: 1, burst: 10}
+prices:
+  "*": {input: 1, output: 2}
+keys:
+  - id: k-alice
+    sha256: %s
+    user: alice
+    team: red
+    tier: probe
+    limits: {budget: {daily_usd: 5}}
+  - id: k-bob
+    sha256: %s
+    user: bob
+    tier: gold
+`
+
+// consoleServer runs a Server with limits on loopback in front of a fake
+// upstream and returns it with its admin handler and registry.
+func consoleServer(t *testing.T, polYAML string) (*Server, http.Handler, *prometheus.Registry, string) {
+	t.Helper()
+	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}`
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, chat)
+	}))
+	t.Cleanup(up.Close)
+	pol, err := policy.Parse("p.yaml", []byte(polYAML), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+up.URL+"/v1\n    api_key: sk-upstream-0123456789abcdef\n    budget: {rpm: 6000, concurrent: 20}\n",
+		Options{Policy: pol, Registry: reg, Limiter: lim})
+	s.SetAdmin(AdminOptions{Token: consoleToken, Status: func() policy.Status {
+		return policy.Status{SHA256: "0123456789abcdef0123", LastSuccess: time.Now()}
+	}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends with the listener
+	t.Cleanup(func() { _ = ln.Close() })
+	return s, AdminHandler(reg, s), reg, ln.Addr().String()
+}
+
+func consoleGet(t testing.TB, h http.Handler, path string) (int, string) {
+	t.Helper()
+	req := httptest.NewRequest("GET", path, nil)
+	req.Header.Set("Authorization", "Bearer "+consoleToken)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
+}
+
+// TestConsoleThroughAdminMux: the console on the real admin mux shows the
+// running policy, a user's bucket after N requests, the last policy change
+// and the providers; a wrong login token is 401 and counted.
+func TestConsoleThroughAdminMux(t *testing.T) {
+	pol := fmt.Sprintf(consolePolicy, policy.HashKey("sk-alice-secret"), policy.HashKey("sk-bob-secret"))
+	s, h, reg, addr := consoleServer(t, pol)
+	const n = 3
+	for i := 0; i < n; i++ {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi `+fmt.Sprint(i)+`"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-alice-secret")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+
+	code, body := consoleGet(t, h, "/console/users/alice")
+	if code != 200 {
+		t.Fatalf("user page: %d\n%s", code, body)
+	}
+	if want := fmt.Sprintf(`id="remaining-user-rpm">%d<`, 10-n); !strings.Contains(body, want) {
+		t.Errorf("user page: want %s in\n%s", want, body)
+	}
+	for _, w := range []string{"probe", "red", "today", "$5.0000", "k-alice"} {
+		if !strings.Contains(body, w) {
+			t.Errorf("user page lacks %q", w)
+		}
+	}
+	if strings.Contains(body, "sk-alice-secret") || strings.Contains(body, policy.HashKey("sk-alice-secret")) {
+		t.Error("the user page shows the key's secret or hash")
+	}
+
+	code, body = consoleGet(t, h, "/console/policy")
+	if code != 200 {
+		t.Fatalf("policy page: %d", code)
+	}
+	for _, w := range []string{">gold<", ">probe<", "k-alice", "k-bob", "rpm 300", "2 of 2 keys", "0123456789ab", "No policy change"} {
+		if !strings.Contains(body, w) {
+			t.Errorf("policy page lacks %q", w)
+		}
+	}
+	if strings.Contains(body, policy.HashKey("sk-bob-secret")) {
+		t.Error("the policy page shows a key's hash")
+	}
+
+	// A policy swap shows as the last change.
+	next, err := policy.Parse("p.yaml", []byte(strings.Replace(pol, "rpm: 600", "rpm: 700", 1)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetPolicy(next)
+	_, body = consoleGet(t, h, "/console/policy")
+	if !strings.Contains(body, "~ tier gold rpm: 600 -&gt; 700") {
+		t.Errorf("policy page after a swap lacks the change:\n%s", body)
+	}
+
+	code, body = consoleGet(t, h, "/console/providers")
+	if code != 200 || !strings.Contains(body, ">up<") || !strings.Contains(body, "closed") || !strings.Contains(body, "rpm 6000, concurrent 20") {
+		t.Errorf("providers page: %d\n%s", code, body)
+	}
+	code, body = consoleGet(t, h, "/console/")
+	if code != 200 || !strings.Contains(body, `id="requests">3<`) {
+		t.Errorf("overview: %d, want 3 requests\n%s", code, body)
+	}
+
+	// Spend today: three answers of 10 prompt and 5 completion tokens at
+	// $1 and $2 per 1M tokens.
+	_, body = consoleGet(t, h, "/console/users/alice")
+	if !strings.Contains(body, "$0.000060") {
+		t.Errorf("user page: want $0.000060 spent today\n%s", body)
+	}
+	// Past the burst: 429s, shown by cause on the overview.
+	limited := 0
+	for i := 0; i < 10; i++ {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"more `+fmt.Sprint(i)+`"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-alice-secret")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == 429 {
+			limited++
+		}
+	}
+	_, body = consoleGet(t, h, "/console/")
+	if limited == 0 || !strings.Contains(body, "<td>429</td>") || !strings.Contains(body, fmt.Sprintf("<td>rpm (user)</td><td class=\"n\">%d</td>", limited)) {
+		t.Errorf("overview after %d refusals: want the 429s and rpm (user) %d\n%s", limited, limited, body)
+	}
+
+	// A wrong token typed into the form: 401, counted.
+	req := httptest.NewRequest("POST", "/console/login", strings.NewReader(url.Values{"token": {"nope"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusUnauthorized {
+		t.Errorf("wrong login: %d, want 401", rec.Code)
+	}
+	if got := testutil.ToFloat64(s.console.failures); got != 1 {
+		t.Errorf("sluice_console_login_failures_total = %v, want 1", got)
+	}
+	if n, err := testutil.GatherAndCount(reg, "sluice_console_login_failures_total"); err != nil || n != 1 {
+		t.Errorf("the counter is not on the registry: %d %v", n, err)
+	}
+	// No session: the login page, never data.
+	req = httptest.NewRequest("GET", "/console/users/alice", nil)
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusSeeOther || strings.Contains(rec.Body.String(), "probe") {
+		t.Errorf("without a token: %d, want 303 to the login form", rec.Code)
+	}
+}
+
+// TestConsoleNotThereWithoutToken: with no admin token configured the
+// console is 404, like /admin/.
+func TestConsoleNotThereWithoutToken(t *testing.T) {
+	for _, s := range []*Server{{}, newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{})} {
+		if s.admin == nil && s.cfg != nil {
+			s.SetAdmin(AdminOptions{})
+		}
+		h := AdminHandler(prometheus.NewRegistry(), s)
+		for _, p := range []string{"/console/", "/console/login", "/console/policy", "/console/style.css"} {
+			req := httptest.NewRequest("GET", p, nil)
+			req.Header.Set("Authorization", "Bearer ")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusNotFound {
+				t.Errorf("%s without an admin token: %d, want 404", p, rec.Code)
+			}
+		}
+	}
+}
+
+// bigPolicy is a policy of n users, each with a key of its own, over four
+// tiers.
+func bigPolicy(tb testing.TB, n int) *policy.Policy {
+	tb.Helper()
+	var b strings.Builder
+	b.WriteString("tiers:\n  free: {rpm: 10}\n  pro: {rpm: 100, shadow: {rpm: 50}}\n  team: {rpm: 300}\n  vip: {rpm: 1000}\nkeys:\n")
+	tiers := []string{"free", "pro", "team", "vip"}
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  - id: key-%05d\n    sha256: %s\n    user: user-%05d\n    team: team-%d\n    tier: %s\n",
+			i, policy.HashKey(fmt.Sprintf("sk-%d", i)), i, i%50, tiers[i%len(tiers)])
+	}
+	pol, err := policy.Parse("big.yaml", []byte(b.String()), nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pol
+}
+
+// TestConsole10kUsers: with 10,000 users in the policy the policy page and
+// a user page render within 200 ms each, the first view (which lists the
+// keys) included; the policy page lists a bounded part of the keys.
+func TestConsole10kUsers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a policy of 10,000 keys")
+	}
+	s, h := bigConsole(t)
+	_ = s
+	for _, p := range []string{"/console/policy", "/console/policy", "/console/policy?q=user-0999", "/console/users/user-05000", "/console/"} {
+		start := time.Now()
+		code, body := consoleGet(t, h, p)
+		d := time.Since(start)
+		t.Logf("%s: %d bytes in %v", p, len(body), d)
+		if code != 200 {
+			t.Fatalf("%s: %d", p, code)
+		}
+		if d > 200*time.Millisecond && !raceEnabled {
+			t.Errorf("%s took %v, want < 200 ms", p, d)
+		}
+		switch p {
+		case "/console/policy":
+			if !strings.Contains(body, "10000 of 10000 keys, the first 200 shown") || !strings.Contains(body, "key-00199") ||
+				strings.Contains(body, "key-00200") {
+				t.Errorf("policy page: the key list is not the first 200 of 10000")
+			}
+		case "/console/policy?q=user-0999":
+			if !strings.Contains(body, "10 of 10000 keys") || !strings.Contains(body, "key-09995") || !strings.Contains(body, "team-45") {
+				t.Errorf("filtered policy page: want the 10 keys of users user-0999x with their teams")
+			}
+		case "/console/users/user-05000":
+			if !strings.Contains(body, `id="remaining-user-rpm">10<`) {
+				t.Errorf("user page: want 10 remaining")
+			}
+		}
+	}
+}
+
+func bigConsole(tb testing.TB) (*Server, http.Handler) {
+	reg := prometheus.NewRegistry()
+	lim := policy.NewLimiter(policy.LimiterOptions{Store: limit.NewMemory(limit.MemoryOptions{}), Registry: reg, Logger: slog.New(slog.DiscardHandler)})
+	s := newTestServer(tb, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{Policy: bigPolicy(tb, 10000), Registry: reg, Limiter: lim})
+	s.SetAdmin(AdminOptions{Token: consoleToken})
+	return s, AdminHandler(reg, s)
+}
+
+// BenchmarkConsole10kUsers renders pages with 10,000 users in the policy.
+func BenchmarkConsole10kUsers(b *testing.B) {
+	_, h := bigConsole(b)
+	for _, p := range []string{"/console/policy", "/console/users/user-05000", "/console/"} {
+		b.Run(strings.Trim(strings.ReplaceAll(p, "/", "_"), "_"), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if code, _ := consoleGet(b, h, p); code != 200 {
+					b.Fatal(code)
+				}
+			}
+		})
+	}
+}
+
+// fakeReader is a transcript store of fixed records.
+type fakeReader struct{ recs []*sink.Record }
+
+func (f *fakeReader) Recent(_ context.Context, user string, since time.Time, limit int) ([]*sink.Record, error) {
+	var out []*sink.Record
+	for _, r := range f.recs {
+		if r.User == user && !r.Start.Before(since) && len(out) < limit {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// TestConsoleRecentRequests: a user's recent requests are those of the
+// user's own keys (not an app key's end user of the same name), or of the
+// key asked for; without transcripts the page says so.
+func TestConsoleRecentRequests(t *testing.T) {
+	pol, err := policy.Parse("p.yaml", []byte(fmt.Sprintf(consolePolicy, policy.HashKey("a"), policy.HashKey("b"))+
+		"  - id: app\n    sha256: "+policy.HashKey("c")+"\n    trusted: true\n    tier: gold\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{Policy: pol})
+	s.SetAdmin(AdminOptions{Token: consoleToken})
+	h := AdminHandler(prometheus.NewRegistry(), s)
+	if code, _ := consoleGet(t, h, "/console/requests?user=alice"); code != http.StatusServiceUnavailable {
+		t.Errorf("without transcripts: %d, want 503", code)
+	}
+	now := time.Now()
+	s.SetTranscripts(TranscriptOptions{Reader: &fakeReader{recs: []*sink.Record{
+		{RequestID: "req-own", User: "alice", KeyID: "k-alice", Start: now.Add(-time.Minute), Model: "gpt-4o-mini", Status: 200, PromptTokens: 11},
+		{RequestID: "req-app", User: "alice", KeyID: "app", Start: now.Add(-2 * time.Minute), Status: 429, ErrorType: "rate_limit_exceeded"},
+		{RequestID: "req-old", User: "alice", KeyID: "k-alice", Start: now.Add(-48 * time.Hour), Status: 200},
+	}}})
+	code, body := consoleGet(t, h, "/console/requests?user=alice")
+	if code != 200 || !strings.Contains(body, "req-own") || strings.Contains(body, "req-app") || strings.Contains(body, "req-old") {
+		t.Errorf("alice's own requests: %d, want req-own only\n%s", code, body)
+	}
+	code, body = consoleGet(t, h, "/console/requests?user=alice&key=app")
+	if code != 200 || !strings.Contains(body, "req-app") || strings.Contains(body, "req-own") || !strings.Contains(body, "End user of app key app") {
+		t.Errorf("the app key's end user alice: %d, want req-app only\n%s", code, body)
+	}
+	if code, _ := consoleGet(t, h, "/console/requests?user=nobody"); code != http.StatusNotFound {
+		t.Errorf("unknown user: %d, want 404", code)
+	}
+}
