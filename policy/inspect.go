@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"sluice/policy/limit"
@@ -19,6 +20,17 @@ func (p *Policy) KeyByID(id string) (*Key, bool) {
 		}
 	}
 	return nil, false
+}
+
+// Keys returns the compiled keys (not those skipped for an unset
+// key_env), sorted by id.
+func (p *Policy) Keys() []*Key {
+	keys := make([]*Key, 0, len(p.keys))
+	for _, k := range p.keys {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b *Key) int { return strings.Compare(a.ID, b.ID) })
+	return keys
 }
 
 // KeysOf returns the ids of the keys whose own user is user, sorted.

@@ -506,27 +506,12 @@ func (c *consoleState) observe(pol *policy.Policy) ([]keyRow, []string, time.Tim
 	return c.keys, c.changes, c.changedAt
 }
 
-// listKeys lists a policy's keys by id. The policy has no key iterator of
-// its own, so the keys are read from its description as an addition to an
-// empty policy (policy.Diff), whose lines for keys are
-// "+ key ID: user USER, tier TIER", sorted by id.
+// listKeys lists a policy's keys by id.
 func listKeys(pol *policy.Policy) []keyRow {
-	var rows []keyRow
-	for _, line := range policy.Diff(&policy.Policy{}, pol) {
-		rest, ok := strings.CutPrefix(line, "+ key ")
-		if !ok {
-			continue
-		}
-		i := strings.LastIndex(rest, ", tier ")
-		if i < 0 {
-			continue
-		}
-		head, tier := rest[:i], rest[i+len(", tier "):]
-		j := strings.LastIndex(head, ": user ")
-		if j < 0 {
-			continue
-		}
-		rows = append(rows, keyRow{id: head[:j], user: head[j+len(": user "):], tier: tier})
+	keys := pol.Keys()
+	rows := make([]keyRow, 0, len(keys))
+	for _, k := range keys {
+		rows = append(rows, keyRow{id: k.ID, user: k.User, tier: k.Tier})
 	}
 	return rows
 }
