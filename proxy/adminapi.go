@@ -155,7 +155,7 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
 	out := map[string]any{
 		"key_id": k.ID, "user": p.User, "team": p.Team, "tier": p.Tier, "end_user": p.EndUser,
 		"trusted": k.Trusted, "limits": toLimits(pl.User), "app_limits": toLimits(pl.App), "shadow": toLimits(pl.Shadow),
-		"team_limits": toLimits(pl.Team),
+		"team_limits":      toLimits(pl.Team),
 		"cache_namespaces": k.CacheNamespaces,
 	}
 	if pl.Model != nil {
