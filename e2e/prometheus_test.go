@@ -55,18 +55,28 @@ transcripts:
   mode: jsonl
 `
 
-// promPolicy: demo may wait 10 s; the app key's tier allows two requests a
-// minute and never waits (rejections).
+// promPolicy: demo may wait 10 s, under a daily budget far from spent; the
+// app key's tier allows two requests a minute and never waits (rejections);
+// the broke key's budget cannot pay for any request (budget refusals).
 func promPolicy() string {
 	return fmt.Sprintf(`
+prices:
+  "*": {input: 0.15, output: 0.60}
 tiers:
   users:
     max_wait: 10s
     max_queue: 100
+    budget: {daily_usd: 1000}
   tight:
     rpm: 2
     shadow: {rpm: 1}
+  broke:
+    budget: {daily_usd: 0.000001}
 keys:
+  - id: broke
+    sha256: %s
+    user: broke-user
+    tier: broke
   - id: demo
     key_env: SLUICE_DEMO_KEY
     user: demo
@@ -75,8 +85,11 @@ keys:
     sha256: %s
     user: tight-user
     tier: tight
-`, sha256Hex(appKey))
+`, sha256Hex(brokeKey), sha256Hex(appKey))
 }
+
+// brokeKey is the key of the prometheus test's user whose budget is spent.
+const brokeKey = "sk-sluice-broke-e2e-5a4b3c2d1e0f"
 
 // TestPrometheusEvaluatesDashboardsAndRules runs a Sluice under a short mixed
 // load (plain chats, streams, cache hits, provider queueing, limiter
@@ -239,6 +252,10 @@ func mixedLoad(t *testing.T, s *sluiceProc) {
 	}
 	if rejected == 0 {
 		t.Fatal("the tight tier rejected nothing")
+	}
+	// A budget refusal: no request fits the broke key's budget.
+	if e, limited := rateLimited(chat(s.client(brokeKey), "gpt-4o-mini", "broke "+nonce(), 1)); !limited || e.Code != "insufficient_quota" {
+		t.Fatalf("the broke key's request: %v", e)
 	}
 	// Upstream 429s (retried once, then passed on) and an unreachable upstream.
 	for range 2 {
