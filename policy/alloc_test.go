@@ -74,3 +74,17 @@ func TestBudgetNoAllocs(t *testing.T) {
 		t.Fatalf("admission under budgets allocates %v times per request; want 0", n)
 	}
 }
+
+// TestPlanNoAllocs: the plan of a key's own user reuses the scopes built at
+// compile time.
+func TestPlanNoAllocs(t *testing.T) {
+	p, ka, _ := budgetFixture(t, budgetPolicy)
+	pr := p.Principal(ka, "")
+	var pl Plan
+	if n := testing.AllocsPerRun(100, func() { pl = p.Plan(pr, ka, "gpt-4o-mini") }); n != 0 {
+		t.Fatalf("a plan allocates %v times; want 0", n)
+	}
+	if pl.UserScope != "u:alice" || pl.AppScope != "k:ka" || pl.TeamScope != "t:research" {
+		t.Fatalf("scopes %q %q %q", pl.UserScope, pl.AppScope, pl.TeamScope)
+	}
+}

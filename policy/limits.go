@@ -196,10 +196,13 @@ type Plan struct {
 // Plan resolves the budgets a request by pr with key k for model draws from.
 func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 	t := p.Tiers[pr.Tier]
-	pl := Plan{Tier: t, App: k.AppLimits, AppScope: "k:" + EscapeKeyPart(k.ID), Team: p.teams[k.Team],
-		Spend: p.Prices.Any(), Zone: p.Zone}
+	app, team := k.appScope, k.teamScope
+	if app == "" { // a Key not made by compile
+		app, team = k.scopes()
+	}
+	pl := Plan{Tier: t, App: k.AppLimits, AppScope: app, Team: p.teams[k.Team], Spend: p.Prices.Any(), Zone: p.Zone}
 	if pl.Spend || !pl.Team.IsZero() {
-		pl.TeamScope = "t:" + EscapeKeyPart(k.Team)
+		pl.TeamScope = team
 	}
 	if t != nil {
 		pl.User = t.Limits
@@ -217,12 +220,21 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 		pl.User = pl.User.override(u.Limits)
 		pl.Shadow = pl.Shadow.override(u.Shadow)
 	}
-	if pr.EndUser {
-		pl.UserScope = "k:" + EscapeKeyPart(k.ID) + ":u:" + EscapeKeyPart(pr.User)
-	} else {
+	switch {
+	case pr.EndUser:
+		pl.UserScope = app + ":u:" + EscapeKeyPart(pr.User)
+	case pr.User == k.User && k.userScope != "":
+		pl.UserScope = k.userScope
+	default:
 		pl.UserScope = "u:" + EscapeKeyPart(pr.User)
 	}
 	return pl
+}
+
+// scopes returns the bucket key prefixes of the key's shared budget and of
+// its team's: "k:ID", "t:TEAM". (An end user's scope is "k:ID:u:NAME".)
+func (k *Key) scopes() (app, team string) {
+	return "k:" + EscapeKeyPart(k.ID), "t:" + EscapeKeyPart(k.Team)
 }
 
 // EscapeKeyPart escapes a name for a bucket key, where ':' separates the

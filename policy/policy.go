@@ -282,6 +282,11 @@ type Key struct {
 	StoredObjects bool
 	// ShowCost adds the answer's cost to its headers (see KeySpec).
 	ShowCost bool
+	// appScope, teamScope and userScope are the bucket key prefixes of the
+	// key's shared budget, its team's and its own user's ("k:ID", "t:TEAM",
+	// "u:USER"), built once at compile time so a plan for the key's own
+	// user builds no string (scopes in limits.go).
+	appScope, teamScope, userScope string
 }
 
 // Principal is who a request acts for.
@@ -562,6 +567,8 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		if k.Team == "" {
 			k.Team = k.User
 		}
+		k.appScope, k.teamScope = k.scopes()
+		k.userScope = "u:" + EscapeKeyPart(k.User)
 		p.keys[sum] = k
 	}
 	if err := errs.Err(); err != nil {
