@@ -249,3 +249,24 @@ func TestBudgetConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestTeamLimits: a team's rate limits are shared by the users of all its
+// keys, and a rejection names the team.
+func TestTeamLimits(t *testing.T) {
+	src := strings.Replace(budgetPolicy, "research: {budget: {daily_usd: 0.02}}", "research: {rpm: 3}", 1)
+	p, ka, kb := budgetFixture(t, src)
+	l, _ := budgetLimiter(t)
+	ctx := context.Background()
+	for i, k := range []*Key{ka, kb, ka, kb} {
+		pl := p.Plan(p.Principal(k, ""), k, "gpt-4o-mini")
+		a := l.Admit(ctx, p, &Ask{Plan: pl, RequestID: "r"})
+		want := Admitted
+		if i == 3 {
+			want = Rejected
+		}
+		if a.Outcome != want || (want == Rejected && (a.Scope != "team" || a.Limit != LimitRPM)) {
+			t.Fatalf("request %d by %s: outcome %d limit %s scope %s", i, k.ID, a.Outcome, a.Limit, a.Scope)
+		}
+		l.Finish(ctx, a, 0, 0)
+	}
+}
