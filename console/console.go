@@ -28,9 +28,6 @@ const CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action '
 // them.
 const maxKeysShown = 200
 
-// maxChangesShown bounds the lines of the last policy change shown.
-const maxChangesShown = 200
-
 //go:embed templates/*.html static/*
 var files embed.FS
 
@@ -228,16 +225,11 @@ type policyPage struct {
 	PolicyView
 	// Query is the key filter.
 	Query string
-	// MoreChanges is how many change lines are not shown.
-	MoreChanges int
 }
 
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 	q := strings.TrimSpace(r.URL.Query().Get("q"))
 	pp := policyPage{PolicyView: h.o.Source.Policy(q, maxKeysShown), Query: q}
-	if n := len(pp.Changes); n > maxChangesShown {
-		pp.Changes, pp.MoreChanges = pp.Changes[:maxChangesShown], n-maxChangesShown
-	}
 	h.render(w, http.StatusOK, "policy", page{Title: "Policy", Nav: "policy", Data: pp})
 }
 

@@ -47,7 +47,10 @@ func (f *fakeSource) Policy(filter string, max int) PolicyView {
 		Keys: []KeyView{{ID: "k-alice", User: "alice", Team: "red", Tier: "gold-tier"},
 			{ID: "k-script", User: "<script>alert(1)</script>", Tier: "free-tier"},
 			{ID: "app", User: "app", Tier: "free-tier", Trusted: true}},
-		Changes: []string{"~ tier free-tier rpm: 5 -> 10"}, ChangedAt: time.Unix(1e9, 0)}
+		History: []ReloadEntry{
+			{At: time.Unix(1e9+60, 0), Trigger: "watch", Result: "failure", Error: "policies.yaml:3: tiers.free-tier.rpm: <not a number>"},
+			{At: time.Unix(1e9, 0), Trigger: "admin", Result: "success", SHA256: "abcdef0123456789", Changes: []string{"~ tier free-tier rpm: 5 -> 10"}},
+			{At: time.Unix(1e9-60, 0), Trigger: "start", Result: "loaded", SHA256: "0123456789abcdef"}}}
 	all := pv.Keys
 	pv.Keys, pv.KeysTotal = nil, len(all)
 	for _, k := range all {
@@ -122,7 +125,8 @@ func TestPagesRenderData(t *testing.T) {
 	}{
 		{"/console/", []string{"1234", "rpm (user)", "budget_daily (team)", "75.0%", "openai", "abcdef012345"}},
 		{"/console/policy", []string{"gold-tier", "free-tier", "rpm 300", ">7<", "k-alice", "/console/users/alice?key=k-alice",
-			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`}},
+			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`,
+			`<tr class="failure">`, "tiers.free-tier.rpm: &lt;not a number&gt;", "kept the last good", "<code>0123456789ab</code>", ">start<"}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
 		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`}},
 		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},

@@ -213,12 +213,33 @@ type PolicyView struct {
 	// OnStoreError and Zone are the policy's store-error mode and budget
 	// time zone.
 	OnStoreError, Zone string
-	// Changes are the effective changes of the last policy swap the
-	// console saw ("+", "-", "~" lines); ChangedAt when it saw it (zero:
-	// none since start).
-	Changes   []string
-	ChangedAt time.Time
+	// History are the last loads of the policy file, newest first: the
+	// load at start, each swap with its effective changes, and reloads
+	// that failed or were refused. Empty with the embedded example policy.
+	History []ReloadEntry
 }
+
+// ReloadEntry is one load of the policy file.
+type ReloadEntry struct {
+	// At is when it happened; Trigger what started it ("start", "watch",
+	// "sighup", "admin").
+	At      time.Time
+	Trigger string
+	// Result is "loaded", "success", "forced", "failure" or "refused".
+	Result string
+	// SHA256 is the hex hash of the policy applied; "" when none was.
+	SHA256 string
+	// Error is why nothing was applied.
+	Error string
+	// Changes are the effective changes ("+", "-", "~" lines; for a
+	// refusal, the limits it would have lifted); MoreChanges the lines
+	// left out.
+	Changes     []string
+	MoreChanges int
+}
+
+// Applied reports an entry that put a policy in force.
+func (e ReloadEntry) Applied() bool { return e.SHA256 != "" }
 
 // ProviderView is one upstream.
 type ProviderView struct {

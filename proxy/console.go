@@ -19,20 +19,13 @@ import (
 )
 
 // consoleState is what the web console keeps between page views: its
-// login failure counter, the last policy swap it saw, and the key list of
-// the policy in force.
+// login failure counter and the key list of the policy in force.
 type consoleState struct {
 	// failures is sluice_console_login_failures_total.
 	failures prometheus.Counter
 
 	// mu guards the fields below.
 	mu sync.Mutex
-	// seen is the last policy a policy page compared with; changes are
-	// its effective changes from the one before (policy.Diff), noticed at
-	// changedAt (zero: no swap seen since start).
-	seen      *policy.Policy
-	changes   []string
-	changedAt time.Time
 	// keysOf is the policy keys lists the keys of, by id.
 	keysOf *policy.Policy
 	keys   []keyRow
@@ -41,10 +34,9 @@ type consoleState struct {
 // keyRow is a key as the policy lists it: id, own user and tier.
 type keyRow struct{ id, user, tier string }
 
-// newConsoleState registers the console's counter on reg; pol is the
-// policy at start, which the first swap is compared with.
-func newConsoleState(reg prometheus.Registerer, pol *policy.Policy) (*consoleState, error) {
-	c := &consoleState{seen: pol, failures: prometheus.NewCounter(prometheus.CounterOpts{
+// newConsoleState registers the console's counter on reg.
+func newConsoleState(reg prometheus.Registerer) (*consoleState, error) {
+	c := &consoleState{failures: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sluice_console_login_failures_total",
 		Help: "Console logins with a wrong admin token.",
 	})}
@@ -62,7 +54,7 @@ func newConsoleState(reg prometheus.Registerer, pol *policy.Policy) (*consoleSta
 func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 	st := s.console
 	if st == nil { // a Server not built by New (tests)
-		st, _ = newConsoleState(nil, s.policy.Load())
+		st, _ = newConsoleState(nil)
 	}
 	h, err := console.New(console.Options{
 		Source: &consoleSource{s: s, g: g, st: st},
@@ -461,8 +453,13 @@ func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
 		}
 		pv.Tiers = append(pv.Tiers, tv)
 	}
-	rows, changes, at := c.st.observe(pol)
-	pv.Changes, pv.ChangedAt = changes, at
+	if a := c.s.admin; a != nil && a.o.Status != nil {
+		for _, e := range a.o.Status().History {
+			pv.History = append(pv.History, console.ReloadEntry{At: e.At, Trigger: e.Trigger, Result: e.Result,
+				SHA256: e.SHA256, Error: e.Error, Changes: e.Changes, MoreChanges: e.MoreChanges})
+		}
+	}
+	rows := c.st.keysFor(pol)
 	pv.KeysTotal = len(rows)
 	for _, r := range rows {
 		if filter != "" && !strings.Contains(r.id, filter) && !strings.Contains(r.user, filter) && r.tier != filter {
@@ -488,22 +485,15 @@ func queueLine(q policy.Queue) string {
 	return fmt.Sprintf("wait up to %s, %d per user; weight %d, priority %d", q.MaxWait, q.MaxQueue, q.Weight, q.Priority)
 }
 
-// observe notes pol as the policy in force: when it is not the one seen
-// last, its changes from that one become the last change. It returns the
-// policy's keys and the last change.
-func (c *consoleState) observe(pol *policy.Policy) ([]keyRow, []string, time.Time) {
+// keysFor returns the keys of pol, the policy in force, listed once per
+// policy.
+func (c *consoleState) keysFor(pol *policy.Policy) []keyRow {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.seen != pol {
-		if c.seen != nil {
-			c.changes, c.changedAt = policy.Diff(c.seen, pol), time.Now()
-		}
-		c.seen = pol
-	}
 	if c.keysOf != pol {
 		c.keys, c.keysOf = listKeys(pol), pol
 	}
-	return c.keys, c.changes, c.changedAt
+	return c.keys
 }
 
 // listKeys lists a policy's keys by id.
