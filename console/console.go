@@ -88,7 +88,7 @@ func New(o Options) (*Handler, error) {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	h.css = css
-	for _, name := range []string{"login", "overview", "user", "requests", "policy", "providers", "notfound"} {
+	for _, name := range []string{"login", "overview", "user", "team", "requests", "policy", "providers", "notfound"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", name, err)
@@ -142,6 +142,7 @@ var funcs = template.FuncMap{
 		}
 		return Prefix + "requests?" + v.Encode()
 	},
+	"teamURL": func(team string) string { return Prefix + "teams/" + url.PathEscape(team) },
 	"userURL": func(user, key string) string {
 		u := Prefix + "users/" + url.PathEscape(user)
 		if key != "" {
@@ -204,6 +205,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.render(w, http.StatusOK, "providers", page{Title: "Providers", Nav: "providers", Data: h.o.Source.Providers()})
 	case rest == "requests":
 		h.requests(w, r)
+	case strings.HasPrefix(rest, "teams/"):
+		h.team(w, r, strings.TrimPrefix(rest, "teams/"))
 	case rest == "users" || strings.HasPrefix(rest, "users/"):
 		h.user(w, r, strings.TrimPrefix(strings.TrimPrefix(rest, "users"), "/"))
 	default:
@@ -262,6 +265,35 @@ func (h *Handler) user(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 	h.render(w, http.StatusOK, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv})
+}
+
+// team shows a team (/console/teams/NAME, or ?team=NAME from a form).
+func (h *Handler) team(w http.ResponseWriter, r *http.Request, name string) {
+	if name == "" {
+		name = r.URL.Query().Get("team")
+	}
+	if name == "" {
+		h.render(w, http.StatusBadRequest, "notfound", page{Title: "Team", Nav: "policy",
+			Error: "Give a team name (/console/teams/NAME)."})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	tv, err := h.o.Source.Team(ctx, name)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		h.render(w, http.StatusNotFound, "notfound", page{Title: "Team", Nav: "policy", Error: "No key is in this team."})
+		return
+	case errors.Is(err, ErrUnavailable):
+		h.render(w, http.StatusServiceUnavailable, "team", page{Title: "Team " + tv.Name, Nav: "policy", Data: tv,
+			Error: "The bucket store did not answer (or limits are off): no bucket state."})
+		return
+	case err != nil:
+		h.o.Logger.Warn("console: team page", "error", err)
+		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "Team", Error: "The team could not be read."})
+		return
+	}
+	h.render(w, http.StatusOK, "team", page{Title: "Team " + tv.Name, Nav: "policy", Data: tv})
 }
 
 // maxRequestsShown bounds the recent requests page.

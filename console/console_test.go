@@ -80,6 +80,19 @@ func (f *fakeSource) Requests(_ context.Context, key, user string, limit int) (R
 	return rv, nil
 }
 
+func (f *fakeSource) Team(_ context.Context, name string) (TeamView, error) {
+	switch name {
+	case "red":
+		return TeamView{Name: "red", Limits: "rpm 1000, budget daily $50",
+			Members: []KeyView{{ID: "k-alice", User: "alice", Team: "red", Tier: "gold-tier"}, {ID: "app", User: "app", Team: "red", Tier: "free-tier", Trusted: true}},
+			Buckets: []Bucket{{Limit: "rpm", Scope: "team", Configured: 1000, Burst: 1000, Remaining: 990, Used: 10}},
+			Spend:   []Spend{{Window: "today", Scope: "team", SpentUSD: 12.5, BudgetUSD: 50}}}, nil
+	case "down":
+		return TeamView{Name: "down"}, ErrUnavailable
+	}
+	return TeamView{}, ErrNotFound
+}
+
 func (f *fakeSource) Providers() []ProviderView {
 	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Budget: "rpm 500", Keys: 3, Breaker: "open", Throttled: 9}}
 }
@@ -129,7 +142,9 @@ func TestPagesRenderData(t *testing.T) {
 			`<tr class="failure">`, "tiers.free-tier.rpm: &lt;not a number&gt;", "kept the last good", "<code>0123456789ab</code>", ">start<"}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
 		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`}},
-		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},
+		{"/console/teams/red", []string{"rpm 1000, budget daily $50", `id="remaining-team-rpm">990<`, "$12.5000", "$50.0000",
+			"/console/users/alice?key=k-alice", "app key: its end users share"}},
+		{"/console/users/alice", []string{`href="/console/teams/red"`, "gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},
 		{"/console/requests?user=alice", []string{"req-00", "req-49", "429 rate_limit_exceeded", "gpt-4o-mini", ">34<", "250ms", "50 shown"}},
 	} {
 		rec := get(t, h, c.path, true)
@@ -168,6 +183,9 @@ func TestUserPageErrors(t *testing.T) {
 		"/console/requests":            http.StatusBadRequest,
 		"/console/requests?user=bob":   http.StatusNotFound,
 		"/console/requests?key=off":    http.StatusServiceUnavailable,
+		"/console/teams/blue":          http.StatusNotFound,
+		"/console/teams/down":          http.StatusServiceUnavailable,
+		"/console/teams/":              http.StatusBadRequest,
 	} {
 		if rec := get(t, h, path, true); rec.Code != want {
 			t.Errorf("%s: %d, want %d", path, rec.Code, want)

@@ -21,6 +21,9 @@ type Source interface {
 	// match filter (a substring of the key's id or user, or its tier's
 	// name; "" matches every key).
 	Policy(filter string, max int) PolicyView
+	// Team is a team's members, shared limits, buckets and spend, read
+	// without spending. ErrNotFound when no key is in the team.
+	Team(ctx context.Context, name string) (TeamView, error)
 	// Providers are the upstreams' queue and breaker states.
 	Providers() []ProviderView
 	// Requests are a user's recent requests from the transcripts, newest
@@ -176,6 +179,29 @@ type UserView struct {
 	Spend   []Spend
 }
 
+// TeamView is a team's page.
+type TeamView struct {
+	// Name is the team's name.
+	Name string
+	// Limits describes the team's shared limits (the policy's teams:
+	// entry) in one line; "" without an entry.
+	Limits string
+	// Members are the team's keys, sorted by id.
+	Members []KeyView
+	// Buckets and Spend are the team's shared buckets and spend (scope
+	// team); empty when the store did not answer.
+	Buckets []Bucket
+	Spend   []Spend
+}
+
+// TeamLine is one entry of the policy's teams: section.
+type TeamLine struct {
+	// Name is the team's; Limits its shared limits in one line.
+	Name, Limits string
+	// Keys is how many keys are in the team.
+	Keys int
+}
+
 // TierView is one tier of the policy.
 type TierView struct {
 	// Name is the tier's name.
@@ -205,6 +231,8 @@ type PolicyView struct {
 	Reload ReloadView
 	// Tiers are the tiers by name.
 	Tiers []TierView
+	// Teams are the teams with shared limits (teams:), by name.
+	Teams []TeamLine
 	// Keys are the keys matching the filter, sorted by id, at most the
 	// max asked for; KeysMatched is how many matched, KeysTotal how many
 	// the policy has.

@@ -31,8 +31,11 @@ type consoleState struct {
 	keys   []keyRow
 }
 
-// keyRow is a key as the policy lists it: id, own user and tier.
-type keyRow struct{ id, user, tier string }
+// keyRow is a key as the policy lists it.
+type keyRow struct {
+	id, user, team, tier string
+	trusted              bool
+}
 
 // newConsoleState registers the console's counter on reg.
 func newConsoleState(reg prometheus.Registerer) (*consoleState, error) {
@@ -373,16 +376,62 @@ func (c *consoleSource) User(ctx context.Context, keyID, user string) (console.U
 	if pl.Model != nil {
 		uv.Limits = append(uv.Limits, "model "+pl.Model.Pattern+": "+limitsLine(pl.Model.Limits))
 	}
-	if c.s.limiter == nil {
-		return uv, console.ErrUnavailable
+	uv.Buckets, uv.Spend, err = c.usage(ctx, &pl)
+	return uv, err
+}
+
+// Team reads a team's shared buckets and spend without spending: through
+// the plan of its first key, keeping the rules of scope team.
+func (c *consoleSource) Team(ctx context.Context, name string) (console.TeamView, error) {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.TeamView{}, console.ErrNotFound
 	}
-	us, err := c.s.limiter.Usage(ctx, &pl)
+	keys := pol.KeysOfTeam(name)
+	if len(keys) == 0 {
+		return console.TeamView{}, console.ErrNotFound
+	}
+	tv := console.TeamView{Name: name}
+	if l, ok := pol.TeamLimits()[name]; ok {
+		tv.Limits = limitsLine(l)
+	}
+	for _, k := range keys {
+		tv.Members = append(tv.Members, console.KeyView{ID: k.ID, User: k.User, Team: k.Team, Tier: k.Tier, Trusted: k.Trusted})
+	}
+	k := keys[0]
+	pl := pol.Plan(pol.Principal(k, ""), k, "")
+	if pl.TeamScope == "" { // no team limits and no prices: nothing counted per team
+		return tv, nil
+	}
+	b, s, err := c.usage(ctx, &pl)
+	for _, x := range b {
+		if x.Scope == "team" {
+			tv.Buckets = append(tv.Buckets, x)
+		}
+	}
+	for _, x := range s {
+		if x.Scope == "team" {
+			tv.Spend = append(tv.Spend, x)
+		}
+	}
+	return tv, err
+}
+
+// usage reads a plan's buckets and spend without spending; the error wraps
+// console.ErrUnavailable.
+func (c *consoleSource) usage(ctx context.Context, pl *policy.Plan) ([]console.Bucket, []console.Spend, error) {
+	if c.s.limiter == nil {
+		return nil, nil, console.ErrUnavailable
+	}
+	us, err := c.s.limiter.Usage(ctx, pl)
 	if err != nil {
 		if c.s.log != nil {
 			c.s.log.Warn("console usage: bucket store failed", "error", err)
 		}
-		return uv, fmt.Errorf("%w: %w", console.ErrUnavailable, err)
+		return nil, nil, fmt.Errorf("%w: %w", console.ErrUnavailable, err)
 	}
+	var buckets []console.Bucket
+	var spend []console.Spend
 	for _, u := range us {
 		reset := time.Duration(u.ResetSeconds * float64(time.Second))
 		switch u.Limit {
@@ -391,13 +440,13 @@ func (c *consoleSource) User(ctx context.Context, keyID, user string) (console.U
 			if u.Limit == policy.LimitBudgetMonthly {
 				w = "this month"
 			}
-			uv.Spend = append(uv.Spend, console.Spend{Window: w, Scope: u.Scope, SpentUSD: u.SpentUSD, BudgetUSD: u.BudgetUSD, Reset: reset})
+			spend = append(spend, console.Spend{Window: w, Scope: u.Scope, SpentUSD: u.SpentUSD, BudgetUSD: u.BudgetUSD, Reset: reset})
 		default:
-			uv.Buckets = append(uv.Buckets, console.Bucket{Limit: u.Limit, Scope: u.Scope, Configured: u.Configured,
+			buckets = append(buckets, console.Bucket{Limit: u.Limit, Scope: u.Scope, Configured: u.Configured,
 				Burst: u.Burst, Remaining: u.Remaining, Used: u.Used, Reset: reset})
 		}
 	}
-	return uv, nil
+	return buckets, spend, nil
 }
 
 // limitsLine describes limits in one line: "rpm 60, tpm 40000 (burst
@@ -469,11 +518,19 @@ func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
 		if len(pv.Keys) >= max {
 			continue
 		}
-		kv := console.KeyView{ID: r.id, User: r.user, Tier: r.tier}
-		if k, ok := pol.KeyByID(r.id); ok {
-			kv.Team, kv.Trusted = k.Team, k.Trusted
+		pv.Keys = append(pv.Keys, console.KeyView{ID: r.id, User: r.user, Team: r.team, Tier: r.tier, Trusted: r.trusted})
+	}
+	if teams := pol.TeamLimits(); len(teams) > 0 {
+		members := map[string]int{}
+		for _, r := range rows {
+			if _, ok := teams[r.team]; ok {
+				members[r.team]++
+			}
 		}
-		pv.Keys = append(pv.Keys, kv)
+		for name, l := range teams {
+			pv.Teams = append(pv.Teams, console.TeamLine{Name: name, Limits: limitsLine(l), Keys: members[name]})
+		}
+		slices.SortFunc(pv.Teams, func(a, b console.TeamLine) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return pv
 }
@@ -501,7 +558,7 @@ func listKeys(pol *policy.Policy) []keyRow {
 	keys := pol.Keys()
 	rows := make([]keyRow, 0, len(keys))
 	for _, k := range keys {
-		rows = append(rows, keyRow{id: k.ID, user: k.User, tier: k.Tier})
+		rows = append(rows, keyRow{id: k.ID, user: k.User, team: k.Team, tier: k.Tier, trusted: k.Trusted})
 	}
 	return rows
 }

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,8 @@ const consolePolicy = `tiers:
     rpm: {limit: 1, burst: 10}
 prices:
   "*": {input: 1, output: 2}
+teams:
+  red: {rpm: 100, budget: {daily_usd: 20}}
 keys:
   - id: k-alice
     sha256: %s
@@ -154,6 +158,25 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	if !strings.Contains(body, "$0.000060") {
 		t.Errorf("user page: want $0.000060 spent today\n%s", body)
 	}
+	// The team's page: its keys, its shared rpm bucket after three
+	// requests and the same spend, against the team's budget.
+	code, body = consoleGet(t, h, "/console/teams/red")
+	if code != 200 {
+		t.Fatalf("team page: %d\n%s", code, body)
+	}
+	m := regexp.MustCompile(`id="remaining-team-rpm">(\d+)<`).FindStringSubmatch(body)
+	if m == nil || !strings.Contains(body, "k-alice") || strings.Contains(body, "k-bob") ||
+		!strings.Contains(body, "$0.000060") || !strings.Contains(body, "$20.0000") || !strings.Contains(body, "rpm 100") {
+		t.Errorf("team page: want k-alice alone, a team rpm bucket, $0.000060 of $20\n%s", body)
+	} else if burst := regexp.MustCompile(`<td>rpm</td><td>team</td><td class="n">100</td><td class="n">(\d+)<`).FindStringSubmatch(body); burst == nil || fmt.Sprint(mustAtoi(t, burst[1])-n) != m[1] {
+		t.Errorf("team rpm: %s remaining of burst %v after %d requests", m[1], burst, n)
+	}
+	if _, pbody := consoleGet(t, h, "/console/policy"); !strings.Contains(pbody, `<a href="/console/teams/red">red</a></td><td>rpm 100, budget daily $20`) {
+		t.Errorf("policy page: the teams section lacks red\n%s", pbody)
+	}
+	if code, _ := consoleGet(t, h, "/console/teams/blue"); code != http.StatusNotFound {
+		t.Errorf("a team without keys: %d, want 404", code)
+	}
 	// Past the burst: 429s, shown by cause on the overview.
 	limited := 0
 	for i := 0; i < 10; i++ {
@@ -197,6 +220,15 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	if rec.Code != http.StatusSeeOther || strings.Contains(rec.Body.String(), "probe") {
 		t.Errorf("without a token: %d, want 303 to the login form", rec.Code)
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // TestConsoleNotThereWithoutToken: with no admin token configured the
