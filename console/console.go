@@ -41,9 +41,17 @@ type Options struct {
 	// TokenOK reports whether a token typed into the login form is the
 	// admin token (constant-time). Required.
 	TokenOK func(token string) bool
-	// LoginFailed is called for each login with a wrong token (a counter);
-	// optional.
+	// LoginFailed is called for each wrong token, typed into the form or
+	// sent as a Bearer header (a counter); optional.
 	LoginFailed func()
+	// LoginThrottled is called for each attempt refused unchecked because
+	// its address sent too many wrong tokens (a counter); optional.
+	LoginThrottled func()
+	// CookieKey signs the session cookies. Replicas given the same key
+	// (derived from the admin token) accept each other's sessions, which
+	// also outlive a restart; changing the key ends every session. Empty:
+	// a random key, so a restart ends every login.
+	CookieKey []byte
 	// SessionTTL is how long a login lasts. Default 12 h.
 	SessionTTL time.Duration
 	// Logger receives errors rendering pages (never a token). Default
@@ -56,13 +64,13 @@ type Options struct {
 // Handler serves the console under Prefix.
 type Handler struct {
 	o     Options
-	key   [32]byte
+	key   []byte
+	guard loginGuard
 	pages map[string]*template.Template
 	css   []byte
 }
 
-// New returns a console Handler. The cookie key is drawn at random, so a
-// restart ends every login.
+// New returns a console Handler.
 func New(o Options) (*Handler, error) {
 	if o.Source == nil || o.BearerOK == nil || o.TokenOK == nil {
 		return nil, errors.New("console: Source, BearerOK and TokenOK are required")
@@ -79,9 +87,15 @@ func New(o Options) (*Handler, error) {
 	if o.LoginFailed == nil {
 		o.LoginFailed = func() {}
 	}
-	h := &Handler{o: o, pages: map[string]*template.Template{}}
-	if _, err := rand.Read(h.key[:]); err != nil {
-		return nil, fmt.Errorf("console: cookie key: %w", err)
+	if o.LoginThrottled == nil {
+		o.LoginThrottled = func() {}
+	}
+	h := &Handler{o: o, pages: map[string]*template.Template{}, key: o.CookieKey}
+	if len(h.key) == 0 {
+		h.key = make([]byte, 32)
+		if _, err := rand.Read(h.key); err != nil {
+			return nil, fmt.Errorf("console: cookie key: %w", err)
+		}
 	}
 	css, err := fs.ReadFile(files, "static/style.css")
 	if err != nil {
@@ -186,7 +200,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.logout(w, r)
 		return
 	}
-	if !h.authorized(r) {
+	if a, ok := bearer(r); ok {
+		if !h.checkBearer(w, r, a) {
+			return
+		}
+	} else if !h.session(r) {
 		// Never data without the token: to the login form, which comes
 		// back here after.
 		http.Redirect(w, r, Prefix+"login?next="+url.QueryEscape(r.URL.Path), http.StatusSeeOther)

@@ -281,11 +281,36 @@ type ProviderView struct {
 	// describes it ("rpm 500, concurrent 20"; "" without one).
 	Limited bool
 	Budget  string
-	// Keys is the size of the upstream's key pool (0: one key, no pool).
+	// Keys is the size of the upstream's key pool (0: one key, no pool);
+	// Pool its keys.
 	Keys int
+	Pool []PoolKey
 	// Breaker is "closed", "half-open" or "open".
 	Breaker string
 	// InFlight is granted calls not yet finished; Throttled the 429/503
 	// answers since start.
 	InFlight, Throttled float64
+}
+
+// PoolKey is one key of an upstream's key pool, by id (never the secret).
+type PoolKey struct {
+	// ID and Weight are upstreams[].keys[]'s; Budget describes its own
+	// budget ("" without one).
+	ID     string
+	Weight int64
+	Budget string
+	// Resting is how long the key still rests after a 429 or 503 (0: it
+	// takes calls).
+	Resting time.Duration
+	// Answers and Throttled count the answers to calls made with the key
+	// since start, all and 429/503.
+	Answers, Throttled float64
+}
+
+// ThrottledRatio is Throttled over Answers, 0 without answers.
+func (k PoolKey) ThrottledRatio() float64 {
+	if k.Answers == 0 {
+		return 0
+	}
+	return k.Throttled / k.Answers
 }

@@ -77,6 +77,9 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 				"upstream", up.name, "route", endpointLabels[x.ep], "attempt", attempt, "error", err)
 		}
 		throttled := err == nil && (st == fasthttp.StatusTooManyRequests || st == fasthttp.StatusServiceUnavailable)
+		if err == nil {
+			up.keyAnswered(key, throttled)
+		}
 		if !failed && !throttled {
 			up.sched.Succeeded()
 			break

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"slices"
@@ -21,8 +23,9 @@ import (
 // consoleState is what the web console keeps between page views: its
 // login failure counter and the key list of the policy in force.
 type consoleState struct {
-	// failures is sluice_console_login_failures_total.
-	failures prometheus.Counter
+	// failures is sluice_console_login_failures_total; throttled
+	// sluice_console_login_throttled_total.
+	failures, throttled prometheus.Counter
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -37,18 +40,32 @@ type keyRow struct {
 	trusted              bool
 }
 
-// newConsoleState registers the console's counter on reg.
+// newConsoleState registers the console's counters on reg.
 func newConsoleState(reg prometheus.Registerer) (*consoleState, error) {
 	c := &consoleState{failures: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sluice_console_login_failures_total",
-		Help: "Console logins with a wrong admin token.",
+		Help: "Console sign-ins with a wrong admin token, by the login form or a Bearer header.",
+	}), throttled: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_console_login_throttled_total",
+		Help: "Console sign-ins refused unchecked (429) because their address sent too many wrong tokens (5 at once, then one per 12 s).",
 	})}
 	if reg != nil {
-		if err := reg.Register(c.failures); err != nil {
-			return nil, fmt.Errorf("console metrics: %w", err)
+		for _, m := range []prometheus.Collector{c.failures, c.throttled} {
+			if err := reg.Register(m); err != nil {
+				return nil, fmt.Errorf("console metrics: %w", err)
+			}
 		}
 	}
 	return c, nil
+}
+
+// consoleCookieKey derives the console's cookie key from the admin token's
+// hash, so replicas with one token share sessions and a new token ends
+// them.
+func consoleCookieKey(tokenHash [sha256.Size]byte) []byte {
+	m := hmac.New(sha256.New, tokenHash[:])
+	m.Write([]byte("sluice console session key v1"))
+	return m.Sum(nil)
 }
 
 // consoleRoutes registers the web console (package console) under
@@ -58,6 +75,10 @@ func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 	st := s.console
 	if st == nil { // a Server not built by New (tests)
 		st, _ = newConsoleState(nil)
+	}
+	var cookieKey []byte
+	if a := s.admin; a != nil && a.o.Token != "" {
+		cookieKey = consoleCookieKey(a.tokenHash)
 	}
 	h, err := console.New(console.Options{
 		Source: &consoleSource{s: s, g: g, st: st},
@@ -69,8 +90,10 @@ func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 			a := s.admin
 			return a != nil && a.o.Token != "" && tokenOK("Bearer "+token, a.tokenHash)
 		},
-		LoginFailed: st.failures.Inc,
-		Logger:      s.log,
+		LoginFailed:    st.failures.Inc,
+		LoginThrottled: st.throttled.Inc,
+		CookieKey:      cookieKey,
+		Logger:         s.log,
 	})
 	mux.Handle(console.Prefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a := s.admin; a == nil || a.o.Token == "" {
@@ -278,6 +301,17 @@ func (c *consoleSource) providers(f families) []console.ProviderView {
 			// s.upstreams are built from cfg.Upstreams in order.
 			uc := &c.s.cfg.Upstreams[i]
 			p.Budget, p.Keys = budgetLine(uc.Budget), len(uc.Keys)
+			if len(uc.Keys) > 0 && up.sched != nil {
+				for j, ks := range up.sched.KeyStates() {
+					if j >= len(uc.Keys) {
+						break
+					}
+					p.Pool = append(p.Pool, console.PoolKey{ID: ks.ID, Weight: ks.Weight, Budget: budgetLine(uc.Keys[j].Budget),
+						Resting:   ks.Resting,
+						Answers:   f.sum("sluice_upstream_key_answers_total", "upstream", up.name, "key", ks.ID),
+						Throttled: f.sum("sluice_upstream_key_throttled_total", "upstream", up.name, "key", ks.ID)})
+				}
+			}
 		}
 		out = append(out, p)
 	}

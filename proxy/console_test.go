@@ -376,3 +376,102 @@ func TestConsoleRecentRequests(t *testing.T) {
 		t.Errorf("unknown user: %d, want 404", code)
 	}
 }
+
+// TestConsoleKeyPool: the providers page lists an upstream's pool keys by
+// id: the key the provider answered 429 rests (for the answer's
+// retry-after) with its 429 counted, the other takes the calls.
+func TestConsoleKeyPool(t *testing.T) {
+	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Bearer sk-pool-hot-0123456789" {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, chat)
+	}))
+	t.Cleanup(up.Close)
+	reg := prometheus.NewRegistry()
+	s := newTestServer(t, "upstreams:\n  - name: pooled\n    base_url: "+up.URL+"/v1\n    max_attempts: 3\n    keys:\n"+
+		"      - {id: hot, api_key: sk-pool-hot-0123456789}\n      - {id: cool, api_key: sk-pool-cool-0123456789, budget: {rpm: 600}}\n",
+		Options{Registry: reg})
+	s.SetAdmin(AdminOptions{Token: consoleToken})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends with the listener
+	t.Cleanup(func() { _ = ln.Close() })
+	h := AdminHandler(reg, s)
+	statuses := map[int]int{}
+	for i := 0; i < 6; i++ {
+		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/v1/chat/completions",
+			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"pool `+fmt.Sprint(i)+`"}]}`))
+		req.Header.Set("Authorization", "Bearer sk-client")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		statuses[resp.StatusCode]++
+	}
+	// Without a max wait the hot key's 429 reaches its client; then the
+	// key rests and the cool one takes every call.
+	if statuses[429] != 1 || statuses[200] != 5 {
+		t.Fatalf("statuses %v, want one 429 and five 200", statuses)
+	}
+	code, body := consoleGet(t, h, "/console/providers")
+	if code != 200 {
+		t.Fatalf("providers page: %d", code)
+	}
+	row := func(id string) string {
+		m := regexp.MustCompile(`<tr><td>` + id + `</td>.*?</tr>`).FindString(strings.ReplaceAll(body, "\n", " "))
+		return m
+	}
+	hot, cool := row("hot"), row("cool")
+	if !strings.Contains(hot, "key-resting") || !strings.Contains(hot, `<td class="n">1</td><td class="n">1</td><td class="n">100.0%</td>`) {
+		t.Errorf("the hot key is not shown resting with its one 429: %s", hot)
+	}
+	if !strings.Contains(cool, "key-ready") || !strings.Contains(cool, "rpm 600") || !strings.Contains(cool, `<td class="n">5</td><td class="n">0</td>`) {
+		t.Errorf("the cool key is not shown taking the five calls: %s", cool)
+	}
+	if strings.Contains(body, "sk-pool-") {
+		t.Error("the providers page shows a key's secret")
+	}
+}
+
+// TestConsoleSessionSharedByReplicas: a session made on one replica opens
+// the console of another with the same admin token (behind a load
+// balancer without stickiness) and not of one with another token.
+func TestConsoleSessionSharedByReplicas(t *testing.T) {
+	replica := func(token string) http.Handler {
+		s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{})
+		s.SetAdmin(AdminOptions{Token: token})
+		return AdminHandler(prometheus.NewRegistry(), s)
+	}
+	a, b, other := replica(consoleToken), replica(consoleToken), replica("another-admin-token")
+	req := httptest.NewRequest("POST", "/console/login", strings.NewReader(url.Values{"token": {consoleToken}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, req)
+	cookies := rec.Result().Cookies()
+	if rec.Code != http.StatusSeeOther || len(cookies) != 1 {
+		t.Fatalf("login: %d with %d cookies", rec.Code, len(cookies))
+	}
+	for name, c := range map[string]struct {
+		h    http.Handler
+		want int
+	}{"same token": {b, http.StatusOK}, "another token": {other, http.StatusSeeOther}} {
+		req := httptest.NewRequest("GET", "/console/", nil)
+		req.AddCookie(cookies[0])
+		rec := httptest.NewRecorder()
+		c.h.ServeHTTP(rec, req)
+		if rec.Code != c.want {
+			t.Errorf("%s: %d, want %d", name, rec.Code, c.want)
+		}
+	}
+}
