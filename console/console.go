@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"embed"
@@ -268,21 +269,8 @@ func (h *Handler) user(w http.ResponseWriter, r *http.Request, name string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	uv, err := h.o.Source.User(ctx, key, name)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		h.render(w, http.StatusNotFound, "notfound", page{Title: "User", Nav: "policy",
-			Error: "No key serves this user or key. An end user of a trusted app key has no key of its own: give ?key=APP."})
-		return
-	case errors.Is(err, ErrUnavailable):
-		h.render(w, http.StatusServiceUnavailable, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv,
-			Error: "The bucket store did not answer (or limits are off): no bucket state."})
-		return
-	case err != nil:
-		h.o.Logger.Warn("console: user page", "error", err)
-		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "User", Error: "The user could not be read."})
-		return
-	}
-	h.render(w, http.StatusOK, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv})
+	h.answer(w, "user", page{Title: "User " + cmp.Or(uv.User, name), Nav: "policy", Data: uv}, err,
+		"No key serves this user or key. An end user of a trusted app key has no key of its own: give ?key=APP.")
 }
 
 // team shows a team (/console/teams/NAME, or ?team=NAME from a form).
@@ -298,20 +286,7 @@ func (h *Handler) team(w http.ResponseWriter, r *http.Request, name string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	tv, err := h.o.Source.Team(ctx, name)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		h.render(w, http.StatusNotFound, "notfound", page{Title: "Team", Nav: "policy", Error: "No key is in this team."})
-		return
-	case errors.Is(err, ErrUnavailable):
-		h.render(w, http.StatusServiceUnavailable, "team", page{Title: "Team " + tv.Name, Nav: "policy", Data: tv,
-			Error: "The bucket store did not answer (or limits are off): no bucket state."})
-		return
-	case err != nil:
-		h.o.Logger.Warn("console: team page", "error", err)
-		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "Team", Error: "The team could not be read."})
-		return
-	}
-	h.render(w, http.StatusOK, "team", page{Title: "Team " + tv.Name, Nav: "policy", Data: tv})
+	h.answer(w, "team", page{Title: "Team " + name, Nav: "policy", Data: tv}, err, "No key is in this team.")
 }
 
 // maxRequestsShown bounds the recent requests page.
@@ -331,21 +306,30 @@ func (h *Handler) requests(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	rv, err := h.o.Source.Requests(ctx, key, user, maxRequestsShown)
+	h.answer(w, "requests", page{Title: "Recent requests of " + cmp.Or(rv.User, user, key), Nav: "policy", Data: rv}, err,
+		"No key serves this user or key.")
+}
+
+// answer renders a looked-up page: tmpl with p when err is nil; else
+// 404 with notFound, 503 when the bucket store did not answer (the page
+// with what p holds, under a notice) or the transcripts are off, 500
+// (logged) for anything else.
+func (h *Handler) answer(w http.ResponseWriter, tmpl string, p page, err error, notFound string) {
+	status := http.StatusOK
 	switch {
+	case err == nil:
 	case errors.Is(err, ErrNotFound):
-		h.render(w, http.StatusNotFound, "notfound", page{Title: "Recent requests", Nav: "policy",
-			Error: "No key serves this user or key."})
-		return
+		status, tmpl, p = http.StatusNotFound, "notfound", page{Title: p.Title, Nav: p.Nav, Error: notFound}
+	case errors.Is(err, ErrUnavailable):
+		status, p.Error = http.StatusServiceUnavailable, "The bucket store did not answer (or limits are off): no bucket state."
 	case errors.Is(err, ErrNoTranscripts):
-		h.render(w, http.StatusServiceUnavailable, "notfound", page{Title: "Recent requests", Nav: "policy",
-			Error: "Transcripts are off, or their store did not answer."})
-		return
-	case err != nil:
-		h.o.Logger.Warn("console: requests page", "error", err)
-		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "Recent requests", Error: "The requests could not be read."})
-		return
+		status, tmpl, p = http.StatusServiceUnavailable, "notfound", page{Title: p.Title, Nav: p.Nav,
+			Error: "Transcripts are off, or their store did not answer."}
+	default:
+		h.o.Logger.Warn("console: page data", "page", tmpl, "error", err)
+		status, tmpl, p = http.StatusInternalServerError, "notfound", page{Title: p.Title, Error: "The page's data could not be read."}
 	}
-	h.render(w, http.StatusOK, "requests", page{Title: "Recent requests of " + rv.User, Nav: "policy", Data: rv})
+	h.render(w, status, tmpl, p)
 }
 
 // render executes a page into a buffer first, so a template error never

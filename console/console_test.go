@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,8 +31,11 @@ func (f *fakeSource) Overview() Overview {
 }
 
 func (f *fakeSource) User(_ context.Context, key, user string) (UserView, error) {
-	if key == "down" {
+	switch key {
+	case "down":
 		return UserView{User: user}, ErrUnavailable
+	case "boom":
+		return UserView{}, errors.New("the source broke")
 	}
 	u, ok := f.users[user]
 	if !ok {
@@ -187,6 +191,7 @@ func TestUserPageErrors(t *testing.T) {
 		"/console/requests?user=bob":   http.StatusNotFound,
 		"/console/requests?key=off":    http.StatusServiceUnavailable,
 		"/console/teams/blue":          http.StatusNotFound,
+		"/console/users/x?key=boom":    http.StatusInternalServerError,
 		"/console/teams/down":          http.StatusServiceUnavailable,
 		"/console/teams/":              http.StatusBadRequest,
 	} {
