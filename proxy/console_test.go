@@ -98,18 +98,9 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	s, h, reg, addr := consoleServer(t, pol)
 	const n = 3
 	for i := 0; i < n; i++ {
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi `+fmt.Sprint(i)+`"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-alice-secret")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		code := consoleChat(t, addr, "sk-alice-secret", "hi "+fmt.Sprint(i))
+		if code != 200 {
+			t.Fatalf("request %d: %d", i, code)
 		}
 	}
 
@@ -180,17 +171,8 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	// Past the burst: 429s, shown by cause on the overview.
 	limited := 0
 	for i := 0; i < 10; i++ {
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"more `+fmt.Sprint(i)+`"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-alice-secret")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode == 429 {
+		code := consoleChat(t, addr, "sk-alice-secret", "more "+fmt.Sprint(i))
+		if code == 429 {
 			limited++
 		}
 	}
@@ -407,17 +389,8 @@ func TestConsoleKeyPool(t *testing.T) {
 	h := AdminHandler(reg, s)
 	statuses := map[int]int{}
 	for i := 0; i < 6; i++ {
-		req, _ := http.NewRequest("POST", "http://"+ln.Addr().String()+"/v1/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"pool `+fmt.Sprint(i)+`"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-client")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		statuses[resp.StatusCode]++
+		code := consoleChat(t, ln.Addr().String(), "sk-client", "pool "+fmt.Sprint(i))
+		statuses[code]++
 	}
 	// Without a max wait the hot key's 429 reaches its client; then the
 	// key rests and the cool one takes every call.
@@ -474,4 +447,21 @@ func TestConsoleSessionSharedByReplicas(t *testing.T) {
 			t.Errorf("%s: %d, want %d", name, rec.Code, c.want)
 		}
 	}
+}
+
+// consoleChat sends one chat request with the client key to the Server
+// at addr and returns the answer's status.
+func consoleChat(t *testing.T, addr, key, content string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"`+content+`"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
 }
