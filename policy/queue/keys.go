@@ -24,3 +24,18 @@ func (s *Scheduler) KeyStates() []KeyState {
 	}
 	return out
 }
+
+// KeyReady reports a pool of several keys in which some key is not
+// resting: a call refused with one key can go out with another at once.
+func (s *Scheduler) KeyReady() bool {
+	if len(s.rest) < 2 {
+		return false
+	}
+	now := time.Now().UnixMicro()
+	for i := range s.rest {
+		if s.rest[i].Load() <= now {
+			return true
+		}
+	}
+	return false
+}
