@@ -202,6 +202,13 @@ type TeamLine struct {
 	Keys int
 }
 
+// OverrideLine is one users: entry: a user's own tier or limits.
+type OverrideLine struct {
+	// User is the user's name; Tier the tier it moves them to ("" keeps
+	// the key's); Limits and Shadow the limits it sets, in words.
+	User, Tier, Limits, Shadow string
+}
+
 // TierView is one tier of the policy.
 type TierView struct {
 	// Name is the tier's name.
@@ -233,6 +240,10 @@ type PolicyView struct {
 	Tiers []TierView
 	// Teams are the teams with shared limits (teams:), by name.
 	Teams []TeamLine
+	// Overrides are the users: entries matching the filter, by user, at
+	// most the max asked for; OverridesMatched how many matched.
+	Overrides        []OverrideLine
+	OverridesMatched int
 	// Keys are the keys matching the filter, sorted by id, at most the
 	// max asked for; KeysMatched is how many matched, KeysTotal how many
 	// the policy has.

@@ -60,6 +60,10 @@ func (p *Policy) KeysOfTeam(team string) []*Key {
 // TeamLimits returns the limits of the teams: section, by team name.
 func (p *Policy) TeamLimits() map[string]Limits { return p.teams }
 
+// UserOverrides returns the users: section's overrides by user name (an
+// app key's end_users are the key's own: Key.EndUsers).
+func (p *Policy) UserOverrides() map[string]UserSpec { return p.users }
+
 // ErrNoSuchKey is returned by Resolve for a key id or user no key serves.
 var ErrNoSuchKey = errors.New("no such key")
 

@@ -554,6 +554,27 @@ func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
 		}
 		pv.Keys = append(pv.Keys, console.KeyView{ID: r.id, User: r.user, Team: r.team, Tier: r.tier, Trusted: r.trusted})
 	}
+	if users := pol.UserOverrides(); len(users) > 0 {
+		names := make([]string, 0, len(users))
+		for name := range users {
+			if filter == "" || strings.Contains(name, filter) || users[name].Tier == filter {
+				names = append(names, name)
+			}
+		}
+		slices.Sort(names)
+		pv.OverridesMatched = len(names)
+		for _, name := range names[:min(len(names), max)] {
+			u := users[name]
+			ol := console.OverrideLine{User: name, Tier: u.Tier}
+			if !u.Limits.IsZero() {
+				ol.Limits = limitsLine(u.Limits)
+			}
+			if !u.Shadow.IsZero() {
+				ol.Shadow = limitsLine(u.Shadow)
+			}
+			pv.Overrides = append(pv.Overrides, ol)
+		}
+	}
 	if teams := pol.TeamLimits(); len(teams) > 0 {
 		members := map[string]int{}
 		for _, r := range rows {

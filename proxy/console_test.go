@@ -35,6 +35,8 @@ prices:
   "*": {input: 1, output: 2}
 teams:
   red: {rpm: 100, budget: {daily_usd: 20}}
+users:
+  bob: {tier: probe, tpm: 5000}
 keys:
   - id: k-alice
     sha256: %s
@@ -125,7 +127,8 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 		t.Fatalf("policy page: %d", code)
 	}
 	for _, w := range []string{">gold<", ">probe<", "k-alice", "k-bob", "rpm 300", "2 of 2 keys", "0123456789ab",
-		"<td>sighup</td>", "~ tier gold rpm: 600 -&gt; 700", "<code>fedcba987654</code>"} {
+		"<td>sighup</td>", "~ tier gold rpm: 600 -&gt; 700", "<code>fedcba987654</code>",
+		`<td><a href="/console/users/bob">bob</a></td><td>probe</td><td>tpm 5000</td>`} {
 		if !strings.Contains(body, w) {
 			t.Errorf("policy page lacks %q", w)
 		}
