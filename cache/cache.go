@@ -31,7 +31,8 @@ type Options struct {
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 	// GenerationSync is how often namespace purges made through other
-	// replicas are fetched from a shared store (purge.go); 0: never. Only
+	// replicas are fetched from a shared store (purge.go), and single-key
+	// purges dropped from the memory tier (purgelog.go); 0: never. Only
 	// used when Store keeps generations (Redis, or Tiered over Redis); Close
 	// stops the loop.
 	GenerationSync time.Duration
@@ -54,6 +55,9 @@ type Cache struct {
 	// immutable map replaced whole under genMu; nil until a first purge.
 	gens  atomic.Pointer[map[string]generation]
 	genMu sync.Mutex
+	// purges is where the sync loop stopped reading the shared purge log
+	// (purgelog.go).
+	purges purgeCursor
 	// stop ends the generation sync loop, wg waits for it.
 	stop     chan struct{}
 	stopOnce sync.Once

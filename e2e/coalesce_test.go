@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -90,5 +92,69 @@ func TestCoalesceAcrossReplicas(t *testing.T) {
 				t.Errorf("sluice_cache_coalesced_total{where=\"remote\"} summed %v; want 1 or 2 (the other replicas' first requests)", remote)
 			}
 		})
+	}
+}
+
+// TestPurgeKeyAcrossReplicas: three replicas share a tiered cache on one
+// Redis, each holding the answer in its memory tier; one request's entry
+// purged through one replica's admin API is no longer served by any of them
+// within a second.
+func TestPurgeKeyAcrossReplicas(t *testing.T) {
+	addr, prefix, _ := testRedisAddr(t)
+	f := startFake(t, fakeai.Config{})
+	cfg := strings.Replace(cacheConfig("tiered", addr, prefix), "  admin_listen: ${SLUICE_ADMIN_ADDR}\n",
+		"  admin_listen: ${SLUICE_ADMIN_ADDR}\n  admin_token: ${SLUICE_ADMIN_TOKEN}\n", 1)
+	env := map[string]string{"SLUICE_ADMIN_TOKEN": adminToken}
+	var procs []*sluiceProc
+	for range 3 {
+		procs = append(procs, startSluice(t, sluiceOptions{Config: cfg, Policies: cachePolicies(), BaseURL: f.URL, Env: env}))
+	}
+	ctx := testContext(t, 30*time.Second)
+	prompt := "purge one key " + nonce()
+	p := deterministic(prompt)
+	// stale reports an answer from the entry stored before the purge: a hit
+	// at least a second old (a new entry, stored after the purge, is younger).
+	stale := func(s *sluiceProc) bool {
+		t.Helper()
+		_, h, err := chat(ctx, s.client(demoKey), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		age, _ := strconv.Atoi(h.Get("Age"))
+		return h.Get("X-Sluice-Cache") == "hit" && age >= 1
+	}
+	for i, s := range procs {
+		_, h, err := chat(ctx, s.client(demoKey), p)
+		if want := map[bool]string{true: "miss", false: "hit"}[i == 0]; err != nil || h.Get("X-Sluice-Cache") != want {
+			t.Fatalf("replica %d before the purge: %v %q; want %s", i, err, h.Get("X-Sluice-Cache"), want)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // the entry's Age reaches 1
+	for i, s := range procs {
+		if !stale(s) {
+			t.Fatalf("replica %d does not answer from its copy before the purge", i)
+		}
+	}
+	body := `{"namespace":"team:red","endpoint":"chat","model":"gpt-4o-mini","request":` +
+		`{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":` + strconv.Quote(prompt) + `}]}}`
+	if code, resp := procs[0].admin(t, "POST", "/admin/cache/purge", adminToken, body); code != 200 {
+		t.Fatalf("purge: %d %s", code, resp)
+	}
+	purged := time.Now()
+	seen := make([]time.Duration, len(procs))
+	for i, s := range procs {
+		for stale(s) {
+			if time.Since(purged) > 5*time.Second {
+				t.Fatalf("replica %d still serves the purged entry after 5 s", i)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		seen[i] = time.Since(purged)
+	}
+	t.Logf("the purge was seen after %v", seen)
+	for i, d := range seen {
+		if d > time.Second {
+			t.Errorf("replica %d served the purged entry for %v; want within a second", i, d)
+		}
 	}
 }
