@@ -181,7 +181,9 @@ func (c *Cache) Join(k Key, streamed bool) (*Flight, bool) {
 	if !leader {
 		return f, false
 	}
-	if l, ok := c.locker(); ok {
+	// While the store fails (the lookup just before timed out) a lock
+	// would only add another timeout: each replica calls on its own.
+	if l, ok := c.locker(); ok && !c.storeDown.Load() {
 		sl, held := c.lock(l, k)
 		f.mu.Lock()
 		f.lock, f.remote = sl, held

@@ -245,3 +245,43 @@ func TestCoalesceWaitBoundsRemoteWait(t *testing.T) {
 	}
 	fb.Finish(nil)
 }
+
+// failingLocks is a shared store whose lock calls fail, counting them.
+type failingLocks struct {
+	*sharedMem
+	tries atomic.Int32
+}
+
+func (f *failingLocks) Get(ctx context.Context, k Key) ([]byte, error) {
+	return nil, context.DeadlineExceeded
+}
+
+func (f *failingLocks) TryLock(context.Context, Key, string, time.Duration) (bool, error) {
+	f.tries.Add(1)
+	return false, context.DeadlineExceeded
+}
+
+func TestCoalesceStoreDownCallsWithoutLock(t *testing.T) {
+	shared := &failingLocks{sharedMem: newSharedMem()}
+	c, err := New(Options{Store: shared, Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := keyOf(12)
+	f, leader := c.Join(k, false) // the first lock call fails: lead, no lock
+	if !leader || f.Remote() {
+		t.Fatalf("leader %v remote %v; want a leader that calls", leader, f.Remote())
+	}
+	f.Finish(nil)
+	if c.Get(context.Background(), k) != nil {
+		t.Fatal("a failing store answered")
+	}
+	f, _ = c.Join(k, false) // the store is known down: no lock call
+	if f.Remote() {
+		t.Fatal("a request waits for a lock while the store is down")
+	}
+	f.Finish(nil)
+	if n := shared.tries.Load(); n != 1 {
+		t.Fatalf("%d lock calls, want 1 (none while the store is known down)", n)
+	}
+}
