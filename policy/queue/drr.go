@@ -54,11 +54,14 @@ func (s *Scheduler) estimate(t *Ticket, now time.Time) (int, time.Duration) {
 			ahead += int(n)
 		}
 	}
-	// Booked retry slots are ahead of any newcomer (slots.go).
-	others += float64(len(s.bookings))
-	ahead += len(s.bookings)
 	slot := s.slot(t, s.factor)
 	eta := time.Duration((float64(own+1) + others) * float64(slot))
+	// Booked retry slots hold the budget up to the last one (slots.go):
+	// a newcomer comes after them.
+	if h := s.booked.Sub(now); h > 0 && len(s.bookings) > 0 {
+		eta += h
+		ahead += len(s.bookings)
+	}
 	if p := time.UnixMicro(s.pauseUntil); p.After(now) {
 		eta += p.Sub(now)
 	}

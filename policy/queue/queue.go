@@ -125,7 +125,9 @@ type Scheduler struct {
 	// bookings are the users' retry slots (slots.go), at most MaxQueue;
 	// service their recent grants, kept while some user waits (until
 	// contendedUntil); nextSweep when both are next swept.
-	bookings       map[string]booking
+	bookings map[string]booking
+	// booked is the latest slot booked: the budget is reserved up to it.
+	booked         time.Time
 	service        map[string]*service
 	contendedUntil time.Time
 	nextSweep      time.Time

@@ -168,6 +168,14 @@ func (s *Scheduler) book(t *Ticket) {
 		return
 	}
 	wait := time.Duration(dec.Wait) * time.Microsecond
+	if wait < slotEarly && t.ETA > slotEarly {
+		// The budget has room now: the queue ahead (which will use that
+		// burst first), not the budget, turned this request away, and
+		// holding capacity now would take it from those waiting. No
+		// promise: the estimate is the retry-after.
+		s.giveBack(&b)
+		return
+	}
 	b.at = now.Add(wait)
 	b.until = b.at.Add(tolerance(wait))
 	s.mu.Lock()
@@ -179,6 +187,9 @@ func (s *Scheduler) book(t *Ticket) {
 		return
 	}
 	s.bookings[t.Flow] = b
+	if b.at.After(s.booked) {
+		s.booked = b.at
+	}
 	s.mu.Unlock()
 	t.RetrySlot, t.ETA = b.at, wait
 	s.slotOutcome(SlotBooked)
