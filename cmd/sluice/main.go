@@ -466,7 +466,12 @@ func newRedisClients(cfg *config.Config, log *slog.Logger) (limiter, cache redis
 // resharding, or once a replica is promoted), so they are followed at
 // once; the same loop retries a refused dial on another node. All of it
 // stays inside the call's deadline (r.Timeout), so a request waits no
-// longer than with one Redis. A Sentinel client asks the sentinels for the
+// longer than with one Redis. go-redis refreshes its slot map only on
+// MOVED and every ClusterStateReloadInterval (60 s by default); a dead
+// master answers nothing, so without a short interval the client keeps
+// calling it for up to a minute after its replica took over. Sluice asks
+// for the map every second instead (one CLUSTER SLOTS a second, in the
+// background, only while calls are made). A Sentinel client asks the sentinels for the
 // primary and follows a promotion (its +switch-master message).
 func newRedisClient(r config.Redis) redis.UniversalClient {
 	addrs := r.Addrs()
@@ -476,6 +481,7 @@ func newRedisClient(r config.Redis) redis.UniversalClient {
 			Addrs: addrs, Username: r.Username, Password: r.Password,
 			DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
 			MaxRetries: -1, DialerRetries: 1, MaxRedirects: 3,
+			ClusterStateReloadInterval: time.Second,
 		})
 	case config.RedisSentinel:
 		return redis.NewFailoverClient(&redis.FailoverOptions{
