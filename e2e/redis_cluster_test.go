@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,9 +55,8 @@ func freeRedisPort(t *testing.T) int {
 	return 0
 }
 
-// startRedisNode starts redis-server with extra arguments (a config file
-// first when args[0] is a file) and waits for it to answer PING. It is
-// killed by PID at the end of the test.
+// startRedisNode starts redis-server with extra arguments and waits for it
+// to answer PING. It is killed by PID at the end of the test.
 func startRedisNode(t *testing.T, port int, args ...string) *redisNode {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
@@ -63,7 +65,26 @@ func startRedisNode(t *testing.T, port int, args ...string) *redisNode {
 	n := &redisNode{port: port, dir: t.TempDir()}
 	base := []string{"--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no",
 		"--dir", n.dir, "--daemonize", "no"}
-	n.cmd = exec.Command("redis-server", append(args, base...)...)
+	return n.start(t, append(args, base...))
+}
+
+// startSentinel starts a sentinel watching the primary at primary under
+// the name master, with a second's down-after.
+func startSentinel(t *testing.T, primary, master string) *redisNode {
+	t.Helper()
+	n := &redisNode{port: freeRedisPort(t), dir: t.TempDir()}
+	host, port, _ := strings.Cut(primary, ":")
+	file := filepath.Join(n.dir, "sentinel.conf")
+	writeFile(t, file, fmt.Sprintf("bind 127.0.0.1\nport %d\ndir %s\nsentinel monitor %s %s %s 2\n"+
+		"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 5000\n",
+		n.port, n.dir, master, host, port, master, master))
+	return n.start(t, []string{file, "--sentinel"})
+}
+
+func (n *redisNode) start(t *testing.T, args []string) *redisNode {
+	t.Helper()
+	port := n.port
+	n.cmd = exec.Command("redis-server", args...)
 	if err := n.cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -394,4 +415,246 @@ keys:
 	// Let every replica find the new master before the next measure.
 	time.Sleep(2 * time.Second)
 	phaseBoth("after failover", secret(after))
+}
+
+// TestRedisSentinelFailover: Sluice on a primary and a replica watched by
+// three sentinels (redis.mode: sentinel). The primary is killed under load;
+// while the sentinels elect the replica, requests follow on_store_error
+// (deny: a 503, counted as a store error), and Sluice then finds the new
+// primary on its own and admits from it again.
+func TestRedisSentinelFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a Redis failover under load; skipped with -short")
+	}
+	primary := startRedisNode(t, freeRedisPort(t))
+	replica := startRedisNode(t, freeRedisPort(t), "--replicaof", "127.0.0.1", strconv.Itoa(primary.port))
+	for i := 0; ; i++ {
+		out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(replica.port), "info", "replication").Output()
+		if strings.Contains(string(out), "master_link_status:up") {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("the replica did not sync:\n%s", out)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	var sentinels []string
+	for range 3 {
+		sentinels = append(sentinels, startSentinel(t, primary.addr(), "m1").addr())
+	}
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	cfg := fmt.Sprintf(`
+server:
+  listen: ${SLUICE_ADDR}
+  admin_listen: ${SLUICE_ADMIN_ADDR}
+upstreams:
+  - name: fake
+    base_url: ${OPENAI_BASE_URL}
+    api_key: ${OPENAI_API_KEY}
+limits:
+  store: redis
+redis:
+  mode: sentinel
+  master_name: m1
+  addr: %s
+  prefix: "e2e-sentinel:"
+  timeout: 500ms
+`, strings.Join(sentinels, ","))
+	pol := "on_store_error: deny\n" + fmt.Sprintf(limitsPolicy, 100_000, 1000, 10_000_000, 10_000_000)
+	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: cfg, Policies: pol})
+	c := s.client(demoKey)
+	chat := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages("s"), MaxTokens: openai.Int(5),
+		})
+		return err
+	}
+	for i := range 20 {
+		if err := chat(); err != nil {
+			t.Fatalf("request %d before the failover: %v", i, err)
+		}
+	}
+	// The replica has the buckets too (asynchronous replication).
+	time.Sleep(200 * time.Millisecond)
+	if out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(replica.port), "--scan", "--pattern", "e2e-sentinel:*").Output(); len(out) == 0 {
+		t.Fatal("no bucket keys on the replica before the failover")
+	}
+	errs0, _ := s.metric(t, "sluice_limiter_store_errors_total")
+	killed := time.Now()
+	primary.kill()
+	// 20 requests a second until the replica is primary and Sluice admits
+	// from it again for a second.
+	var ok, denied, other int
+	var firstBack time.Duration
+	var streak int
+	for time.Since(killed) < 30*time.Second && streak < 20 {
+		err := chat()
+		var e *openai.Error
+		switch {
+		case err == nil:
+			if denied > 0 {
+				streak++
+				if firstBack == 0 {
+					firstBack = time.Since(killed)
+				}
+			}
+			ok++
+		case errors.As(err, &e) && e.StatusCode == http.StatusServiceUnavailable:
+			denied++
+			streak = 0
+		default:
+			other++
+			t.Errorf("request during the failover: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	errs1, _ := s.metric(t, "sluice_limiter_store_errors_total")
+	role, _ := exec.Command("redis-cli", "-p", strconv.Itoa(replica.port), "role").Output()
+	t.Logf("sentinel failover: %d admitted, %d denied (503, on_store_error: deny), %d other; admitted from the new primary %v after the kill; store errors counted %v",
+		ok, denied, other, firstBack.Round(time.Millisecond), errs1-errs0)
+	if !strings.HasPrefix(strings.TrimSpace(string(role)), "master") {
+		t.Fatalf("the replica is not primary after the failover: %q", role)
+	}
+	if denied == 0 || streak < 20 {
+		t.Fatalf("denied %d, then %d in a row admitted: want 503s during the switch, then Sluice on the new primary", denied, streak)
+	}
+	if errs1-errs0 < float64(denied) {
+		t.Fatalf("store errors counted %v, requests denied %d: each denial must be counted", errs1-errs0, denied)
+	}
+	// The new primary holds the buckets Sluice writes now.
+	if out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(replica.port), "--scan", "--pattern", "e2e-sentinel:*").Output(); len(out) == 0 {
+		t.Fatal("no bucket keys on the new primary")
+	}
+}
+
+// TestRedisCacheFloodKeepsBudgets: the cache has its own Redis (cache.redis,
+// small maxmemory, allkeys-lru) and the limiter another (noeviction). A
+// user spends their burst; a flood of large distinct answers from another
+// user fills the cache's Redis until it evicts; the first user's bucket is
+// untouched: their next request is still refused, and their keys and
+// values in the limiter's Redis are the same.
+func TestRedisCacheFloodKeepsBudgets(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two Redis servers and a cache flood; skipped with -short")
+	}
+	lim := startRedisNode(t, freeRedisPort(t), "--maxmemory-policy", "noeviction")
+	cch := startRedisNode(t, freeRedisPort(t), "--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru")
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey})
+	cfg := fmt.Sprintf(`
+server:
+  listen: ${SLUICE_ADDR}
+  admin_listen: ${SLUICE_ADMIN_ADDR}
+upstreams:
+  - name: fake
+    base_url: ${OPENAI_BASE_URL}
+    api_key: ${OPENAI_API_KEY}
+limits:
+  store: redis
+redis:
+  addr: %s
+  prefix: "e2e-flood:"
+  timeout: 2s
+cache:
+  store: redis
+  max_entry_bytes: 1048576
+  redis:
+    addr: %s
+`, lim.addr(), cch.addr())
+	pol := fmt.Sprintf(`
+tiers:
+  small:
+    rpm: {limit: 6, burst: 6}
+  flood:
+    rpm: 1000000
+    cache: all
+keys:
+  - {id: small, key_env: SLUICE_DEMO_KEY, user: small, tier: small}
+  - {id: flood, sha256: %s, user: flood, tier: flood}
+`, sha256Hex(appKey))
+	s := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: cfg, Policies: pol})
+	if !strings.Contains(s.stderr.String(), "maxmemory-policy=noeviction") || !strings.Contains(s.stderr.String(), "maxmemory-policy=allkeys-lru") {
+		t.Errorf("the start log does not report both Redis's policies:\n%s", s.stderr.String())
+	}
+	ctx := testContext(t, 60*time.Second)
+	small := s.client(demoKey)
+	ask := func(c *openai.Client, text string) error {
+		// The fake echoes the text, cut to max_tokens words.
+		_, err := c.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages(text), MaxTokens: openai.Int(10_000),
+		})
+		return err
+	}
+	for i := range 6 {
+		if err := ask(small, "budget"); err != nil {
+			t.Fatalf("request %d within the burst: %v", i, err)
+		}
+	}
+	lc := redis.NewClient(&redis.Options{Addr: lim.addr()})
+	defer func() { _ = lc.Close() }()
+	snapshot := func() map[string]string {
+		keys, err := lc.Keys(ctx, "e2e-flood:*u:small*").Result()
+		if err != nil || len(keys) == 0 {
+			t.Fatalf("the user's keys in the limiter's Redis: %v %v", keys, err)
+		}
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k], _ = lc.Get(ctx, k).Result()
+		}
+		return m
+	}
+	before := snapshot()
+	// The flood: 200 distinct answers of ~80 KB, 8 at a time.
+	flood := s.client(appKey)
+	// Random words, so compression does not shrink the entries.
+	words := make([]string, 6000)
+	for i := range words {
+		words[i] = strconv.FormatUint(rand.Uint64(), 36)
+	}
+	big := strings.Join(words, " ")
+	var wg sync.WaitGroup
+	var floodErrs atomic.Int64
+	sem := make(chan struct{}, 8)
+	for i := range 200 {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := ask(flood, fmt.Sprint(i, big)); err != nil {
+				floodErrs.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	cc := redis.NewClient(&redis.Options{Addr: cch.addr()})
+	defer func() { _ = cc.Close() }()
+	info, _ := cc.Info(ctx, "stats").Result()
+	evicted := 0
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "evicted_keys:"); ok {
+			evicted, _ = strconv.Atoi(v)
+		}
+	}
+	stored, _ := s.metric(t, "sluice_cache_stores_total")
+	t.Logf("flood: 200 answers of ~80 KB, %d failed; the cache's Redis evicted %d keys (sluice_cache_stores_total %v)", floodErrs.Load(), evicted, stored)
+	if floodErrs.Load() != 0 || evicted == 0 {
+		t.Fatalf("flood errors %d, evicted %d: want a flood that fills the cache's Redis", floodErrs.Load(), evicted)
+	}
+	after := snapshot()
+	if fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("the user's limiter keys changed during the flood:\nbefore %v\nafter  %v", before, after)
+	}
+	// 6 per minute with a burst of 6: the next slot is 10 s after the
+	// burst, so the user is still refused.
+	if err := ask(small, "budget"); err == nil {
+		t.Fatal("the user's spent burst came back after the cache flood")
+	} else if _, rl := rateLimited(err); !rl {
+		t.Fatalf("want a 429, got %v", err)
+	}
+	// A limiter on a Redis that evicts is warned about at start.
+	bad := startSluice(t, sluiceOptions{BaseURL: fake.URL, Policies: pol,
+		Config: strings.Replace(cfg, "addr: "+lim.addr(), "addr: "+cch.addr(), 1)})
+	if log := bad.stderr.String(); !strings.Contains(log, "level=WARN") || !strings.Contains(log, "can evict its buckets") {
+		t.Fatalf("no warning for a limiter Redis with allkeys-lru:\n%s", log)
+	}
 }
