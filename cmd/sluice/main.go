@@ -443,7 +443,13 @@ func newRedisClients(cfg *config.Config, log *slog.Logger) (limiter, cache redis
 	redis.SetLogger(redisLogger{log})
 	if useLimits || (useCache && cfg.Cache.Redis == nil) {
 		limiter = newRedisClient(cfg.Redis)
-		checkEviction(limiter, cfg.Redis, "limits", log)
+		// A Redis the limiter shares with the cache is judged as the
+		// limiter's: it must not evict.
+		role := "limits"
+		if !useLimits {
+			role = "cache"
+		}
+		checkEviction(limiter, cfg.Redis, role, log)
 	}
 	if useCache {
 		if cfg.Cache.Redis == nil {
