@@ -31,10 +31,16 @@ type Options struct {
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 	// GenerationSync is how often namespace purges made through other
-	// replicas are fetched from a shared store (purge.go); 0: never. Only
+	// replicas are fetched from a shared store (purge.go), and single-key
+	// purges dropped from the memory tier (purgelog.go); 0: never. Only
 	// used when Store keeps generations (Redis, or Tiered over Redis); Close
 	// stops the loop.
 	GenerationSync time.Duration
+	// LockTTL is the TTL of the shared lock a replica holds while it calls
+	// the provider for a key (lock.go), renewed every third of it while the
+	// call runs: a replica that dies mid-call holds other replicas' requests
+	// at most this long. Only used with a shared store. Default 5s.
+	LockTTL time.Duration
 }
 
 // Cache is the response cache: a store of encoded entries, the flights of
@@ -49,6 +55,9 @@ type Cache struct {
 	// immutable map replaced whole under genMu; nil until a first purge.
 	gens  atomic.Pointer[map[string]generation]
 	genMu sync.Mutex
+	// purges is where the sync loop stopped reading the shared purge log
+	// (purgelog.go).
+	purges purgeCursor
 	// stop ends the generation sync loop, wg waits for it.
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -77,6 +86,9 @@ func New(o Options) (*Cache, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.LockTTL <= 0 {
+		o.LockTTL = DefaultLockTTL
 	}
 	c := &Cache{opts: o, flights: NewGroup(), stop: make(chan struct{})}
 	c.m = newMetrics(o.Registry, o.Memory)
@@ -160,8 +172,25 @@ var encodeBufs = sync.Pool{New: func() any { return new([]byte) }}
 const maxPooledEncode = 64 << 10
 
 // Join returns the flight in progress for k or starts one (leader true);
-// streamed says whether a new flight's leader relays a stream.
-func (c *Cache) Join(k Key, streamed bool) (*Flight, bool) { return c.flights.Join(k, streamed) }
+// streamed says whether a new flight's leader relays a stream. With a
+// shared store a new flight's leader also takes k's lock there (lock.go);
+// when another replica holds it the flight is Remote: its leader waits for
+// that replica's answer with AwaitRemote before calling on its own.
+func (c *Cache) Join(k Key, streamed bool) (*Flight, bool) {
+	f, leader := c.flights.Join(k, streamed)
+	if !leader {
+		return f, false
+	}
+	// While the store fails (the lookup just before timed out) a lock
+	// would only add another timeout: each replica calls on its own.
+	if l, ok := c.locker(); ok && !c.storeDown.Load() {
+		sl, held := c.lock(l, k)
+		f.mu.Lock()
+		f.lock, f.remote = sl, held
+		f.mu.Unlock()
+	}
+	return f, true
+}
 
 // Flights returns the number of flights in progress.
 func (c *Cache) Flights() int { return c.flights.Len() }

@@ -31,6 +31,12 @@ type Flight struct {
 	streamed bool
 	// followers counts requests that joined.
 	followers int
+	// remote reports a leader that waits for another replica's call
+	// (lock.go) instead of calling the provider.
+	remote bool
+	// lock is the shared lock the leader holds while it calls; nil without
+	// a shared store. End releases it.
+	lock *sharedLock
 }
 
 // Group tracks the flights in progress, one per key.
@@ -139,8 +145,13 @@ func (f *Flight) End(complete bool, e *Entry) {
 		e.Body = bytes.Clone(e.Body)
 	}
 	f.done, f.complete, f.entry = true, complete, e
+	sl := f.lock
+	f.lock = nil
 	f.wake()
 	f.mu.Unlock()
+	if sl != nil {
+		sl.release() // after the entry was stored: waiting replicas find it
+	}
 }
 
 // Complete reports that the flight ended normally (see End).

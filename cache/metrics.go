@@ -20,8 +20,12 @@ type Metrics struct {
 	// Misses counts cacheable requests that found no entry and called the
 	// provider.
 	Misses prometheus.Counter
-	// Coalesced counts requests answered by an identical request's call.
+	// Coalesced counts requests answered by an identical request's call in
+	// this replica (where="local").
 	Coalesced prometheus.Counter
+	// CoalescedRemote counts requests answered by another replica's call,
+	// read from the shared store after waiting for its lock (where="remote").
+	CoalescedRemote prometheus.Counter
 	// Bypasses counts requests that skipped the cache, by reason.
 	Bypasses map[string]prometheus.Counter
 	// Stored counts entries written.
@@ -48,7 +52,6 @@ func newMetrics(reg prometheus.Registerer, mem *Memory) *Metrics {
 	m := &Metrics{
 		Hits:        c("hits_total", "Requests answered from a stored cache entry."),
 		Misses:      c("misses_total", "Cacheable requests that found no entry and called the provider."),
-		Coalesced:   c("coalesced_total", "Requests answered by an identical request already in flight, without a provider call of their own."),
 		Stored:      c("stores_total", "Answers written to the cache."),
 		TooLarge:    c("too_large_total", "Answers not stored because they exceed cache.max_entry_bytes."),
 		Corrupt:     c("corrupt_total", "Stored entries that could not be read (wrong version, truncated, bad checksum); served as misses."),
@@ -60,10 +63,14 @@ func newMetrics(reg prometheus.Registerer, mem *Memory) *Metrics {
 	}
 	bypasses := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_cache_bypasses_total",
 		Help: "Requests that skipped the cache, by reason (no_store, policy, unkeyable)."}, []string{"reason"})
+	coalesced := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sluice_cache_coalesced_total",
+		Help: "Requests answered by an identical request already in flight, without a provider call of their own: " +
+			"where=local in this replica, where=remote in another replica (shared store, lock.go)."}, []string{"where"})
+	m.Coalesced, m.CoalescedRemote = coalesced.WithLabelValues("local"), coalesced.WithLabelValues("remote")
 	for _, r := range []string{BypassNoStore, BypassPolicy, BypassUnkeyable} {
 		m.Bypasses[r] = bypasses.WithLabelValues(r)
 	}
-	reg.MustRegister(m.Hits, m.Misses, m.Coalesced, m.Stored, m.TooLarge, m.Corrupt, m.StoreErrors,
+	reg.MustRegister(m.Hits, m.Misses, coalesced, m.Stored, m.TooLarge, m.Corrupt, m.StoreErrors,
 		m.Evictions, m.TokensSaved, m.CallsSaved, bypasses)
 	if mem != nil {
 		reg.MustRegister(

@@ -101,12 +101,21 @@ var ErrNoGenerations = errors.New("cache: the store keeps no namespace generatio
 
 // Purge removes the entry under k (see Namespace for the namespace a key is
 // built from).
+// A purge through a Tiered store is also logged in the shared store, so
+// the other replicas drop their memory copies within
+// Options.GenerationSync (purgelog.go).
 func (c *Cache) Purge(ctx context.Context, k Key) error {
 	d, ok := c.opts.Store.(Deleter)
 	if !ok {
 		return ErrNoDelete
 	}
-	return d.Delete(ctx, k)
+	if err := d.Delete(ctx, k); err != nil {
+		return err
+	}
+	if _, l, ok := c.purgeLog(); ok {
+		return l.LogPurge(ctx, k)
+	}
+	return nil
 }
 
 // sharedGenerations returns the store's shared generations, if it keeps
@@ -192,7 +201,11 @@ func (c *Cache) startGenerationSync() {
 		return
 	}
 	c.wg.Go(func() {
-		_ = c.SyncGenerations(context.Background()) // a store that is down is retried by the loop
+		// A store that is down is retried by the loop; store errors are
+		// counted by requests. The first read goes through the whole purge
+		// log (at most PurgeLogLen keys), against a memory still empty.
+		_ = c.SyncGenerations(context.Background())
+		_ = c.SyncPurges(context.Background())
 		t := time.NewTicker(c.opts.GenerationSync)
 		defer t.Stop()
 		for {
@@ -200,7 +213,8 @@ func (c *Cache) startGenerationSync() {
 			case <-c.stop:
 				return
 			case <-t.C:
-				_ = c.SyncGenerations(context.Background()) // store errors are counted by requests
+				_ = c.SyncGenerations(context.Background())
+				_ = c.SyncPurges(context.Background())
 			}
 		}
 	})

@@ -112,3 +112,67 @@ func TestPurgeNamespaceReachesReplicas(t *testing.T) {
 		return c.Namespace("team:x") == a.Namespace("team:x")
 	})
 }
+
+// TestPurgeKeyReachesReplicasMemory: a single key purged through one
+// replica leaves the other replica's memory tier within its sync interval,
+// so that replica no longer answers it.
+func TestPurgeKeyReachesReplicasMemory(t *testing.T) {
+	rc, prefix := testRedis(t)
+	ctx := context.Background()
+	const sync = 100 * time.Millisecond
+	var fronts []*Memory
+	replica := func() *Cache {
+		front := NewMemory(MemoryOptions{MaxBytes: 1 << 20})
+		fronts = append(fronts, front)
+		c, err := New(Options{Store: &Tiered{Front: front, Back: NewRedis(rc, RedisOptions{Prefix: prefix, Timeout: time.Second})},
+			Registry: prometheus.NewRegistry(), GenerationSync: sync})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	a, b := replica(), replica()
+	e := &Entry{Created: time.Now(), Body: []byte("answer"), Expires: time.Now().Add(time.Hour)}
+	k, other := keyOf(21), keyOf(22)
+	a.Put(ctx, k, e)
+	a.Put(ctx, other, e)
+	if b.Get(ctx, k) == nil || b.Get(ctx, other) == nil {
+		t.Fatal("replica b does not see a's entries")
+	}
+	if _, err := fronts[1].Get(ctx, k); err != nil {
+		t.Fatal("b's memory tier did not keep its copy")
+	}
+	if err := a.Purge(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	testkit.Eventually(t, 2*time.Second, "replica b to drop the purged key", func() bool { return b.Get(ctx, k) == nil })
+	if d := time.Since(began); d > time.Second {
+		t.Fatalf("replica b dropped the key after %v; want within a second", d)
+	}
+	if b.Get(ctx, other) == nil {
+		t.Fatal("replica b lost an entry that was not purged")
+	}
+	// Many purges in one interval all arrive (one read covers PurgeLogLen).
+	var keys []Key
+	for i := range 50 {
+		k := keyOf(100 + i)
+		keys = append(keys, k)
+		a.Put(ctx, k, e)
+		_ = b.Get(ctx, k)
+	}
+	for _, k := range keys {
+		if err := a.Purge(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, 2*time.Second, "replica b to drop 50 purged keys", func() bool {
+		for _, k := range keys {
+			if _, err := fronts[1].Get(ctx, k); err == nil {
+				return false
+			}
+		}
+		return true
+	})
+}

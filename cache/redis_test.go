@@ -13,7 +13,7 @@ import (
 
 // testRedis returns a client for the Redis in SLUICE_TEST_REDIS_ADDR and a
 // key prefix unique to this test; the test's keys are deleted at the end.
-func testRedis(t *testing.T) (*redis.Client, string) {
+func testRedis(t testing.TB) (*redis.Client, string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs Redis: skipped under -short")

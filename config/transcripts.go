@@ -78,6 +78,11 @@ type TranscriptsClickHouse struct {
 	// default): lz4 unless the server is on loopback, where it costs more
 	// CPU than it saves (measured: 88k vs 105k rows/s into a local 18.16).
 	Compression string `yaml:"compression"`
+	// Cluster names a cluster of the servers' remote_servers: the tables
+	// are created ON CLUSTER (Table_local, replicated, on every node; Table,
+	// Distributed over them) and rows inserted through Table on Addr.
+	// Default "": one server (docs/transcripts.md).
+	Cluster string `yaml:"cluster"`
 }
 
 // TranscriptsSpool is the on-disk spool for ClickHouse outages.
@@ -166,6 +171,9 @@ func (t *Transcripts) validate(add func(path, format string, args ...any)) {
 	}
 	if !identRe.MatchString(t.ClickHouse.Table) {
 		add("transcripts.clickhouse.table", "must be a plain identifier, not %q", t.ClickHouse.Table)
+	}
+	if t.ClickHouse.Cluster != "" && !identRe.MatchString(t.ClickHouse.Cluster) {
+		add("transcripts.clickhouse.cluster", "must be a plain identifier, not %q", t.ClickHouse.Cluster)
 	}
 	if t.QueueSize < 0 || t.QueueBytes < 0 || t.BatchRows < 0 || t.BatchBytes < 0 || t.MaxContentBytes < 0 || t.Spool.MaxBytes < 0 ||
 		t.Spool.SegmentBytes < 0 || t.JSONL.MaxFileBytes < 0 || t.JSONL.MaxFiles < 0 || t.ClickHouse.TTLDays < 0 ||

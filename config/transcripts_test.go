@@ -40,6 +40,7 @@ func TestTranscriptsInvalid(t *testing.T) {
 	f("transcripts:\n  content: everything\n", "transcripts.content")
 	f("transcripts:\n  redact:\n    - pattern: '('\n", "transcripts.redact")
 	f("transcripts:\n  clickhouse:\n    table: 'x; DROP'\n", "transcripts.clickhouse.table")
+	f("transcripts:\n  clickhouse:\n    cluster: 'a b'\n", "transcripts.clickhouse.cluster")
 	f("transcripts:\n  queue_bytes: -1\n", "must not be negative")
 	f("transcripts:\n  colour: blue\n", "colour")
 }

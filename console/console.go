@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"embed"
@@ -28,9 +29,6 @@ const CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action '
 // them.
 const maxKeysShown = 200
 
-// maxChangesShown bounds the lines of the last policy change shown.
-const maxChangesShown = 200
-
 //go:embed templates/*.html static/*
 var files embed.FS
 
@@ -44,9 +42,17 @@ type Options struct {
 	// TokenOK reports whether a token typed into the login form is the
 	// admin token (constant-time). Required.
 	TokenOK func(token string) bool
-	// LoginFailed is called for each login with a wrong token (a counter);
-	// optional.
+	// LoginFailed is called for each wrong token, typed into the form or
+	// sent as a Bearer header (a counter); optional.
 	LoginFailed func()
+	// LoginThrottled is called for each attempt refused unchecked because
+	// its address sent too many wrong tokens (a counter); optional.
+	LoginThrottled func()
+	// CookieKey signs the session cookies. Replicas given the same key
+	// (derived from the admin token) accept each other's sessions, which
+	// also outlive a restart; changing the key ends every session. Empty:
+	// a random key, so a restart ends every login.
+	CookieKey []byte
 	// SessionTTL is how long a login lasts. Default 12 h.
 	SessionTTL time.Duration
 	// Logger receives errors rendering pages (never a token). Default
@@ -59,13 +65,13 @@ type Options struct {
 // Handler serves the console under Prefix.
 type Handler struct {
 	o     Options
-	key   [32]byte
+	key   []byte
+	guard loginGuard
 	pages map[string]*template.Template
 	css   []byte
 }
 
-// New returns a console Handler. The cookie key is drawn at random, so a
-// restart ends every login.
+// New returns a console Handler.
 func New(o Options) (*Handler, error) {
 	if o.Source == nil || o.BearerOK == nil || o.TokenOK == nil {
 		return nil, errors.New("console: Source, BearerOK and TokenOK are required")
@@ -82,16 +88,22 @@ func New(o Options) (*Handler, error) {
 	if o.LoginFailed == nil {
 		o.LoginFailed = func() {}
 	}
-	h := &Handler{o: o, pages: map[string]*template.Template{}}
-	if _, err := rand.Read(h.key[:]); err != nil {
-		return nil, fmt.Errorf("console: cookie key: %w", err)
+	if o.LoginThrottled == nil {
+		o.LoginThrottled = func() {}
+	}
+	h := &Handler{o: o, pages: map[string]*template.Template{}, key: o.CookieKey}
+	if len(h.key) == 0 {
+		h.key = make([]byte, 32)
+		if _, err := rand.Read(h.key); err != nil {
+			return nil, fmt.Errorf("console: cookie key: %w", err)
+		}
 	}
 	css, err := fs.ReadFile(files, "static/style.css")
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
 	h.css = css
-	for _, name := range []string{"login", "overview", "user", "requests", "policy", "providers", "notfound"} {
+	for _, name := range []string{"login", "overview", "user", "team", "requests", "policy", "providers", "notfound"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: template %s: %w", name, err)
@@ -145,6 +157,7 @@ var funcs = template.FuncMap{
 		}
 		return Prefix + "requests?" + v.Encode()
 	},
+	"teamURL": func(team string) string { return Prefix + "teams/" + url.PathEscape(team) },
 	"userURL": func(user, key string) string {
 		u := Prefix + "users/" + url.PathEscape(user)
 		if key != "" {
@@ -188,7 +201,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.logout(w, r)
 		return
 	}
-	if !h.authorized(r) {
+	if a, ok := bearer(r); ok {
+		if !h.checkBearer(w, r, a) {
+			return
+		}
+	} else if !h.session(r) {
 		// Never data without the token: to the login form, which comes
 		// back here after.
 		http.Redirect(w, r, Prefix+"login?next="+url.QueryEscape(r.URL.Path), http.StatusSeeOther)
@@ -207,6 +224,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.render(w, http.StatusOK, "providers", page{Title: "Providers", Nav: "providers", Data: h.o.Source.Providers()})
 	case rest == "requests":
 		h.requests(w, r)
+	case strings.HasPrefix(rest, "teams/"):
+		h.team(w, r, strings.TrimPrefix(rest, "teams/"))
 	case rest == "users" || strings.HasPrefix(rest, "users/"):
 		h.user(w, r, strings.TrimPrefix(strings.TrimPrefix(rest, "users"), "/"))
 	default:
@@ -228,16 +247,11 @@ type policyPage struct {
 	PolicyView
 	// Query is the key filter.
 	Query string
-	// MoreChanges is how many change lines are not shown.
-	MoreChanges int
 }
 
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 	q := strings.TrimSpace(r.URL.Query().Get("q"))
 	pp := policyPage{PolicyView: h.o.Source.Policy(q, maxKeysShown), Query: q}
-	if n := len(pp.Changes); n > maxChangesShown {
-		pp.Changes, pp.MoreChanges = pp.Changes[:maxChangesShown], n-maxChangesShown
-	}
 	h.render(w, http.StatusOK, "policy", page{Title: "Policy", Nav: "policy", Data: pp})
 }
 
@@ -255,21 +269,24 @@ func (h *Handler) user(w http.ResponseWriter, r *http.Request, name string) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	uv, err := h.o.Source.User(ctx, key, name)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		h.render(w, http.StatusNotFound, "notfound", page{Title: "User", Nav: "policy",
-			Error: "No key serves this user or key. An end user of a trusted app key has no key of its own: give ?key=APP."})
-		return
-	case errors.Is(err, ErrUnavailable):
-		h.render(w, http.StatusServiceUnavailable, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv,
-			Error: "The bucket store did not answer (or limits are off): no bucket state."})
-		return
-	case err != nil:
-		h.o.Logger.Warn("console: user page", "error", err)
-		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "User", Error: "The user could not be read."})
+	h.answer(w, "user", page{Title: "User " + cmp.Or(uv.User, name), Nav: "policy", Data: uv}, err,
+		"No key serves this user or key. An end user of a trusted app key has no key of its own: give ?key=APP.")
+}
+
+// team shows a team (/console/teams/NAME, or ?team=NAME from a form).
+func (h *Handler) team(w http.ResponseWriter, r *http.Request, name string) {
+	if name == "" {
+		name = r.URL.Query().Get("team")
+	}
+	if name == "" {
+		h.render(w, http.StatusBadRequest, "notfound", page{Title: "Team", Nav: "policy",
+			Error: "Give a team name (/console/teams/NAME)."})
 		return
 	}
-	h.render(w, http.StatusOK, "user", page{Title: "User " + uv.User, Nav: "policy", Data: uv})
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	tv, err := h.o.Source.Team(ctx, name)
+	h.answer(w, "team", page{Title: "Team " + name, Nav: "policy", Data: tv}, err, "No key is in this team.")
 }
 
 // maxRequestsShown bounds the recent requests page.
@@ -289,21 +306,30 @@ func (h *Handler) requests(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	rv, err := h.o.Source.Requests(ctx, key, user, maxRequestsShown)
+	h.answer(w, "requests", page{Title: "Recent requests of " + cmp.Or(rv.User, user, key), Nav: "policy", Data: rv}, err,
+		"No key serves this user or key.")
+}
+
+// answer renders a looked-up page: tmpl with p when err is nil; else
+// 404 with notFound, 503 when the bucket store did not answer (the page
+// with what p holds, under a notice) or the transcripts are off, 500
+// (logged) for anything else.
+func (h *Handler) answer(w http.ResponseWriter, tmpl string, p page, err error, notFound string) {
+	status := http.StatusOK
 	switch {
+	case err == nil:
 	case errors.Is(err, ErrNotFound):
-		h.render(w, http.StatusNotFound, "notfound", page{Title: "Recent requests", Nav: "policy",
-			Error: "No key serves this user or key."})
-		return
+		status, tmpl, p = http.StatusNotFound, "notfound", page{Title: p.Title, Nav: p.Nav, Error: notFound}
+	case errors.Is(err, ErrUnavailable):
+		status, p.Error = http.StatusServiceUnavailable, "The bucket store did not answer (or limits are off): no bucket state."
 	case errors.Is(err, ErrNoTranscripts):
-		h.render(w, http.StatusServiceUnavailable, "notfound", page{Title: "Recent requests", Nav: "policy",
-			Error: "Transcripts are off, or their store did not answer."})
-		return
-	case err != nil:
-		h.o.Logger.Warn("console: requests page", "error", err)
-		h.render(w, http.StatusInternalServerError, "notfound", page{Title: "Recent requests", Error: "The requests could not be read."})
-		return
+		status, tmpl, p = http.StatusServiceUnavailable, "notfound", page{Title: p.Title, Nav: p.Nav,
+			Error: "Transcripts are off, or their store did not answer."}
+	default:
+		h.o.Logger.Warn("console: page data", "page", tmpl, "error", err)
+		status, tmpl, p = http.StatusInternalServerError, "notfound", page{Title: p.Title, Error: "The page's data could not be read."}
 	}
-	h.render(w, http.StatusOK, "requests", page{Title: "Recent requests of " + rv.User, Nav: "policy", Data: rv})
+	h.render(w, status, tmpl, p)
 }
 
 // render executes a page into a buffer first, so a template error never

@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,8 +31,11 @@ func (f *fakeSource) Overview() Overview {
 }
 
 func (f *fakeSource) User(_ context.Context, key, user string) (UserView, error) {
-	if key == "down" {
+	switch key {
+	case "down":
 		return UserView{User: user}, ErrUnavailable
+	case "boom":
+		return UserView{}, errors.New("the source broke")
 	}
 	u, ok := f.users[user]
 	if !ok {
@@ -47,7 +51,10 @@ func (f *fakeSource) Policy(filter string, max int) PolicyView {
 		Keys: []KeyView{{ID: "k-alice", User: "alice", Team: "red", Tier: "gold-tier"},
 			{ID: "k-script", User: "<script>alert(1)</script>", Tier: "free-tier"},
 			{ID: "app", User: "app", Tier: "free-tier", Trusted: true}},
-		Changes: []string{"~ tier free-tier rpm: 5 -> 10"}, ChangedAt: time.Unix(1e9, 0)}
+		History: []ReloadEntry{
+			{At: time.Unix(1e9+60, 0), Trigger: "watch", Result: "failure", Error: "policies.yaml:3: tiers.free-tier.rpm: <not a number>"},
+			{At: time.Unix(1e9, 0), Trigger: "admin", Result: "success", SHA256: "abcdef0123456789", Changes: []string{"~ tier free-tier rpm: 5 -> 10"}},
+			{At: time.Unix(1e9-60, 0), Trigger: "start", Result: "loaded", SHA256: "0123456789abcdef"}}}
 	all := pv.Keys
 	pv.Keys, pv.KeysTotal = nil, len(all)
 	for _, k := range all {
@@ -77,8 +84,23 @@ func (f *fakeSource) Requests(_ context.Context, key, user string, limit int) (R
 	return rv, nil
 }
 
+func (f *fakeSource) Team(_ context.Context, name string) (TeamView, error) {
+	switch name {
+	case "red":
+		return TeamView{Name: "red", Limits: "rpm 1000, budget daily $50",
+			Members: []KeyView{{ID: "k-alice", User: "alice", Team: "red", Tier: "gold-tier"}, {ID: "app", User: "app", Team: "red", Tier: "free-tier", Trusted: true}},
+			Buckets: []Bucket{{Limit: "rpm", Scope: "team", Configured: 1000, Burst: 1000, Remaining: 990, Used: 10}},
+			Spend:   []Spend{{Window: "today", Scope: "team", SpentUSD: 12.5, BudgetUSD: 50}}}, nil
+	case "down":
+		return TeamView{Name: "down"}, ErrUnavailable
+	}
+	return TeamView{}, ErrNotFound
+}
+
 func (f *fakeSource) Providers() []ProviderView {
-	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Budget: "rpm 500", Keys: 3, Breaker: "open", Throttled: 9}}
+	return []ProviderView{{Name: "openai", Waiting: 3, Factor: 0.5, Limited: true, Budget: "rpm 500", Keys: 3, Breaker: "open", Throttled: 9,
+		Pool: []PoolKey{{ID: "key-a", Weight: 2, Budget: "rpm 300", Answers: 40, Throttled: 10, Resting: 12 * time.Second},
+			{ID: "key-b", Weight: 1, Answers: 20}}}}
 }
 
 func newTestHandler(t *testing.T) (*Handler, *atomic.Int64) {
@@ -122,10 +144,14 @@ func TestPagesRenderData(t *testing.T) {
 	}{
 		{"/console/", []string{"1234", "rpm (user)", "budget_daily (team)", "75.0%", "openai", "abcdef012345"}},
 		{"/console/policy", []string{"gold-tier", "free-tier", "rpm 300", ">7<", "k-alice", "/console/users/alice?key=k-alice",
-			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`}},
+			"3 of 3 keys", "~ tier free-tier rpm: 5 -&gt; 10", "trusted", `action="/console/users/"`,
+			`<tr class="failure">`, "tiers.free-tier.rpm: &lt;not a number&gt;", "kept the last good", "<code>0123456789ab</code>", ">start<"}},
 		{"/console/policy?q=alice", []string{"1 of 3 keys", "k-alice"}},
-		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`}},
-		{"/console/users/alice", []string{"gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},
+		{"/console/providers", []string{"openai", "0.50", "breaker-open", "rpm 500", `<td class="n">3</td>`,
+			`id="pool-openai"`, "key-a", "resting 12s", "25.0%", "key-b", "taking calls"}},
+		{"/console/teams/red", []string{"rpm 1000, budget daily $50", `id="remaining-team-rpm">990<`, "$12.5000", "$50.0000",
+			"/console/users/alice?key=k-alice", "app key: its end users share"}},
+		{"/console/users/alice", []string{`href="/console/teams/red"`, "gold-tier", "587", "$1.2500", "$10.0000", "today", "1s", "red", `href="/console/requests?user=alice"`}},
 		{"/console/requests?user=alice", []string{"req-00", "req-49", "429 rate_limit_exceeded", "gpt-4o-mini", ">34<", "250ms", "50 shown"}},
 	} {
 		rec := get(t, h, c.path, true)
@@ -164,6 +190,10 @@ func TestUserPageErrors(t *testing.T) {
 		"/console/requests":            http.StatusBadRequest,
 		"/console/requests?user=bob":   http.StatusNotFound,
 		"/console/requests?key=off":    http.StatusServiceUnavailable,
+		"/console/teams/blue":          http.StatusNotFound,
+		"/console/users/x?key=boom":    http.StatusInternalServerError,
+		"/console/teams/down":          http.StatusServiceUnavailable,
+		"/console/teams/":              http.StatusBadRequest,
 	} {
 		if rec := get(t, h, path, true); rec.Code != want {
 			t.Errorf("%s: %d, want %d", path, rec.Code, want)
@@ -221,11 +251,24 @@ func TestHeaders(t *testing.T) {
 }
 
 // TestNoDataWithoutToken: every page redirects to the login form without a
-// session or with a wrong Bearer token, and shows no data.
+// session (a header of another scheme, such as a reverse proxy's Basic
+// auth, is not one) and answers 401 to a wrong Bearer token, counted; no
+// data either way.
 func TestNoDataWithoutToken(t *testing.T) {
-	h, _ := newTestHandler(t)
-	for _, p := range []string{"/console/", "/console/policy", "/console/providers", "/console/users/alice"} {
-		for _, hdr := range []string{"", "Bearer wrong", "Basic " + testToken} {
+	h, failures := newTestHandler(t)
+	for i, p := range []string{"/console/", "/console/policy", "/console/providers", "/console/users/alice"} {
+		req := httptest.NewRequest("GET", p, nil)
+		req.RemoteAddr = fmt.Sprintf("192.0.2.%d:1234", i) // each its own address: no throttling here
+		req.Header.Set("Authorization", "Bearer wrong")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusUnauthorized || strings.Contains(rec.Body.String(), "gold-tier") || strings.Contains(rec.Body.String(), "587") {
+			t.Errorf("%s with a wrong Bearer token: %d, want 401 without data", p, rec.Code)
+		}
+		if got := failures.Load(); got != int64(i+1) {
+			t.Errorf("%s: %d wrong tokens counted, want %d", p, got, i+1)
+		}
+		for _, hdr := range []string{"", "Basic " + testToken} {
 			req := httptest.NewRequest("GET", p, nil)
 			if hdr != "" {
 				req.Header.Set("Authorization", hdr)
@@ -404,4 +447,99 @@ func readAll(t *testing.T, resp *http.Response) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestLoginThrottle: an address may send five wrong tokens, then one per
+// 12 s; until then its attempts are answered 429 with a retry-after and
+// not checked, the right token included, by form and by Bearer header
+// alike. Other addresses are not affected; a right token clears the
+// record.
+func TestLoginThrottle(t *testing.T) {
+	h, failures := newTestHandler(t)
+	now := time.Unix(2e9, 0)
+	h.o.Now = func() time.Time { return now }
+	var throttled int
+	h.o.LoginThrottled = func() { throttled++ }
+	login := func(addr, token string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", "/console/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = addr + ":4000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	for i := 0; i < loginBurst; i++ {
+		if rec := login("198.51.100.7", "guess"); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d: %d, want 401", i+1, rec.Code)
+		}
+	}
+	rec := login("198.51.100.7", testToken)
+	if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") != "12" || rec.Header().Get("Set-Cookie") != "" {
+		t.Fatalf("sixth attempt: %d, retry-after %q, cookie %q; want 429 after 12 s and no session",
+			rec.Code, rec.Header().Get("Retry-After"), rec.Header().Get("Set-Cookie"))
+	}
+	req := httptest.NewRequest("GET", "/console/", nil)
+	req.RemoteAddr = "198.51.100.7:4001"
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	brec := httptest.NewRecorder()
+	h.ServeHTTP(brec, req)
+	if brec.Code != http.StatusTooManyRequests || strings.Contains(brec.Body.String(), "1234") {
+		t.Errorf("a Bearer header from the throttled address: %d, want 429 without data", brec.Code)
+	}
+	if failures.Load() != loginBurst || throttled != 2 {
+		t.Errorf("counted %d wrong and %d throttled, want %d and 2", failures.Load(), throttled, loginBurst)
+	}
+	if rec := login("198.51.100.8", "guess"); rec.Code != http.StatusUnauthorized {
+		t.Errorf("another address: %d, want 401 (its own allowance)", rec.Code)
+	}
+	now = now.Add(loginInterval)
+	if rec := login("198.51.100.7", "guess"); rec.Code != http.StatusUnauthorized {
+		t.Errorf("12 s later: %d, want one more try (401)", rec.Code)
+	}
+	if rec := login("198.51.100.7", "guess"); rec.Code != http.StatusTooManyRequests {
+		t.Errorf("right after: %d, want 429", rec.Code)
+	}
+	now = now.Add(loginInterval)
+	if rec := login("198.51.100.7", testToken); rec.Code != http.StatusSeeOther {
+		t.Fatalf("the right token after the wait: %d, want 303", rec.Code)
+	}
+	if _, ok := h.guard.tat["198.51.100.7"]; ok {
+		t.Error("a right token did not clear the address's record")
+	}
+}
+
+// TestLoginGuardBounded: the guard tracks at most maxGuarded addresses.
+func TestLoginGuardBounded(t *testing.T) {
+	var g loginGuard
+	now := time.Unix(2e9, 0)
+	for i := 0; i < maxGuarded+100; i++ {
+		g.fail(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255), now.Add(time.Duration(i)*time.Millisecond))
+	}
+	if len(g.tat) != maxGuarded {
+		t.Fatalf("%d addresses tracked, want %d", len(g.tat), maxGuarded)
+	}
+	if _, ok := g.tat["10.0.0.0"]; ok {
+		t.Error("the address whose allowance returns first was kept")
+	}
+}
+
+// TestSharedCookieKey: handlers given the same cookie key (replicas with
+// one admin token) accept each other's sessions; another key does not.
+func TestSharedCookieKey(t *testing.T) {
+	mk := func(key string) *Handler {
+		h, err := New(Options{Source: &fakeSource{}, BearerOK: func(string) bool { return false },
+			TokenOK: func(string) bool { return false }, CookieKey: []byte(key)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a, b, other := mk("key-one"), mk("key-one"), mk("key-two")
+	v := a.cookieValue(time.Now().Add(time.Hour))
+	if !b.sessionOK(v) || other.sessionOK(v) {
+		t.Errorf("same key accepted %v, other key accepted %v; want true and false", b.sessionOK(v), other.sessionOK(v))
+	}
+	if r1, r2 := mk(""), mk(""); r2.sessionOK(r1.cookieValue(time.Now().Add(time.Hour))) {
+		t.Error("two random keys accepted each other's session")
+	}
 }

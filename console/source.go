@@ -21,6 +21,9 @@ type Source interface {
 	// match filter (a substring of the key's id or user, or its tier's
 	// name; "" matches every key).
 	Policy(filter string, max int) PolicyView
+	// Team is a team's members, shared limits, buckets and spend, read
+	// without spending. ErrNotFound when no key is in the team.
+	Team(ctx context.Context, name string) (TeamView, error)
 	// Providers are the upstreams' queue and breaker states.
 	Providers() []ProviderView
 	// Requests are a user's recent requests from the transcripts, newest
@@ -176,6 +179,36 @@ type UserView struct {
 	Spend   []Spend
 }
 
+// TeamView is a team's page.
+type TeamView struct {
+	// Name is the team's name.
+	Name string
+	// Limits describes the team's shared limits (the policy's teams:
+	// entry) in one line; "" without an entry.
+	Limits string
+	// Members are the team's keys, sorted by id.
+	Members []KeyView
+	// Buckets and Spend are the team's shared buckets and spend (scope
+	// team); empty when the store did not answer.
+	Buckets []Bucket
+	Spend   []Spend
+}
+
+// TeamLine is one entry of the policy's teams: section.
+type TeamLine struct {
+	// Name is the team's; Limits its shared limits in one line.
+	Name, Limits string
+	// Keys is how many keys are in the team.
+	Keys int
+}
+
+// OverrideLine is one users: entry: a user's own tier or limits.
+type OverrideLine struct {
+	// User is the user's name; Tier the tier it moves them to ("" keeps
+	// the key's); Limits and Shadow the limits it sets, in words.
+	User, Tier, Limits, Shadow string
+}
+
 // TierView is one tier of the policy.
 type TierView struct {
 	// Name is the tier's name.
@@ -205,6 +238,12 @@ type PolicyView struct {
 	Reload ReloadView
 	// Tiers are the tiers by name.
 	Tiers []TierView
+	// Teams are the teams with shared limits (teams:), by name.
+	Teams []TeamLine
+	// Overrides are the users: entries matching the filter, by user, at
+	// most the max asked for; OverridesMatched how many matched.
+	Overrides        []OverrideLine
+	OverridesMatched int
 	// Keys are the keys matching the filter, sorted by id, at most the
 	// max asked for; KeysMatched is how many matched, KeysTotal how many
 	// the policy has.
@@ -213,12 +252,33 @@ type PolicyView struct {
 	// OnStoreError and Zone are the policy's store-error mode and budget
 	// time zone.
 	OnStoreError, Zone string
-	// Changes are the effective changes of the last policy swap the
-	// console saw ("+", "-", "~" lines); ChangedAt when it saw it (zero:
-	// none since start).
-	Changes   []string
-	ChangedAt time.Time
+	// History are the last loads of the policy file, newest first: the
+	// load at start, each swap with its effective changes, and reloads
+	// that failed or were refused. Empty with the embedded example policy.
+	History []ReloadEntry
 }
+
+// ReloadEntry is one load of the policy file.
+type ReloadEntry struct {
+	// At is when it happened; Trigger what started it ("start", "watch",
+	// "sighup", "admin").
+	At      time.Time
+	Trigger string
+	// Result is "loaded", "success", "forced", "failure" or "refused".
+	Result string
+	// SHA256 is the hex hash of the policy applied; "" when none was.
+	SHA256 string
+	// Error is why nothing was applied.
+	Error string
+	// Changes are the effective changes ("+", "-", "~" lines; for a
+	// refusal, the limits it would have lifted); MoreChanges the lines
+	// left out.
+	Changes     []string
+	MoreChanges int
+}
+
+// Applied reports an entry that put a policy in force.
+func (e ReloadEntry) Applied() bool { return e.SHA256 != "" }
 
 // ProviderView is one upstream.
 type ProviderView struct {
@@ -232,11 +292,36 @@ type ProviderView struct {
 	// describes it ("rpm 500, concurrent 20"; "" without one).
 	Limited bool
 	Budget  string
-	// Keys is the size of the upstream's key pool (0: one key, no pool).
+	// Keys is the size of the upstream's key pool (0: one key, no pool);
+	// Pool its keys.
 	Keys int
+	Pool []PoolKey
 	// Breaker is "closed", "half-open" or "open".
 	Breaker string
 	// InFlight is granted calls not yet finished; Throttled the 429/503
 	// answers since start.
 	InFlight, Throttled float64
+}
+
+// PoolKey is one key of an upstream's key pool, by id (never the secret).
+type PoolKey struct {
+	// ID and Weight are upstreams[].keys[]'s; Budget describes its own
+	// budget ("" without one).
+	ID     string
+	Weight int64
+	Budget string
+	// Resting is how long the key still rests after a 429 or 503 (0: it
+	// takes calls).
+	Resting time.Duration
+	// Answers and Throttled count the answers to calls made with the key
+	// since start, all and 429/503.
+	Answers, Throttled float64
+}
+
+// ThrottledRatio is Throttled over Answers, 0 without answers.
+func (k PoolKey) ThrottledRatio() float64 {
+	if k.Answers == 0 {
+		return 0
+	}
+	return k.Throttled / k.Answers
 }

@@ -238,8 +238,28 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("providers page: the breaker is not shown closed\n%s", dom)
 	}
 
+	// The demo user's team, reached from the user's page.
+	if !strings.Contains(br.dom(t, p.URL+"/console/users/demo"), `href="/console/teams/demo"`) {
+		t.Error("user page: no link to the team")
+	}
+	dom = br.dom(t, p.URL+"/console/teams/demo")
+	if !strings.Contains(dom, `<dd id="team">demo</dd>`) || !strings.Contains(dom, `>demo</a></td><td><a href="/console/users/demo">demo</a></td><td>probe</td>`) {
+		t.Errorf("team page: the demo team with its one key\n%s", dom)
+	}
+
+	// A reload through the admin API shows in the policy page's history,
+	// with its change, above the load at start.
+	writeFile(t, s.policiesPath(t), strings.Replace(consolePolicies(), "rpm: 100", "rpm: 90", 1))
+	if code, b := s.admin(t, "POST", "/admin/reload", adminToken, ""); code != 200 {
+		t.Fatalf("reload: %d %s", code, b)
+	}
+	dom = br.dom(t, p.URL+"/console/policy")
+	if !regexp.MustCompile(`(?s)<td>admin</td><td>success</td>.*~ tier gold-standard rpm: 100 -&gt; 90.*<td>start</td><td>loaded</td>`).MatchString(dom) {
+		t.Errorf("policy page: the reload history lacks the admin reload and its change above the start\n%s", dom)
+	}
+
 	for name, path := range map[string]string{"overview": "/console/", "policy": "/console/policy",
-		"user": "/console/users/demo", "providers": "/console/providers", "requests": "/console/requests?user=demo"} {
+		"user": "/console/users/demo", "team": "/console/teams/demo", "providers": "/console/providers", "requests": "/console/requests?user=demo"} {
 		br.screenshot(t, p.URL+path, filepath.Join(dir, name+".png"), "1280,900")
 	}
 	br.screenshot(t, p.URL+"/console/users/demo", filepath.Join(dir, "user-phone.png"), "390,844")
@@ -260,8 +280,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("wrong token: %d, want 401", resp.StatusCode)
 	}
-	if v, _ := s.metric(t, "sluice_console_login_failures_total"); v != 1 {
-		t.Errorf("sluice_console_login_failures_total = %v, want 1", v)
+	// A script's wrong Bearer token: 401, counted too.
+	if code, _ := s.admin(t, "GET", "/console/policy", "not-the-token", ""); code != http.StatusUnauthorized {
+		t.Errorf("wrong Bearer token: %d, want 401", code)
+	}
+	if v, _ := s.metric(t, "sluice_console_login_failures_total"); v != 2 {
+		t.Errorf("sluice_console_login_failures_total = %v, want 2", v)
 	}
 	resp, err = c.PostForm(s.AdminURL+"/console/login", url.Values{"token": {adminToken}, "next": {"/console/users/demo"}})
 	if err != nil {

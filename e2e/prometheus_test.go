@@ -24,7 +24,7 @@ import (
 )
 
 // promConfig: one budgeted upstream that lets two calls run at once (so a
-// burst queues at the provider stage), and one that is unreachable (upstream
+// burst queues at the provider stage), with a pool of two keys, and one that is unreachable (upstream
 // errors) for models named dead-*; JSONL transcripts, the memory cache, the
 // access log on.
 const promConfig = `
@@ -36,7 +36,9 @@ server:
 upstreams:
   - name: fake
     base_url: ${OPENAI_BASE_URL}
-    api_key: ${OPENAI_API_KEY}
+    keys:
+      - {id: first, api_key: "${OPENAI_API_KEY}"}
+      - {id: second, api_key: "${OPENAI_API_KEY}"}
     max_attempts: 2
     budget: {concurrent: 2}
   - name: dead

@@ -3,6 +3,7 @@ package fakeai
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,6 +183,38 @@ func (c *call) fileRoutes(method, path string) bool {
 	return true
 }
 
+// objectRequest decodes the body of a create call into req, then checks
+// that each named parameter's value (from values, read after decoding) is
+// set and that the file named by fileParam is stored. It reports whether
+// the request may go on; otherwise it answered the API's error.
+func (c *call) objectRequest(req any, fileParam string, values func() []string, names ...string) bool {
+	if !c.decode(req) {
+		return false
+	}
+	vs := values()
+	for i, name := range names {
+		if vs[i] == "" {
+			c.missingParam(name)
+			return false
+		}
+	}
+	if id := vs[slices.Index(names, fileParam)]; c.s.file(id) == nil {
+		c.invalid(fileParam, "", "No such File object: "+id)
+		return false
+	}
+	return true
+}
+
+// pageOf answers a list of stored objects (oldest first) as page does,
+// 20 by default, at most 100.
+func pageOf[T any](c *call, objs []T, id func(T) string) {
+	ids, items := make([]string, len(objs)), make([]any, len(objs))
+	for i, o := range objs {
+		ids[i], items[i] = id(o), o
+	}
+	c.page(ids, items, 20, 100)
+}
+
 // batchRoutes answers POST and GET /v1/batches, GET /v1/batches/ID and POST
 // /v1/batches/ID/cancel. A batch completes at once: its output file is
 // stored with it.
@@ -201,19 +234,8 @@ func (c *call) batchRoutes(method, path string) bool {
 			CompletionWindow string          `json:"completion_window"`
 			Metadata         json.RawMessage `json:"metadata"`
 		}
-		if json.Unmarshal(c.body, &req) != nil {
-			c.invalid("", "", "We could not parse the JSON body of your request.")
-			return true
-		}
-		for _, p := range []struct{ name, v string }{{"input_file_id", req.InputFileID}, {"endpoint", req.Endpoint},
-			{"completion_window", req.CompletionWindow}} {
-			if p.v == "" {
-				c.missingParam(p.name)
-				return true
-			}
-		}
-		if s.file(req.InputFileID) == nil {
-			c.invalid("input_file_id", "", "No such File object: "+req.InputFileID)
+		if !c.objectRequest(&req, "input_file_id", func() []string { return []string{req.InputFileID, req.Endpoint, req.CompletionWindow} },
+			"input_file_id", "endpoint", "completion_window") {
 			return true
 		}
 		now := time.Now().Unix()
@@ -229,12 +251,7 @@ func (c *call) batchRoutes(method, path string) bool {
 		s.objs.batches = append(s.objs.batches, b)
 		c.writeJSON(http.StatusOK, b)
 	case rest == "" && method == http.MethodGet:
-		ids := make([]string, len(s.objs.batches))
-		items := make([]any, len(s.objs.batches))
-		for i, b := range s.objs.batches {
-			ids[i], items[i] = b.ID, b
-		}
-		c.page(ids, items, 20, 100)
+		pageOf(c, s.objs.batches, func(b *batchObject) string { return b.ID })
 	case strings.Count(rest, "/") >= 1:
 		parts := strings.Split(rest[1:], "/")
 		var b *batchObject
@@ -277,20 +294,8 @@ func (c *call) jobRoutes(method, path string) bool {
 			Model        string `json:"model"`
 			TrainingFile string `json:"training_file"`
 		}
-		if json.Unmarshal(c.body, &req) != nil {
-			c.invalid("", "", "We could not parse the JSON body of your request.")
-			return true
-		}
-		if req.Model == "" {
-			c.missingParam("model")
-			return true
-		}
-		if req.TrainingFile == "" {
-			c.missingParam("training_file")
-			return true
-		}
-		if s.file(req.TrainingFile) == nil {
-			c.invalid("training_file", "", "No such File object: "+req.TrainingFile)
+		if !c.objectRequest(&req, "training_file", func() []string { return []string{req.Model, req.TrainingFile} },
+			"model", "training_file") {
 			return true
 		}
 		id := newID("ftjob-", 24)
@@ -300,12 +305,7 @@ func (c *call) jobRoutes(method, path string) bool {
 		s.objs.jobs = append(s.objs.jobs, j)
 		c.writeJSON(http.StatusOK, j)
 	case rest == "" && method == http.MethodGet:
-		ids := make([]string, len(s.objs.jobs))
-		items := make([]any, len(s.objs.jobs))
-		for i, j := range s.objs.jobs {
-			ids[i], items[i] = j.ID, j
-		}
-		c.page(ids, items, 20, 100)
+		pageOf(c, s.objs.jobs, func(j *jobObject) string { return j.ID })
 	case strings.Count(rest, "/") == 1 && method == http.MethodGet:
 		for _, j := range s.objs.jobs {
 			if j.ID == rest[1:] {

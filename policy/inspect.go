@@ -45,6 +45,25 @@ func (p *Policy) KeysOf(user string) []string {
 	return ids
 }
 
+// KeysOfTeam returns the keys whose team is team, sorted by id.
+func (p *Policy) KeysOfTeam(team string) []*Key {
+	var keys []*Key
+	for _, k := range p.keys {
+		if k.Team == team {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b *Key) int { return strings.Compare(a.ID, b.ID) })
+	return keys
+}
+
+// TeamLimits returns the limits of the teams: section, by team name.
+func (p *Policy) TeamLimits() map[string]Limits { return p.teams }
+
+// UserOverrides returns the users: section's overrides by user name (an
+// app key's end_users are the key's own: Key.EndUsers).
+func (p *Policy) UserOverrides() map[string]UserSpec { return p.users }
+
 // ErrNoSuchKey is returned by Resolve for a key id or user no key serves.
 var ErrNoSuchKey = errors.New("no such key")
 

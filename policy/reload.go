@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -109,6 +110,9 @@ type Reloader struct {
 	lastErr  error
 	lastOK   time.Time
 	lastStat os.FileInfo
+	// history are the last loads, swaps and failed reloads, oldest first,
+	// at most historyLen.
+	history []ReloadEvent
 
 	reloads   *prometheus.CounterVec
 	insecure  *prometheus.GaugeVec
@@ -165,6 +169,7 @@ func (r *Reloader) Load() (*Policy, error) {
 	}
 	r.lastStat, r.sum, r.current = fi, sum, p
 	r.succeeded()
+	r.record(ReloadEvent{Trigger: "start", Result: "loaded", SHA256: fmt.Sprintf("%x", sum)})
 	warnUnmatched(r.o.Logger, p)
 	r.checkFile(p)
 	return p, nil
@@ -195,6 +200,47 @@ type Status struct {
 	LastError string `json:"last_error,omitempty"`
 	// SHA256 is the hex hash of the bytes of the policy in force.
 	SHA256 string `json:"sha256"`
+	// History are the last loads, swaps and failed or refused reloads,
+	// newest first (unchanged reloads are left out), at most 20.
+	History []ReloadEvent `json:"history"`
+}
+
+// historyLen bounds Status.History; maxEventChanges the change lines kept
+// per event (sluice diff lists them all).
+const (
+	historyLen      = 20
+	maxEventChanges = 200
+)
+
+// ReloadEvent is one load of policies.yaml that applied a policy or failed.
+type ReloadEvent struct {
+	// At is when it happened; Trigger what started it ("start", "watch",
+	// "sighup", "admin").
+	At      time.Time `json:"at"`
+	Trigger string    `json:"trigger"`
+	// Result is "loaded" (at start), or a sluice_policy_reloads_total
+	// result: success, forced, failure or refused.
+	Result string `json:"result"`
+	// SHA256 is the hex hash of the policy applied ("" when none was).
+	SHA256 string `json:"sha256,omitempty"`
+	// Error is why nothing was applied.
+	Error string `json:"error,omitempty"`
+	// Changes are the effective changes from the policy before (Diff), at
+	// most 200; MoreChanges counts the lines left out.
+	Changes     []string `json:"changes,omitempty"`
+	MoreChanges int      `json:"more_changes,omitempty"`
+}
+
+// record keeps e (stamped now) in the history. r.mu is held.
+func (r *Reloader) record(e ReloadEvent) {
+	e.At = time.Now()
+	if n := len(e.Changes); n > maxEventChanges {
+		e.Changes, e.MoreChanges = e.Changes[:maxEventChanges:maxEventChanges], n-maxEventChanges
+	}
+	if len(r.history) == historyLen {
+		r.history = slices.Delete(r.history, 0, 1)
+	}
+	r.history = append(r.history, e)
 }
 
 // Status returns the outcome of the last reload.
@@ -204,6 +250,10 @@ func (r *Reloader) Status() Status {
 	s := Status{LastSuccess: r.lastOK, SHA256: fmt.Sprintf("%x", r.sum)}
 	if r.lastErr != nil {
 		s.LastError = r.lastErr.Error()
+	}
+	s.History = make([]ReloadEvent, len(r.history))
+	for i, e := range r.history {
+		s.History[len(r.history)-1-i] = e
 	}
 	return s
 }
@@ -273,6 +323,11 @@ func (r *Reloader) ReloadWith(trigger string, force bool) (bool, error) {
 	}
 	r.reloads.WithLabelValues(ReloadSuccess).Inc()
 	r.succeeded()
+	result := ReloadSuccess
+	if len(lifts) > 0 {
+		result = ReloadForced
+	}
+	r.record(ReloadEvent{Trigger: trigger, Result: result, SHA256: fmt.Sprintf("%x", sum), Changes: changes})
 	r.o.Logger.Info("policy reloaded", "file", r.o.Path, "trigger", trigger, "sha256", fmt.Sprintf("%.12x", sum),
 		"tiers", len(p.Tiers), "keys", len(p.keys), "changes", len(changes))
 	for i, c := range changes {
@@ -298,11 +353,13 @@ func (r *Reloader) failed(trigger string, err error) error {
 	r.ok.Set(0)
 	var lifts *LiftsError
 	if errors.As(err, &lifts) {
+		r.record(ReloadEvent{Trigger: trigger, Result: ReloadRefused, Error: err.Error(), Changes: lifts.Lifts})
 		r.reloads.WithLabelValues(ReloadRefused).Inc()
 		r.o.Logger.Error("policy reload refused: it would lift limits; the last good policy stays in force",
 			"file", r.o.Path, "trigger", trigger, "lifts", len(lifts.Lifts), "error", err)
 		return err
 	}
+	r.record(ReloadEvent{Trigger: trigger, Result: ReloadFailure, Error: err.Error()})
 	r.reloads.WithLabelValues(ReloadFailure).Inc()
 	r.o.Logger.Error("policy reload failed; the last good policy stays in force",
 		"file", r.o.Path, "trigger", trigger, "error", err)

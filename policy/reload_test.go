@@ -439,3 +439,58 @@ users:
 		t.Fatalf("user shadow concurrency: %v", err)
 	}
 }
+
+// TestReloadHistory: the history keeps the start, each applied change with
+// its diff, failures and refusals with their error, newest first, leaves
+// out unchanged reloads and holds at most historyLen events.
+func TestReloadHistory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policies.yaml")
+	writeAtomic(t, path, policyWithRPM(10))
+	f := newFixture(t, path, 0)
+	if _, err := f.r.Reload("test"); err != nil { // unchanged: not kept
+		t.Fatal(err)
+	}
+	writeAtomic(t, path, policyWithRPM(20))
+	if _, err := f.r.Reload("admin"); err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, path, "tiers: [")
+	if _, err := f.r.Reload("sighup"); err == nil {
+		t.Fatal("a broken file reloaded")
+	}
+	writeAtomic(t, path, policyWithRPM(5))
+	if _, err := f.r.Reload("watch"); err != nil {
+		t.Fatal(err)
+	}
+	// No tier limit at all lifts the rpm: refused.
+	writeAtomic(t, path, strings.Replace(policyWithRPM(5), "    rpm: 5\n", "    tpm: 1000\n", 1))
+	if _, err := f.r.Reload("watch"); err == nil {
+		t.Fatal("a lift was not refused")
+	}
+	h := f.r.Status().History
+	type ev struct{ trigger, result string }
+	want := []ev{{"watch", ReloadRefused}, {"watch", ReloadSuccess}, {"sighup", ReloadFailure}, {"admin", ReloadSuccess}, {"start", "loaded"}}
+	if len(h) != len(want) {
+		t.Fatalf("history has %d events, want %d: %+v", len(h), len(want), h)
+	}
+	for i, w := range want {
+		if h[i].Trigger != w.trigger || h[i].Result != w.result || h[i].At.IsZero() {
+			t.Errorf("event %d = %s/%s, want %s/%s", i, h[i].Trigger, h[i].Result, w.trigger, w.result)
+		}
+	}
+	if h[3].SHA256 == "" || h[3].SHA256 == h[4].SHA256 || len(h[3].Changes) == 0 || h[3].Changes[0] != "~ tier t rpm: 10 -> 20" {
+		t.Errorf("the applied change: %+v", h[3])
+	}
+	if h[2].Error == "" || h[2].SHA256 != "" || h[0].Error == "" || len(h[0].Changes) == 0 {
+		t.Errorf("failure %+v / refusal %+v lack their error or lifts", h[2], h[0])
+	}
+	for i := range historyLen + 5 {
+		writeAtomic(t, path, policyWithRPM(4-i%2))
+		if _, err := f.r.ReloadWith("watch", true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := f.r.Status().History; len(h) != historyLen || h[0].Result == "" {
+		t.Fatalf("history holds %d events after many reloads, want %d", len(h), historyLen)
+	}
+}

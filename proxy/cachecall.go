@@ -50,6 +50,9 @@ type cacheCall struct {
 	// flight is the call this request leads or follows; nil for a hit.
 	flight *cache.Flight
 	leader bool
+	// remote reports a leader whose key another replica is calling for:
+	// it waits for that answer in cacheServe (cache.AwaitRemote).
+	remote bool
 	// stream is the client's stream flag; includeUsage its
 	// stream_options.include_usage.
 	stream, includeUsage bool
@@ -118,9 +121,16 @@ func (s *Server) cacheStart(ctx *fasthttp.RequestCtx, x *exchange, pol *policy.P
 		x.cacheFree = !rule.HitsCountTokens
 		return cc, true
 	}
-	x.cacheStatus = cacheMiss
-	m.Misses.Inc()
-	ctx.Response.Header.Set(hdrCache, cacheMiss)
+	cc.remote = cc.flight.Remote()
+	if cc.remote {
+		// Answered by another replica's call, or a miss (cacheFallback).
+		x.cacheStatus = cacheCoalesced
+		x.cacheFree = !rule.HitsCountTokens
+	} else {
+		x.cacheStatus = cacheMiss
+		m.Misses.Inc()
+		ctx.Response.Header.Set(hdrCache, cacheMiss)
+	}
 	if x.stream && !f.includeUsage {
 		// The stored answer needs the usage; the relay removes the usage
 		// chunk again since the client did not ask for it.

@@ -27,9 +27,36 @@ func (s *Server) cacheServe(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall
 	}
 	wait, cancel := context.WithTimeout(context.Background(), s.cache.CoalesceWait())
 	defer cancel()
+	if cc.remote {
+		// Another replica calls: its stored answer, replayed (as SSE for
+		// a stream); without one this request leads the call.
+		cc.remote = false
+		e := s.cache.AwaitRemote(wait, cc.flight)
+		if e == nil {
+			return s.cacheFallback(ctx, x)
+		}
+		cc.ended = true // AwaitRemote finished the flight
+		if !s.cacheAnswer(ctx, x, cc, e) {
+			return s.cacheFallback(ctx, x)
+		}
+		m.CoalescedRemote.Inc()
+		m.CallsSaved.Inc()
+		m.TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+		ctx.Response.Header.Set("Age", "0")
+		return false, true
+	}
 	if cc.stream && cc.flight.Streamed() {
-		// Tee the leader's stream from its start, once it has begun.
-		if _, ok, _, err := cc.flight.Next(wait, 0); err != nil || !ok {
+		// Tee the leader's stream from its start, once it has begun; a
+		// flight that ended with an entry and no events (its leader's
+		// answer came from another replica) is replayed from the entry.
+		_, ok, e, err := cc.flight.Next(wait, 0)
+		if err == nil && !ok && e != nil && s.cacheAnswer(ctx, x, cc, e) {
+			m.Coalesced.Inc()
+			m.CallsSaved.Inc()
+			m.TokensSaved.Add(float64(e.PromptTokens + e.CompletionTokens))
+			return false, true
+		}
+		if err != nil || !ok {
 			return s.cacheFallback(ctx, x)
 		}
 		m.Coalesced.Inc()

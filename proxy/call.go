@@ -14,9 +14,11 @@ import (
 //
 // Before any byte reached the client a failed call is tried again: a
 // transport error, timeout or 5xx goes to the route's next fallback whose
-// breaker is closed; a 429 or 503 (with no fallback left) pauses and slows
-// the upstream's queue and is retried there after the upstream's
-// retry-after, while the request's max wait allows. At most
+// breaker is closed; a 429 or 503 (with no fallback left) rests the key it
+// was made with and goes at once to another key of the upstream's pool that
+// is not resting; with none, it pauses and slows the upstream's queue and
+// is retried there after the upstream's retry-after, while the request's
+// max wait allows. At most
 // upstream.max_attempts calls are made; the last answer is the client's.
 // Waits in the queue send keep-alives through k when it is not nil.
 func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fasthttp.Response, *failure) {
@@ -77,15 +79,22 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 				"upstream", up.name, "route", endpointLabels[x.ep], "attempt", attempt, "error", err)
 		}
 		throttled := err == nil && (st == fasthttp.StatusTooManyRequests || st == fasthttp.StatusServiceUnavailable)
+		if err == nil {
+			up.keyAnswered(key, throttled)
+		}
 		if !failed && !throttled {
 			up.sched.Succeeded()
 			break
 		}
 		var ra time.Duration
+		otherKey := false // another key of the pool can take the call now
 		if throttled {
 			ra = upstreamRetryAfter(&resp.Header)
 			up.sched.Throttled(key, ra)
 			s.m.throttled(up.name, st)
+			// The key rests; another key of the pool, its own quota, may
+			// take the call at once, whatever the request's max wait.
+			otherKey = up.sched.KeyReady()
 		}
 		next := up
 		if failed && attempt < up.maxAttempts {
@@ -96,7 +105,7 @@ func (s *Server) call(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive) (*fas
 				}
 			}
 		}
-		if attempt >= up.maxAttempts || (next == up && (!throttled || time.Now().Add(ra).After(x.claim.deadline))) {
+		if attempt >= up.maxAttempts || (next == up && (!throttled || !otherKey && time.Now().Add(ra).After(x.claim.deadline))) {
 			if err != nil {
 				fasthttp.ReleaseResponse(resp)
 				f := &failure{kind: up.classify(err), msg: "The upstream provider could not be reached.", position: -1}

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"slices"
@@ -19,41 +21,51 @@ import (
 )
 
 // consoleState is what the web console keeps between page views: its
-// login failure counter, the last policy swap it saw, and the key list of
-// the policy in force.
+// login failure counter and the key list of the policy in force.
 type consoleState struct {
-	// failures is sluice_console_login_failures_total.
-	failures prometheus.Counter
+	// failures is sluice_console_login_failures_total; throttled
+	// sluice_console_login_throttled_total.
+	failures, throttled prometheus.Counter
 
 	// mu guards the fields below.
 	mu sync.Mutex
-	// seen is the last policy a policy page compared with; changes are
-	// its effective changes from the one before (policy.Diff), noticed at
-	// changedAt (zero: no swap seen since start).
-	seen      *policy.Policy
-	changes   []string
-	changedAt time.Time
 	// keysOf is the policy keys lists the keys of, by id.
 	keysOf *policy.Policy
 	keys   []keyRow
 }
 
-// keyRow is a key as the policy lists it: id, own user and tier.
-type keyRow struct{ id, user, tier string }
+// keyRow is a key as the policy lists it.
+type keyRow struct {
+	id, user, team, tier string
+	trusted              bool
+}
 
-// newConsoleState registers the console's counter on reg; pol is the
-// policy at start, which the first swap is compared with.
-func newConsoleState(reg prometheus.Registerer, pol *policy.Policy) (*consoleState, error) {
-	c := &consoleState{seen: pol, failures: prometheus.NewCounter(prometheus.CounterOpts{
+// newConsoleState registers the console's counters on reg.
+func newConsoleState(reg prometheus.Registerer) (*consoleState, error) {
+	c := &consoleState{failures: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "sluice_console_login_failures_total",
-		Help: "Console logins with a wrong admin token.",
+		Help: "Console sign-ins with a wrong admin token, by the login form or a Bearer header.",
+	}), throttled: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sluice_console_login_throttled_total",
+		Help: "Console sign-ins refused unchecked (429) because their address sent too many wrong tokens (5 at once, then one per 12 s).",
 	})}
 	if reg != nil {
-		if err := reg.Register(c.failures); err != nil {
-			return nil, fmt.Errorf("console metrics: %w", err)
+		for _, m := range []prometheus.Collector{c.failures, c.throttled} {
+			if err := reg.Register(m); err != nil {
+				return nil, fmt.Errorf("console metrics: %w", err)
+			}
 		}
 	}
 	return c, nil
+}
+
+// consoleCookieKey derives the console's cookie key from the admin token's
+// hash, so replicas with one token share sessions and a new token ends
+// them.
+func consoleCookieKey(tokenHash [sha256.Size]byte) []byte {
+	m := hmac.New(sha256.New, tokenHash[:])
+	m.Write([]byte("sluice console session key v1"))
+	return m.Sum(nil)
 }
 
 // consoleRoutes registers the web console (package console) under
@@ -62,7 +74,11 @@ func newConsoleState(reg prometheus.Registerer, pol *policy.Policy) (*consoleSta
 func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 	st := s.console
 	if st == nil { // a Server not built by New (tests)
-		st, _ = newConsoleState(nil, s.policy.Load())
+		st, _ = newConsoleState(nil)
+	}
+	var cookieKey []byte
+	if a := s.admin; a != nil && a.o.Token != "" {
+		cookieKey = consoleCookieKey(a.tokenHash)
 	}
 	h, err := console.New(console.Options{
 		Source: &consoleSource{s: s, g: g, st: st},
@@ -74,8 +90,10 @@ func (s *Server) consoleRoutes(mux *http.ServeMux, g prometheus.Gatherer) {
 			a := s.admin
 			return a != nil && a.o.Token != "" && tokenOK("Bearer "+token, a.tokenHash)
 		},
-		LoginFailed: st.failures.Inc,
-		Logger:      s.log,
+		LoginFailed:    st.failures.Inc,
+		LoginThrottled: st.throttled.Inc,
+		CookieKey:      cookieKey,
+		Logger:         s.log,
 	})
 	mux.Handle(console.Prefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a := s.admin; a == nil || a.o.Token == "" {
@@ -283,6 +301,17 @@ func (c *consoleSource) providers(f families) []console.ProviderView {
 			// s.upstreams are built from cfg.Upstreams in order.
 			uc := &c.s.cfg.Upstreams[i]
 			p.Budget, p.Keys = budgetLine(uc.Budget), len(uc.Keys)
+			if len(uc.Keys) > 0 && up.sched != nil {
+				for j, ks := range up.sched.KeyStates() {
+					if j >= len(uc.Keys) {
+						break
+					}
+					p.Pool = append(p.Pool, console.PoolKey{ID: ks.ID, Weight: ks.Weight, Budget: budgetLine(uc.Keys[j].Budget),
+						Resting:   ks.Resting,
+						Answers:   f.sum("sluice_upstream_key_answers_total", "upstream", up.name, "key", ks.ID),
+						Throttled: f.sum("sluice_upstream_key_throttled_total", "upstream", up.name, "key", ks.ID)})
+				}
+			}
 		}
 		out = append(out, p)
 	}
@@ -381,16 +410,62 @@ func (c *consoleSource) User(ctx context.Context, keyID, user string) (console.U
 	if pl.Model != nil {
 		uv.Limits = append(uv.Limits, "model "+pl.Model.Pattern+": "+limitsLine(pl.Model.Limits))
 	}
-	if c.s.limiter == nil {
-		return uv, console.ErrUnavailable
+	uv.Buckets, uv.Spend, err = c.usage(ctx, &pl)
+	return uv, err
+}
+
+// Team reads a team's shared buckets and spend without spending: through
+// the plan of its first key, keeping the rules of scope team.
+func (c *consoleSource) Team(ctx context.Context, name string) (console.TeamView, error) {
+	pol := c.s.policy.Load()
+	if pol == nil {
+		return console.TeamView{}, console.ErrNotFound
 	}
-	us, err := c.s.limiter.Usage(ctx, &pl)
+	keys := pol.KeysOfTeam(name)
+	if len(keys) == 0 {
+		return console.TeamView{}, console.ErrNotFound
+	}
+	tv := console.TeamView{Name: name}
+	if l, ok := pol.TeamLimits()[name]; ok {
+		tv.Limits = limitsLine(l)
+	}
+	for _, k := range keys {
+		tv.Members = append(tv.Members, console.KeyView{ID: k.ID, User: k.User, Team: k.Team, Tier: k.Tier, Trusted: k.Trusted})
+	}
+	k := keys[0]
+	pl := pol.Plan(pol.Principal(k, ""), k, "")
+	if pl.TeamScope == "" { // no team limits and no prices: nothing counted per team
+		return tv, nil
+	}
+	b, s, err := c.usage(ctx, &pl)
+	for _, x := range b {
+		if x.Scope == "team" {
+			tv.Buckets = append(tv.Buckets, x)
+		}
+	}
+	for _, x := range s {
+		if x.Scope == "team" {
+			tv.Spend = append(tv.Spend, x)
+		}
+	}
+	return tv, err
+}
+
+// usage reads a plan's buckets and spend without spending; the error wraps
+// console.ErrUnavailable.
+func (c *consoleSource) usage(ctx context.Context, pl *policy.Plan) ([]console.Bucket, []console.Spend, error) {
+	if c.s.limiter == nil {
+		return nil, nil, console.ErrUnavailable
+	}
+	us, err := c.s.limiter.Usage(ctx, pl)
 	if err != nil {
 		if c.s.log != nil {
 			c.s.log.Warn("console usage: bucket store failed", "error", err)
 		}
-		return uv, fmt.Errorf("%w: %w", console.ErrUnavailable, err)
+		return nil, nil, fmt.Errorf("%w: %w", console.ErrUnavailable, err)
 	}
+	var buckets []console.Bucket
+	var spend []console.Spend
 	for _, u := range us {
 		reset := time.Duration(u.ResetSeconds * float64(time.Second))
 		switch u.Limit {
@@ -399,13 +474,13 @@ func (c *consoleSource) User(ctx context.Context, keyID, user string) (console.U
 			if u.Limit == policy.LimitBudgetMonthly {
 				w = "this month"
 			}
-			uv.Spend = append(uv.Spend, console.Spend{Window: w, Scope: u.Scope, SpentUSD: u.SpentUSD, BudgetUSD: u.BudgetUSD, Reset: reset})
+			spend = append(spend, console.Spend{Window: w, Scope: u.Scope, SpentUSD: u.SpentUSD, BudgetUSD: u.BudgetUSD, Reset: reset})
 		default:
-			uv.Buckets = append(uv.Buckets, console.Bucket{Limit: u.Limit, Scope: u.Scope, Configured: u.Configured,
+			buckets = append(buckets, console.Bucket{Limit: u.Limit, Scope: u.Scope, Configured: u.Configured,
 				Burst: u.Burst, Remaining: u.Remaining, Used: u.Used, Reset: reset})
 		}
 	}
-	return uv, nil
+	return buckets, spend, nil
 }
 
 // limitsLine describes limits in one line: "rpm 60, tpm 40000 (burst
@@ -461,8 +536,13 @@ func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
 		}
 		pv.Tiers = append(pv.Tiers, tv)
 	}
-	rows, changes, at := c.st.observe(pol)
-	pv.Changes, pv.ChangedAt = changes, at
+	if a := c.s.admin; a != nil && a.o.Status != nil {
+		for _, e := range a.o.Status().History {
+			pv.History = append(pv.History, console.ReloadEntry{At: e.At, Trigger: e.Trigger, Result: e.Result,
+				SHA256: e.SHA256, Error: e.Error, Changes: e.Changes, MoreChanges: e.MoreChanges})
+		}
+	}
+	rows := c.st.keysFor(pol)
 	pv.KeysTotal = len(rows)
 	for _, r := range rows {
 		if filter != "" && !strings.Contains(r.id, filter) && !strings.Contains(r.user, filter) && r.tier != filter {
@@ -472,11 +552,40 @@ func (c *consoleSource) Policy(filter string, max int) console.PolicyView {
 		if len(pv.Keys) >= max {
 			continue
 		}
-		kv := console.KeyView{ID: r.id, User: r.user, Tier: r.tier}
-		if k, ok := pol.KeyByID(r.id); ok {
-			kv.Team, kv.Trusted = k.Team, k.Trusted
+		pv.Keys = append(pv.Keys, console.KeyView{ID: r.id, User: r.user, Team: r.team, Tier: r.tier, Trusted: r.trusted})
+	}
+	if users := pol.UserOverrides(); len(users) > 0 {
+		names := make([]string, 0, len(users))
+		for name := range users {
+			if filter == "" || strings.Contains(name, filter) || users[name].Tier == filter {
+				names = append(names, name)
+			}
 		}
-		pv.Keys = append(pv.Keys, kv)
+		slices.Sort(names)
+		pv.OverridesMatched = len(names)
+		for _, name := range names[:min(len(names), max)] {
+			u := users[name]
+			ol := console.OverrideLine{User: name, Tier: u.Tier}
+			if !u.Limits.IsZero() {
+				ol.Limits = limitsLine(u.Limits)
+			}
+			if !u.Shadow.IsZero() {
+				ol.Shadow = limitsLine(u.Shadow)
+			}
+			pv.Overrides = append(pv.Overrides, ol)
+		}
+	}
+	if teams := pol.TeamLimits(); len(teams) > 0 {
+		members := map[string]int{}
+		for _, r := range rows {
+			if _, ok := teams[r.team]; ok {
+				members[r.team]++
+			}
+		}
+		for name, l := range teams {
+			pv.Teams = append(pv.Teams, console.TeamLine{Name: name, Limits: limitsLine(l), Keys: members[name]})
+		}
+		slices.SortFunc(pv.Teams, func(a, b console.TeamLine) int { return strings.Compare(a.Name, b.Name) })
 	}
 	return pv
 }
@@ -488,22 +597,15 @@ func queueLine(q policy.Queue) string {
 	return fmt.Sprintf("wait up to %s, %d per user; weight %d, priority %d", q.MaxWait, q.MaxQueue, q.Weight, q.Priority)
 }
 
-// observe notes pol as the policy in force: when it is not the one seen
-// last, its changes from that one become the last change. It returns the
-// policy's keys and the last change.
-func (c *consoleState) observe(pol *policy.Policy) ([]keyRow, []string, time.Time) {
+// keysFor returns the keys of pol, the policy in force, listed once per
+// policy.
+func (c *consoleState) keysFor(pol *policy.Policy) []keyRow {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.seen != pol {
-		if c.seen != nil {
-			c.changes, c.changedAt = policy.Diff(c.seen, pol), time.Now()
-		}
-		c.seen = pol
-	}
 	if c.keysOf != pol {
 		c.keys, c.keysOf = listKeys(pol), pol
 	}
-	return c.keys, c.changes, c.changedAt
+	return c.keys
 }
 
 // listKeys lists a policy's keys by id.
@@ -511,7 +613,7 @@ func listKeys(pol *policy.Policy) []keyRow {
 	keys := pol.Keys()
 	rows := make([]keyRow, 0, len(keys))
 	for _, k := range keys {
-		rows = append(rows, keyRow{id: k.ID, user: k.User, tier: k.Tier})
+		rows = append(rows, keyRow{id: k.ID, user: k.User, team: k.Team, tier: k.Tier, trusted: k.Trusted})
 	}
 	return rows
 }

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +33,10 @@ const consolePolicy = `tiers:
     rpm: {limit: 1, burst: 10}
 prices:
   "*": {input: 1, output: 2}
+teams:
+  red: {rpm: 100, budget: {daily_usd: 20}}
+users:
+  bob: {tier: probe, tpm: 5000}
 keys:
   - id: k-alice
     sha256: %s
@@ -64,7 +70,9 @@ func consoleServer(t *testing.T, polYAML string) (*Server, http.Handler, *promet
 	s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: "+up.URL+"/v1\n    api_key: sk-upstream-0123456789abcdef\n    budget: {rpm: 6000, concurrent: 20}\n",
 		Options{Policy: pol, Registry: reg, Limiter: lim})
 	s.SetAdmin(AdminOptions{Token: consoleToken, Status: func() policy.Status {
-		return policy.Status{SHA256: "0123456789abcdef0123", LastSuccess: time.Now()}
+		return policy.Status{SHA256: "0123456789abcdef0123", LastSuccess: time.Now(), History: []policy.ReloadEvent{
+			{At: time.Now(), Trigger: "sighup", Result: policy.ReloadSuccess, SHA256: "0123456789abcdef0123", Changes: []string{"~ tier gold rpm: 600 -> 700"}},
+			{At: time.Now().Add(-time.Hour), Trigger: "start", Result: "loaded", SHA256: "fedcba9876543210"}}}
 	}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,18 +100,9 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	s, h, reg, addr := consoleServer(t, pol)
 	const n = 3
 	for i := 0; i < n; i++ {
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi `+fmt.Sprint(i)+`"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-alice-secret")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		code := consoleChat(t, addr, "sk-alice-secret", "hi "+fmt.Sprint(i))
+		if code != 200 {
+			t.Fatalf("request %d: %d", i, code)
 		}
 	}
 
@@ -127,24 +126,15 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("policy page: %d", code)
 	}
-	for _, w := range []string{">gold<", ">probe<", "k-alice", "k-bob", "rpm 300", "2 of 2 keys", "0123456789ab", "No policy change"} {
+	for _, w := range []string{">gold<", ">probe<", "k-alice", "k-bob", "rpm 300", "2 of 2 keys", "0123456789ab",
+		"<td>sighup</td>", "~ tier gold rpm: 600 -&gt; 700", "<code>fedcba987654</code>",
+		`<td><a href="/console/users/bob">bob</a></td><td>probe</td><td>tpm 5000</td>`} {
 		if !strings.Contains(body, w) {
 			t.Errorf("policy page lacks %q", w)
 		}
 	}
 	if strings.Contains(body, policy.HashKey("sk-bob-secret")) {
 		t.Error("the policy page shows a key's hash")
-	}
-
-	// A policy swap shows as the last change.
-	next, err := policy.Parse("p.yaml", []byte(strings.Replace(pol, "rpm: 600", "rpm: 700", 1)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetPolicy(next)
-	_, body = consoleGet(t, h, "/console/policy")
-	if !strings.Contains(body, "~ tier gold rpm: 600 -&gt; 700") {
-		t.Errorf("policy page after a swap lacks the change:\n%s", body)
 	}
 
 	code, body = consoleGet(t, h, "/console/providers")
@@ -162,20 +152,30 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	if !strings.Contains(body, "$0.000060") {
 		t.Errorf("user page: want $0.000060 spent today\n%s", body)
 	}
+	// The team's page: its keys, its shared rpm bucket after three
+	// requests and the same spend, against the team's budget.
+	code, body = consoleGet(t, h, "/console/teams/red")
+	if code != 200 {
+		t.Fatalf("team page: %d\n%s", code, body)
+	}
+	m := regexp.MustCompile(`id="remaining-team-rpm">(\d+)<`).FindStringSubmatch(body)
+	if m == nil || !strings.Contains(body, "k-alice") || strings.Contains(body, "k-bob") ||
+		!strings.Contains(body, "$0.000060") || !strings.Contains(body, "$20.0000") || !strings.Contains(body, "rpm 100") {
+		t.Errorf("team page: want k-alice alone, a team rpm bucket, $0.000060 of $20\n%s", body)
+	} else if burst := regexp.MustCompile(`<td>rpm</td><td>team</td><td class="n">100</td><td class="n">(\d+)<`).FindStringSubmatch(body); burst == nil || fmt.Sprint(mustAtoi(t, burst[1])-n) != m[1] {
+		t.Errorf("team rpm: %s remaining of burst %v after %d requests", m[1], burst, n)
+	}
+	if _, pbody := consoleGet(t, h, "/console/policy"); !strings.Contains(pbody, `<a href="/console/teams/red">red</a></td><td>rpm 100, budget daily $20`) {
+		t.Errorf("policy page: the teams section lacks red\n%s", pbody)
+	}
+	if code, _ := consoleGet(t, h, "/console/teams/blue"); code != http.StatusNotFound {
+		t.Errorf("a team without keys: %d, want 404", code)
+	}
 	// Past the burst: 429s, shown by cause on the overview.
 	limited := 0
 	for i := 0; i < 10; i++ {
-		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
-			strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"more `+fmt.Sprint(i)+`"}]}`))
-		req.Header.Set("Authorization", "Bearer sk-alice-secret")
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		_ = resp.Body.Close()
-		if resp.StatusCode == 429 {
+		code := consoleChat(t, addr, "sk-alice-secret", "more "+fmt.Sprint(i))
+		if code == 429 {
 			limited++
 		}
 	}
@@ -205,6 +205,15 @@ func TestConsoleThroughAdminMux(t *testing.T) {
 	if rec.Code != http.StatusSeeOther || strings.Contains(rec.Body.String(), "probe") {
 		t.Errorf("without a token: %d, want 303 to the login form", rec.Code)
 	}
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // TestConsoleNotThereWithoutToken: with no admin token configured the
@@ -351,4 +360,113 @@ func TestConsoleRecentRequests(t *testing.T) {
 	if code, _ := consoleGet(t, h, "/console/requests?user=nobody"); code != http.StatusNotFound {
 		t.Errorf("unknown user: %d, want 404", code)
 	}
+}
+
+// TestConsoleKeyPool: a 429 from one key of a pool is retried at once with
+// another, and the providers page lists the pool's keys by id: the key
+// the provider answered 429 rests (for the answer's retry-after) with its
+// 429 counted, the other takes the calls.
+func TestConsoleKeyPool(t *testing.T) {
+	const chat = `{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}`
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "Bearer sk-pool-hot-0123456789" {
+			w.Header().Set("Retry-After", "30")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, `{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, chat)
+	}))
+	t.Cleanup(up.Close)
+	reg := prometheus.NewRegistry()
+	s := newTestServer(t, "upstreams:\n  - name: pooled\n    base_url: "+up.URL+"/v1\n    max_attempts: 3\n    keys:\n"+
+		"      - {id: hot, api_key: sk-pool-hot-0123456789}\n      - {id: cool, api_key: sk-pool-cool-0123456789, budget: {rpm: 600}}\n",
+		Options{Registry: reg})
+	s.SetAdmin(AdminOptions{Token: consoleToken})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln) //nolint:errcheck // ends with the listener
+	t.Cleanup(func() { _ = ln.Close() })
+	h := AdminHandler(reg, s)
+	statuses := map[int]int{}
+	for i := 0; i < 6; i++ {
+		code := consoleChat(t, ln.Addr().String(), "sk-client", "pool "+fmt.Sprint(i))
+		statuses[code]++
+	}
+	// The hot key's one 429 is retried at once with the cool key (no max
+	// wait needed); then the hot key rests and the cool one takes every
+	// call.
+	if statuses[200] != 6 {
+		t.Fatalf("statuses %v, want six 200", statuses)
+	}
+	code, body := consoleGet(t, h, "/console/providers")
+	if code != 200 {
+		t.Fatalf("providers page: %d", code)
+	}
+	row := func(id string) string {
+		m := regexp.MustCompile(`<tr><td>` + id + `</td>.*?</tr>`).FindString(strings.ReplaceAll(body, "\n", " "))
+		return m
+	}
+	hot, cool := row("hot"), row("cool")
+	if !strings.Contains(hot, "key-resting") || !strings.Contains(hot, `<td class="n">1</td><td class="n">1</td><td class="n">100.0%</td>`) {
+		t.Errorf("the hot key is not shown resting with its one 429: %s", hot)
+	}
+	if !strings.Contains(cool, "key-ready") || !strings.Contains(cool, "rpm 600") || !strings.Contains(cool, `<td class="n">6</td><td class="n">0</td>`) {
+		t.Errorf("the cool key is not shown taking the six calls: %s", cool)
+	}
+	if strings.Contains(body, "sk-pool-") {
+		t.Error("the providers page shows a key's secret")
+	}
+}
+
+// TestConsoleSessionSharedByReplicas: a session made on one replica opens
+// the console of another with the same admin token (behind a load
+// balancer without stickiness) and not of one with another token.
+func TestConsoleSessionSharedByReplicas(t *testing.T) {
+	replica := func(token string) http.Handler {
+		s := newTestServer(t, "upstreams:\n  - name: up\n    base_url: http://127.0.0.1:1/v1\n", Options{})
+		s.SetAdmin(AdminOptions{Token: token})
+		return AdminHandler(prometheus.NewRegistry(), s)
+	}
+	a, b, other := replica(consoleToken), replica(consoleToken), replica("another-admin-token")
+	req := httptest.NewRequest("POST", "/console/login", strings.NewReader(url.Values{"token": {consoleToken}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	a.ServeHTTP(rec, req)
+	cookies := rec.Result().Cookies()
+	if rec.Code != http.StatusSeeOther || len(cookies) != 1 {
+		t.Fatalf("login: %d with %d cookies", rec.Code, len(cookies))
+	}
+	for name, c := range map[string]struct {
+		h    http.Handler
+		want int
+	}{"same token": {b, http.StatusOK}, "another token": {other, http.StatusSeeOther}} {
+		req := httptest.NewRequest("GET", "/console/", nil)
+		req.AddCookie(cookies[0])
+		rec := httptest.NewRecorder()
+		c.h.ServeHTTP(rec, req)
+		if rec.Code != c.want {
+			t.Errorf("%s: %d, want %d", name, rec.Code, c.want)
+		}
+	}
+}
+
+// consoleChat sends one chat request with the client key to the Server
+// at addr and returns the answer's status.
+func consoleChat(t *testing.T, addr, key, content string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+addr+"/v1/chat/completions",
+		strings.NewReader(`{"model":"gpt-4o-mini","messages":[{"role":"user","content":"`+content+`"}]}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return resp.StatusCode
 }

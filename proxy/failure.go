@@ -19,6 +19,11 @@ type failure struct {
 	// -1 for none.
 	position int
 	gone     bool // the client hung up: connection closed, nobody reads
+	// slot is the retry slot booked for the client (x-sluice-retry-slot,
+	// Unix ms; policy/queue/slots.go); zero for none. noRetry sends
+	// x-should-retry: false (no slot within a minute).
+	slot    time.Time
+	noRetry bool
 }
 
 // write answers ctx with f.
@@ -28,6 +33,13 @@ func (f *failure) write(ctx *fasthttp.RequestCtx) {
 	}
 	if f.retry > 0 {
 		setRetryAfter(&ctx.Response.Header, f.retry)
+	}
+	if !f.slot.IsZero() {
+		var b [20]byte
+		ctx.Response.Header.SetBytesV("X-Sluice-Retry-Slot", strconv.AppendInt(b[:0], f.slot.UnixMilli(), 10))
+	}
+	if f.noRetry {
+		ctx.Response.Header.Set("X-Should-Retry", "false")
 	}
 	if f.position >= 0 {
 		var b [20]byte

@@ -107,6 +107,9 @@ type metrics struct {
 	// upstreamRetries the calls Sluice repeated after them.
 	upstreamThrottled *prometheus.CounterVec
 	upstreamRetries   *prometheus.CounterVec
+	// upstreamKeyAnswers and upstreamKeyThrottled count the HTTP answers to
+	// calls made with each key of an upstream's key pool, all and 429/503.
+	upstreamKeyAnswers, upstreamKeyThrottled *prometheus.CounterVec
 	// upstreamResponses counts the upstreams' HTTP answers by status class;
 	// each upstream resolves its children at start.
 	upstreamResponses *prometheus.CounterVec
@@ -222,6 +225,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		Name: "sluice_upstream_throttled_total",
 		Help: "Upstream answers that asked Sluice to slow down (status 429 or 503).",
 	}, []string{"upstream", "status"})
+	m.upstreamKeyAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_key_answers_total",
+		Help: "HTTP answers to calls made with each key of an upstream's key pool (upstreams[].keys; no series without a pool).",
+	}, []string{"upstream", "key"})
+	m.upstreamKeyThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_upstream_key_throttled_total",
+		Help: "Answers 429 or 503 to calls made with each key of an upstream's key pool: the key then rests for the answer's retry-after.",
+	}, []string{"upstream", "key"})
 	m.upstreamRetries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sluice_upstream_retries_total",
 		Help: "Upstream calls repeated after a 429/503 answer, within the request's max wait.",
@@ -295,7 +306,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}
 	}
 	reg.MustRegister(requests, duration, overhead, firstByte, disconnects, m.inFlight,
-		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamRetries, m.upstreamResponses, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
+		m.upstreamDuration, m.upstreamErrors, m.upstreamStale, m.upstreamThrottled, m.upstreamKeyAnswers, m.upstreamKeyThrottled, m.upstreamRetries, m.upstreamResponses, answerBytes, wireBytes, requestBytes, requestWire, buildInfo,
 		streamDuration, m.tokens, m.spend, m.routed, protocol)
 	return m
 }

@@ -96,7 +96,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx, x *exchange) bool {
 // resume in its queued stream (queuedstream.go).
 func (s *Server) dispatch(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall) bool {
 	var every time.Duration
-	if x.stream && (cc == nil || cc.leader) {
+	if x.stream && (cc == nil || (cc.leader && !cc.remote)) {
 		every = keepaliveEvery(ctx)
 	}
 	resp, fl, at := s.reach(ctx, x, cc, nil, every > 0)

@@ -36,7 +36,7 @@ func (s *Server) reach(ctx *fasthttp.RequestCtx, x *exchange, cc *cacheCall, k *
 			return nil, fl, reachedUpstream
 		}
 	}
-	if cc != nil && !cc.leader && x.cacheStatus != cacheMiss {
+	if cc != nil && (!cc.leader || cc.remote) && x.cacheStatus != cacheMiss {
 		if streamed, done := s.cacheServe(ctx, x, cc); done {
 			if streamed {
 				return nil, nil, reachedCacheStream

@@ -31,13 +31,48 @@ func (w *memWriter) Write(_ context.Context, recs []*sink.Record) error {
 
 func (w *memWriter) Close() error { return nil }
 
+// wait returns the records once there are n (or what there is after 3 s).
+func (w *memWriter) wait(n int) []*sink.Record {
+	var recs []*sink.Record
+	testkit.Poll(3*time.Second, func() bool {
+		w.mu.Lock()
+		recs = append(recs[:0], w.recs...)
+		w.mu.Unlock()
+		return len(recs) >= n
+	})
+	return recs
+}
+
+// transcriptServer runs a Server in memory in front of an in-memory
+// upstream served by up, writing transcripts to the returned memWriter,
+// and returns a client of the Server. o configures the Server (Policy,
+// Registry, Cache, …).
+func transcriptServer(t *testing.T, up fasthttp.RequestHandler, o Options) (*memWriter, *fasthttp.Client) {
+	t.Helper()
+	upLn := fasthttputil.NewInmemoryListener()
+	go (&fasthttp.Server{Handler: up}).Serve(upLn) //nolint:errcheck // ends when the listener closes
+	t.Cleanup(func() { _ = upLn.Close() })
+	w := &memWriter{}
+	sk, err := sink.New(sink.Options{Writer: w, FlushInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sk.Stop(context.Background()) })
+	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n", o)
+	s.SetTranscripts(TranscriptOptions{Sink: sk})
+	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
+	ln := fasthttputil.NewInmemoryListener()
+	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
+	t.Cleanup(func() { _ = ln.Close() })
+	return w, &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+}
+
 // TestRelayedErrorsReachTheTranscript: a stream request the upstream
 // refuses (its error relayed as bytes) records the error's type, and a
 // stream the upstream cuts after its 200 records server_error, not a clean
 // answer.
 func TestRelayedErrorsReachTheTranscript(t *testing.T) {
-	upLn := fasthttputil.NewInmemoryListener()
-	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	w, client := transcriptServer(t, func(ctx *fasthttp.RequestCtx) {
 		if string(ctx.Request.Header.Peek("X-Test")) == "refuse" {
 			ctx.SetStatusCode(500)
 			ctx.SetContentType("application/json")
@@ -53,23 +88,7 @@ func TestRelayedErrorsReachTheTranscript(t *testing.T) {
 				fmt.Sprintf("%x\r\n", len(cutEvent)) + cutEvent + "\r\n"))
 			_ = c.Close()
 		})
-	}}
-	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
-	defer upLn.Close()
-
-	w := &memWriter{}
-	sk, err := sink.New(sink.Options{Writer: w, FlushInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sk.Stop(context.Background()) //nolint:errcheck // test teardown
-	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n", Options{})
-	s.SetTranscripts(TranscriptOptions{Sink: sk})
-	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
-	ln := fasthttputil.NewInmemoryListener()
-	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
-	defer ln.Close()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	}, Options{})
 
 	for _, mode := range []string{"refuse", "cut"} {
 		req := chatRequest([]byte(`{"model":"m","stream":true,"messages":[{"role":"user","content":"` + mode + `"}]}`))
@@ -80,13 +99,7 @@ func TestRelayedErrorsReachTheTranscript(t *testing.T) {
 		fasthttp.ReleaseRequest(req)
 		fasthttp.ReleaseResponse(resp)
 	}
-	var recs []*sink.Record
-	testkit.Poll(3*time.Second, func() bool {
-		w.mu.Lock()
-		recs = append(recs[:0], w.recs...)
-		w.mu.Unlock()
-		return len(recs) == 2
-	})
+	recs := w.wait(2)
 	if len(recs) != 2 {
 		t.Fatalf("%d records, want 2", len(recs))
 	}

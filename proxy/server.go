@@ -174,7 +174,7 @@ func New(opts Options) (*Server, error) {
 	if err := opts.Registry.Register(s.m.newActiveGauge(s.queuedAtProviders)); err != nil {
 		return nil, err
 	}
-	if s.console, err = newConsoleState(opts.Registry, opts.Policy); err != nil {
+	if s.console, err = newConsoleState(opts.Registry); err != nil {
 		return nil, err
 	}
 	if s.own, err = newOwners(&opts); err != nil {

@@ -1,22 +1,16 @@
 package proxy
 
 import (
-	"context"
-	"log/slog"
 	"math"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttputil"
 
 	"sluice/cache"
-	"sluice/internal/testkit"
 	"sluice/policy"
-	"sluice/sink"
 )
 
 // TestTranscriptCarriesCost: the record of a priced chat carries its cost
@@ -29,8 +23,7 @@ func TestTranscriptCarriesCost(t *testing.T) {
 		stream = `data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}` + "\n\n" +
 			`data: {"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":50,"total_tokens":150}}` + "\n\n" + "data: [DONE]\n\n"
 	)
-	upLn := fasthttputil.NewInmemoryListener()
-	upSrv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+	up := func(ctx *fasthttp.RequestCtx) {
 		body := string(ctx.PostBody())
 		switch {
 		case strings.Contains(body, `"content":"fail"`):
@@ -44,16 +37,7 @@ func TestTranscriptCarriesCost(t *testing.T) {
 			ctx.SetContentType("application/json")
 			ctx.SetBodyString(answer)
 		}
-	}}
-	go upSrv.Serve(upLn) //nolint:errcheck // ends when the listener closes
-	defer upLn.Close()
-
-	w := &memWriter{}
-	sk, err := sink.New(sink.Options{Writer: w, FlushInterval: 10 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
 	}
-	defer sk.Stop(context.Background()) //nolint:errcheck // test teardown
 	pol, err := policy.Parse("p.yaml", []byte("tiers: {t: {}}\nkeys:\n  - {id: k, user: u, tier: t, sha256: "+policy.HashKey("sk-client")+"}\n"+
 		"prices:\n  \"gpt-4o-mini\": {input: 0.15, output: 0.60, cached_input: 0.075}\n"), nil)
 	if err != nil {
@@ -65,14 +49,7 @@ func TestTranscriptCarriesCost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newTestServer(t, "upstreams:\n  - name: mem\n    base_url: http://upstream/v1\n    api_key: sk-up\n    max_attempts: 1\n",
-		Options{Policy: pol, Registry: reg, Cache: c})
-	s.SetTranscripts(TranscriptOptions{Sink: sk})
-	s.upstreams[0].conns.dial = func(string) (net.Conn, error) { return upLn.Dial() }
-	ln := fasthttputil.NewInmemoryListener()
-	go s.Serve(ln) //nolint:errcheck // ends when the listener closes
-	defer ln.Close()
-	client := &fasthttp.Client{Dial: func(string) (net.Conn, error) { return ln.Dial() }}
+	w, client := transcriptServer(t, up, Options{Policy: pol, Registry: reg, Cache: c})
 
 	// content names each request, cache is its cache status ("": not
 	// checked).
@@ -101,13 +78,7 @@ func TestTranscriptCarriesCost(t *testing.T) {
 		fasthttp.ReleaseRequest(req)
 		fasthttp.ReleaseResponse(resp)
 	}
-	var recs []*sink.Record
-	testkit.Poll(3*time.Second, func() bool {
-		w.mu.Lock()
-		recs = append(recs[:0], w.recs...)
-		w.mu.Unlock()
-		return len(recs) == len(requests)
-	})
+	recs := w.wait(len(requests))
 	if len(recs) != len(requests) {
 		t.Fatalf("%d records, want %d", len(recs), len(requests))
 	}

@@ -62,6 +62,22 @@ type upstream struct {
 	responses [len(statusClasses)]prometheus.Counter
 	// maxQueue is upstreams[].max_queue, for sluice_upstream_queue_max.
 	maxQueue int
+	// keyIDs, keyAnswers and keyThrottled are the key pool's ids and the
+	// answers each key got, all and 429/503 only, by the index the
+	// scheduler grants; nil without a pool.
+	keyIDs                   []string
+	keyAnswers, keyThrottled []prometheus.Counter
+}
+
+// keyAnswered counts an HTTP answer to a call made with pool key k.
+func (u *upstream) keyAnswered(k int, throttled bool) {
+	if k < 0 || k >= len(u.keyAnswers) {
+		return
+	}
+	u.keyAnswers[k].Inc()
+	if throttled {
+		u.keyThrottled[k].Inc()
+	}
 }
 
 func newUpstream(c *config.Upstream, m *metrics, watch *watchSet) (*upstream, error) {
@@ -133,6 +149,11 @@ func newUpstream(c *config.Upstream, m *metrics, watch *watchSet) (*upstream, er
 	up.maxQueue = c.MaxQueue
 	for i, class := range statusClasses {
 		up.responses[i] = m.upstreamResponses.WithLabelValues(c.Name, class)
+	}
+	for _, k := range c.Keys {
+		up.keyIDs = append(up.keyIDs, k.ID)
+		up.keyAnswers = append(up.keyAnswers, m.upstreamKeyAnswers.WithLabelValues(c.Name, k.ID))
+		up.keyThrottled = append(up.keyThrottled, m.upstreamKeyThrottled.WithLabelValues(c.Name, k.ID))
 	}
 	return up, nil
 }

@@ -236,8 +236,15 @@ func rejectQueued(t *queue.Ticket, err error) *failure {
 	if errors.Is(err, queue.ErrExpired) || retry <= 0 {
 		retry = time.Second
 	}
-	f := &failure{kind: errProviderBusy, retry: retry, position: t.Position}
+	f := &failure{kind: errProviderBusy, retry: retry, position: t.Position, slot: t.RetrySlot, noRetry: t.NoSlot}
 	switch {
+	case t.NoSlot:
+		f.msg = "The provider is at capacity for more than a minute (its next free slot is in " + retry.Round(time.Second).String() +
+			"). Please try again later."
+	case !t.RetrySlot.IsZero():
+		f.msg = "The provider is at capacity: a slot is held for your retry in " + retry.Round(time.Millisecond).String() +
+			" (x-sluice-retry-slot). Please retry then."
+
 	case errors.Is(err, queue.ErrQueueFull):
 		f.msg = "The provider's queue is full. Please try again in " + retry.Round(time.Millisecond).String() + "."
 	case errors.Is(err, queue.ErrExpired):

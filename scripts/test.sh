@@ -48,6 +48,11 @@ start_clickhouse
 echo "clickhouse at $SLUICE_TEST_CLICKHOUSE_ADDR"
 start_prometheus
 echo "prometheus at $SLUICE_TEST_PROMETHEUS"
+# Two ClickHouse replicas and ZooKeeper for the sink's cluster test
+# (installs Debian's zookeeper, and with it Java, when missing).
+source scripts/clickhouse-cluster.sh
+start_clickhouse_cluster
+echo "clickhouse cluster $SLUICE_TEST_CLICKHOUSE_CLUSTER at $SLUICE_TEST_CLICKHOUSE_CLUSTER_ADDRS"
 ensure_node
 ensure_uvicorn
 ensure_chromium

@@ -44,6 +44,12 @@ type ClickHouseOptions struct {
 	Compression string
 	// Logger receives the driver's incidents. Default: none.
 	Logger *slog.Logger
+	// Cluster names a cluster of the servers' remote_servers: the database
+	// and tables are created ON CLUSTER, rows go to Table_local on every
+	// node (ReplicatedReplacingMergeTree, {shard} and {replica} macros) and
+	// are inserted and read through Table, a Distributed table sharded by
+	// user (cluster.go). Default "": one server, one ReplacingMergeTree.
+	Cluster string
 }
 
 // useLZ4 decides ClickHouseOptions.Compression.
@@ -130,8 +136,9 @@ func NewClickHouse(opts ClickHouseOptions) (*ClickHouse, error) {
 	if opts.Table == "" {
 		opts.Table = "transcripts"
 	}
-	if !identRe.MatchString(opts.Database) || !identRe.MatchString(opts.Table) {
-		return nil, fmt.Errorf("sink: clickhouse database and table must match %s", identRe)
+	if !identRe.MatchString(opts.Database) || !identRe.MatchString(opts.Table) ||
+		(opts.Cluster != "" && !identRe.MatchString(opts.Cluster)) {
+		return nil, fmt.Errorf("sink: clickhouse database, table and cluster must match %s", identRe)
 	}
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = 2 * time.Second
@@ -187,15 +194,28 @@ func (c *ClickHouse) Ensure(ctx context.Context) error {
 	if err := c.conn.QueryRow(ctx, "SELECT version()").Scan(&v); err != nil {
 		return fmt.Errorf("sink: clickhouse version: %w", err)
 	}
-	if err := c.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+c.opts.Database); err != nil {
+	if err := c.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+c.opts.Database+onCluster(c.opts.Cluster)); err != nil {
 		return fmt.Errorf("sink: clickhouse create database: %w", err)
 	}
-	if err := c.conn.Exec(ctx, DDL(v, c.Table(), c.opts.TTLDays)); err != nil {
-		return fmt.Errorf("sink: clickhouse create table (server %s): %w", v, err)
+	tables := []string{c.opts.Table}
+	if c.opts.Cluster == "" {
+		if err := c.conn.Exec(ctx, DDL(v, c.Table(), c.opts.TTLDays)); err != nil {
+			return fmt.Errorf("sink: clickhouse create table (server %s): %w", v, err)
+		}
+	} else {
+		for _, q := range ClusterDDL(v, c.opts.Database, c.opts.Table, c.opts.Cluster, c.opts.TTLDays) {
+			if err := c.conn.Exec(ctx, q); err != nil {
+				return fmt.Errorf("sink: clickhouse create table on cluster %s (server %s): %w", c.opts.Cluster, v, err)
+			}
+		}
+		// The local table first: the Distributed one reads its columns.
+		tables = []string{LocalTable(c.opts.Table), c.opts.Table}
 	}
 	for _, col := range AddedColumns {
-		if err := c.addColumn(ctx, v, col); err != nil {
-			return err
+		for _, table := range tables {
+			if err := c.addColumn(ctx, v, table, col); err != nil {
+				return err
+			}
 		}
 	}
 	c.version, c.ready = v, true
@@ -226,40 +246,47 @@ var AddedColumns = []AddedColumn{
 // version. 18.16 has no ADD COLUMN IF NOT EXISTS (nor codecs), so there the
 // caller checks system.columns first.
 func AddColumnSQL(version, table string, col AddedColumn) string {
+	return addColumnSQL(version, table, "", col)
+}
+
+// addColumnSQL is AddColumnSQL, ON CLUSTER cluster unless it is "".
+func addColumnSQL(version, table, cluster string, col AddedColumn) string {
+	alter := "ALTER TABLE " + table + onCluster(cluster)
 	if Major(version) >= ModernMajor {
 		typ := col.Type
 		if col.Codec != "" {
 			typ += " " + col.Codec
 		}
-		return "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + col.Name + " " + typ + " AFTER " + col.After
+		return alter + " ADD COLUMN IF NOT EXISTS " + col.Name + " " + typ + " AFTER " + col.After
 	}
-	return "ALTER TABLE " + table + " ADD COLUMN " + col.Name + " " + col.Type + " AFTER " + col.After
+	return alter + " ADD COLUMN " + col.Name + " " + col.Type + " AFTER " + col.After
 }
 
 // addColumn adds col to the table unless it has it already. Another
 // replica may add it at the same time: a failed ALTER counts as done when
 // the column is there afterwards.
-func (c *ClickHouse) addColumn(ctx context.Context, version string, col AddedColumn) error {
-	has, err := c.hasColumn(ctx, col.Name)
+func (c *ClickHouse) addColumn(ctx context.Context, version, table string, col AddedColumn) error {
+	has, err := c.hasColumn(ctx, table, col.Name)
 	if err != nil || has {
 		return err
 	}
-	if err := c.conn.Exec(ctx, AddColumnSQL(version, c.Table(), col)); err != nil {
-		if has, herr := c.hasColumn(ctx, col.Name); herr == nil && has {
+	if err := c.conn.Exec(ctx, addColumnSQL(version, c.opts.Database+"."+table, c.opts.Cluster, col)); err != nil {
+		if has, herr := c.hasColumn(ctx, table, col.Name); herr == nil && has {
 			return nil
 		}
-		return fmt.Errorf("sink: clickhouse add column %s (server %s): %w", col.Name, version, err)
+		return fmt.Errorf("sink: clickhouse add column %s to %s (server %s): %w", col.Name, table, version, err)
 	}
 	return nil
 }
 
-// hasColumn reports whether the table has a column called name.
-func (c *ClickHouse) hasColumn(ctx context.Context, name string) (bool, error) {
+// hasColumn reports whether table (of the database) has a column called
+// name.
+func (c *ClickHouse) hasColumn(ctx context.Context, table, name string) (bool, error) {
 	var n uint64
 	err := c.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
-		c.opts.Database, c.opts.Table, name).Scan(&n)
+		c.opts.Database, table, name).Scan(&n)
 	if err != nil {
-		return false, fmt.Errorf("sink: clickhouse columns of %s: %w", c.Table(), err)
+		return false, fmt.Errorf("sink: clickhouse columns of %s.%s: %w", c.opts.Database, table, err)
 	}
 	return n > 0, nil
 }
@@ -280,12 +307,21 @@ func Major(version string) int {
 // and the shipped queries (FROM … FINAL) count it once. Per-user history is
 // a range scan of the sort key; partitions are daily.
 func DDL(version, table string, ttlDays int) string {
+	return ddl(version, table, "", "", ttlDays)
+}
+
+// ddl is DDL ON CLUSTER cluster (none when "") with engine (default
+// ReplacingMergeTree).
+func ddl(version, table, cluster, engine string, ttlDays int) string {
 	if Major(version) >= ModernMajor {
+		if engine == "" {
+			engine = "ReplacingMergeTree"
+		}
 		ttl := ""
 		if ttlDays > 0 {
 			ttl = "\nTTL toDate(start) + INTERVAL " + strconv.Itoa(ttlDays) + " DAY"
 		}
-		return `CREATE TABLE IF NOT EXISTS ` + table + ` (
+		return `CREATE TABLE IF NOT EXISTS ` + table + onCluster(cluster) + ` (
   request_id String CODEC(ZSTD(1)),
   upstream_request_id String CODEC(ZSTD(1)),
   start DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
@@ -317,13 +353,16 @@ func DDL(version, table string, ttlDays int) string {
   retries UInt16,
   client_gone UInt8,
   user_agent LowCardinality(String)
-) ENGINE = ReplacingMergeTree
+) ENGINE = ` + engine + `
 PARTITION BY toDate(start)
 ORDER BY (user, start, request_id)` + ttl
 	}
 	// 18.16: no DateTime64, TTL, codecs; LowCardinality is experimental.
 	// Times are DateTime (seconds); the _ms columns keep the durations.
-	return `CREATE TABLE IF NOT EXISTS ` + table + ` (
+	if engine == "" {
+		engine = "ReplacingMergeTree()"
+	}
+	return `CREATE TABLE IF NOT EXISTS ` + table + onCluster(cluster) + ` (
   request_id String,
   upstream_request_id String,
   start DateTime,
@@ -355,7 +394,7 @@ ORDER BY (user, start, request_id)` + ttl
   retries UInt16,
   client_gone UInt8,
   user_agent String
-) ENGINE = ReplacingMergeTree()
+) ENGINE = ` + engine + `
 PARTITION BY toYYYYMMDD(start)
 ORDER BY (user, start, request_id)
 SETTINGS index_granularity = 8192`

@@ -151,7 +151,7 @@ func TestClickHouseAddsCostColumnToOldTable(t *testing.T) {
 	if err := batch.Send(); err != nil {
 		t.Fatalf("insert into the old table: %v", err)
 	}
-	if has, err := c.hasColumn(ctx, "cost_usd"); err != nil || has {
+	if has, err := c.hasColumn(ctx, c.opts.Table, "cost_usd"); err != nil || has {
 		t.Fatalf("old table has cost_usd: %v, %v", has, err)
 	}
 

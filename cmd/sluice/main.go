@@ -564,10 +564,10 @@ func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 // for store: off.
 func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc redis.UniversalClient) (*cache.Cache, error) {
 	c := cfg.Cache
-	// Namespace purges made through other replicas are taken up within a
-	// second (shared stores only).
+	// Purges made through other replicas (namespaces, and single keys in
+	// the memory tier) are taken up within a second (shared stores only).
 	opts := cache.Options{MaxEntryBytes: c.MaxEntryBytes, CoalesceWait: c.CoalesceWait, Registry: reg, Logger: log,
-		GenerationSync: time.Second}
+		GenerationSync: 500 * time.Millisecond}
 	var mem *cache.Memory
 	if c.Store == "memory" || c.Store == "tiered" {
 		mem = cache.NewMemory(cache.MemoryOptions{MaxBytes: c.MaxBytes})

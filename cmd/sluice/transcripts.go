@@ -43,6 +43,7 @@ func newSink(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger) (*
 			Addr: t.ClickHouse.Addr, Database: t.ClickHouse.Database, Table: t.ClickHouse.Table,
 			Username: t.ClickHouse.Username, Password: t.ClickHouse.Password,
 			DialTimeout: t.ClickHouse.DialTimeout, TTLDays: t.ClickHouse.TTLDays, Compression: t.ClickHouse.Compression,
+			Cluster: t.ClickHouse.Cluster,
 		})
 		if err != nil {
 			return nil, nil, err

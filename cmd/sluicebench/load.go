@@ -280,20 +280,7 @@ func openLoop(ctx context.Context, t *target, rate, inflight int, d time.Duratio
 			c.add(lat, lag, errs, sample)
 		})
 	}
-	start := time.Now().Add(5 * time.Millisecond)
-	dropped := 0
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		due := start.Add(time.Duration(int64(i) * int64(time.Second) / int64(rate)))
-		if w := time.Until(due); w > 0 {
-			preciseSleep(w)
-		}
-		select {
-		case jobs <- due:
-		default:
-			dropped++
-		}
-	}
-	close(jobs)
+	start, dropped := pace(ctx, jobs, n, rate)
 	wg.Wait()
 	r := c.done(time.Since(start))
 	r.dropped = dropped
@@ -379,6 +366,18 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 			c.add(lat, nil, errs, sample)
 		})
 	}
+	start, dropped := pace(ctx, jobs, n, rate)
+	wg.Wait()
+	r := c.done(time.Since(start))
+	r.dropped = dropped
+	return r
+}
+
+// pace hands n due times, rate per second from a moment 5 ms ahead, to the
+// workers reading jobs (open loop: a time no worker is free for is
+// dropped and counted, never queued), then closes jobs. It returns the
+// start and the number dropped.
+func pace(ctx context.Context, jobs chan<- time.Time, n, rate int) (time.Time, int) {
 	start := time.Now().Add(5 * time.Millisecond)
 	dropped := 0
 	for i := 0; i < n && ctx.Err() == nil; i++ {
@@ -393,10 +392,7 @@ func streamLoop(ctx context.Context, t *target, n, rate, inflight int) *result {
 		}
 	}
 	close(jobs)
-	wg.Wait()
-	r := c.done(time.Since(start))
-	r.dropped = dropped
-	return r
+	return start, dropped
 }
 
 // streamsOpen counts the streams whose answer headers have arrived and whose

@@ -68,6 +68,9 @@ func (s *Scheduler) step() (time.Duration, bool) {
 	if !now.Before(s.nextExpire) {
 		s.nextExpire = s.expire(now)
 	}
+	if !now.Before(s.nextSweep) {
+		s.sweep(now)
+	}
 	cap := s.nextExpire.Sub(now) + time.Millisecond
 	if s.held(now) {
 		d := time.Until(time.UnixMicro(s.pauseUntil))
@@ -103,6 +106,7 @@ func (s *Scheduler) step() (time.Duration, bool) {
 		return 0, true
 	}
 	s.served(t)
+	s.record(t.Flow, now)
 	s.pace(t, now)
 	t.Waited = now.Sub(t.enqueued)
 	t.state.Store(ticketGranted)
@@ -140,6 +144,10 @@ func (s *Scheduler) expire(now time.Time) time.Time {
 // endWaiting fails a waiting ticket. s.mu held.
 func (s *Scheduler) endWaiting(t *Ticket, err error) {
 	s.remove(t)
+	if t.prepaid != nil {
+		s.giveBack(t.prepaid)
+		t.prepaid = nil
+	}
 	t.state.Store(ticketEnded)
 	t.err = err
 	t.Waited = time.Since(t.enqueued)

@@ -54,6 +54,9 @@ func (s *Scheduler) estimate(t *Ticket, now time.Time) (int, time.Duration) {
 			ahead += int(n)
 		}
 	}
+	// Booked retry slots are ahead of any newcomer (slots.go).
+	others += float64(len(s.bookings))
+	ahead += len(s.bookings)
 	slot := s.slot(t, s.factor)
 	eta := time.Duration((float64(own+1) + others) * float64(slot))
 	if p := time.UnixMicro(s.pauseUntil); p.After(now) {
@@ -80,10 +83,15 @@ func (s *Scheduler) slot(t *Ticket, f float64) time.Duration {
 func (s *Scheduler) push(t *Ticket) {
 	f := s.flows[t.Flow]
 	if f == nil {
-		f = &flow{name: t.Flow}
+		f = &flow{name: t.Flow, prio: t.Priority}
 		s.flows[t.Flow] = f
 	}
-	f.weight, f.prio = t.Weight, t.Priority
+	// A flow keeps the level it waits at while active (a claimed slot's
+	// ticket joins its user's flow where it is).
+	f.weight = t.Weight
+	if !f.active {
+		f.prio = t.Priority
+	}
 	t.f = f
 	if f.tail == nil {
 		f.head = t
@@ -99,8 +107,9 @@ func (s *Scheduler) push(t *Ticket) {
 	s.waiting++
 	if !f.active {
 		f.active = true
-		s.levelOf(f.prio).flows = append(s.levelOf(f.prio).flows, f)
+		s.insert(s.levelOf(f.prio), f, t.enqueued)
 	}
+	s.contendedUntil = t.enqueued.Add(2 * serviceHalfLife)
 }
 
 func (s *Scheduler) levelOf(prio int) *level {

@@ -17,6 +17,7 @@ type Metrics struct {
 	inFlight *prometheus.GaugeVec
 	factor   *prometheus.GaugeVec
 	breaker  *prometheus.GaugeVec
+	slots    *prometheus.CounterVec
 }
 
 // WaitBuckets are the queue wait histogram's bounds, in seconds.
@@ -55,7 +56,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
 		}, []string{"upstream"}),
 	}
-	reg.MustRegister(m.depth, m.waitHist, m.outcomes, m.grants, m.inFlight, m.factor, m.breaker)
+	m.slots = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sluice_retry_slots_total",
+		Help: "Retry slots of requests the provider's capacity rejected, by outcome: booked (the retry-after points at it), claimed (the user's retry came in time and went ahead of newcomers), expired (nobody came), refused (the wait was over 60 s: no slot, x-should-retry: false).",
+	}, []string{"upstream", "outcome"})
+	reg.MustRegister(m.depth, m.waitHist, m.outcomes, m.grants, m.inFlight, m.factor, m.breaker, m.slots)
 	return m
 }
 

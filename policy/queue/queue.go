@@ -123,6 +123,13 @@ type Scheduler struct {
 	// nextExpire is no later than the earliest deadline of a waiting
 	// ticket (a ticket that left may make it early: a harmless scan).
 	nextExpire time.Time
+	// bookings are the users' retry slots (slots.go), at most MaxQueue;
+	// service their recent grants, kept while some user waits (until
+	// contendedUntil); nextSweep when both are next swept.
+	bookings       map[string]booking
+	service        map[string]*service
+	contendedUntil time.Time
+	nextSweep      time.Time
 
 	wake     chan struct{}
 	released chan struct{}
@@ -142,6 +149,8 @@ type Scheduler struct {
 	// without Metrics.
 	mGrants   prometheus.Counter
 	mInFlight prometheus.Gauge
+	// mSlots are sluice_retry_slots_total's children by outcome.
+	mSlots map[string]prometheus.Counter
 	hasLeases bool // the budget has a concurrency limit: tickets need an ID
 }
 
@@ -163,6 +172,7 @@ func New(o Options) *Scheduler {
 		o.Logger = slog.Default()
 	}
 	s := &Scheduler{o: o, log: o.Logger, flows: make(map[string]*flow), factor: 1,
+		bookings: make(map[string]booking), service: make(map[string]*service),
 		wake: make(chan struct{}, 1), released: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}), rpmIdx: -1}
 	s.rest = make([]atomic.Int64, len(o.Keys))
@@ -202,6 +212,10 @@ func New(o Options) *Scheduler {
 	if o.Metrics != nil {
 		s.mGrants = o.Metrics.grants.WithLabelValues(o.Name)
 		s.mInFlight = o.Metrics.inFlight.WithLabelValues(o.Name)
+		s.mSlots = map[string]prometheus.Counter{}
+		for _, out := range []string{SlotBooked, SlotClaimed, SlotExpired, SlotRefused} {
+			s.mSlots[out] = o.Metrics.slots.WithLabelValues(o.Name, out)
+		}
 		o.Metrics.factor.WithLabelValues(o.Name).Set(1)
 		o.Metrics.breaker.WithLabelValues(o.Name).Set(0)
 	}

@@ -41,6 +41,15 @@ type Ticket struct {
 	Slots uint64
 	// Seq numbers the grants of the scheduler, from 1.
 	Seq uint64
+	// RetrySlot is, on a rejection, the slot booked for the user's retry
+	// (slots.go): ETA points at it. Zero when none was booked.
+	RetrySlot time.Time
+	// NoSlot reports a rejection whose wait exceeded MaxSlotWait: no slot,
+	// and the client should not retry on its own.
+	NoSlot bool
+	// Claimed reports a ticket that came for its user's slot and was put
+	// ahead of newcomers.
+	Claimed bool
 
 	s        *Scheduler
 	seq      uint64 // grants made before it was queued
@@ -54,6 +63,7 @@ type Ticket struct {
 	dec      limit.Decision
 	store    limit.Store  // where the grant was reserved
 	next     *Ticket      // in its flow's FIFO
+	prepaid  *booking     // a claimed slot's reservation, until granted
 	inQueue  bool         // linked in its flow
 	settle   []limit.Rule // scratch for Done
 }
@@ -114,6 +124,16 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		s.mu.Unlock()
 		return false, ErrClosed
 	}
+	if len(s.bookings) > 0 {
+		s.claim(t, now)
+		if t.prepaid != nil && !s.hasLeases {
+			// The slot's capacity is reserved: granted at once.
+			s.grantPrepaid(t)
+			s.mu.Unlock()
+			s.granted(t, now)
+			return true, nil
+		}
+	}
 	// A request that may not wait is not held back by a pause after an
 	// upstream 429 either: it goes to the provider (budget permitting) and
 	// its client gets the provider's own answer.
@@ -127,6 +147,9 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		if ok {
 			s.mu.Lock()
 			s.pace(t, now)
+			if now.Before(s.contendedUntil) {
+				s.record(t.Flow, now) // users waited lately: count who is served
+			}
 			s.mu.Unlock()
 			s.granted(t, now)
 			return true, nil
@@ -137,16 +160,21 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 			return false, ErrClosed
 		}
 	}
-	if s.waiting >= s.o.MaxQueue {
-		s.mu.Unlock()
-		s.o.Metrics.outcome(t.Tier, "rejected")
-		return false, ErrQueueFull
-	}
 	t.Position, t.ETA = s.estimate(t, now)
-	if now.Add(t.ETA).After(t.Deadline) {
+	var err error
+	switch {
+	case s.waiting >= s.o.MaxQueue:
+		err = ErrQueueFull
+	case t.Claimed:
+		t.Position, t.ETA = 0, 0 // served next
+	case now.Add(t.ETA).After(t.Deadline):
+		err = ErrWouldExceed
+	}
+	if err != nil {
 		s.mu.Unlock()
+		s.book(t)
 		s.o.Metrics.outcome(t.Tier, "rejected")
-		return false, ErrWouldExceed
+		return false, err
 	}
 	t.ready = make(chan struct{})
 	t.seq = s.grantSeq.Load()
@@ -184,6 +212,10 @@ func (s *Scheduler) Cancel(t *Ticket) bool {
 		t.state.Store(ticketEnded)
 		if t.inQueue {
 			s.remove(t)
+		}
+		if t.prepaid != nil {
+			s.giveBack(t.prepaid)
+			t.prepaid = nil
 		}
 		s.mu.Unlock()
 		s.o.Metrics.waiting(t.Tier, -1)

@@ -199,3 +199,24 @@ func TestAddCostColumnOnCurrentEngine(t *testing.T) {
 		t.Fatalf("exact cost matches %s, want 2", got)
 	}
 }
+
+// TestClusterDDLParsesOnCurrentEngine: the statements a current server
+// gets on a cluster parse (EXPLAIN AST), ON CLUSTER and the replicated
+// engine's arguments included. chDB has no ZooKeeper or Keeper and no
+// remote_servers, so the tables are not created here: sink's
+// TestClickHouseCluster creates them on a real 18.16 cluster.
+func TestClusterDDLParsesOnCurrentEngine(t *testing.T) {
+	s := session(t)
+	version := query(t, s, "SELECT version()")
+	for _, q := range sink.ClusterDDL(version, "sluice_chdb", "transcripts", "main", 30) {
+		ast := query(t, s, "EXPLAIN AST "+q)
+		if !strings.Contains(ast, "CreateQuery") {
+			t.Fatalf("EXPLAIN AST of\n%s\ngave\n%s", q, ast)
+		}
+	}
+	// A statement that does not parse fails here: the check can fail.
+	r, err := s.Query("EXPLAIN AST CREATE TABLE x ON CLUSTER (", "TabSeparated")
+	if err == nil && r.Error() == nil {
+		t.Fatal("EXPLAIN AST accepted a broken statement")
+	}
+}

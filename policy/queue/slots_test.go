@@ -1,0 +1,174 @@
+package queue
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"sluice/policy/limit"
+)
+
+func newSlotScheduler(t *testing.T, b Budget) (*Scheduler, *Metrics) {
+	t.Helper()
+	m := NewMetrics(prometheus.NewRegistry())
+	s := New(Options{Name: "up", Budget: b, Store: limit.NewMemory(limit.MemoryOptions{SweepInterval: -1}), Metrics: m})
+	t.Cleanup(s.Close)
+	return s, m
+}
+
+func slotCount(m *Metrics, outcome string) float64 {
+	return testutil.ToFloat64(m.slots.WithLabelValues("up", outcome))
+}
+
+// reject acquires for flow with no wait allowed and expects a rejection.
+func reject(t *testing.T, s *Scheduler, flow string) *Ticket {
+	t.Helper()
+	tk := NewTicket()
+	tk.Flow, tk.Tier, tk.Deadline = flow, "test", time.Now()
+	ok, err := s.Acquire(tk)
+	if ok || !errors.Is(err, ErrWouldExceed) {
+		t.Fatalf("%s: granted=%v err=%v, want ErrWouldExceed", flow, ok, err)
+	}
+	return tk
+}
+
+// TestRetrySlotIsAPromise: at one grant per 100 ms, two users rejected in
+// turn are booked slots one grant apart; a user who queued meanwhile with
+// a longer max wait does not take the first slot: the booked user's retry,
+// on time and unable to wait, claims it and is granted before them.
+func TestRetrySlotIsAPromise(t *testing.T) {
+	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+	first, err := take(s, "first", 1, 0, 0, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Done(first, -1)
+	b := reject(t, s, "booked")
+	c := reject(t, s, "second")
+	if b.RetrySlot.IsZero() || c.RetrySlot.IsZero() || slotCount(m, SlotBooked) != 2 {
+		t.Fatalf("slots %v and %v, %v booked; want two", b.RetrySlot, c.RetrySlot, slotCount(m, SlotBooked))
+	}
+	if gap := c.RetrySlot.Sub(b.RetrySlot); gap < 80*time.Millisecond {
+		t.Fatalf("the second slot is %v after the first, want a grant (100 ms) later", gap)
+	}
+	// A newcomer that may wait queues now, behind both slots.
+	order := make(chan string, 2)
+	go func() {
+		tk, err := take(s, "newcomer", 1, 0, 2*time.Second, "n")
+		if err == nil {
+			order <- "newcomer"
+			s.Done(tk, -1)
+		}
+	}()
+	time.Sleep(time.Until(b.RetrySlot))
+	tk, err := take(s, "booked", 1, 0, 0, "b")
+	if err != nil || !tk.Claimed {
+		t.Fatalf("the retry at its slot: err %v, claimed %v", err, tk.Claimed)
+	}
+	order <- "booked"
+	s.Done(tk, -1)
+	if got := <-order; got != "booked" {
+		t.Fatalf("%s was granted first, want the booked retry", got)
+	}
+	<-order
+	if slotCount(m, SlotClaimed) != 1 {
+		t.Fatalf("%v claimed, want 1", slotCount(m, SlotClaimed))
+	}
+}
+
+// TestRetrySlotExpires: a slot nobody claims is released after its
+// tolerance (counted), and newcomers' estimates stop counting it.
+func TestRetrySlotExpires(t *testing.T) {
+	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+	first, _ := take(s, "first", 1, 0, 0, "1")
+	s.Done(first, -1)
+	b := reject(t, s, "gone")
+	time.Sleep(time.Until(b.RetrySlot.Add(tolerance(b.ETA) + 10*time.Millisecond)))
+	s.mu.Lock()
+	s.sweep(time.Now())
+	n := len(s.bookings)
+	s.mu.Unlock()
+	if n != 0 || slotCount(m, SlotExpired) != 1 {
+		t.Fatalf("%d slots left, %v expired; want 0 and 1", n, slotCount(m, SlotExpired))
+	}
+	// Late, the retry is a newcomer: granted as the budget allows.
+	if tk, err := take(s, "gone", 1, 0, time.Second, "late"); err != nil || tk.Claimed {
+		t.Fatalf("late retry: err %v claimed %v", err, tk.Claimed)
+	}
+}
+
+// TestNoSlotPastAMinute: at one grant a minute, the first rejected user
+// is booked the slot a minute away; the next one's wait (behind that slot)
+// is over MaxSlotWait: nothing is booked and the rejection is NoSlot.
+func TestNoSlotPastAMinute(t *testing.T) {
+	s, m := newSlotScheduler(t, Budget{RPM: 1, RPMBurst: 1})
+	first, _ := take(s, "first", 1, 0, 0, "1")
+	s.Done(first, -1)
+	if b := reject(t, s, "booked"); b.RetrySlot.IsZero() || b.NoSlot {
+		t.Fatalf("a wait of %v: slot %v, NoSlot %v; want a slot", b.ETA, b.RetrySlot, b.NoSlot)
+	}
+	tk := reject(t, s, "late")
+	if !tk.NoSlot || !tk.RetrySlot.IsZero() || tk.ETA <= 0 || slotCount(m, SlotRefused) != 1 {
+		t.Fatalf("NoSlot %v, slot %v, ETA %v, refused %v", tk.NoSlot, tk.RetrySlot, tk.ETA, slotCount(m, SlotRefused))
+	}
+}
+
+// TestLeastServedFirst: of two users who start waiting, the one granted
+// less over the last minutes is served first, whichever came first.
+func TestLeastServedFirst(t *testing.T) {
+	s, _ := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+	s.mu.Lock()
+	now := time.Now()
+	for range 3 {
+		s.record("regular", now)
+	}
+	s.mu.Unlock()
+	hold, _ := take(s, "hold", 1, 0, 0, "h") // takes the burst: the next two wait
+	s.Done(hold, -1)
+	order := make(chan string, 3)
+	start := func(flow string) {
+		tk := NewTicket()
+		tk.Flow, tk.Tier, tk.Deadline = flow, "test", time.Now().Add(2*time.Second)
+		if ok, err := s.Acquire(tk); ok || err != nil {
+			t.Errorf("%s: granted=%v err=%v, want queued", flow, ok, err)
+			return
+		}
+		go func() { <-tk.Ready(); order <- flow; s.Done(tk, -1) }()
+	}
+	start("blocker") // the front of the ring, being served
+	start("regular")
+	start("newcomer")
+	got := []string{<-order, <-order, <-order}
+	if got[1] != "newcomer" || got[2] != "regular" {
+		t.Fatalf("granted in order %v, want the newcomer before the regular", got)
+	}
+}
+
+// TestRetrySlotWithConcurrency: with a concurrency budget too, the claim
+// takes a concurrency slot (only) and the grant's rules are the slot's, so
+// Done settles and releases as for any grant.
+func TestRetrySlotWithConcurrency(t *testing.T) {
+	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1, Concurrent: 2})
+	first, err := take(s, "first", 1, 0, 0, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := reject(t, s, "booked")
+	b.ID = "b"
+	time.Sleep(time.Until(b.RetrySlot))
+	tk, err := take(s, "booked", 1, 0, 0, "b2")
+	if err != nil || !tk.Claimed || len(tk.req.Rules) != 1 || len(tk.req.Leases) != 1 {
+		t.Fatalf("claim: err %v claimed %v rules %d leases %d", err, tk.Claimed, len(tk.req.Rules), len(tk.req.Leases))
+	}
+	if got := s.inFlight.Load(); got != 2 {
+		t.Fatalf("%d in flight, want 2", got)
+	}
+	s.Done(tk, -1)
+	s.Done(first, -1)
+	if got := s.inFlight.Load(); got != 0 || slotCount(m, SlotClaimed) != 1 {
+		t.Fatalf("%d in flight after Done, %v claimed", got, slotCount(m, SlotClaimed))
+	}
+}
