@@ -67,6 +67,11 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	sluiceBin = filepath.Join(dir, "sluice")
+	if bin := os.Getenv("SLUICE_TEST_BIN"); bin != "" {
+		// Another build under the same tests: a before/after comparison.
+		sluiceBin = bin
+		return m.Run()
+	}
 	build := exec.Command("go", "build", "-o", sluiceBin, "./cmd/sluice")
 	build.Dir = moduleRoot
 	if out, err := build.CombinedOutput(); err != nil {

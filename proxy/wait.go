@@ -221,6 +221,9 @@ func (s *Server) awaitTicket(ctx *fasthttp.RequestCtx, x *exchange, k *keepalive
 	}
 	x.queueWait += t.Waited
 	if err := t.Err(); err != nil {
+		if errors.Is(err, queue.ErrExpired) {
+			sch.Book(t) // a slot for the retry, as for a rejection up front
+		}
 		return rejectQueued(t, err)
 	}
 	x.ticket = t
@@ -233,7 +236,7 @@ func rejectQueued(t *queue.Ticket, err error) *failure {
 		return failDraining
 	}
 	retry := t.ETA
-	if errors.Is(err, queue.ErrExpired) || retry <= 0 {
+	if retry <= 0 {
 		retry = time.Second
 	}
 	f := &failure{kind: errProviderBusy, retry: retry, position: t.Position, slot: t.RetrySlot, noRetry: t.NoSlot}

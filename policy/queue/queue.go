@@ -150,7 +150,7 @@ type Scheduler struct {
 	mGrants   prometheus.Counter
 	mInFlight prometheus.Gauge
 	// mSlots are sluice_retry_slots_total's children by outcome.
-	mSlots map[string]prometheus.Counter
+	mSlots    map[string]prometheus.Counter
 	hasLeases bool // the budget has a concurrency limit: tickets need an ID
 }
 

@@ -115,6 +115,14 @@ func (s *Scheduler) giveBack(b *booking) {
 	}()
 }
 
+// Book books a retry slot for t, which ended with ErrExpired (it waited
+// its max wait in the queue): as for a rejection up front, t.ETA and
+// t.RetrySlot then point at the slot, or t.NoSlot is set.
+func (s *Scheduler) Book(t *Ticket) {
+	t.ETA = 0
+	s.book(t)
+}
+
 // book is called, without s.mu, for a rejected t: it books the user's
 // slot (or reports the one already booked) and points t.ETA at it; a wait
 // past MaxSlotWait marks t.NoSlot. A store error or a full book leaves
