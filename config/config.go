@@ -5,6 +5,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -55,6 +56,12 @@ type Cache struct {
 	// in flight (for a stream: for its first event) before calling the
 	// provider itself. Default 30s.
 	CoalesceWait time.Duration `yaml:"coalesce_wait"`
+	// Redis, when set, is the cache's own Redis deployment (the same shape
+	// as the top-level redis block, whose unset fields it takes); unset,
+	// the cache shares the limiter's. A cache's Redis should evict
+	// (allkeys-lru) and the limiter's must not (noeviction): see
+	// docs/operations.md.
+	Redis *Redis `yaml:"redis"`
 }
 
 // Limits configures the bucket store.
@@ -68,10 +75,30 @@ type Limits struct {
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
 }
 
-// Redis is a Redis server's address and credentials.
+// Redis modes (Redis.Mode).
+const (
+	RedisSingle   = "single"
+	RedisCluster  = "cluster"
+	RedisSentinel = "sentinel"
+)
+
+// Redis is a Redis deployment's addresses and credentials.
 type Redis struct {
-	// Addr is host:port. Required when a store uses Redis.
+	// Mode is "single" (one server, the default), "cluster" (Redis Cluster:
+	// addr lists some of its nodes) or "sentinel" (a primary and replicas
+	// watched by Sentinel: addr lists the sentinels, master_name names the
+	// primary).
+	Mode string `yaml:"mode"`
+	// Addr is host:port, or several separated by commas (cluster seed
+	// nodes, or the sentinels). Required when a store uses Redis.
 	Addr string `yaml:"addr"`
+	// MasterName is the name the sentinels know the primary by; required
+	// with mode: sentinel.
+	MasterName string `yaml:"master_name"`
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// when they need it (mode: sentinel); usually from ${ENV}.
+	SentinelUsername string `yaml:"sentinel_username"`
+	SentinelPassword string `yaml:"sentinel_password"`
 	// Username and Password authenticate (ACL); usually from ${ENV}.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
@@ -82,6 +109,75 @@ type Redis struct {
 	// Timeout bounds one Redis call; a request never waits on Redis longer.
 	// Default 100ms.
 	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Addrs returns Addr split at commas, blanks trimmed and empty parts left
+// out.
+func (r *Redis) Addrs() []string {
+	var out []string
+	for a := range strings.SplitSeq(r.Addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// CacheRedis returns the Redis the cache uses: cache.redis, its unset
+// fields taken from the top-level redis block (the address and mode only
+// together), else the top-level block itself.
+func (c *Config) CacheRedis() Redis {
+	if c.Cache.Redis == nil {
+		return c.Redis
+	}
+	r := *c.Cache.Redis
+	if r.Addr == "" {
+		r.Addr, r.Mode, r.MasterName = c.Redis.Addr, c.Redis.Mode, c.Redis.MasterName
+	}
+	setDefault(&r.Mode, c.Redis.Mode)
+	setDefault(&r.Username, c.Redis.Username)
+	setDefault(&r.Password, c.Redis.Password)
+	setDefault(&r.SentinelUsername, c.Redis.SentinelUsername)
+	setDefault(&r.SentinelPassword, c.Redis.SentinelPassword)
+	setDefault(&r.Prefix, c.Redis.Prefix)
+	setDefault(&r.Timeout, c.Redis.Timeout)
+	return r
+}
+
+// validateRedis checks one redis block at path (used is what needs it,
+// for the message; "" when nothing does).
+func validateRedis(r *Redis, path, used string, add func(path, format string, args ...any)) {
+	addrs := r.Addrs()
+	if used != "" && len(addrs) == 0 {
+		add(path+".addr", "is required with %s", used)
+	}
+	for _, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			add(path+".addr", "%q is not host:port", a)
+		}
+	}
+	switch r.Mode {
+	case RedisSingle:
+		if len(addrs) > 1 {
+			add(path+".addr", "names %d servers; mode: single takes one (cluster or sentinel take several)", len(addrs))
+		}
+	case RedisCluster:
+		if r.DB != 0 {
+			add(path+".db", "must be 0 with mode: cluster (Redis Cluster has one database)")
+		}
+	case RedisSentinel:
+		if r.MasterName == "" {
+			add(path+".master_name", "is required with mode: sentinel (the name the sentinels know the primary by)")
+		}
+	default:
+		add(path+".mode", "must be single, cluster or sentinel, not %q", r.Mode)
+	}
+	if strings.ContainsAny(r.Prefix, "{}") {
+		add(path+".prefix", "must not hold { or }: Sluice puts a Redis Cluster hash tag after it")
+	}
+	if r.Timeout < 0 {
+		add(path+".timeout", "must not be negative")
+	}
 }
 
 // Server holds listener settings.
@@ -202,6 +298,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Limits.LeaseTTL, 31*time.Minute)
 	setDefault(&c.Redis.Prefix, "sluice:")
 	setDefault(&c.Redis.Timeout, 100*time.Millisecond)
+	setDefault(&c.Redis.Mode, RedisSingle)
 	setDefault(&c.Cache.Store, "memory")
 	setDefault(&c.Cache.MaxBytes, 64<<20)
 	setDefault(&c.Cache.MaxEntryBytes, 1<<20)
@@ -255,28 +352,33 @@ func (c *Config) validate(doc *yamlfile.Doc) error {
 	if c.Server.ShutdownDelay < 0 || c.Server.ShutdownDelay >= c.Server.ShutdownTimeout {
 		add("server.shutdown_delay", "must be at least 0 and below shutdown_timeout (%s), not %s", c.Server.ShutdownTimeout, c.Server.ShutdownDelay)
 	}
+	var redisUse, cacheUse string
 	switch c.Limits.Store {
 	case "memory":
 	case "redis":
-		if c.Redis.Addr == "" {
-			add("redis.addr", "is required with limits.store: redis")
-		}
+		redisUse = "limits.store: redis"
 	default:
 		add("limits.store", "must be memory or redis, not %q", c.Limits.Store)
 	}
 	switch c.Cache.Store {
 	case "memory", "off":
 	case "redis", "tiered":
-		if c.Redis.Addr == "" {
-			add("redis.addr", "is required with cache.store: %s", c.Cache.Store)
-		}
+		cacheUse = "cache.store: " + c.Cache.Store
 	default:
 		add("cache.store", "must be memory, redis, tiered or off, not %q", c.Cache.Store)
+	}
+	if c.Cache.Redis == nil && redisUse == "" {
+		redisUse = cacheUse
+	}
+	validateRedis(&c.Redis, "redis", redisUse, add)
+	if c.Cache.Redis != nil {
+		cr := c.CacheRedis()
+		validateRedis(&cr, "cache.redis", cacheUse, add)
 	}
 	if c.Cache.MaxBytes < 0 || c.Cache.MaxEntryBytes < 0 || c.Cache.TTL < 0 || c.Cache.CoalesceWait < 0 {
 		add("cache", "sizes and durations must not be negative")
 	}
-	if c.Limits.LeaseTTL < 0 || c.Redis.Timeout < 0 {
+	if c.Limits.LeaseTTL < 0 {
 		add("limits.lease_ttl", "durations must not be negative")
 	}
 	c.Transcripts.validate(add)

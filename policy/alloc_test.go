@@ -84,7 +84,7 @@ func TestPlanNoAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { pl = p.Plan(pr, ka, "gpt-4o-mini") }); n != 0 {
 		t.Fatalf("a plan allocates %v times; want 0", n)
 	}
-	if pl.UserScope != "u:alice" || pl.AppScope != "k:ka" || pl.TeamScope != "t:research" {
+	if pl.UserScope != "{research}u:alice" || pl.AppScope != "{research}k:ka" || pl.TeamScope != "{research}t:research" {
 		t.Fatalf("scopes %q %q %q", pl.UserScope, pl.AppScope, pl.TeamScope)
 	}
 }

@@ -170,17 +170,18 @@ type Plan struct {
 	Tier *Tier
 	// User are the effective per-user limits.
 	User Limits
-	// UserScope prefixes the user's bucket keys: "u:NAME" for a key's own
-	// user, "k:KEY:u:NAME" for an end user of a trusted app key.
+	// UserScope prefixes the user's bucket keys: "{G}u:NAME" for a key's
+	// own user, "{G}k:KEY:u:NAME" for an end user of a trusted app key, G
+	// being the key's group's hash tag (tagScopes).
 	UserScope string
 	// Model is the matching per-model budget, nil when none matches.
 	Model *ModelLimits
 	// App is the app key's shared budget over all its users.
 	App Limits
-	// AppScope prefixes the app budget's bucket keys: "k:KEY".
+	// AppScope prefixes the app budget's bucket keys: "{G}k:KEY".
 	AppScope string
 	// Team is the key's team's shared budget (teams:), and TeamScope its
-	// bucket keys' prefix: "t:TEAM".
+	// bucket keys' prefix: "{G}t:TEAM".
 	Team      Limits
 	TeamScope string
 	// Spend reports that the policy prices models, so the request's cost
@@ -225,16 +226,71 @@ func (p *Policy) Plan(pr Principal, k *Key, model string) Plan {
 		pl.UserScope = app + ":u:" + EscapeKeyPart(pr.User)
 	case pr.User == k.User && k.userScope != "":
 		pl.UserScope = k.userScope
-	default:
-		pl.UserScope = "u:" + EscapeKeyPart(pr.User)
+	default: // a Key not made by compile: its team is its group
+		pl.UserScope = "{" + EscapeKeyPart(k.Team) + "}u:" + EscapeKeyPart(pr.User)
 	}
 	return pl
 }
 
 // scopes returns the bucket key prefixes of the key's shared budget and of
-// its team's: "k:ID", "t:TEAM". (An end user's scope is "k:ID:u:NAME".)
+// its team's, for a Key not made by compile: "{TEAM}k:ID", "{TEAM}t:TEAM".
+// (An end user's scope is "{TEAM}k:ID:u:NAME".)
 func (k *Key) scopes() (app, team string) {
-	return "k:" + EscapeKeyPart(k.ID), "t:" + EscapeKeyPart(k.Team)
+	tag := "{" + EscapeKeyPart(k.Team) + "}"
+	return tag + "k:" + EscapeKeyPart(k.ID), tag + "t:" + EscapeKeyPart(k.Team)
+}
+
+// tagScopes sets every compiled key's scopes, each starting with the Redis
+// Cluster hash tag of the key's group, so that all the keys one request's
+// script touches (its user's, model's, app key's, team's buckets, leases
+// and spend counters) hash to one slot, as Redis Cluster requires of a
+// script. A group is a set of users and teams joined by keys (a key joins
+// its user and its team): usually one team and its users. The tag is the
+// group's first team name in byte order, "{research}"; a user whose keys
+// are in two teams joins both teams into one group. Single and Sentinel
+// mode ignore the tag.
+//
+// The cost: a group's buckets live on one shard, so a team's whole
+// traffic is one shard's. A policy change that joins two groups renames
+// one group's keys, which then start full (like a restart of Redis).
+func tagScopes(keys map[[32]byte]*Key) {
+	parent := make(map[string]string, 2*len(keys))
+	var find func(string) string
+	find = func(x string) string {
+		p, ok := parent[x]
+		if !ok || p == x {
+			parent[x] = x
+			return x
+		}
+		r := find(p)
+		parent[x] = r
+		return r
+	}
+	for _, k := range keys {
+		a, b := find("u\x00"+k.User), find("t\x00"+k.Team)
+		if a != b {
+			parent[a] = b
+		}
+	}
+	first := make(map[string]string)
+	for _, k := range keys {
+		r := find("t\x00" + k.Team)
+		if t, ok := first[r]; !ok || k.Team < t {
+			first[r] = k.Team
+		}
+	}
+	tags := make(map[string]string, len(first))
+	for _, k := range keys {
+		r := find("t\x00" + k.Team)
+		tag, ok := tags[r]
+		if !ok {
+			tag = "{" + EscapeKeyPart(first[r]) + "}"
+			tags[r] = tag
+		}
+		k.appScope = tag + "k:" + EscapeKeyPart(k.ID)
+		k.teamScope = tag + "t:" + EscapeKeyPart(k.Team)
+		k.userScope = tag + "u:" + EscapeKeyPart(k.User)
+	}
 }
 
 // EscapeKeyPart escapes a name for a bucket key, where ':' separates the

@@ -59,7 +59,7 @@ keys:
 	}
 	pl := p.Plan(pr, app, "gpt-4o-mini")
 	want := Limits{RPM: Rate{Limit: 10}, TPM: Rate{Limit: 10000, Burst: 2000}, Concurrent: 4}
-	if pl.User != want || pl.UserScope != "k:app:u:bob" || pl.AppScope != "k:app" || pl.App.RPM.Limit != 500 {
+	if pl.User != want || pl.UserScope != "{app}k:app:u:bob" || pl.AppScope != "{app}k:app" || pl.App.RPM.Limit != 500 {
 		t.Fatalf("plan %+v", pl)
 	}
 	if pl.Model == nil || pl.Model.Pattern != "gpt-4o-mini" || pl.Model.Limits.RPM.Limit != 5 {
@@ -87,7 +87,7 @@ keys:
 	// vip's entry: an app may pass on names its users choose.
 	pr = p.Principal(app, "vip")
 	pl = p.Plan(pr, app, "gpt-4o")
-	if pr.Tier != "free" || pl.User.RPM.Limit != 10 || pl.UserScope != "k:app:u:vip" {
+	if pr.Tier != "free" || pl.User.RPM.Limit != 10 || pl.UserScope != "{app}k:app:u:vip" {
 		t.Fatalf("end user vip borrowed the users entry: %+v %+v", pr, pl)
 	}
 	// The app's own end_users entry applies to its end user gold.
@@ -103,13 +103,13 @@ keys:
 	// A name with the bucket key's separator is escaped: it cannot reach
 	// another user's per-model bucket.
 	pr = p.Principal(app, "frank:m:gpt-4o*")
-	if pl = p.Plan(pr, app, "gpt-4o"); pl.UserScope != "k:app:u:frank%3Am%3Agpt-4o*" {
+	if pl = p.Plan(pr, app, "gpt-4o"); pl.UserScope != "{app}k:app:u:frank%3Am%3Agpt-4o*" {
 		t.Fatalf("escaped scope: %q", pl.UserScope)
 	}
 	// A personal key: its own user, unscoped by key.
 	pr = p.Principal(alice, "mallory")
 	pl = p.Plan(pr, alice, "gpt-4o")
-	if pr.User != "alice" || pl.UserScope != "u:alice" || pl.App.IsZero() == false {
+	if pr.User != "alice" || pl.UserScope != "{alice}u:alice" || pl.App.IsZero() == false {
 		t.Fatalf("alice: %+v %+v", pr, pl)
 	}
 	if pl.User.RPM.burst() != 10 || pl.User.TPM.burst() != 2000 {

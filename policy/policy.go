@@ -283,9 +283,10 @@ type Key struct {
 	// ShowCost adds the answer's cost to its headers (see KeySpec).
 	ShowCost bool
 	// appScope, teamScope and userScope are the bucket key prefixes of the
-	// key's shared budget, its team's and its own user's ("k:ID", "t:TEAM",
-	// "u:USER"), built once at compile time so a plan for the key's own
-	// user builds no string (scopes in limits.go).
+	// key's shared budget, its team's and its own user's ("{G}k:ID",
+	// "{G}t:TEAM", "{G}u:USER", with the Redis Cluster hash tag of the
+	// key's group: tagScopes), built once at compile time so a plan for the
+	// key's own user builds no string (scopes in limits.go).
 	appScope, teamScope, userScope string
 }
 
@@ -567,10 +568,9 @@ func compile(f *File, doc *yamlfile.Doc, lookupEnv func(string) (string, bool)) 
 		if k.Team == "" {
 			k.Team = k.User
 		}
-		k.appScope, k.teamScope = k.scopes()
-		k.userScope = "u:" + EscapeKeyPart(k.User)
 		p.keys[sum] = k
 	}
+	tagScopes(p.keys)
 	if err := errs.Err(); err != nil {
 		return nil, err
 	}

@@ -125,9 +125,12 @@ func registered(t *testing.T) map[string]family {
 		t.Fatal(err)
 	}
 	rec.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	rc := newRedisClient(cfg, log)
+	rc, cacheRC := newRedisClients(cfg, log)
 	if rc != nil {
 		defer func() { _ = rc.Close() }()
+	}
+	if cacheRC != nil && cacheRC != rc {
+		defer func() { _ = cacheRC.Close() }()
 	}
 	limiter, closeStore, err := newLimiter(cfg, rec, log, rc)
 	if err != nil {
@@ -135,7 +138,7 @@ func registered(t *testing.T) map[string]family {
 	}
 	defer closeStore()
 	defer limiter.Close()
-	respCache, err := newCache(cfg, rec, log, rc)
+	respCache, err := newCache(cfg, rec, log, cacheRC)
 	if err != nil {
 		t.Fatal(err)
 	}

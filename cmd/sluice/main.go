@@ -246,17 +246,21 @@ func serve(args []string) error {
 		log.Warn("keys skipped: their key_env variable is unset", "keys", strings.Join(pol.Skipped, ","))
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	// One Redis client serves the limiter and the cache; closed last.
-	rc := newRedisClient(cfg, log)
+	// The limiter's Redis client and the cache's (the same one unless
+	// cache.redis is set); closed last.
+	rc, cacheRC := newRedisClients(cfg, log)
 	if rc != nil {
 		defer func() { _ = rc.Close() }()
+	}
+	if cacheRC != nil && cacheRC != rc {
+		defer func() { _ = cacheRC.Close() }()
 	}
 	limiter, closeStore, err := newLimiter(cfg, reg, log, rc)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	respCache, err := newCache(cfg, reg, log, rc)
+	respCache, err := newCache(cfg, reg, log, cacheRC)
 	if err != nil {
 		return err
 	}
@@ -427,29 +431,122 @@ func readyGate(leaving *atomic.Bool, h http.Handler) http.Handler {
 	})
 }
 
-// newRedisClient returns the one Redis client of the process when the
-// limits or the cache use Redis, else nil.
-func newRedisClient(cfg *config.Config, log *slog.Logger) *redis.Client {
-	if cfg.Limits.Store != "redis" && cfg.Cache.Store != "redis" && cfg.Cache.Store != "tiered" {
-		return nil
-	}
-	r := cfg.Redis
+// newRedisClients returns the Redis clients of the process: the limiter's
+// (redis:) and the cache's (cache.redis:, else the same client), each nil
+// when nothing uses it. At start each is asked its maxmemory-policy
+// (checkEviction).
+func newRedisClients(cfg *config.Config, log *slog.Logger) (limiter, cache redis.UniversalClient) {
+	useLimits := cfg.Limits.Store == "redis"
+	useCache := cfg.Cache.Store == "redis" || cfg.Cache.Store == "tiered"
 	// The limiter and the cache log a Redis incident once; go-redis would
 	// log every failed dial.
 	redis.SetLogger(redisLogger{log})
+	if useLimits || (useCache && cfg.Cache.Redis == nil) {
+		limiter = newRedisClient(cfg.Redis)
+		// A Redis the limiter shares with the cache is judged as the
+		// limiter's: it must not evict.
+		role := "limits"
+		if !useLimits {
+			role = "cache"
+		}
+		checkEviction(limiter, cfg.Redis, role, log)
+	}
+	if useCache {
+		if cfg.Cache.Redis == nil {
+			return limiter, limiter
+		}
+		cr := cfg.CacheRedis()
+		cache = newRedisClient(cr)
+		checkEviction(cache, cr, "cache", log)
+	}
+	return limiter, cache
+}
+
+// newRedisClient returns a client for one redis block's mode. Every mode
+// has the same policy: a call is bounded by r.Timeout, and a dead Redis
+// must not hold requests: one try, then the policy's on_store_error decides
+// (limits) or the request misses (cache).
+//
+// A Cluster client keeps go-redis's MaxRedirects (3): MOVED and ASK are
+// not failures but the cluster saying where a slot lives now (after a
+// resharding, or once a replica is promoted), so they are followed at
+// once; the same loop retries a refused dial on another node. All of it
+// stays inside the call's deadline (r.Timeout), so a request waits no
+// longer than with one Redis. go-redis refreshes its slot map only on
+// MOVED and every ClusterStateReloadInterval (60 s by default); a dead
+// master answers nothing, so without a short interval the client keeps
+// calling it for up to a minute after its replica took over. Sluice asks
+// for the map every second instead (one CLUSTER SLOTS a second, in the
+// background, only while calls are made). A Sentinel client asks the sentinels for the
+// primary and follows a promotion (its +switch-master message).
+func newRedisClient(r config.Redis) redis.UniversalClient {
+	addrs := r.Addrs()
+	switch r.Mode {
+	case config.RedisCluster:
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: addrs, Username: r.Username, Password: r.Password,
+			DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
+			MaxRetries: -1, DialerRetries: 1, MaxRedirects: 3,
+			ClusterStateReloadInterval: time.Second,
+		})
+	case config.RedisSentinel:
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: r.MasterName, SentinelAddrs: addrs,
+			SentinelUsername: r.SentinelUsername, SentinelPassword: r.SentinelPassword,
+			Username: r.Username, Password: r.Password, DB: r.DB,
+			DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
+			MaxRetries: -1, DialerRetries: 1,
+		})
+	}
 	return redis.NewClient(&redis.Options{
 		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
 		DialTimeout: r.Timeout, ReadTimeout: r.Timeout, WriteTimeout: r.Timeout, PoolTimeout: r.Timeout,
-		// A dead Redis must not hold requests: one try, then the policy's
-		// on_store_error decides (limits) or the request misses (cache).
 		MaxRetries: -1, DialerRetries: 1,
 	})
+}
+
+// checkEviction reads the maxmemory-policy of every primary behind c and
+// logs what it means for role ("limits" or "cache"): the limiter's Redis
+// must not evict (an evicted bucket is a full budget again; every limiter
+// key has a TTL, so volatile-* evicts them too), and a cache's Redis that
+// never evicts refuses writes once full. Managed Redis often refuses
+// CONFIG: then it says the policy could not be checked.
+func checkEviction(c redis.UniversalClient, r config.Redis, role string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	get := func(ctx context.Context, n redis.UniversalClient, addr string) {
+		v, err := n.ConfigGet(ctx, "maxmemory-policy").Result()
+		pol := v["maxmemory-policy"]
+		switch {
+		case err != nil || pol == "":
+			log.Info("redis maxmemory-policy could not be checked", "role", role, "addr", addr, "err", err)
+		case role == "limits" && pol != "noeviction":
+			log.Warn("the limiter's redis can evict its buckets and budgets (an evicted bucket is a full budget): set maxmemory-policy noeviction, or give the cache its own redis (cache.redis)",
+				"role", role, "addr", addr, "maxmemory-policy", pol)
+		case role == "cache" && pol == "noeviction":
+			log.Info("the cache's redis never evicts: once full, cache writes fail (answers are then not stored); allkeys-lru suits a cache",
+				"role", role, "addr", addr, "maxmemory-policy", pol)
+		default:
+			log.Info("redis maxmemory-policy", "role", role, "addr", addr, "maxmemory-policy", pol)
+		}
+	}
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			get(ctx, n, n.Options().Addr)
+			return nil
+		})
+		if err != nil {
+			log.Info("redis maxmemory-policy could not be checked", "role", role, "addr", r.Addr, "err", err)
+		}
+		return
+	}
+	get(ctx, c, r.Addr)
 }
 
 // newLimiter opens the bucket store sluice.yaml names and the limiter on
 // it. The returned func closes the in-memory store; rc (the shared Redis
 // client, nil without Redis) is closed by the caller.
-func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*policy.Limiter, func(), error) {
+func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc redis.UniversalClient) (*policy.Limiter, func(), error) {
 	opts := policy.LimiterOptions{LeaseTTL: cfg.Limits.LeaseTTL, Registry: reg, Logger: log}
 	if cfg.Limits.Store != "redis" {
 		mem := limit.NewMemory(limit.MemoryOptions{})
@@ -459,13 +556,13 @@ func newLimiter(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger,
 	r := cfg.Redis
 	opts.Store = limit.NewRedis(rc, limit.RedisOptions{Prefix: r.Prefix + "rl:", Timeout: r.Timeout})
 	opts.Shared = true
-	log.Info("buckets in redis", "addr", r.Addr)
+	log.Info("buckets in redis", "addr", r.Addr, "mode", r.Mode)
 	return policy.NewLimiter(opts), func() {}, nil
 }
 
 // newCache builds the response cache sluice.yaml's cache section names; nil
 // for store: off.
-func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc *redis.Client) (*cache.Cache, error) {
+func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, rc redis.UniversalClient) (*cache.Cache, error) {
 	c := cfg.Cache
 	// Purges made through other replicas (namespaces, and single keys in
 	// the memory tier) are taken up within a second (shared stores only).
@@ -478,7 +575,8 @@ func newCache(cfg *config.Config, reg prometheus.Registerer, log *slog.Logger, r
 	}
 	var shared cache.Store
 	if c.Store == "redis" || c.Store == "tiered" {
-		shared = cache.NewRedis(rc, cache.RedisOptions{Prefix: cfg.Redis.Prefix + "cache:", Timeout: cfg.Redis.Timeout})
+		r := cfg.CacheRedis()
+		shared = cache.NewRedis(rc, cache.RedisOptions{Prefix: r.Prefix + "cache:", Timeout: r.Timeout})
 	}
 	switch c.Store {
 	case "off":

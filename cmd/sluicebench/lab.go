@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -197,6 +198,7 @@ func startLab(ctx context.Context, root string, sp labSpec) (*lab, error) {
 		"SLUICE_ADMIN_ADDR="+l.adminAddr,
 		"SLUICE_LIMITS_STORE="+limits,
 		"SLUICE_REDIS_ADDR="+l.redisAddr,
+		"SLUICE_REDIS_MODE="+cmp.Or(os.Getenv("SLUICE_BENCH_REDIS_MODE"), "single"),
 		"SLUICE_CACHE_STORE=memory",
 		"SLUICE_TRANSCRIPTS="+transcripts,
 		"SLUICE_CLICKHOUSE_ADDR="+l.clickhouseAddr,
@@ -338,8 +340,21 @@ type redisCount struct {
 	commands int64 // every command, those a script calls included
 }
 
-// redisCalls reads INFO commandstats, leaving out INFO itself.
+// redisCalls reads INFO commandstats, leaving out INFO itself, summed over
+// addr's comma-separated servers (a cluster's masters: list no replica, whose
+// replicated commands would count twice).
 func redisCalls(addr string) (redisCount, error) {
+	if strings.Contains(addr, ",") {
+		var sum redisCount
+		for a := range strings.SplitSeq(addr, ",") {
+			n, err := redisCalls(strings.TrimSpace(a))
+			if err != nil {
+				return redisCount{}, err
+			}
+			sum.scripts, sum.commands = sum.scripts+n.scripts, sum.commands+n.commands
+		}
+		return sum, nil
+	}
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return redisCount{}, err

@@ -37,8 +37,9 @@
 // markdown table; -detail adds the per-phase tables.
 //
 // Variants: redis (buckets in Redis: a throwaway redis-server, or
-// SLUICE_BENCH_REDIS_ADDR; Redis commands per request from INFO
-// commandstats), cache-hit (every request the same, so after the first each
+// SLUICE_BENCH_REDIS_ADDR, with SLUICE_BENCH_REDIS_MODE=cluster a Redis
+// Cluster's masters separated by commas; Redis commands per request from
+// INFO commandstats, summed over them), cache-hit (every request the same, so after the first each
 // one is answered from Sluice's cache), stream (the closed and open loops
 // send streaming requests).
 //

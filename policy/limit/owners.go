@@ -33,14 +33,22 @@ type Owners interface {
 // OwnersFor returns the owner records that live beside s, so that replicas
 // sharing a bucket store agree on owners too: in Redis for a *Redis store
 // (same client and timeout, the prefix's last "rl:" part replaced by
-// "own:": "sluice:rl:" → "sluice:own:"), else in this process's memory.
+// "own:": "sluice:rl:" → "sluice:own:"; on a Redis Cluster
+// "sluice:own:{own}:", so a call's keys share a slot), else in this
+// process's memory.
 func OwnersFor(s Store) Owners {
 	if r, ok := s.(*Redis); ok {
 		p := r.prefix
 		if strings.HasSuffix(p, "rl:") {
 			p = p[:len(p)-len("rl:")]
 		}
-		return NewRedisOwners(r.c, p+"own:", r.timeout)
+		p += "own:"
+		if _, cluster := r.c.(*redis.ClusterClient); cluster {
+			// Owner records are few and rarely written: one slot holds
+			// them all.
+			p += "{own}:"
+		}
+		return NewRedisOwners(r.c, p, r.timeout)
 	}
 	return NewMemoryOwners()
 }

@@ -27,8 +27,10 @@ type RedisOptions struct {
 
 // rediser is the part of a go-redis client the store uses (redis_rate's
 // idea): *redis.Client, *redis.Ring and *redis.ClusterClient all have it. In
-// a cluster, a request's keys must share a hash slot: put a hash tag such as
-// "{alice}" in them.
+// a cluster, a request's keys must share a hash slot: the policy's keys
+// start with their group's hash tag ("{research}u:alice:rpm", see
+// policy.tagScopes) and an upstream's with its name's ("up:{openai}:rpm"),
+// so the prefix must hold no brace.
 type rediser interface {
 	redis.Scripter // Eval, EvalSha, EvalRO, EvalShaRO, ScriptExists, ScriptLoad
 }

@@ -132,7 +132,7 @@ func (s *Scheduler) probe() {
 		case <-s.stop:
 			return
 		case <-tick.C:
-			req := limit.Request{Rules: []limit.Rule{{Key: "up:" + s.o.Name + ":probe", Interval: 1, Burst: 1, Cost: 0}}}
+			req := limit.Request{Rules: []limit.Rule{{Key: "up:{" + s.o.Name + "}:probe", Interval: 1, Burst: 1, Cost: 0}}}
 			if s.o.Store.Reserve(context.Background(), &req, &d) == nil {
 				s.failing.Store(false)
 				s.log.Info("provider budget store answers again", "upstream", s.o.Name)

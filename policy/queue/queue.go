@@ -67,7 +67,8 @@ type Key struct {
 
 // Options configure a Scheduler.
 type Options struct {
-	// Name is the upstream's name; bucket keys are "up:NAME:...".
+	// Name is the upstream's name; bucket keys are "up:{NAME}:..." (one
+	// Redis Cluster hash tag for all the keys of one grant's script).
 	Name string
 	// Budget is the whole upstream's capacity.
 	Budget Budget
@@ -195,15 +196,15 @@ func New(o Options) *Scheduler {
 		if k.Weight < 1 {
 			s.o.Keys[i].Weight = 1
 		}
-		r, l := s.build("up:"+o.Name, o.Budget, 1)
-		kr, kl := s.build("up:"+o.Name+":k:"+k.ID, k.Budget, 1)
+		r, l := s.build("up:{"+o.Name+"}", o.Budget, 1)
+		kr, kl := s.build("up:{"+o.Name+"}:k:"+k.ID, k.Budget, 1)
 		if i == 0 && o.Budget.RPM > 0 {
 			s.rpmIdx = 0
 		}
 		s.rules = append(s.rules, append(r, kr...))
 		s.leases = append(s.leases, append(l, kl...))
-		r, l = s.build("up:"+o.Name, o.Budget, o.Replicas)
-		kr, kl = s.build("up:"+o.Name+":k:"+k.ID, k.Budget, o.Replicas)
+		r, l = s.build("up:{"+o.Name+"}", o.Budget, o.Replicas)
+		kr, kl = s.build("up:{"+o.Name+"}:k:"+k.ID, k.Budget, o.Replicas)
 		s.fbRules = append(s.fbRules, append(r, kr...))
 		s.fbLeases = append(s.fbLeases, append(l, kl...))
 	}
