@@ -158,9 +158,10 @@ func TestRetrySlotsUnderOverload(t *testing.T) {
 				Policies: queuePolicy(600, "2s")})
 			// The provider's calls while users send turns (the run's tail,
 			// when they stop, is left out).
-			var during int64
-			go func() { time.Sleep(d); during = fake.Stats().Requests }()
+			sampled := make(chan int64, 1)
+			go func() { time.Sleep(d); sampled <- fake.Stats().Requests }()
 			r := runChatUsers(t, slotClient(s), c.users, d)
+			during := <-sampled
 			st := fake.Stats()
 			capacity := 5 + 5*d.Seconds() // the burst, then five a second
 			none, several, most := r.fairness()
