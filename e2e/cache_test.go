@@ -327,12 +327,28 @@ func TestCacheCoalesce100(t *testing.T) {
 	p := deterministic(prompt)
 	want := "echo: " + prompt
 	const n = 100
+	statuses := burstIdentical(t, ctx, []*openai.Client{c}, p, want, n)
+	if calls := chatCalls(e.fake); calls != 1 {
+		t.Errorf("upstream calls = %d, want exactly 1", calls)
+	}
+	if statuses["miss"] != 1 || statuses["miss"]+statuses["coalesced"]+statuses["hit"] != n {
+		t.Errorf("x-sluice-cache counts %v; want 1 miss and the rest coalesced (or hit)", statuses)
+	}
+	t.Logf("x-sluice-cache: %v", statuses)
+}
+
+// burstIdentical sends n copies of p at once, round robin over clients,
+// every other one streamed, checks that each answers want, and returns
+// the x-sluice-cache values seen, with their counts.
+func burstIdentical(t *testing.T, ctx context.Context, clients []*openai.Client, p openai.ChatCompletionNewParams, want string, n int) map[string]int {
+	t.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	statuses := map[string]int{}
 	var failures []string
 	start := make(chan struct{})
 	for i := range n {
+		c := clients[i%len(clients)]
 		wg.Go(func() {
 			<-start
 			var content, finish, st string
@@ -345,13 +361,12 @@ func TestCacheCoalesce100(t *testing.T) {
 				}
 				st = r.header.Get("X-Sluice-Cache")
 			} else {
-				var comp *openai.ChatCompletion
-				var h http.Header
-				comp, h, err = chat(ctx, c, p)
+				comp, h, cerr := chat(ctx, c, p)
+				err = cerr
 				if err == nil {
 					content, finish = comp.Choices[0].Message.Content, string(comp.Choices[0].FinishReason)
+					st = h.Get("X-Sluice-Cache")
 				}
-				st = h.Get("X-Sluice-Cache")
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -366,13 +381,7 @@ func TestCacheCoalesce100(t *testing.T) {
 	for _, f := range failures {
 		t.Error(f)
 	}
-	if calls := chatCalls(e.fake); calls != 1 {
-		t.Errorf("upstream calls = %d, want exactly 1", calls)
-	}
-	if statuses["miss"] != 1 || statuses["miss"]+statuses["coalesced"]+statuses["hit"] != n {
-		t.Errorf("x-sluice-cache counts %v; want 1 miss and the rest coalesced (or hit)", statuses)
-	}
-	t.Logf("x-sluice-cache: %v", statuses)
+	return statuses
 }
 
 // testRedisAddr returns SLUICE_TEST_REDIS_ADDR or skips, and a key prefix

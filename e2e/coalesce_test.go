@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,46 +31,11 @@ func TestCoalesceAcrossReplicas(t *testing.T) {
 			p := deterministic(prompt)
 			want := "echo: " + prompt
 			const n = 100
-			var wg sync.WaitGroup
-			var mu sync.Mutex
-			statuses := map[string]int{}
-			var failures []string
-			start := make(chan struct{})
-			for i := range n {
-				c := procs[i%3].client(demoKey)
-				wg.Go(func() {
-					<-start
-					var content, finish, st string
-					var err error
-					if i%2 == 0 {
-						r := streamChat(ctx, c, p)
-						err = r.err
-						if len(r.acc.Choices) > 0 {
-							content, finish = r.acc.Choices[0].Message.Content, string(r.acc.Choices[0].FinishReason)
-						}
-						st = r.header.Get("X-Sluice-Cache")
-					} else {
-						var comp *openai.ChatCompletion
-						var h http.Header
-						comp, h, err = chat(ctx, c, p)
-						if err == nil {
-							content, finish = comp.Choices[0].Message.Content, string(comp.Choices[0].FinishReason)
-							st = h.Get("X-Sluice-Cache")
-						}
-					}
-					mu.Lock()
-					defer mu.Unlock()
-					statuses[st]++
-					if err != nil || content != want || finish != "stop" {
-						failures = append(failures, fmt.Sprintf("request %d (stream %v): %v %q %q", i, i%2 == 0, err, content, finish))
-					}
-				})
+			var clients []*openai.Client
+			for _, s := range procs {
+				clients = append(clients, s.client(demoKey))
 			}
-			close(start)
-			wg.Wait()
-			for _, f := range failures {
-				t.Error(f)
-			}
+			statuses := burstIdentical(t, ctx, clients, p, want, n)
 			t.Logf("x-sluice-cache: %v", statuses)
 			if calls := chatCalls(f); calls != 1 {
 				t.Errorf("upstream calls = %d over three replicas, want exactly 1", calls)

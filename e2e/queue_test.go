@@ -128,8 +128,8 @@ func runUsers(t *testing.T, c *openai.Client, users int, share float64, window, 
 				case took <= time.Second:
 					res.rejectedUpFront++
 				case took <= maxWait+time.Second:
-					// Waited its max wait behind retry slots booked for
-					// others; it is booked one itself.
+					// Waited its max wait (the queue's estimate was
+					// short); it is booked a slot.
 					res.rejectedAtDeadline++
 				default:
 					t.Errorf("user %s: a 429 came after %v, neither up front nor at the max wait", user, took)
@@ -165,8 +165,10 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // and 100k TPM, first directly (its 429s counted), then through Sluice with
 // the provider's budget configured: no upstream 429, no user limited within
 // their own limits, every request served within its max wait or rejected
-// with a Retry-After that a retry honours: up front, or (at most 5 %) at
-// its max wait, behind retry slots booked for others.
+// with a Retry-After that a retry honours: up front, or (at most 1 %, where
+// the queue's estimate was short) at its max wait. Retry slots booked for
+// the rejected are placed after the requests waiting, so they delay none
+// of them past its max wait.
 func TestQueueLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about 80 s of load; skipped with -short")
@@ -212,8 +214,8 @@ func TestQueueLoad(t *testing.T) {
 	if q.userLimited != 0 || q.servedLate != 0 || q.otherErrs != 0 {
 		t.Errorf("through Sluice: %d user-limit 429s, %d served past max wait, %d errors; want none", q.userLimited, q.servedLate, q.otherErrs)
 	}
-	if q.rejectedAtDeadline > int64(users)/20 {
-		t.Errorf("%d requests were answered 429 at their max wait; want at most 5%%", q.rejectedAtDeadline)
+	if q.rejectedAtDeadline > int64(users)/100 {
+		t.Errorf("%d requests were answered 429 at their max wait; want at most 1%%", q.rejectedAtDeadline)
 	}
 	if q.attempts[7] != 0 {
 		t.Errorf("%d users were never served after 6 attempts", q.attempts[7])

@@ -13,9 +13,6 @@ import (
 func (s *Scheduler) tryGrant(t *Ticket) (bool, time.Duration) {
 	n := len(s.o.Keys)
 	start := s.pickKey()
-	if b := t.prepaid; b != nil {
-		start, n = b.key, 1 // a claimed slot is on its key
-	}
 	var wait int64 = -1
 	nowUs := time.Now().UnixMicro()
 	for i := 0; i < n; i++ {
@@ -80,11 +77,6 @@ func (s *Scheduler) reserve(t *Ticket, k int) (bool, error) {
 		t.store = nil
 		return true, nil
 	}
-	if b := t.prepaid; b != nil {
-		// A claimed slot: its rules are paid; only the concurrency slot
-		// is taken now, in the store that holds the reservation.
-		store, rules = b.store, nil
-	}
 	s.fill(t, rules, leases)
 	err := store.Reserve(context.Background(), &t.req, &t.dec)
 	if err != nil && store == s.o.Store && s.o.Fallback != nil {
@@ -101,12 +93,6 @@ func (s *Scheduler) reserve(t *Ticket, k int) (bool, error) {
 		return false, err
 	}
 	t.store = store
-	if t.dec.Allowed && t.prepaid != nil {
-		leases := t.req.Leases
-		t.req.Rules = append(t.req.Rules[:0], t.prepaid.req.Rules...)
-		t.req.Leases = leases
-		t.prepaid = nil
-	}
 	return t.dec.Allowed, nil
 }
 

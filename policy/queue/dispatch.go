@@ -80,9 +80,22 @@ func (s *Scheduler) step() (time.Duration, bool) {
 		s.mu.Unlock()
 		return min(max(d, time.Millisecond), cap), true
 	}
+	// A retry slot that came due is reserved before any waiting request
+	// (slots.go); otherwise sleep no longer than until the next one does.
+	slot, next := s.nextSlot(now)
+	if slot != nil {
+		s.mu.Unlock()
+		return min(s.reserveSlot(slot), cap), true
+	}
+	if !next.IsZero() {
+		cap = min(cap, next.Sub(now)+time.Millisecond)
+	}
 	t := s.pick()
 	s.mu.Unlock()
 	if t == nil {
+		if !next.IsZero() {
+			return cap, true
+		}
 		return -1, true
 	}
 	// The store call runs unlocked; a Cancel meanwhile marks t ended.
@@ -144,10 +157,6 @@ func (s *Scheduler) expire(now time.Time) time.Time {
 // endWaiting fails a waiting ticket. s.mu held.
 func (s *Scheduler) endWaiting(t *Ticket, err error) {
 	s.remove(t)
-	if t.prepaid != nil {
-		s.giveBack(t.prepaid)
-		t.prepaid = nil
-	}
 	t.state.Store(ticketEnded)
 	t.err = err
 	t.Waited = time.Since(t.enqueued)
@@ -163,6 +172,16 @@ func (s *Scheduler) endWaiting(t *Ticket, err error) {
 func (s *Scheduler) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, b := range s.slots {
+		if g := b.grant; g != nil && g.store != nil {
+			// Shutting down: the reserved slots go back before the store
+			// closes.
+			_ = g.store.Cancel(context.Background(), &g.req)
+		}
+		b.grant, b.gone = nil, true
+	}
+	s.slots = nil
+	clear(s.bookings)
 	for len(s.levels) > 0 {
 		f := s.levels[0].flows[0]
 		s.endWaiting(f.head, ErrClosed)

@@ -56,11 +56,11 @@ func (s *Scheduler) estimate(t *Ticket, now time.Time) (int, time.Duration) {
 	}
 	slot := s.slot(t, s.factor)
 	eta := time.Duration((float64(own+1) + others) * float64(slot))
-	// Booked retry slots hold the budget up to the last one (slots.go):
-	// a newcomer comes after them.
-	if h := s.booked.Sub(now); h > 0 && len(s.bookings) > 0 {
-		eta += h
-		ahead += len(s.bookings)
+	// Retry slots booked within the wait come first (slots.go).
+	if len(s.slots) > 0 {
+		d, n := s.slotsAhead(now.Add(eta))
+		eta += d
+		ahead += n
 	}
 	if p := time.UnixMicro(s.pauseUntil); p.After(now) {
 		eta += p.Sub(now)

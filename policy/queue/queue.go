@@ -123,11 +123,13 @@ type Scheduler struct {
 	// nextExpire is no later than the earliest deadline of a waiting
 	// ticket (a ticket that left may make it early: a harmless scan).
 	nextExpire time.Time
-	// bookings are the users' retry slots (slots.go), at most MaxQueue;
-	// service their recent grants, kept while some user waits (until
-	// contendedUntil); nextSweep when both are next swept.
-	bookings map[string]booking
-	// booked is the latest slot booked: the budget is reserved up to it.
+	// bookings are the users' retry slots (slots.go) by flow, at most
+	// MaxQueue; slots the same in the order of their times (with those
+	// gone, until dropped from the front); booked is the latest slot's
+	// time. service is the users' recent grants, kept while some user
+	// waits (until contendedUntil); nextSweep is when both are next swept.
+	bookings       map[string]*booking
+	slots          []*booking
 	booked         time.Time
 	service        map[string]*service
 	contendedUntil time.Time
@@ -174,7 +176,7 @@ func New(o Options) *Scheduler {
 		o.Logger = slog.Default()
 	}
 	s := &Scheduler{o: o, log: o.Logger, flows: make(map[string]*flow), factor: 1,
-		bookings: make(map[string]booking), service: make(map[string]*service),
+		bookings: make(map[string]*booking), service: make(map[string]*service),
 		wake: make(chan struct{}, 1), released: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}), rpmIdx: -1}
 	s.rest = make([]atomic.Int64, len(o.Keys))

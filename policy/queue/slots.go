@@ -3,48 +3,52 @@ package queue
 import (
 	"context"
 	"math"
+	"strconv"
 	"time"
-
-	"sluice/policy/limit"
 )
 
 // Retry slots make a rejection's retry-after a promise. A request the
 // provider's capacity cannot take within its max wait is rejected, and its
-// user is booked a slot: the request's cost is reserved in the budget's
-// buckets at the first future time they can take it (the GCRA's future
-// slot, the same reservation a waiting request makes), and the
-// retry-after points at that time. Since the capacity is taken in the
-// store, nobody else can use it: not a newcomer, not another replica
-// sharing the budget in Redis. A retry from the same user (flow) from
-// slotEarly before the slot to its tolerance after claims it: it is
-// granted with what was reserved, ahead of every newcomer, with no store
-// call (a concurrency budget's slot is still taken at the claim). One slot
-// per user; a slot nobody claims is given back after its tolerance.
+// user is booked a slot at the end of the queue's timeline: when the
+// requests waiting now, and the slots booked before, are expected to be
+// served. The retry-after points at that time. Slots are booked one
+// grant's time apart, and a newcomer's estimate counts the slots booked
+// within its wait, so a slot delays no request already waiting beyond
+// what it was told.
+//
+// A slot holds no capacity until it comes due: at its time, the
+// dispatcher reserves the slot's cost in the budget (in the store, so no
+// newcomer and no other replica sharing the budget in Redis takes it),
+// ahead of every waiting request. The user's retry, from slotEarly before
+// the slot to its tolerance after, claims it: it is granted with that
+// reservation at once, or, if the dispatcher has not reserved it yet, it
+// waits ahead of every tier. One slot per user; a slot nobody claims is
+// given back after its tolerance.
 //
 // The booking itself (who may claim) lives in the replica that made it:
 // a retry that a load balancer sends to another replica is a newcomer
-// there, and the booked capacity goes back after the tolerance. Route a
+// there, and the reserved capacity goes back after the tolerance. Route a
 // user to one replica (by key) for the promise to hold across replicas.
 const (
 	// MaxSlotWait is the longest wait a slot is booked for: the official
 	// SDKs ignore a retry-after over 60 s (they back off on their own), so
 	// a longer wait is refused with Ticket.NoSlot instead.
 	MaxSlotWait = 60 * time.Second
-	// minSlotTolerance is the least time a retry may come early or late
-	// and still claim its slot; the tolerance is max(1 s, 10 % of the
-	// wait).
+	// minSlotTolerance is the least time a retry may come late and still
+	// claim its slot; the tolerance is max(1 s, 10 % of the wait).
 	minSlotTolerance = time.Second
-	// slotEarly is how early a retry may claim its slot: a reserved slot
-	// used this much early stays within the budget's burst.
+	// slotEarly is how early a retry may claim its slot (it then waits
+	// ahead of every tier for the slot's capacity). The capacity itself is
+	// reserved at the slot's time, not earlier: the opening before it is
+	// the last waiting request's.
 	slotEarly = 100 * time.Millisecond
-	// claimPriority is the level claimed slots wait at (for a concurrency
-	// slot): above every tier.
+	// claimPriority is the level a claimed slot waits at when its
+	// capacity is not reserved yet: above every tier.
 	claimPriority = math.MaxInt32
 	// serviceHalfLife is how fast what a user was granted is forgotten in
 	// the order of waiting users (fairness over time).
 	serviceHalfLife = time.Minute
-	// sweepEvery bounds how often expired slots and forgotten service
-	// records are dropped.
+	// sweepEvery bounds how often forgotten service records are dropped.
 	sweepEvery = time.Second
 )
 
@@ -56,14 +60,17 @@ const (
 	SlotRefused = "refused" // the wait exceeded MaxSlotWait: no slot, no retry
 )
 
-// booking is one user's slot: the capacity reserved in store (req's
-// rules, with key's pool index) for at, claimable from at-slotEarly to
-// until.
+// booking is one user's slot, in s.slots (by at) and s.bookings (by flow).
 type booking struct {
-	at, until time.Time
-	req       limit.Request
-	store     limit.Store
-	key       int
+	flow      string
+	at, until time.Time     // claimable from at-slotEarly to until
+	span      time.Duration // the budget's time for one grant of its size
+	tokens    int64         // the rejected request's token reservation
+	id        string        // names the reservation's concurrency lease
+	// grant holds the capacity the dispatcher reserved once the slot came
+	// due (nil before); gone marks a slot claimed or expired.
+	grant *Ticket
+	gone  bool
 }
 
 // service is a user's grants, decayed with serviceHalfLife.
@@ -72,20 +79,30 @@ type service struct {
 	at time.Time
 }
 
-// tolerance is how far from its slot a retry may come to claim it.
+// tolerance is how late after its slot a retry may come to claim it.
 func tolerance(wait time.Duration) time.Duration { return max(minSlotTolerance, wait/10) }
 
-// claim gives t the slot its user booked when t comes in the slot's
-// window: t.prepaid holds the reservation, and t waits (for a concurrency
-// slot only) at claimPriority. s.mu held.
-func (s *Scheduler) claim(t *Ticket, now time.Time) {
+// claim takes the slot t's user booked when t comes in the slot's window.
+// It reports whether t is granted at once, with the slot's reserved
+// capacity; else a claimed t waits ahead of newcomers (t.Claimed). s.mu
+// held.
+func (s *Scheduler) claim(t *Ticket, now time.Time) bool {
 	b, ok := s.bookings[t.Flow]
 	if !ok || now.Before(b.at.Add(-slotEarly)) || now.After(b.until) {
-		return
+		return false
 	}
 	delete(s.bookings, t.Flow)
+	b.gone = true
 	s.slotOutcome(SlotClaimed)
-	t.Claimed, t.prepaid = true, &b
+	t.Claimed = true
+	if g := b.grant; g != nil {
+		// Take over the reservation: its rules, leases and lease id.
+		t.req, g.req = g.req, t.req
+		t.store, t.Key = g.store, g.Key
+		b.grant = nil
+		Release(g)
+		return true
+	}
 	if f := s.flows[t.Flow]; f != nil {
 		t.Priority = f.prio // the user already waits: behind their own requests
 	} else {
@@ -94,25 +111,7 @@ func (s *Scheduler) claim(t *Ticket, now time.Time) {
 	if t.Deadline.Before(b.until) {
 		t.Deadline = b.until
 	}
-}
-
-// grantPrepaid grants a claimed t with its slot's reservation. s.mu held.
-func (s *Scheduler) grantPrepaid(t *Ticket) {
-	b := t.prepaid
-	t.req.Rules = append(t.req.Rules[:0], b.req.Rules...)
-	t.req.Leases = t.req.Leases[:0]
-	t.store, t.Key = b.store, b.key
-	t.prepaid = nil
-}
-
-// giveBack returns a booking's unused reservation to its store, off the
-// caller's goroutine (s.mu may be held; the store may be Redis).
-func (s *Scheduler) giveBack(b *booking) {
-	go func() {
-		if err := b.store.Cancel(context.Background(), &b.req); err != nil {
-			s.log.Warn("provider budget: giving back a retry slot failed", "upstream", s.o.Name, "error", err)
-		}
-	}()
+	return false
 }
 
 // Book books a retry slot for t, which ended with ErrExpired (it waited
@@ -123,89 +122,195 @@ func (s *Scheduler) Book(t *Ticket) {
 	s.book(t)
 }
 
-// book is called, without s.mu, for a rejected t: it books the user's
-// slot (or reports the one already booked) and points t.ETA at it; a wait
-// past MaxSlotWait marks t.NoSlot. A store error or a full book leaves
-// the estimate as the retry-after, with no promise.
+// book books a slot for the rejected t (or reports the one its user
+// already has) and points t.ETA and t.RetrySlot at it: after t's expected
+// wait (t.ETA, or an estimate when 0) and one grant after the last slot
+// booked. A slot past MaxSlotWait is refused (t.NoSlot, t.ETA the wait).
+// A full book leaves t.ETA as the retry-after, with no promise.
 func (s *Scheduler) book(t *Ticket) {
 	now := time.Now()
 	s.mu.Lock()
-	if b, ok := s.bookings[t.Flow]; ok && now.Before(b.until) {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if b, ok := s.bookings[t.Flow]; ok {
 		t.RetrySlot, t.ETA = b.at, max(b.at.Sub(now), 0)
 		return
 	}
-	if len(s.bookings) >= s.o.MaxQueue {
-		s.sweep(now)
+	eta := t.ETA
+	if eta <= 0 {
+		_, eta = s.estimate(t, now)
 	}
-	full := len(s.bookings) >= s.o.MaxQueue
-	s.mu.Unlock()
-	if full {
-		return
+	span := s.slot(t, s.factor)
+	at := now.Add(eta)
+	if last := s.booked.Add(span); last.After(at) {
+		at = last
 	}
-	k := s.pickKey()
-	store, rules := s.o.Store, s.rules[k]
-	if s.o.Fallback != nil && s.failing.Load() {
-		store, rules = s.o.Fallback, s.fbRules[k]
-	}
-	if len(rules) == 0 {
-		return // a concurrency budget alone: no slot to reserve
-	}
-	b := booking{store: store, key: k}
-	var dec limit.Decision
-	s.fill(t, rules, nil)
-	b.req.Rules = append([]limit.Rule(nil), t.req.Rules...)
-	b.req.MaxWait = int64(MaxSlotWait / time.Microsecond)
-	if err := store.Reserve(context.Background(), &b.req, &dec); err != nil {
-		return
-	}
-	if !dec.Allowed {
-		t.NoSlot = true
-		if dec.RetryAfter > 0 {
-			t.ETA = time.Duration(dec.RetryAfter) * time.Microsecond
-		}
+	if at.Sub(now) > MaxSlotWait {
+		t.NoSlot, t.ETA = true, at.Sub(now)
 		s.slotOutcome(SlotRefused)
 		return
 	}
-	wait := time.Duration(dec.Wait) * time.Microsecond
-	if wait < slotEarly && t.ETA > slotEarly {
-		// The budget has room now: the queue ahead (which will use that
-		// burst first), not the budget, turned this request away, and
-		// holding capacity now would take it from those waiting. No
-		// promise: the estimate is the retry-after.
-		s.giveBack(&b)
+	if len(s.bookings) >= s.o.MaxQueue {
+		if eta > 0 {
+			t.ETA = eta
+		}
 		return
 	}
-	b.at = now.Add(wait)
-	b.until = b.at.Add(tolerance(wait))
-	s.mu.Lock()
-	if old, ok := s.bookings[t.Flow]; ok && now.Before(old.until) {
-		// Another request of the user booked meanwhile: keep that one.
-		s.mu.Unlock()
-		s.giveBack(&b)
-		t.RetrySlot, t.ETA = old.at, max(old.at.Sub(now), 0)
-		return
-	}
+	// The reservation's lease (with a concurrency budget) is named by the
+	// slot: the rejected request's id may be reused by its retry.
+	id := "slot:" + t.Flow + ":" + strconv.FormatInt(at.UnixMicro(), 10)
+	b := &booking{flow: t.Flow, at: at, until: at.Add(tolerance(at.Sub(now))), span: span, tokens: t.Tokens, id: id}
 	s.bookings[t.Flow] = b
-	if b.at.After(s.booked) {
-		s.booked = b.at
+	s.slots = append(s.slots, b)
+	s.booked = at
+	t.RetrySlot, t.ETA = at, at.Sub(now)
+	s.slotOutcome(SlotBooked)
+	s.kick() // the dispatcher wakes when the slot comes due
+}
+
+// slotsAhead is the budget time taken by the slots booked before
+// horizon (each pushes the horizon by its span), and their number. s.mu
+// held.
+func (s *Scheduler) slotsAhead(horizon time.Time) (time.Duration, int) {
+	var d time.Duration
+	n := 0
+	for _, b := range s.slots {
+		if b.gone {
+			continue
+		}
+		if b.at.After(horizon.Add(d)) {
+			break
+		}
+		d += b.span
+		n++
+	}
+	return d, n
+}
+
+// nextSlot drops the slots claimed or past their tolerance from the front
+// of s.slots (an expired one gives back its reservation) and returns the
+// first slot due for reservation (nil when none) and when the next one
+// comes due or the next reserved one expires (zero when none). The slots
+// are in the order of their times, so only the front is visited. s.mu
+// held.
+func (s *Scheduler) nextSlot(now time.Time) (*booking, time.Time) {
+	for len(s.slots) > 0 && s.slots[0].gone {
+		s.slots[0] = nil
+		s.slots = s.slots[1:]
+	}
+	for i := 0; i < len(s.slots); i++ {
+		b := s.slots[i]
+		if b.gone {
+			continue
+		}
+		if now.After(b.until) {
+			s.expireSlot(b)
+			continue
+		}
+		if b.grant != nil {
+			continue // reserved, waiting for its claim or its expiry
+		}
+		if now.Before(b.at) {
+			next := b.at
+			// A reserved slot before it may expire first.
+			for _, r := range s.slots[:i] {
+				if !r.gone && r.grant != nil && r.until.Before(next) {
+					next = r.until
+				}
+			}
+			return nil, next
+		}
+		return b, time.Time{}
+	}
+	var next time.Time
+	for _, r := range s.slots {
+		if !r.gone && r.grant != nil && (next.IsZero() || r.until.Before(next)) {
+			next = r.until
+		}
+	}
+	return nil, next
+}
+
+// slotDue reports whether a slot waits for its reservation: no request
+// may then take the budget before the dispatcher reserves it. s.mu held.
+func (s *Scheduler) slotDue(now time.Time) bool {
+	if len(s.slots) == 0 {
+		return false
+	}
+	b, _ := s.nextSlot(now)
+	return b != nil
+}
+
+// reserveSlot reserves b's capacity (the dispatcher, without s.mu) and
+// returns how long to sleep: 0 when reserved, else the budget's
+// retry-after.
+func (s *Scheduler) reserveSlot(b *booking) time.Duration {
+	g := NewTicket()
+	g.s, g.Flow, g.Tokens, g.ID = s, b.flow, b.tokens, b.id
+	g.cost = 1
+	if s.tokens {
+		g.cost = max(g.Tokens, 1)
+	}
+	ok, retry := s.tryGrant(g)
+	s.mu.Lock()
+	if ok && !b.gone {
+		b.grant = g
+		s.mu.Unlock()
+		return 0
 	}
 	s.mu.Unlock()
-	t.RetrySlot, t.ETA = b.at, wait
-	s.slotOutcome(SlotBooked)
+	if ok {
+		s.giveBack(g) // claimed (and queued) or expired meanwhile
+		return 0
+	}
+	Release(g)
+	if retry <= 0 {
+		retry = leasePoll
+	}
+	return retry
+}
+
+// expireSlot drops b, unclaimed past its tolerance, and gives back its
+// reservation. s.mu held.
+func (s *Scheduler) expireSlot(b *booking) {
+	b.gone = true
+	if s.bookings[b.flow] == b {
+		delete(s.bookings, b.flow)
+	}
+	if g := b.grant; g != nil {
+		b.grant = nil
+		s.giveBack(g)
+	}
+	s.slotOutcome(SlotExpired)
+}
+
+// giveBack returns a slot's unused reservation to its store, off the
+// caller's goroutine (s.mu may be held; the store may be Redis).
+func (s *Scheduler) giveBack(g *Ticket) {
+	go func() {
+		if g.store != nil {
+			if err := g.store.Cancel(context.Background(), &g.req); err != nil {
+				s.log.Warn("provider budget: giving back a retry slot failed", "upstream", s.o.Name, "error", err)
+			}
+		}
+		Release(g)
+	}()
 }
 
 // sweep drops the slots past their tolerance (counted expired) and the
 // service records decayed to nothing. s.mu held.
 func (s *Scheduler) sweep(now time.Time) {
 	s.nextSweep = now.Add(sweepEvery)
-	for flow, b := range s.bookings {
-		if now.After(b.until) {
-			delete(s.bookings, flow)
-			s.giveBack(&b)
-			s.slotOutcome(SlotExpired)
+	live := s.slots[:0]
+	for _, b := range s.slots {
+		if !b.gone && now.After(b.until) {
+			s.expireSlot(b)
+		}
+		if !b.gone {
+			live = append(live, b)
 		}
 	}
+	clear(s.slots[len(live):])
+	s.slots = live
 	for flow, sv := range s.service {
 		if s.decayed(sv, now) < 0.01 {
 			delete(s.service, flow)

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -147,9 +148,44 @@ func TestLeastServedFirst(t *testing.T) {
 	}
 }
 
-// TestRetrySlotWithConcurrency: with a concurrency budget too, the claim
-// takes a concurrency slot (only) and the grant's rules are the slot's, so
-// Done settles and releases as for any grant.
+// TestSlotsDelayNoWaiter: slots booked while a request waits are placed
+// after it, so it is served within the wait it was told, however many
+// users are rejected meanwhile (a slot booked at the budget's next opening
+// would take the openings it waits for, one by one, past its max wait).
+func TestSlotsDelayNoWaiter(t *testing.T) {
+	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+	first, _ := take(s, "first", 1, 0, 0, "1")
+	s.Done(first, -1)
+	w := NewTicket()
+	w.Flow, w.Tier, w.Deadline = "waiter", "test", time.Now().Add(250*time.Millisecond)
+	if ok, err := s.Acquire(w); ok || err != nil {
+		t.Fatalf("waiter: granted=%v err=%v, want queued", ok, err)
+	}
+	told := w.ETA
+	var last time.Time
+	for i := range 5 {
+		b := reject(t, s, fmt.Sprint("rejected-", i))
+		if b.RetrySlot.IsZero() || !b.RetrySlot.After(time.Now().Add(told)) {
+			t.Fatalf("rejection %d: slot %v, want one after the waiter's %v", i, b.RetrySlot, told)
+		}
+		if !last.IsZero() && b.RetrySlot.Sub(last) < 90*time.Millisecond {
+			t.Fatalf("rejection %d: slot %v after the one before, want a grant (100 ms) apart", i, b.RetrySlot.Sub(last))
+		}
+		last = b.RetrySlot
+	}
+	<-w.Ready()
+	if err := w.Err(); err != nil {
+		t.Fatalf("the waiter, told %v: %v after %v", told, err, w.Waited)
+	}
+	s.Done(w, -1)
+	if slotCount(m, SlotBooked) != 5 {
+		t.Fatalf("%v booked, want 5", slotCount(m, SlotBooked))
+	}
+}
+
+// TestRetrySlotWithConcurrency: with a concurrency budget too, the slot's
+// reservation holds a concurrency slot, which the claim takes over with
+// the rules, so Done settles and releases as for any grant.
 func TestRetrySlotWithConcurrency(t *testing.T) {
 	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1, Concurrent: 2})
 	first, err := take(s, "first", 1, 0, 0, "1")

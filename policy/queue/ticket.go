@@ -63,7 +63,6 @@ type Ticket struct {
 	dec      limit.Decision
 	store    limit.Store  // where the grant was reserved
 	next     *Ticket      // in its flow's FIFO
-	prepaid  *booking     // a claimed slot's reservation, until granted
 	inQueue  bool         // linked in its flow
 	settle   []limit.Rule // scratch for Done
 }
@@ -124,20 +123,18 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		s.mu.Unlock()
 		return false, ErrClosed
 	}
-	if len(s.bookings) > 0 {
-		s.claim(t, now)
-		if t.prepaid != nil && !s.hasLeases {
-			// The slot's capacity is reserved: granted at once.
-			s.grantPrepaid(t)
-			s.mu.Unlock()
-			s.granted(t, now)
-			return true, nil
-		}
+	if len(s.bookings) > 0 && s.claim(t, now) {
+		// The user's slot, its capacity reserved: granted at once.
+		s.record(t.Flow, now)
+		s.mu.Unlock()
+		s.granted(t, now)
+		return true, nil
 	}
 	// A request that may not wait is not held back by a pause after an
 	// upstream 429 either: it goes to the provider (budget permitting) and
-	// its client gets the provider's own answer.
-	if s.waiting == 0 && (!s.held(now) || !now.Before(t.Deadline)) {
+	// its client gets the provider's own answer. A retry slot due for its
+	// reservation goes first.
+	if s.waiting == 0 && (!s.held(now) || !now.Before(t.Deadline)) && !s.slotDue(now) {
 		// Nobody waits: try the budget on the caller's goroutine, outside
 		// the lock (a Redis round trip must not hold up other requests). A
 		// request queued meanwhile may be overtaken by this one: a race of
@@ -212,10 +209,6 @@ func (s *Scheduler) Cancel(t *Ticket) bool {
 		t.state.Store(ticketEnded)
 		if t.inQueue {
 			s.remove(t)
-		}
-		if t.prepaid != nil {
-			s.giveBack(t.prepaid)
-			t.prepaid = nil
 		}
 		s.mu.Unlock()
 		s.o.Metrics.waiting(t.Tier, -1)
