@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,3 +193,96 @@ func TestRetrySlotsUnderOverload(t *testing.T) {
 		})
 	}
 }
+
+// TestRetrySlotAcrossReplicasE2E: two replicas share a one-a-second
+// budget and the book of retry slots in Redis, behind a round robin load
+// balancer (a transport sending each attempt to the next replica). A
+// user turned away by one replica is booked a slot; the official SDK's
+// retry at its retry-after reaches the other replica, which serves it
+// there, ahead of a newcomer that came after the booking.
+func TestRetrySlotAcrossReplicasE2E(t *testing.T) {
+	redisAddr := testRedis(t)
+	fake := startFake(t, fakeai.Config{APIKey: upstreamKey, RPM: 60})
+	cfg := queueConfig(60, 1, 0, 1, redisAddr, fmt.Sprintf("e2e-slots-%s:", nonce()))
+	pol := queuePolicy(1000, "5s")
+	a := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: cfg, Policies: pol})
+	b := startSluice(t, sluiceOptions{BaseURL: fake.URL, Config: cfg, Policies: pol})
+	var attempts atomic.Int64
+	var mu sync.Mutex
+	var seen []string // "replica status" per attempt of the booked user
+	balance := roundTrip(func(req *http.Request) (*http.Response, error) {
+		to := a
+		if attempts.Add(1)%2 == 0 {
+			to = b
+		}
+		u, _ := url.Parse(to.URL)
+		req.URL.Host, req.Host = u.Host, u.Host
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err == nil && req.Header.Get("X-Sluice-User") == "booked" {
+			mu.Lock()
+			seen = append(seen, fmt.Sprint(map[bool]string{true: "a", false: "b"}[to == a], " ", resp.StatusCode))
+			mu.Unlock()
+		}
+		return resp, err
+	})
+	c := a.client(appKey, option.WithMaxRetries(2), option.WithHTTPClient(&http.Client{Transport: balance}))
+	ask := func(user string, opts ...option.RequestOption) error {
+		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages(user + " " + nonce()), MaxTokens: openai.Int(8),
+		}, append(opts, option.WithHeader("X-Sluice-User", user))...)
+		return err
+	}
+	if err := ask("first"); err != nil { // attempt 1, on a: the budget's burst
+		t.Fatal(err)
+	}
+	order := make(chan string, 2)
+	go func() {
+		// Attempt 2, on b, may not wait: b turns it away and books the
+		// slot; the SDK's retry (attempt 3) goes to a.
+		err := ask("booked", option.WithHeader("X-Sluice-Max-Wait", "0"))
+		if err != nil {
+			t.Errorf("the booked user's turn: %v", err)
+		}
+		order <- "booked"
+	}()
+	time.Sleep(200 * time.Millisecond)
+	go func() {
+		// A newcomer on a that may wait, after the booking.
+		_, err := a.client(appKey).Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: "gpt-4o-mini", Messages: userMessages("newcomer " + nonce()), MaxTokens: openai.Int(8),
+		}, option.WithHeader("X-Sluice-User", "newcomer"))
+		if err != nil {
+			t.Errorf("the newcomer: %v", err)
+		}
+		order <- "newcomer"
+	}()
+	first := <-order
+	<-order
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("the booked user's attempts: %v; answered first: %s", seen, first)
+	if len(seen) != 2 || seen[0] != "b 429" || seen[1] != "a 200" {
+		t.Fatalf("the booked user's attempts %v, want a 429 on b, then its retry served by a", seen)
+	}
+	if first != "booked" {
+		t.Errorf("the newcomer was answered before the booked user's retry")
+	}
+	booked, _ := b.metric(t, "sluice_retry_slots_total", `outcome="booked"`)
+	claimed, _ := a.metric(t, "sluice_retry_slots_total", `outcome="claimed"`)
+	expired, _ := b.metric(t, "sluice_retry_slots_total", `outcome="expired"`)
+	if booked != 1 || claimed != 1 {
+		t.Errorf("slots booked on b %v, claimed on a %v; want 1 and 1", booked, claimed)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the slot's tolerance
+	if expired, _ = b.metric(t, "sluice_retry_slots_total", `outcome="expired"`); expired != 0 {
+		t.Errorf("b counted %v expired: its slot was claimed on a", expired)
+	}
+	if st := fake.Stats(); st.RateLimited != 0 {
+		t.Errorf("the provider answered %d calls 429", st.RateLimited)
+	}
+}
+
+// roundTrip is an http.RoundTripper from a func.
+type roundTrip func(*http.Request) (*http.Response, error)
+
+func (f roundTrip) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -395,9 +395,12 @@ func newScheduler(c *config.Upstream, o *Options) *queue.Scheduler {
 		// A budget has a fixed handful of keys: no sweeper goroutine needed.
 		store = limit.NewMemory(limit.MemoryOptions{SweepInterval: -1})
 	}
+	// A shared store (Redis) keeps the retry slots' book too, so a user's
+	// retry claims its slot on whichever replica it reaches.
+	slots, _ := store.(limit.SlotBook)
 	return queue.New(queue.Options{
 		Name: c.Name, Budget: budget(c.Budget), Keys: keys,
-		Store: store, Fallback: o.BudgetFallback, Replicas: o.Replicas,
+		Store: store, Fallback: o.BudgetFallback, Replicas: o.Replicas, Slots: slots,
 		LeaseTTL: o.Config.Limits.LeaseTTL, MaxQueue: c.MaxQueue,
 		Metrics: o.QueueMetrics, Logger: o.Logger,
 	})

@@ -105,7 +105,7 @@ func (s *Scheduler) fill(t *Ticket, rules []limit.Rule, leases []limit.Lease) {
 	}
 	t.req.Leases = append(t.req.Leases[:0], leases...)
 	t.req.LeaseID = t.ID
-	t.req.MaxWait = 0
+	t.req.MaxWait = t.lead
 }
 
 // probe checks the shared store every second until it answers again.

@@ -173,12 +173,22 @@ func (s *Scheduler) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, b := range s.slots {
-		if g := b.grant; g != nil && g.store != nil {
-			// Shutting down: the reserved slots go back before the store
-			// closes.
+		if b.gone {
+			continue
+		}
+		g := s.dropSlot(b)
+		if s.o.Slots != nil {
+			// Shutting down: no other replica may claim it now.
+			unclaimed, err := s.o.Slots.DropSlot(context.Background(), s.bookName, b.flow, b.at.UnixMicro())
+			if !unclaimed && err == nil && g != nil {
+				Release(g) // claimed elsewhere: in use
+				continue
+			}
+		}
+		if g != nil && g.store != nil {
+			// The reserved slots go back before the store closes.
 			_ = g.store.Cancel(context.Background(), &g.req)
 		}
-		b.grant, b.gone = nil, true
 	}
 	s.slots = nil
 	clear(s.bookings)

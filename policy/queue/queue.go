@@ -13,6 +13,8 @@
 package queue
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"math"
@@ -88,6 +90,12 @@ type Options struct {
 	// weight, in cost units (tokens when the budget counts tokens, else
 	// requests). Default 4096 tokens or 1 request.
 	Quantum int64
+	// Slots, when set, is the book of retry slots the replicas share (the
+	// Redis store is one), so a user's retry claims its slot on any
+	// replica; nil keeps each replica's slots its own. Replica names this
+	// replica in it; default a random id.
+	Slots   limit.SlotBook
+	Replica string
 	// Metrics receives the scheduler's observations; nil records nothing.
 	Metrics *Metrics
 	// Logger receives store incidents. Default slog.Default().
@@ -128,12 +136,13 @@ type Scheduler struct {
 	// gone, until dropped from the front); booked is the latest slot's
 	// time. service is the users' recent grants, kept while some user
 	// waits (until contendedUntil); nextSweep is when both are next swept.
-	bookings       map[string]*booking
-	slots          []*booking
-	booked         time.Time
-	service        map[string]*service
-	contendedUntil time.Time
-	nextSweep      time.Time
+	bookings          map[string]*booking
+	slots             []*booking
+	booked            time.Time
+	bookName, replica string // the shared book's name ("up:{NAME}") and ours in it
+	service           map[string]*service
+	contendedUntil    time.Time
+	nextSweep         time.Time
 
 	wake     chan struct{}
 	released chan struct{}
@@ -179,6 +188,12 @@ func New(o Options) *Scheduler {
 		bookings: make(map[string]*booking), service: make(map[string]*service),
 		wake: make(chan struct{}, 1), released: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}), rpmIdx: -1}
+	s.bookName, s.replica = "up:{"+o.Name+"}", o.Replica
+	if s.replica == "" {
+		var id [6]byte
+		_, _ = rand.Read(id[:])
+		s.replica = hex.EncodeToString(id[:])
+	}
 	s.rest = make([]atomic.Int64, len(o.Keys))
 	s.tokens = o.Budget.TPM > 0
 	for _, k := range o.Keys {

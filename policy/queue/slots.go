@@ -5,6 +5,8 @@ import (
 	"math"
 	"strconv"
 	"time"
+
+	"sluice/policy/limit"
 )
 
 // Retry slots make a rejection's retry-after a promise. A request the
@@ -16,19 +18,24 @@ import (
 // within its wait, so a slot delays no request already waiting beyond
 // what it was told.
 //
-// A slot holds no capacity until it comes due: at its time, the
-// dispatcher reserves the slot's cost in the budget (in the store, so no
-// newcomer and no other replica sharing the budget in Redis takes it),
-// ahead of every waiting request. The user's retry, from slotEarly before
-// the slot to its tolerance after, claims it: it is granted with that
+// A slot holds no capacity until it comes due: half a grant before its
+// time, the dispatcher reserves the slot's cost in the budget (the
+// budget's next opening, which the estimate says is the slot's; the one
+// before is the last waiting request's), ahead of every waiting request,
+// in the store, so that no newcomer and no other replica sharing the
+// budget in Redis takes it. The user's retry, from slotEarly before the
+// slot to its tolerance after, claims it: it is granted with that
 // reservation at once, or, if the dispatcher has not reserved it yet, it
 // waits ahead of every tier. One slot per user; a slot nobody claims is
 // given back after its tolerance.
 //
-// The booking itself (who may claim) lives in the replica that made it:
-// a retry that a load balancer sends to another replica is a newcomer
-// there, and the reserved capacity goes back after the tolerance. Route a
-// user to one replica (by key) for the promise to hold across replicas.
+// With a shared book (Options.Slots: the Redis store), the slots are
+// booked in Redis too, one grant apart across the replicas, and a retry
+// claims its slot on whichever replica it reaches, once: with the
+// reservation the owner made (its rules and lease rebuilt from the book),
+// or ahead of every tier there. A newcomer's estimate counts only its own
+// replica's slots. While the book fails, each replica books and claims
+// its own, as without one.
 const (
 	// MaxSlotWait is the longest wait a slot is booked for: the official
 	// SDKs ignore a retry-after over 60 s (they back off on their own), so
@@ -37,10 +44,8 @@ const (
 	// minSlotTolerance is the least time a retry may come late and still
 	// claim its slot; the tolerance is max(1 s, 10 % of the wait).
 	minSlotTolerance = time.Second
-	// slotEarly is how early a retry may claim its slot (it then waits
-	// ahead of every tier for the slot's capacity). The capacity itself is
-	// reserved at the slot's time, not earlier: the opening before it is
-	// the last waiting request's.
+	// slotEarly is how early a retry may claim its slot (when its capacity
+	// is not reserved yet, it then waits ahead of every tier for it).
 	slotEarly = 100 * time.Millisecond
 	// claimPriority is the level a claimed slot waits at when its
 	// capacity is not reserved yet: above every tier.
@@ -73,6 +78,12 @@ type booking struct {
 	gone  bool
 }
 
+// due is when the dispatcher reserves b's capacity: half a grant before
+// its time, so that the budget's next opening, not the one before (the
+// last waiting request's), is held for it, and no newcomer on any replica
+// takes it at the slot's time.
+func (b *booking) due() time.Time { return b.at.Add(-b.span / 2) }
+
 // service is a user's grants, decayed with serviceHalfLife.
 type service struct {
 	v  float64
@@ -82,36 +93,115 @@ type service struct {
 // tolerance is how late after its slot a retry may come to claim it.
 func tolerance(wait time.Duration) time.Duration { return max(minSlotTolerance, wait/10) }
 
-// claim takes the slot t's user booked when t comes in the slot's window.
-// It reports whether t is granted at once, with the slot's reserved
-// capacity; else a claimed t waits ahead of newcomers (t.Claimed). s.mu
-// held.
+// claim takes the slot t's user booked when t comes in the slot's window,
+// on this replica or, with a shared book, on any. It reports whether t is
+// granted at once, with the slot's reserved capacity; else a claimed t
+// waits ahead of newcomers (t.Claimed). With a shared book, s.mu is let go
+// for the book's round trip. s.mu held.
 func (s *Scheduler) claim(t *Ticket, now time.Time) bool {
 	b, ok := s.bookings[t.Flow]
 	if !ok || now.Before(b.at.Add(-slotEarly)) || now.After(b.until) {
 		return false
 	}
-	delete(s.bookings, t.Flow)
-	b.gone = true
+	if s.o.Slots != nil {
+		// Taken once, whichever replica the retry reaches: here only if
+		// the book gives it (or cannot say).
+		s.mu.Unlock()
+		_, ok, err := s.o.Slots.ClaimSlot(context.Background(), s.bookName, t.Flow, now.UnixMicro(), slotEarly.Microseconds())
+		s.mu.Lock()
+		if b.gone {
+			return false
+		}
+		if !ok && err == nil {
+			// Claimed on another replica, which took over the
+			// reservation (if any): nothing to give back.
+			if g := s.dropSlot(b); g != nil {
+				Release(g)
+			}
+			return false
+		}
+	}
 	s.slotOutcome(SlotClaimed)
 	t.Claimed = true
-	if g := b.grant; g != nil {
-		// Take over the reservation: its rules, leases and lease id.
-		t.req, g.req = g.req, t.req
-		t.store, t.Key = g.store, g.Key
-		b.grant = nil
-		Release(g)
+	if g := s.dropSlot(b); g != nil {
+		s.takeOver(t, g)
 		return true
 	}
+	s.ahead(t, b.until)
+	return false
+}
+
+// claimRemote claims, in the shared book, a slot t's user was booked on
+// another replica, for a t that would otherwise wait or be rejected. It
+// reports whether t is granted at once, with the reservation the owner
+// made (its rules and lease rebuilt from the book's record); else a
+// claimed t waits ahead of newcomers. s.mu is let go for the round trip.
+// s.mu held.
+func (s *Scheduler) claimRemote(t *Ticket, now time.Time) bool {
+	s.mu.Unlock()
+	sl, ok, err := s.o.Slots.ClaimSlot(context.Background(), s.bookName, t.Flow, now.UnixMicro(), slotEarly.Microseconds())
+	s.mu.Lock()
+	if !ok || err != nil {
+		return false
+	}
+	s.slotOutcome(SlotClaimed)
+	t.Claimed = true
+	if b := s.bookings[t.Flow]; b != nil && b.at.UnixMicro() == sl.At {
+		// Ours after all (claimed just as it came in its window).
+		if g := s.dropSlot(b); g != nil {
+			s.takeOver(t, g)
+			return true
+		}
+	} else if sl.Reserved && sl.Key >= 0 && sl.Key < len(s.rules) {
+		tokens := t.Tokens
+		t.Tokens = sl.Tokens
+		s.fill(t, s.rules[sl.Key], s.leases[sl.Key])
+		t.Tokens = tokens
+		t.req.LeaseID = slotLeaseID(t.Flow, sl.At)
+		t.store, t.Key = s.o.Store, sl.Key
+		return true
+	}
+	s.ahead(t, time.UnixMicro(sl.Until))
+	return false
+}
+
+// ahead makes a claimed t, whose slot's capacity is not reserved yet,
+// wait ahead of every newcomer until its window ends. s.mu held.
+func (s *Scheduler) ahead(t *Ticket, until time.Time) {
 	if f := s.flows[t.Flow]; f != nil {
 		t.Priority = f.prio // the user already waits: behind their own requests
 	} else {
 		t.Priority = claimPriority
 	}
-	if t.Deadline.Before(b.until) {
-		t.Deadline = b.until
+	if t.Deadline.Before(until) {
+		t.Deadline = until
 	}
-	return false
+}
+
+// slotLeaseID names a slot's concurrency lease: the same on every replica.
+func slotLeaseID(flow string, at int64) string {
+	return "slot:" + flow + ":" + strconv.FormatInt(at, 10)
+}
+
+// dropSlot takes b out of the book (claimed, expired, or taken
+// elsewhere) and returns its reservation (nil when none), for the caller
+// to hand over, give back or leave to whoever claimed it. s.mu held.
+func (s *Scheduler) dropSlot(b *booking) *Ticket {
+	b.gone = true
+	if s.bookings[b.flow] == b {
+		delete(s.bookings, b.flow)
+	}
+	g := b.grant
+	b.grant = nil
+	return g
+}
+
+// takeOver hands t the reservation g made for its slot: its rules, leases
+// and lease id. s.mu held or not.
+func (s *Scheduler) takeOver(t, g *Ticket) {
+	t.req, g.req = g.req, t.req
+	t.store, t.Key = g.store, g.Key
+	Release(g)
 }
 
 // Book books a retry slot for t, which ended with ErrExpired (it waited
@@ -125,13 +215,14 @@ func (s *Scheduler) Book(t *Ticket) {
 // book books a slot for the rejected t (or reports the one its user
 // already has) and points t.ETA and t.RetrySlot at it: after t's expected
 // wait (t.ETA, or an estimate when 0) and one grant after the last slot
-// booked. A slot past MaxSlotWait is refused (t.NoSlot, t.ETA the wait).
-// A full book leaves t.ETA as the retry-after, with no promise.
+// booked (on any replica, with a shared book). A slot past MaxSlotWait is
+// refused (t.NoSlot, t.ETA the wait). A full book, or a shared book that
+// fails, leaves t.ETA as the retry-after, with no promise.
 func (s *Scheduler) book(t *Ticket) {
 	now := time.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if b, ok := s.bookings[t.Flow]; ok {
+		s.mu.Unlock()
 		t.RetrySlot, t.ETA = b.at, max(b.at.Sub(now), 0)
 		return
 	}
@@ -139,29 +230,50 @@ func (s *Scheduler) book(t *Ticket) {
 	if eta <= 0 {
 		_, eta = s.estimate(t, now)
 	}
+	t.ETA = eta
 	span := s.slot(t, s.factor)
 	at := now.Add(eta)
 	if last := s.booked.Add(span); last.After(at) {
 		at = last
 	}
-	if at.Sub(now) > MaxSlotWait {
+	latest := now.Add(MaxSlotWait)
+	if len(s.bookings) >= s.o.MaxQueue {
+		s.mu.Unlock()
+		return
+	}
+	until := at.Add(tolerance(at.Sub(now)))
+	if s.o.Slots != nil && !s.failing.Load() {
+		s.mu.Unlock()
+		sl, out, err := s.o.Slots.BookSlot(context.Background(), s.bookName, t.Flow, at.UnixMicro(), span.Microseconds(),
+			latest.UnixMicro(), minSlotTolerance.Microseconds(), now.UnixMicro(), s.replica)
+		switch {
+		case err != nil:
+			// The book fails (with the budget's store): book here alone.
+			s.log.Debug("retry slots: the shared book failed", "upstream", s.o.Name, "error", err)
+		case out == limit.SlotExisting:
+			t.RetrySlot, t.ETA = time.UnixMicro(sl.At), max(time.UnixMicro(sl.At).Sub(now), 0)
+			return
+		default:
+			at, until = time.UnixMicro(sl.At), time.UnixMicro(sl.Until)
+		}
+		s.mu.Lock()
+	}
+	defer s.mu.Unlock()
+	if at.After(latest) {
 		t.NoSlot, t.ETA = true, at.Sub(now)
 		s.slotOutcome(SlotRefused)
 		return
 	}
-	if len(s.bookings) >= s.o.MaxQueue {
-		if eta > 0 {
-			t.ETA = eta
-		}
-		return
+	b := &booking{flow: t.Flow, at: at, until: until, span: span, tokens: t.Tokens,
+		id: slotLeaseID(t.Flow, at.UnixMicro())}
+	if old := s.bookings[t.Flow]; old != nil {
+		old.gone = true // replaced by the book's (a race of the user's own requests)
 	}
-	// The reservation's lease (with a concurrency budget) is named by the
-	// slot: the rejected request's id may be reused by its retry.
-	id := "slot:" + t.Flow + ":" + strconv.FormatInt(at.UnixMicro(), 10)
-	b := &booking{flow: t.Flow, at: at, until: at.Add(tolerance(at.Sub(now))), span: span, tokens: t.Tokens, id: id}
 	s.bookings[t.Flow] = b
 	s.slots = append(s.slots, b)
-	s.booked = at
+	if at.After(s.booked) {
+		s.booked = at
+	}
 	t.RetrySlot, t.ETA = at, at.Sub(now)
 	s.slotOutcome(SlotBooked)
 	s.kick() // the dispatcher wakes when the slot comes due
@@ -209,8 +321,8 @@ func (s *Scheduler) nextSlot(now time.Time) (*booking, time.Time) {
 		if b.grant != nil {
 			continue // reserved, waiting for its claim or its expiry
 		}
-		if now.Before(b.at) {
-			next := b.at
+		if due := b.due(); now.Before(due) {
+			next := due
 			// A reserved slot before it may expire first.
 			for _, r := range s.slots[:i] {
 				if !r.gone && r.grant != nil && r.until.Before(next) {
@@ -246,11 +358,24 @@ func (s *Scheduler) slotDue(now time.Time) bool {
 func (s *Scheduler) reserveSlot(b *booking) time.Duration {
 	g := NewTicket()
 	g.s, g.Flow, g.Tokens, g.ID = s, b.flow, b.tokens, b.id
+	g.lead = b.span.Microseconds() // the next opening, within a grant's time
 	g.cost = 1
 	if s.tokens {
 		g.cost = max(g.Tokens, 1)
 	}
 	ok, retry := s.tryGrant(g)
+	if ok && s.o.Slots != nil {
+		// Recorded in the shared book, so a retry on another replica
+		// takes this reservation over; a slot claimed meanwhile is gone.
+		marked, err := s.o.Slots.MarkSlot(context.Background(), s.bookName, b.flow, b.at.UnixMicro(), g.Key, b.tokens)
+		if !marked && err == nil {
+			s.mu.Lock()
+			s.dropSlot(b)
+			s.mu.Unlock()
+			s.giveBack(g)
+			return 0
+		}
+	}
 	s.mu.Lock()
 	if ok && !b.gone {
 		b.grant = g
@@ -270,17 +395,31 @@ func (s *Scheduler) reserveSlot(b *booking) time.Duration {
 }
 
 // expireSlot drops b, unclaimed past its tolerance, and gives back its
-// reservation. s.mu held.
+// reservation; with a shared book, only when the book still holds it (a
+// retry on another replica may have claimed it, reservation and all).
+// s.mu held.
 func (s *Scheduler) expireSlot(b *booking) {
-	b.gone = true
-	if s.bookings[b.flow] == b {
-		delete(s.bookings, b.flow)
+	g := s.dropSlot(b)
+	if s.o.Slots == nil {
+		if g != nil {
+			s.giveBack(g)
+		}
+		s.slotOutcome(SlotExpired)
+		return
 	}
-	if g := b.grant; g != nil {
-		b.grant = nil
-		s.giveBack(g)
-	}
-	s.slotOutcome(SlotExpired)
+	go func() {
+		unclaimed, err := s.o.Slots.DropSlot(context.Background(), s.bookName, b.flow, b.at.UnixMicro())
+		if !unclaimed && err == nil {
+			if g != nil {
+				Release(g) // claimed elsewhere: the reservation is in use
+			}
+			return
+		}
+		s.slotOutcome(SlotExpired)
+		if g != nil {
+			s.giveBack(g)
+		}
+	}()
 }
 
 // giveBack returns a slot's unused reservation to its store, off the

@@ -3,8 +3,11 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -28,7 +31,7 @@ func slotCount(m *Metrics, outcome string) float64 {
 func reject(t *testing.T, s *Scheduler, flow string) *Ticket {
 	t.Helper()
 	tk := NewTicket()
-	tk.Flow, tk.Tier, tk.Deadline = flow, "test", time.Now()
+	tk.Flow, tk.Tier, tk.ID, tk.Deadline = flow, "test", flow, time.Now()
 	ok, err := s.Acquire(tk)
 	if ok || !errors.Is(err, ErrWouldExceed) {
 		t.Fatalf("%s: granted=%v err=%v, want ErrWouldExceed", flow, ok, err)
@@ -41,7 +44,22 @@ func reject(t *testing.T, s *Scheduler, flow string) *Ticket {
 // a longer max wait does not take the first slot: the booked user's retry,
 // on time and unable to wait, claims it and is granted before them.
 func TestRetrySlotIsAPromise(t *testing.T) {
-	s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+	t.Run("local", func(t *testing.T) {
+		s, m := newSlotScheduler(t, Budget{RPM: 600, RPMBurst: 1})
+		retrySlotIsAPromise(t, s, m)
+	})
+	// The same with the budget and the book of slots in Redis: the
+	// owner's own claim goes through the book.
+	t.Run("redis", func(t *testing.T) {
+		store := redisStore(t)
+		m := NewMetrics(prometheus.NewRegistry())
+		s := New(Options{Name: "up", Budget: Budget{RPM: 600, RPMBurst: 1}, Store: store, Slots: store, Metrics: m})
+		t.Cleanup(s.Close)
+		retrySlotIsAPromise(t, s, m)
+	})
+}
+
+func retrySlotIsAPromise(t *testing.T, s *Scheduler, m *Metrics) {
 	first, err := take(s, "first", 1, 0, 0, "1")
 	if err != nil {
 		t.Fatal(err)
@@ -207,4 +225,78 @@ func TestRetrySlotWithConcurrency(t *testing.T) {
 	if got := s.inFlight.Load(); got != 0 || slotCount(m, SlotClaimed) != 1 {
 		t.Fatalf("%d in flight after Done, %v claimed", got, slotCount(m, SlotClaimed))
 	}
+}
+
+// TestRetrySlotAcrossReplicas: two replicas share a budget (one grant a
+// second) and a book of slots in Redis. A user rejected on one is booked a slot there; the
+// retry, which a load balancer sends to the other, claims it there (ahead
+// of a newcomer waiting on that replica), once; the owner neither counts
+// it expired nor gives its reservation back.
+func TestRetrySlotAcrossReplicas(t *testing.T) {
+	store := redisStore(t)
+	replica := func(name string) (*Scheduler, *Metrics) {
+		m := NewMetrics(prometheus.NewRegistry())
+		s := New(Options{Name: "up", Budget: Budget{RPM: 60, RPMBurst: 1}, Store: store, Slots: store, Replica: name, Metrics: m})
+		t.Cleanup(s.Close)
+		return s, m
+	}
+	a, ma := replica("a")
+	b, mb := replica("b")
+	first, err := take(a, "first", 1, 0, 0, "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Done(first, -1)
+	booked := reject(t, a, "user")
+	if booked.RetrySlot.IsZero() || slotCount(ma, SlotBooked) != 1 {
+		t.Fatalf("slot %v, %v booked on a; want one", booked.RetrySlot, slotCount(ma, SlotBooked))
+	}
+	if again := reject(t, b, "user"); !again.RetrySlot.Equal(booked.RetrySlot) {
+		t.Fatalf("rejected again on b: slot %v, want the one booked on a (%v)", again.RetrySlot, booked.RetrySlot)
+	}
+	order := make(chan string, 2)
+	go func() {
+		tk, err := take(b, "newcomer", 1, 0, 3*time.Second, "n")
+		if err == nil {
+			order <- "newcomer"
+			b.Done(tk, -1)
+		}
+	}()
+	time.Sleep(time.Until(booked.RetrySlot.Add(20 * time.Millisecond)))
+	tk, err := take(b, "user", 1, 0, 0, "retry")
+	if err != nil || !tk.Claimed {
+		t.Fatalf("the retry on b at its slot: err %v, claimed %v", err, tk.Claimed)
+	}
+	order <- "user"
+	b.Done(tk, -1)
+	if got := <-order; got != "user" {
+		t.Fatalf("%s was granted first on b, want the retry", got)
+	}
+	<-order
+	if slotCount(mb, SlotClaimed) != 1 {
+		t.Fatalf("%v claimed on b, want 1", slotCount(mb, SlotClaimed))
+	}
+	// Past the slot's tolerance, a sweeps it: nothing to expire.
+	time.Sleep(time.Until(booked.RetrySlot.Add(tolerance(booked.ETA) + 50*time.Millisecond)))
+	a.mu.Lock()
+	a.sweep(time.Now())
+	left := len(a.bookings)
+	a.mu.Unlock()
+	time.Sleep(50 * time.Millisecond) // the book's answer to a's drop
+	if left != 0 || slotCount(ma, SlotExpired) != 0 || slotCount(ma, SlotClaimed) != 0 {
+		t.Fatalf("on a: %d slots left, %v expired, %v claimed; want 0, 0, 0", left, slotCount(ma, SlotExpired), slotCount(ma, SlotClaimed))
+	}
+}
+
+// redisStore is a Redis store under a prefix of its own, or skips the
+// test without SLUICE_TEST_REDIS_ADDR (scripts/test.sh sets it).
+func redisStore(t *testing.T) *limit.Redis {
+	t.Helper()
+	addr := os.Getenv("SLUICE_TEST_REDIS_ADDR")
+	if testing.Short() || addr == "" {
+		t.Skip("needs Redis (SLUICE_TEST_REDIS_ADDR, set by scripts/test.sh); skipped with -short")
+	}
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = rc.Close() })
+	return limit.NewRedis(rc, limit.RedisOptions{Prefix: fmt.Sprintf("sluice-test:slots:%d:", time.Now().UnixNano())})
 }

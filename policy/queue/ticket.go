@@ -63,6 +63,7 @@ type Ticket struct {
 	dec      limit.Decision
 	store    limit.Store  // where the grant was reserved
 	next     *Ticket      // in its flow's FIFO
+	lead     int64        // µs the reservation may wait for the budget (a retry slot's)
 	inQueue  bool         // linked in its flow
 	settle   []limit.Rule // scratch for Done
 }
@@ -158,6 +159,18 @@ func (s *Scheduler) Acquire(t *Ticket) (bool, error) {
 		}
 	}
 	t.Position, t.ETA = s.estimate(t, now)
+	if s.o.Slots != nil && !t.Claimed && !s.failing.Load() && s.claimRemote(t, now) {
+		// It would wait or be turned away, but the user was booked a slot
+		// on another replica, whose capacity that replica reserved.
+		s.record(t.Flow, now)
+		s.mu.Unlock()
+		s.granted(t, now)
+		return true, nil
+	}
+	if s.closed {
+		s.mu.Unlock()
+		return false, ErrClosed
+	}
 	var err error
 	switch {
 	case s.waiting >= s.o.MaxQueue:
