@@ -65,8 +65,10 @@ promtool check rules dashboards/alerts.yaml
 (cd dashboards && promtool test rules alerts_test.yaml)
 
 step "tests (race detector on)"
-# The soak runs in a step of its own, below, not here.
-env -u SLUICE_SOAK go test -race -count=1 ./...
+# The soak runs in a step of its own, below, not here. The e2e package
+# alone takes about 10 minutes under the race detector (go test's default
+# timeout), so the timeout is raised.
+env -u SLUICE_SOAK go test -race -count=1 -timeout 30m ./...
 
 mkdir -p bin
 step "allocation proofs and the other tests the race detector skips (no -race)"
