@@ -109,9 +109,6 @@ func (s *Scheduler) claim(t *Ticket, now time.Time) bool {
 		s.mu.Unlock()
 		_, ok, err := s.o.Slots.ClaimSlot(context.Background(), s.bookName, t.Flow, now.UnixMicro(), slotEarly.Microseconds())
 		s.mu.Lock()
-		if b.gone {
-			return false
-		}
 		if !ok && err == nil {
 			// Claimed on another replica, which took over the
 			// reservation (if any): nothing to give back.
@@ -123,9 +120,14 @@ func (s *Scheduler) claim(t *Ticket, now time.Time) bool {
 	}
 	s.slotOutcome(SlotClaimed)
 	t.Claimed = true
-	if g := s.dropSlot(b); g != nil {
-		s.takeOver(t, g)
-		return true
+	// The dispatcher may have dropped the slot meanwhile (its reservation
+	// found the book's record claimed: by this request): then t waits
+	// ahead of every tier, as for a slot not reserved yet.
+	if !b.gone {
+		if g := s.dropSlot(b); g != nil {
+			s.takeOver(t, g)
+			return true
+		}
 	}
 	s.ahead(t, b.until)
 	return false
