@@ -172,14 +172,17 @@ func (s *Scheduler) endWaiting(t *Ticket, err error) {
 func (s *Scheduler) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Shutting down: no other replica may claim our slots now. The book
+	// is left alone once it fails (each call would wait its timeout).
+	shared := s.o.Slots != nil && !s.failing.Load()
 	for _, b := range s.slots {
 		if b.gone {
 			continue
 		}
 		g := s.dropSlot(b)
-		if s.o.Slots != nil {
-			// Shutting down: no other replica may claim it now.
+		if shared {
 			unclaimed, err := s.o.Slots.DropSlot(context.Background(), s.bookName, b.flow, b.at.UnixMicro())
+			shared = err == nil
 			if !unclaimed && err == nil && g != nil {
 				Release(g) // claimed elsewhere: in use
 				continue

@@ -269,10 +269,21 @@ func (s *Scheduler) book(t *Ticket) {
 	b := &booking{flow: t.Flow, at: at, until: until, span: span, tokens: t.Tokens,
 		id: slotLeaseID(t.Flow, at.UnixMicro())}
 	if old := s.bookings[t.Flow]; old != nil {
-		old.gone = true // replaced by the book's (a race of the user's own requests)
+		// Replaced by the book's (a race of the user's own requests).
+		if g := s.dropSlot(old); g != nil {
+			s.giveBack(g)
+		}
 	}
 	s.bookings[t.Flow] = b
-	s.slots = append(s.slots, b)
+	// In the order of their times (a slot booked meanwhile, while s.mu was
+	// let go for the shared book, may come later).
+	i := len(s.slots)
+	for i > 0 && s.slots[i-1].at.After(at) {
+		i--
+	}
+	s.slots = append(s.slots, nil)
+	copy(s.slots[i+1:], s.slots[i:])
+	s.slots[i] = b
 	if at.After(s.booked) {
 		s.booked = at
 	}
