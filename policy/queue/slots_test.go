@@ -74,22 +74,30 @@ func retrySlotIsAPromise(t *testing.T, s *Scheduler, m *Metrics) {
 		t.Fatalf("the second slot is %v after the first, want a grant (100 ms) later", gap)
 	}
 	// A newcomer that may wait queues now, behind both slots.
+	retryBeatsNewcomer(t, s, m, "booked", b.RetrySlot, 0)
+}
+
+// retryBeatsNewcomer queues a newcomer that may wait 3 s on s; then, at
+// slot+late, flow's retry, which may not wait, must claim its slot, be
+// granted before the newcomer, and be counted claimed on m.
+func retryBeatsNewcomer(t *testing.T, s *Scheduler, m *Metrics, flow string, slot time.Time, late time.Duration) {
+	t.Helper()
 	order := make(chan string, 2)
 	go func() {
-		tk, err := take(s, "newcomer", 1, 0, 2*time.Second, "n")
+		tk, err := take(s, "newcomer", 1, 0, 3*time.Second, "n")
 		if err == nil {
 			order <- "newcomer"
 			s.Done(tk, -1)
 		}
 	}()
-	time.Sleep(time.Until(b.RetrySlot))
-	tk, err := take(s, "booked", 1, 0, 0, "b")
+	time.Sleep(time.Until(slot.Add(late)))
+	tk, err := take(s, flow, 1, 0, 0, "retry")
 	if err != nil || !tk.Claimed {
 		t.Fatalf("the retry at its slot: err %v, claimed %v", err, tk.Claimed)
 	}
-	order <- "booked"
+	order <- flow
 	s.Done(tk, -1)
-	if got := <-order; got != "booked" {
+	if got := <-order; got != flow {
 		t.Fatalf("%s was granted first, want the booked retry", got)
 	}
 	<-order
@@ -254,28 +262,7 @@ func TestRetrySlotAcrossReplicas(t *testing.T) {
 	if again := reject(t, b, "user"); !again.RetrySlot.Equal(booked.RetrySlot) {
 		t.Fatalf("rejected again on b: slot %v, want the one booked on a (%v)", again.RetrySlot, booked.RetrySlot)
 	}
-	order := make(chan string, 2)
-	go func() {
-		tk, err := take(b, "newcomer", 1, 0, 3*time.Second, "n")
-		if err == nil {
-			order <- "newcomer"
-			b.Done(tk, -1)
-		}
-	}()
-	time.Sleep(time.Until(booked.RetrySlot.Add(20 * time.Millisecond)))
-	tk, err := take(b, "user", 1, 0, 0, "retry")
-	if err != nil || !tk.Claimed {
-		t.Fatalf("the retry on b at its slot: err %v, claimed %v", err, tk.Claimed)
-	}
-	order <- "user"
-	b.Done(tk, -1)
-	if got := <-order; got != "user" {
-		t.Fatalf("%s was granted first on b, want the retry", got)
-	}
-	<-order
-	if slotCount(mb, SlotClaimed) != 1 {
-		t.Fatalf("%v claimed on b, want 1", slotCount(mb, SlotClaimed))
-	}
+	retryBeatsNewcomer(t, b, mb, "user", booked.RetrySlot, 20*time.Millisecond)
 	// Past the slot's tolerance, a sweeps it: nothing to expire.
 	time.Sleep(time.Until(booked.RetrySlot.Add(tolerance(booked.ETA) + 50*time.Millisecond)))
 	a.mu.Lock()
